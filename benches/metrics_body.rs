@@ -1,0 +1,88 @@
+//! Serialising `GET /metrics` for 1,024 miners × 5 scored challenges (target: under 5 ms). The gateway
+//! caches the body per `metrics_version`, so this is the cost paid once per committed change.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use talkheadd::domain::metrics::{ChallengeMetrics, ComponentScores, EfficiencyMetrics};
+use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Verdict};
+use talkheadd::store::MetricsRow;
+
+fn efficiency(i: f64) -> EfficiencyMetrics {
+    EfficiencyMetrics {
+        peak_vram_gb: Some(8.0 + i / 100.0),
+        inference_time_sec: Some(10.0 + i / 50.0),
+        time_norm: 0.083,
+        vram_norm: 0.25,
+        efficiency_factor: 0.963,
+        cap_violation: false,
+        time_missing: false,
+        vram_missing: false,
+    }
+}
+
+fn rows(n: usize) -> Vec<MetricsRow> {
+    (0..n)
+        .map(|i| {
+            let mut pk = [0u8; 32];
+            pk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let image = ImageRef::parse(&format!(
+                "registry.example:5000/miner{i}/talkhead:v1@sha256:{:064x}",
+                i
+            ))
+            .unwrap();
+            let f = i as f64;
+            let mut metrics =
+                EvaluationMetrics::failed(Verdict::Ok, "", image.as_str(), 1.7e9 + f, 1.7e9 + f, 5);
+            metrics.error = None;
+            metrics.final_score = 0.5 + f / 4096.0;
+            metrics.quality_score = 0.52;
+            metrics.efficiency = efficiency(f);
+            metrics.run_id = format!("run-{i:08}");
+            metrics.challenge_metrics = (0..5)
+                .map(|c| ChallengeMetrics {
+                    challenge_id: format!("challenge-{}", c + 2),
+                    success: true,
+                    video_url: None,
+                    verdict: Verdict::Ok,
+                    components: Some(ComponentScores {
+                        identity: 0.81,
+                        lipsync: 0.62,
+                        audio: 0.74,
+                        video: 0.55,
+                        temporal: 0.66,
+                        penalty: 0.05,
+                        wer: 0.12,
+                    }),
+                    quality_score: Some(0.52),
+                    final_score: Some(0.5),
+                    efficiency: Some(efficiency(f)),
+                    host_time_sec: None,
+                    peak_vram_gb: None,
+                    inference_time_sec: None,
+                    error: None,
+                })
+                .collect();
+            MetricsRow {
+                hotkey: Hotkey::from_public_key(pk),
+                image_ref: image,
+                submit_time: 1.7e9 + f,
+                metrics,
+                carried_over: false,
+            }
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let rows = rows(1024);
+    let size = talkheadd::service::render_metrics_body(&rows).unwrap().len();
+    println!("metrics body for 1024 miners x 5 challenges: {size} bytes");
+    c.bench_function("metrics_body_1024_miners_x5", |b| {
+        b.iter(|| talkheadd::service::render_metrics_body(black_box(&rows)).unwrap())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

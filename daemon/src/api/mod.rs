@@ -1,0 +1,13 @@
+//! The daemon's network surfaces: the validator-facing HTTP gateway ([`http`]), its authentication
+//! ([`auth`]), Prometheus exposition ([`prom`]) and the one mapping from internal errors to HTTP statuses
+//! and stable reason strings ([`error`]).
+//!
+//! Handlers here parse and authenticate; the decisions themselves live in [`crate::service`], which the
+//! admin plane shares.
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod prom;
+
+pub use error::ApiError;

@@ -1,0 +1,100 @@
+//! Prometheus exposition (`GET /prometheus`): request counts by route and status, store size, rounds
+//! committed and submissions by state, in the text format through `prometheus-client`.
+//!
+//! Gauges that mirror the store are refreshed at scrape time, so nothing polls in the background.
+
+use crate::service::{Service, ServiceError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Labels of `talkheadd_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route pattern (`/update`, `/metrics`, ..., or `other`: never the raw path, which is unbounded).
+    pub route: &'static str,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The daemon's metric families.
+pub struct PromMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    store_size: Gauge,
+    rounds_committed: Gauge,
+    submissions: Family<StateLabels, Gauge>,
+}
+
+impl PromMetrics {
+    /// Register every family.
+    pub fn new() -> Arc<PromMetrics> {
+        let mut registry = Registry::with_prefix("talkheadd");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let store_size = Gauge::default();
+        registry.register(
+            "store_size_bytes",
+            "Size of the LMDB data file",
+            store_size.clone(),
+        );
+        let rounds_committed = Gauge::default();
+        registry.register(
+            "rounds_committed",
+            "Rounds committed since the store was created",
+            rounds_committed.clone(),
+        );
+        let submissions = Family::<StateLabels, Gauge>::default();
+        registry.register("submissions", "Submissions by state", submissions.clone());
+        Arc::new(PromMetrics {
+            registry,
+            requests,
+            store_size,
+            rounds_committed,
+            submissions,
+        })
+    }
+
+    /// Count one answered request.
+    pub fn observe_request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// Refresh store-derived gauges and render the text exposition.
+    pub async fn render(&self, service: &Service) -> Result<String, ServiceError> {
+        let counts = service.counts().await?;
+        let rounds = service.rounds_committed().await?;
+        self.store_size
+            .set(i64::try_from(service.store_size_bytes()).unwrap_or(i64::MAX));
+        self.rounds_committed
+            .set(i64::try_from(rounds).unwrap_or(i64::MAX));
+        for (state, n) in [
+            ("total", counts.submissions),
+            ("pending", counts.pending),
+            ("staged", counts.staged),
+            ("committed", counts.committed),
+        ] {
+            self.submissions
+                .get_or_create(&StateLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| ServiceError::Worker(format!("prometheus encoding: {e}")))?;
+        Ok(out)
+    }
+}

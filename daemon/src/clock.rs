@@ -1,0 +1,24 @@
+//! Wall-clock time behind a trait, so that signature windows, round timestamps and scheduler ticks can be
+//! stepped in tests instead of waited for.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A source of Unix time.
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn now_unix(&self) -> f64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> f64 {
+        // A clock before 1970 is a broken host; 0 keeps signatures failing closed (skew) rather than panicking.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}

@@ -1,0 +1,137 @@
+//! The configuration file as written: every key optional, unknown keys refused, numbers kept signed so
+//! that a negative timeout is reported as an impossible value rather than a parse error.
+//!
+//! This module only mirrors the TOML shape; all meaning and every check live in `settings`.
+
+use crate::rounds::ReevaluatePolicy;
+use crate::scoring::ScoringConfig;
+use serde::{Deserialize, Serialize};
+
+/// The whole file (or one drop-in fragment).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[http]`: the validator-facing gateway.
+    pub http: RawHttp,
+    /// `[store]`: the LMDB state file.
+    pub store: RawStore,
+    /// `[auth]`: who may call the gateway.
+    pub auth: RawAuth,
+    /// `[evaluation]`: challenges, counts, timeouts, round policy.
+    pub evaluation: RawEvaluation,
+    /// `[docker]`: the container engine.
+    pub docker: RawDocker,
+    /// `[gpu]`: which GPUs to use.
+    pub gpu: RawGpu,
+    /// `[admin]`: the Unix-socket control plane.
+    pub admin: RawAdmin,
+    /// `[log]`: log format and level.
+    pub log: RawLog,
+    /// `[scoring]`: every scoring constant.
+    pub scoring: Option<ScoringConfig>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// `host:port` to listen on.
+    pub listen: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: Option<i64>,
+    /// Most submissions in one `/update`.
+    pub max_batch: Option<i64>,
+    /// Most simultaneous connections.
+    pub max_connections: Option<i64>,
+    /// Time allowed to receive a request's headers; also bounds an idle keep-alive connection.
+    pub header_timeout_secs: Option<i64>,
+    /// Time allowed for a whole request, body included.
+    pub request_timeout_secs: Option<i64>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// The LMDB data file.
+    pub path: Option<String>,
+    /// LMDB map size.
+    pub map_size_mb: Option<i64>,
+    /// Runs kept per miner in the history.
+    pub history_per_miner: Option<i64>,
+    /// Most distinct hotkeys the table may hold.
+    pub max_submissions: Option<i64>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Public SS58 hotkeys allowed to call the gateway.
+    pub allowed_hotkeys: Option<Vec<String>>,
+    /// Accepted clock skew of signed requests.
+    pub max_skew_secs: Option<i64>,
+    /// `false` disables signatures (loopback listeners only).
+    pub require_signature: Option<bool>,
+    /// `true` serves `GET /metrics` without a signature.
+    pub public_metrics: Option<bool>,
+    /// Nonces remembered by the replay cache.
+    pub replay_cache_capacity: Option<i64>,
+}
+
+/// `[evaluation]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEvaluation {
+    /// Directory of challenge sub-directories.
+    pub challenges_dir: Option<String>,
+    /// Subnet API base URL to fetch challenges from.
+    pub subnet_api_url: Option<String>,
+    /// Unscored warm-up challenges per evaluation.
+    pub warmup_count: Option<i64>,
+    /// Scored challenges per evaluation.
+    pub scoring_count: Option<i64>,
+    /// Time for a container to write `ready.txt`.
+    pub ready_timeout_secs: Option<i64>,
+    /// Time for one challenge's result.
+    pub challenge_timeout_secs: Option<i64>,
+    /// Time for one pull attempt.
+    pub pull_timeout_secs: Option<i64>,
+    /// Which miners are re-evaluated each round.
+    pub reevaluate: Option<ReevaluatePolicy>,
+}
+
+/// `[docker]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDocker {
+    /// Docker Engine API endpoint (`unix:///…` or `tcp://…`).
+    pub host: Option<String>,
+}
+
+/// `[gpu]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGpu {
+    /// Number of virtual GPU slots on a host without NVML.
+    #[serde(rename = "virtual")]
+    pub virtual_slots: Option<i64>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Path of the admin Unix socket.
+    pub socket: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `auto`, `plain`, `json` or `journald`.
+    pub format: Option<String>,
+    /// A tracing filter directive, e.g. `info` or `talkheadd=debug`.
+    pub level: Option<String>,
+}

@@ -1,0 +1,608 @@
+//! Validated settings: what the rest of the daemon reads. Every value is typed, in range and resolved
+//! (defaults applied, environment overrides merged); nothing downstream re-checks configuration.
+//!
+//! Validation collects every problem at once, each naming its key and where the value came from, so an
+//! operator fixes a file in one pass.
+
+use super::raw::RawConfig;
+use super::{ConfigProblem, Origins};
+use crate::domain::Hotkey;
+use crate::rounds::ReevaluatePolicy;
+use crate::scoring::ScoringConfig;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Embedded defaults (design.md section 4; the reference's values where it has one).
+pub mod defaults {
+    /// HTTP listen address: loopback only, port 8000 as the reference.
+    pub const HTTP_LISTEN: &str = "127.0.0.1:8000";
+    /// Largest `/update` body: 1 MiB holds ~8,000 submissions.
+    pub const MAX_BODY_BYTES: i64 = 1 << 20;
+    /// Most submissions per `/update`.
+    pub const MAX_BATCH: i64 = 4096;
+    /// Simultaneous HTTP connections.
+    pub const MAX_CONNECTIONS: i64 = 256;
+    /// Seconds to receive request headers.
+    pub const HEADER_TIMEOUT_SECS: i64 = 10;
+    /// Seconds for a whole request.
+    pub const REQUEST_TIMEOUT_SECS: i64 = 30;
+    /// State file, as the reference's `STATE_FILE`.
+    pub const STORE_PATH: &str = "./state.db";
+    /// LMDB map size in MiB (a sparse file: only what is used takes disk).
+    pub const MAP_SIZE_MB: i64 = 1024;
+    /// Runs kept per miner.
+    pub const HISTORY_PER_MINER: i64 = 20;
+    /// Distinct hotkeys the table may hold (a subnet has at most 256 UIDs; room for churn).
+    pub const MAX_SUBMISSIONS: i64 = 4096;
+    /// Signed-request clock skew, as the reference.
+    pub const MAX_SKEW_SECS: i64 = 120;
+    /// Replay-cache entries.
+    pub const REPLAY_CACHE_CAPACITY: i64 = 65_536;
+    /// Warm-up challenges.
+    pub const WARMUP_COUNT: i64 = 2;
+    /// Scored challenges.
+    pub const SCORING_COUNT: i64 = 5;
+    /// Seconds until `ready.txt`.
+    pub const READY_TIMEOUT_SECS: i64 = 600;
+    /// Seconds per challenge.
+    pub const CHALLENGE_TIMEOUT_SECS: i64 = 120;
+    /// Seconds per pull attempt.
+    pub const PULL_TIMEOUT_SECS: i64 = 900;
+    /// Docker Engine endpoint.
+    pub const DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+    /// Admin socket.
+    pub const ADMIN_SOCKET: &str = "/run/talkheadd/admin.sock";
+    /// Log level.
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// Everything the daemon is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Validator-facing HTTP gateway.
+    pub http: HttpSettings,
+    /// LMDB store.
+    pub store: StoreSettings,
+    /// Gateway authentication.
+    pub auth: AuthSettings,
+    /// Evaluation parameters.
+    pub evaluation: EvaluationSettings,
+    /// Container engine.
+    pub docker: DockerSettings,
+    /// GPU selection.
+    pub gpu: GpuSettings,
+    /// Admin control plane.
+    pub admin: AdminSettings,
+    /// Scoring constants.
+    pub scoring: ScoringConfig,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[http]`
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest request body, enforced while streaming.
+    pub max_body_bytes: usize,
+    /// Most submissions per `/update`.
+    pub max_batch: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Time to receive headers; also how long an idle keep-alive connection is kept.
+    pub header_timeout: Duration,
+    /// Time for a whole request.
+    pub request_timeout: Duration,
+}
+
+/// `[store]`
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The LMDB data file (NOSUBDIR).
+    pub path: PathBuf,
+    /// LMDB map size in bytes.
+    pub map_size_bytes: usize,
+    /// Runs kept per miner.
+    pub history_per_miner: usize,
+    /// Distinct hotkeys the table may hold.
+    pub max_submissions: usize,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Public hotkeys allowed to call.
+    pub allowed_hotkeys: BTreeSet<Hotkey>,
+    /// Accepted skew.
+    pub max_skew_secs: u64,
+    /// Whether signatures are required (false only on loopback).
+    pub require_signature: bool,
+    /// Whether `/metrics` is public.
+    pub public_metrics: bool,
+    /// Replay-cache entries.
+    pub replay_cache_capacity: usize,
+}
+
+/// Where a round's challenges come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeSource {
+    /// A local directory of challenge sub-directories.
+    Directory(PathBuf),
+    /// The Subnet API (`GET {url}/challenge`).
+    SubnetApi(String),
+    /// Neither configured: the daemon serves the API but evaluates nothing.
+    Unconfigured,
+}
+
+/// `[evaluation]`
+#[derive(Debug, Clone)]
+pub struct EvaluationSettings {
+    /// Challenge source.
+    pub challenges: ChallengeSource,
+    /// Warm-up challenges.
+    pub warmup_count: usize,
+    /// Scored challenges.
+    pub scoring_count: usize,
+    /// Time for `ready.txt`.
+    pub ready_timeout: Duration,
+    /// Time per challenge.
+    pub challenge_timeout: Duration,
+    /// Time per pull attempt.
+    pub pull_timeout: Duration,
+    /// Re-evaluation policy.
+    pub reevaluate: ReevaluatePolicy,
+}
+
+/// `[docker]`
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// Engine endpoint.
+    pub host: String,
+}
+
+/// How GPUs are discovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuMode {
+    /// Real GPUs through NVML.
+    Nvml,
+    /// N virtual slots on a host without NVML.
+    Virtual(u32),
+}
+
+/// `[gpu]`
+#[derive(Debug, Clone)]
+pub struct GpuSettings {
+    /// Discovery mode.
+    pub mode: GpuMode,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Socket path.
+    pub socket: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald when under systemd, plain otherwise.
+    Auto,
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+    /// journald-native structured fields.
+    Journald,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Format.
+    pub format: LogFormat,
+    /// tracing filter directive.
+    pub level: String,
+}
+
+impl Settings {
+    /// Validate a merged raw configuration. `origins` says which file or variable set each key.
+    pub(super) fn validate(raw: &RawConfig, origins: &Origins) -> Result<Settings, Vec<ConfigProblem>> {
+        let mut v = Validator {
+            origins,
+            problems: Vec::new(),
+        };
+        let settings = Settings {
+            http: v.http(raw),
+            store: v.store(raw),
+            auth: AuthSettings {
+                allowed_hotkeys: v.hotkeys(raw.auth.allowed_hotkeys.as_deref().unwrap_or(&[])),
+                max_skew_secs: v.int(
+                    raw.auth.max_skew_secs,
+                    defaults::MAX_SKEW_SECS,
+                    "auth.max_skew_secs",
+                    1,
+                    3600,
+                ),
+                require_signature: raw.auth.require_signature.unwrap_or(true),
+                public_metrics: raw.auth.public_metrics.unwrap_or(false),
+                replay_cache_capacity: v.int(
+                    raw.auth.replay_cache_capacity,
+                    defaults::REPLAY_CACHE_CAPACITY,
+                    "auth.replay_cache_capacity",
+                    16,
+                    10_000_000,
+                ),
+            },
+            evaluation: v.evaluation(raw),
+            docker: DockerSettings {
+                host: v.docker_host(raw.docker.host.as_deref()),
+            },
+            gpu: GpuSettings {
+                mode: match raw.gpu.virtual_slots {
+                    None => GpuMode::Nvml,
+                    Some(_) => GpuMode::Virtual(v.int(raw.gpu.virtual_slots, 0, "gpu.virtual", 1, 64)),
+                },
+            },
+            admin: AdminSettings {
+                socket: v.absolute_path(
+                    raw.admin.socket.as_deref().unwrap_or(defaults::ADMIN_SOCKET),
+                    "admin.socket",
+                ),
+            },
+            scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
+            log: v.log(raw),
+        };
+        v.cross_checks(&settings);
+        if v.problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(v.problems)
+        }
+    }
+}
+
+struct Validator<'a> {
+    origins: &'a Origins,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: &str, problem: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            origin: self.origins.origin_of(key),
+            key: key.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    /// An integer in [min, max], converted to the target type (all targets hold the whole range).
+    fn int<T: TryFrom<i64> + Default>(
+        &mut self,
+        value: Option<i64>,
+        default: i64,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> T {
+        let value = value.unwrap_or(default);
+        if value < min || value > max {
+            self.problem(key, format!("must be between {min} and {max} (got {value})"));
+            return T::default();
+        }
+        T::try_from(value).unwrap_or_default()
+    }
+
+    fn secs(&mut self, value: Option<i64>, default: i64, key: &str, max: i64) -> Duration {
+        Duration::from_secs(self.int(value, default, key, 1, max))
+    }
+
+    fn http(&mut self, raw: &RawConfig) -> HttpSettings {
+        let h = &raw.http;
+        let listen_text = h.listen.as_deref().unwrap_or(defaults::HTTP_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.problem(
+                    "http.listen",
+                    "port 0 is not allowed: name the port validators call",
+                );
+                addr
+            }
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    "http.listen",
+                    format!("'{listen_text}' is not an IP:port address (e.g. 127.0.0.1:8000)"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8000))
+            }
+        };
+        HttpSettings {
+            listen,
+            max_body_bytes: self.int(
+                h.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+                "http.max_body_bytes",
+                1024,
+                64 << 20,
+            ),
+            max_batch: self.int(h.max_batch, defaults::MAX_BATCH, "http.max_batch", 1, 100_000),
+            max_connections: self.int(
+                h.max_connections,
+                defaults::MAX_CONNECTIONS,
+                "http.max_connections",
+                1,
+                65_536,
+            ),
+            header_timeout: self.secs(
+                h.header_timeout_secs,
+                defaults::HEADER_TIMEOUT_SECS,
+                "http.header_timeout_secs",
+                3600,
+            ),
+            request_timeout: self.secs(
+                h.request_timeout_secs,
+                defaults::REQUEST_TIMEOUT_SECS,
+                "http.request_timeout_secs",
+                3600,
+            ),
+        }
+    }
+
+    fn store(&mut self, raw: &RawConfig) -> StoreSettings {
+        let s = &raw.store;
+        let path = PathBuf::from(s.path.as_deref().unwrap_or(defaults::STORE_PATH));
+        self.check_state_path(&path);
+        let map_size_mb: usize = self.int(
+            s.map_size_mb,
+            defaults::MAP_SIZE_MB,
+            "store.map_size_mb",
+            16,
+            1 << 20,
+        );
+        StoreSettings {
+            path,
+            map_size_bytes: map_size_mb.saturating_mul(1 << 20),
+            history_per_miner: self.int(
+                s.history_per_miner,
+                defaults::HISTORY_PER_MINER,
+                "store.history_per_miner",
+                1,
+                10_000,
+            ),
+            max_submissions: self.int(
+                s.max_submissions,
+                defaults::MAX_SUBMISSIONS,
+                "store.max_submissions",
+                1,
+                1_000_000,
+            ),
+        }
+    }
+
+    /// The state file's directory must exist and be writable, and the file itself (if present) a regular
+    /// file: catching this here gives exit 78 with the key named instead of a store error later.
+    fn check_state_path(&mut self, path: &Path) {
+        if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p.ends_with('/')) {
+            self.problem("store.path", "must name a file, e.g. /var/lib/talkheadd/state.db");
+            return;
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {
+                if !dir_is_writable(&dir) {
+                    self.problem(
+                        "store.path",
+                        format!("directory {} is not writable by this user", dir.display()),
+                    );
+                }
+            }
+            Ok(_) => self.problem("store.path", format!("{} is not a directory", dir.display())),
+            Err(e) => self.problem(
+                "store.path",
+                format!("directory {} is not accessible: {e}", dir.display()),
+            ),
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_file() {
+                self.problem(
+                    "store.path",
+                    format!("{} exists but is not a regular file", path.display()),
+                );
+            }
+        }
+    }
+
+    fn hotkeys(&mut self, list: &[String]) -> BTreeSet<Hotkey> {
+        let mut set = BTreeSet::new();
+        for (i, text) in list.iter().enumerate() {
+            match Hotkey::parse(text) {
+                Ok(h) => {
+                    set.insert(h);
+                }
+                Err(e) => self.problem(
+                    &format!("auth.allowed_hotkeys[{i}]"),
+                    format!("'{text}' is not a valid SS58 hotkey: {e}"),
+                ),
+            }
+        }
+        set
+    }
+
+    fn evaluation(&mut self, raw: &RawConfig) -> EvaluationSettings {
+        let e = &raw.evaluation;
+        let url = e.subnet_api_url.as_deref().filter(|u| !u.is_empty());
+        let challenges = match (e.challenges_dir.as_deref(), url) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "evaluation.challenges_dir",
+                    "set either challenges_dir or subnet_api_url, not both",
+                );
+                ChallengeSource::Unconfigured
+            }
+            (Some(dir), None) => {
+                let dir = PathBuf::from(dir);
+                match std::fs::read_dir(&dir) {
+                    Ok(_) => ChallengeSource::Directory(dir),
+                    Err(err) => {
+                        self.problem(
+                            "evaluation.challenges_dir",
+                            format!("{} is not a readable directory: {err}", dir.display()),
+                        );
+                        ChallengeSource::Unconfigured
+                    }
+                }
+            }
+            (None, Some(url)) => {
+                if valid_base_url(url) {
+                    ChallengeSource::SubnetApi(url.trim_end_matches('/').to_owned())
+                } else {
+                    self.problem(
+                        "evaluation.subnet_api_url",
+                        "must be an http:// or https:// URL without spaces",
+                    );
+                    ChallengeSource::Unconfigured
+                }
+            }
+            (None, None) => ChallengeSource::Unconfigured,
+        };
+        EvaluationSettings {
+            challenges,
+            warmup_count: self.int(
+                e.warmup_count,
+                defaults::WARMUP_COUNT,
+                "evaluation.warmup_count",
+                0,
+                100,
+            ),
+            scoring_count: self.int(
+                e.scoring_count,
+                defaults::SCORING_COUNT,
+                "evaluation.scoring_count",
+                1,
+                100,
+            ),
+            ready_timeout: self.secs(
+                e.ready_timeout_secs,
+                defaults::READY_TIMEOUT_SECS,
+                "evaluation.ready_timeout_secs",
+                86_400,
+            ),
+            challenge_timeout: self.secs(
+                e.challenge_timeout_secs,
+                defaults::CHALLENGE_TIMEOUT_SECS,
+                "evaluation.challenge_timeout_secs",
+                86_400,
+            ),
+            pull_timeout: self.secs(
+                e.pull_timeout_secs,
+                defaults::PULL_TIMEOUT_SECS,
+                "evaluation.pull_timeout_secs",
+                86_400,
+            ),
+            reevaluate: e.reevaluate.unwrap_or_default(),
+        }
+    }
+
+    fn docker_host(&mut self, host: Option<&str>) -> String {
+        let host = host.unwrap_or(defaults::DOCKER_HOST);
+        let ok = host.strip_prefix("unix://").is_some_and(|p| p.starts_with('/'))
+            || host.strip_prefix("tcp://").is_some_and(|a| !a.is_empty())
+            || host.strip_prefix("http://").is_some_and(|a| !a.is_empty());
+        if !ok || host.chars().any(char::is_whitespace) {
+            self.problem(
+                "docker.host",
+                format!("'{host}' is not unix:///path/to/docker.sock or tcp://host:port"),
+            );
+        }
+        host.to_owned()
+    }
+
+    fn absolute_path(&mut self, path: &str, key: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if !p.is_absolute() {
+            self.problem(key, format!("'{path}' must be an absolute path"));
+        }
+        p
+    }
+
+    fn scoring(&mut self, scoring: ScoringConfig) -> ScoringConfig {
+        if let Err(problems) = scoring.validate() {
+            for p in problems {
+                self.problem(&format!("scoring.{}", p.key), p.problem);
+            }
+        }
+        scoring
+    }
+
+    fn log(&mut self, raw: &RawConfig) -> LogSettings {
+        let format = match raw.log.format.as_deref().unwrap_or("auto") {
+            "auto" => LogFormat::Auto,
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            "journald" => LogFormat::Journald,
+            other => {
+                self.problem(
+                    "log.format",
+                    format!("'{other}' is not one of auto, plain, json, journald"),
+                );
+                LogFormat::Auto
+            }
+        };
+        let level = raw
+            .log
+            .level
+            .clone()
+            .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.problem(
+                "log.level",
+                format!("'{level}' is not a tracing filter such as info or talkheadd=debug"),
+            );
+        }
+        LogSettings { format, level }
+    }
+
+    /// Rules that span several keys.
+    fn cross_checks(&mut self, s: &Settings) {
+        if !s.auth.require_signature && !s.http.listen.ip().is_loopback() {
+            self.problem(
+                "auth.require_signature",
+                format!(
+                    "may be false only when http.listen is a loopback address (it is {})",
+                    s.http.listen
+                ),
+            );
+        }
+        if s.auth.require_signature && s.auth.allowed_hotkeys.is_empty() && !s.http.listen.ip().is_loopback()
+        {
+            self.problem(
+                "auth.allowed_hotkeys",
+                "is empty while http.listen is not loopback: nobody could call the gateway; list the validator's public hotkey",
+            );
+        }
+    }
+}
+
+fn valid_base_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) && url.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// Whether this process may create files in `dir` (what LMDB's open needs), asked of the kernel so
+/// that the check has no side effects.
+fn dir_is_writable(dir: &Path) -> bool {
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
+}

@@ -1,0 +1,291 @@
+//! Configuration loading and validation: every error names its file or variable, key and problem.
+
+use super::*;
+use std::collections::HashMap;
+use std::io::Write;
+
+const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            env: HashMap::new(),
+        }
+    }
+
+    /// Write the main file; its state file lives in the temp dir unless the text says otherwise.
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    fn state(&self) -> String {
+        format!(
+            "[store]\npath = \"{}\"\n",
+            self.dir.path().join("state.db").display()
+        )
+    }
+
+    fn load(&self, path: &Path) -> Result<Loaded, ConfigError> {
+        let env = |k: &str| self.env.get(k).cloned();
+        load(&ConfigLocation::Explicit(path.to_path_buf()), &env)
+    }
+}
+
+fn problems(err: ConfigError) -> Vec<ConfigProblem> {
+    match err {
+        ConfigError::Invalid(p) => p,
+        other => panic!("expected Invalid, got {other}"),
+    }
+}
+
+#[test]
+fn no_file_at_all_gives_the_embedded_defaults() {
+    let env = |_: &str| None;
+    let loaded = load(
+        &ConfigLocation::Default(PathBuf::from("/nonexistent/talkheadd.toml")),
+        &env,
+    )
+    .unwrap();
+    let s = loaded.settings;
+    assert!(loaded.files.is_empty());
+    assert_eq!(s.http.listen.to_string(), "127.0.0.1:8000");
+    assert_eq!(s.store.path, PathBuf::from("./state.db"));
+    assert_eq!(s.evaluation.warmup_count, 2);
+    assert_eq!(s.evaluation.scoring_count, 5);
+    assert_eq!(s.evaluation.ready_timeout.as_secs(), 600);
+    assert_eq!(s.evaluation.challenge_timeout.as_secs(), 120);
+    assert_eq!(s.evaluation.pull_timeout.as_secs(), 900);
+    assert_eq!(s.auth.max_skew_secs, 120);
+    assert!(s.auth.require_signature);
+    assert_eq!(s.evaluation.challenges, ChallengeSource::Unconfigured);
+    assert_eq!(s.gpu.mode, GpuMode::Nvml);
+}
+
+#[test]
+fn an_explicit_missing_file_is_an_error_naming_it() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("absent.toml");
+    let err = f.load(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::Unreadable { .. }));
+    assert!(err.to_string().contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn every_design_key_is_accepted() {
+    let f = Fixture::new();
+    let challenges = f.dir.path().join("challenges");
+    std::fs::create_dir(&challenges).unwrap();
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 65536\n\
+         [store]\npath = \"{}\"\n\
+         [auth]\nallowed_hotkeys = [\"{ALICE}\"]\nmax_skew_secs = 60\n\
+         [evaluation]\nchallenges_dir = \"{}\"\nwarmup_count = 1\nscoring_count = 3\nready_timeout_secs = 30\n\
+         challenge_timeout_secs = 20\npull_timeout_secs = 10\nreevaluate = {{ top_k = 5 }}\n\
+         [docker]\nhost = \"unix:///run/docker.sock\"\n[gpu]\nvirtual = 2\n[admin]\nsocket = \"/run/t/admin.sock\"\n",
+        f.dir.path().join("s.db").display(),
+        challenges.display()
+    );
+    let s = f.load(&f.file("t.toml", &text)).unwrap().settings;
+    assert_eq!(s.http.listen.port(), 9000);
+    assert_eq!(s.http.max_body_bytes, 65536);
+    assert_eq!(s.auth.allowed_hotkeys.len(), 1);
+    assert_eq!(s.evaluation.challenges, ChallengeSource::Directory(challenges));
+    assert_eq!(s.evaluation.scoring_count, 3);
+    assert_eq!(s.gpu.mode, GpuMode::Virtual(2));
+    assert_eq!(s.docker.host, "unix:///run/docker.sock");
+    assert!(matches!(
+        s.evaluation.reevaluate,
+        crate::rounds::ReevaluatePolicy::TopK { .. }
+    ));
+}
+
+#[test]
+fn an_unknown_key_names_file_and_full_key() {
+    let f = Fixture::new();
+    let path = f.file("t.toml", "[http]\nlisten_addr = \"127.0.0.1:1\"\n");
+    let err = f.load(&path).unwrap_err();
+    let ConfigError::Syntax {
+        path: p,
+        key,
+        message,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(p, &path);
+    assert_eq!(key, "http.listen_addr");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+#[test]
+fn a_wrong_type_names_the_key() {
+    let f = Fixture::new();
+    let path = f.file("t.toml", "[evaluation]\nready_timeout_secs = \"ten\"\n");
+    let ConfigError::Syntax { key, .. } = f.load(&path).unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(key, "evaluation.ready_timeout_secs");
+}
+
+#[test]
+fn not_toml_at_all_is_a_syntax_error() {
+    let f = Fixture::new();
+    let err = f.load(&f.file("t.toml", "[http\nlisten=")).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}
+
+#[test]
+fn impossible_values_are_all_reported_at_once() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n[evaluation]\nready_timeout_secs = -5\nscoring_count = 0\n[gpu]\nvirtual = 0\n[auth]\nallowed_hotkeys = [\"5Grw\"]\n",
+        f.state()
+    );
+    let path = f.file("t.toml", &text);
+    let p = problems(f.load(&path).unwrap_err());
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "http.listen",
+        "evaluation.ready_timeout_secs",
+        "evaluation.scoring_count",
+        "gpu.virtual",
+        "auth.allowed_hotkeys[0]",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    assert!(p.iter().all(|p| p.origin == Origin::File(path.clone())));
+    let text = ConfigError::Invalid(p).to_string();
+    assert!(text.contains("must be between 1 and 86400 (got -5)"), "{text}");
+    assert!(text.contains("t.toml: key `http.listen`: port 0"), "{text}");
+}
+
+#[test]
+fn an_unwritable_state_directory_is_a_config_error() {
+    let f = Fixture::new();
+    let path = f.file("t.toml", "[store]\npath = \"/nonexistent-dir/state.db\"\n");
+    let p = problems(f.load(&path).unwrap_err());
+    assert_eq!(p[0].key, "store.path");
+    assert!(p[0].problem.contains("/nonexistent-dir"), "{}", p[0].problem);
+}
+
+#[test]
+fn reference_environment_variables_override_the_file() {
+    let mut f = Fixture::new();
+    let path = f.file("t.toml", "[http]\nlisten = \"127.0.0.2:8000\"\n");
+    let state = f.dir.path().join("env.db");
+    f.env.insert("PORT".into(), "9100".into());
+    f.env.insert("STATE_FILE".into(), state.display().to_string());
+    f.env
+        .insert("SUBNET_API_URL".into(), "https://subnet.example/".into());
+    let s = f.load(&path).unwrap().settings;
+    assert_eq!(s.http.listen.to_string(), "127.0.0.2:9100");
+    assert_eq!(s.store.path, state);
+    assert_eq!(
+        s.evaluation.challenges,
+        ChallengeSource::SubnetApi("https://subnet.example".into())
+    );
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let mut f = Fixture::new();
+    let path = f.file("t.toml", &f.state());
+    f.env.insert("PORT".into(), "80000".into());
+    let err = f.load(&path).unwrap_err();
+    assert!(err.to_string().starts_with("environment variable PORT"), "{err}");
+    f.env.insert("PORT".into(), "1".into());
+    f.env.insert("SUBNET_API_URL".into(), "ftp://x".into());
+    let p = problems(f.load(&path).unwrap_err());
+    assert_eq!(p[0].origin, Origin::Env("SUBNET_API_URL"));
+}
+
+#[test]
+fn drop_ins_override_in_name_order_and_are_blamed_for_their_own_mistakes() {
+    let f = Fixture::new();
+    let path = f.file(
+        "t.toml",
+        &format!("{}[http]\nlisten = \"127.0.0.1:8001\"\n", f.state()),
+    );
+    f.file("t.toml.d/10-port.toml", "[http]\nlisten = \"127.0.0.1:8002\"\n");
+    f.file(
+        "t.toml.d/20-port.toml",
+        "[http]\nlisten = \"127.0.0.1:8003\"\nmax_batch = 7\n",
+    );
+    f.file("t.toml.d/ignored.txt", "not toml");
+    let loaded = f.load(&path).unwrap();
+    assert_eq!(loaded.settings.http.listen.port(), 8003);
+    assert_eq!(loaded.settings.http.max_batch, 7);
+    assert_eq!(loaded.files.len(), 3);
+
+    let bad = f.file("t.toml.d/30-bad.toml", "[http]\nmax_batch = 0\n");
+    let p = problems(f.load(&path).unwrap_err());
+    assert_eq!(p[0].origin, Origin::File(bad.clone()));
+    f.file("t.toml.d/30-bad.toml", "[htp]\n");
+    let ConfigError::Syntax { path: blamed, .. } = f.load(&path).unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(blamed, bad);
+}
+
+#[test]
+fn unsigned_mode_is_refused_off_loopback() {
+    let f = Fixture::new();
+    let path = f.file(
+        "t.toml",
+        &format!(
+            "{}[http]\nlisten = \"0.0.0.0:8000\"\n[auth]\nrequire_signature = false\n",
+            f.state()
+        ),
+    );
+    let p = problems(f.load(&path).unwrap_err());
+    assert!(p.iter().any(|p| p.key == "auth.require_signature"), "{p:?}");
+    let path = f.file(
+        "u.toml",
+        &format!("{}[auth]\nrequire_signature = false\n", f.state()),
+    );
+    assert!(!f.load(&path).unwrap().settings.auth.require_signature);
+}
+
+#[test]
+fn print_config_is_valid_configuration_that_loads_back_identically() {
+    let f = Fixture::new();
+    let path = f.file(
+        "t.toml",
+        &format!(
+            "{}[auth]\nallowed_hotkeys = [\"{ALICE}\"]\n[evaluation]\nreevaluate = {{ top_k = 3 }}\n",
+            f.state()
+        ),
+    );
+    let first = f.load(&path).unwrap().settings;
+    let rendered = render_effective(&first);
+    let again = f.load(&f.file("rendered.toml", &rendered)).unwrap().settings;
+    assert_eq!(render_effective(&again), rendered);
+    assert_eq!(again.auth.allowed_hotkeys, first.auth.allowed_hotkeys);
+}
+
+#[test]
+fn urls_with_credentials_are_redacted() {
+    assert_eq!(
+        redact_url("https://user:pw@host.example/x"),
+        "https://<redacted>@host.example/x"
+    );
+    assert_eq!(redact_url("https://host.example/a@b"), "https://host.example/a@b");
+    assert_eq!(
+        redact_url("unix:///var/run/docker.sock"),
+        "unix:///var/run/docker.sock"
+    );
+}

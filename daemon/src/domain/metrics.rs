@@ -1,0 +1,204 @@
+//! The metrics document of one evaluation, in the reference's `/metrics` shape (protocol.md 1.3) with
+//! talkheadd's additive fields (`verdict`, `run_id`, `round`, `stage_times`, `gpu`, `measurement`).
+//!
+//! Field names are a wire contract read by existing validators: add fields, never rename or remove them.
+
+use super::Verdict;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Committed or staged metrics of one evaluation of one miner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationMetrics {
+    /// Number of scored challenges the run was configured for.
+    pub scoring_count: u32,
+    /// Final score in [0, 1]: mean quality × efficiency factor × cap multiplier.
+    pub final_score: f64,
+    /// Mean per-challenge quality in [0, 1].
+    pub quality_score: f64,
+    /// One entry per scored challenge.
+    pub challenge_metrics: Vec<ChallengeMetrics>,
+    /// Run-level efficiency block.
+    pub efficiency: EfficiencyMetrics,
+    /// Unix time the result was produced.
+    pub updated_at: f64,
+    /// The image that was evaluated.
+    pub image_ref: String,
+    /// The submission time of the evaluated submission.
+    pub submit_time: f64,
+    /// Human-readable failure description; absent on success (the validator skips rows that have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Outcome of the whole evaluation.
+    pub verdict: Verdict,
+    /// Identifier of the run (also the container label `talkhead.run`).
+    #[serde(default)]
+    pub run_id: String,
+    /// Round in which the result was produced.
+    #[serde(default)]
+    pub round: u64,
+    /// Seconds spent per stage (`pull`, `ready`, `challenges`, `analysis`...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_times: BTreeMap<String, f64>,
+    /// The GPU the run was measured on, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuIdentity>,
+    /// Where the time and VRAM figures come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<MeasurementProvenance>,
+}
+
+/// One scored challenge. Successful entries carry the component scores; failed ones carry `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengeMetrics {
+    /// Challenge identifier (the challenge directory name).
+    pub challenge_id: String,
+    /// Whether the challenge produced a scored video.
+    pub success: bool,
+    /// Public URL of the output, when uploaded; talkheadd never uploads, so normally null.
+    #[serde(default)]
+    pub video_url: Option<String>,
+    /// Per-challenge verdict.
+    pub verdict: Verdict,
+    /// Component scores, present on success.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub components: Option<ComponentScores>,
+    /// Quality of this challenge, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_score: Option<f64>,
+    /// Quality × this challenge's efficiency factor; informational only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_score: Option<f64>,
+    /// This challenge's efficiency block, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencyMetrics>,
+    /// Host wall-clock seconds, present on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_time_sec: Option<f64>,
+    /// Peak VRAM in GB, present on failure when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_vram_gb: Option<f64>,
+    /// Inference seconds, present on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_time_sec: Option<f64>,
+    /// Failure reason, present on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The clamped component scores of a successful challenge (protocol.md 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ComponentScores {
+    /// Identity similarity to the reference face.
+    pub identity: f64,
+    /// Lip-sync score.
+    pub lipsync: f64,
+    /// Audio score.
+    pub audio: f64,
+    /// Video quality score.
+    pub video: f64,
+    /// Temporal consistency score.
+    pub temporal: f64,
+    /// Weighted penalty, subtracted from the blend.
+    pub penalty: f64,
+    /// Word error rate against the transcript.
+    pub wer: f64,
+}
+
+/// The efficiency block (protocol.md 1.3 / 6) plus talkheadd's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EfficiencyMetrics {
+    /// Mean peak VRAM in GB over the scored challenges; null when unavailable.
+    pub peak_vram_gb: Option<f64>,
+    /// Mean inference seconds over the scored challenges.
+    pub inference_time_sec: Option<f64>,
+    /// Normalised time in [0, norm_max].
+    pub time_norm: f64,
+    /// Normalised VRAM in [0, norm_max].
+    pub vram_norm: f64,
+    /// exp(-w_t·time_norm - w_v·vram_norm), the factor actually applied.
+    pub efficiency_factor: f64,
+    /// Whether the worst challenge exceeded a cap.
+    pub cap_violation: bool,
+    /// True when time was unavailable and the reference value was used instead.
+    #[serde(default)]
+    pub time_missing: bool,
+    /// True when VRAM was unavailable and the reference value was used instead.
+    #[serde(default)]
+    pub vram_missing: bool,
+}
+
+/// The GPU a run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuIdentity {
+    /// NVML UUID, or `virtual-N` on hosts without NVML.
+    pub uuid: String,
+    /// Marketing name.
+    pub name: String,
+}
+
+/// Provenance of the efficiency figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct MeasurementProvenance {
+    /// How inference time was measured.
+    pub time: MeasurementSource,
+    /// How peak VRAM was measured.
+    pub vram: MeasurementSource,
+}
+
+/// How a figure was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasurementSource {
+    /// Host wall clock around the challenge.
+    HostClock,
+    /// NVML accounting mode: exact per-process maxima.
+    Accounting,
+    /// NVML sampling.
+    Sampled,
+    /// Reported by the miner (never trusted for scoring).
+    MinerReported,
+    /// Not available on this host.
+    Unavailable,
+}
+
+impl EvaluationMetrics {
+    /// Metrics for an evaluation that ended before anything could be scored (pull failure, crash...):
+    /// scores are zero and `error` says why, so validators skip the row as the reference's do.
+    pub fn failed(
+        verdict: Verdict,
+        error: impl Into<String>,
+        image_ref: &str,
+        submit_time: f64,
+        updated_at: f64,
+        scoring_count: u32,
+    ) -> EvaluationMetrics {
+        EvaluationMetrics {
+            scoring_count,
+            final_score: 0.0,
+            quality_score: 0.0,
+            challenge_metrics: Vec::new(),
+            efficiency: EfficiencyMetrics {
+                peak_vram_gb: None,
+                inference_time_sec: None,
+                time_norm: 0.0,
+                vram_norm: 0.0,
+                efficiency_factor: 0.0,
+                cap_violation: false,
+                time_missing: true,
+                vram_missing: true,
+            },
+            updated_at,
+            image_ref: image_ref.to_owned(),
+            submit_time,
+            error: Some(error.into()),
+            verdict,
+            run_id: String::new(),
+            round: 0,
+            stage_times: BTreeMap::new(),
+            gpu: None,
+            measurement: None,
+        }
+    }
+}

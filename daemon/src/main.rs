@@ -1,0 +1,83 @@
+//! `talkheadd`: the binary edge. Parses the command line, loads configuration (exit 78 on any problem),
+//! and either runs the daemon or answers `check-config` / `print-config` / `--version`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use talkheadd::config::{self, ConfigLocation, EXIT_CONFIG};
+
+/// Evaluation executor for the Talkhead subnet.
+#[derive(Debug, Parser)]
+#[command(name = "talkheadd", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file [default: /etc/talkheadd/talkheadd.toml if it exists, else embedded defaults]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (the default).
+    Run,
+    /// Validate the configuration and exit (0 valid, 78 invalid).
+    CheckConfig,
+    /// Print the effective configuration, every default filled in and secrets redacted.
+    PrintConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = |name: &str| std::env::var(name).ok();
+    let location = ConfigLocation::resolve(cli.config, &env);
+    let loaded = match config::load(&location, &env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("talkheadd: configuration error:\n{e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let source = if loaded.files.is_empty() {
+        "embedded defaults".to_owned()
+    } else {
+        loaded
+            .files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("configuration OK ({source})");
+            ExitCode::SUCCESS
+        }
+        Command::PrintConfig => {
+            println!("# effective configuration from {source}");
+            print!("{}", config::render_effective(&loaded.settings));
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            talkheadd::logging::init(&loaded.settings.log);
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "talkheadd starting");
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("talkheadd: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(talkheadd::daemon::run(loaded.settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "talkheadd stopped");
+                    eprintln!("talkheadd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The daemon's operations, shared by every surface (the HTTP gateway now, the admin plane later): each
+//! is one decision against the store, run on a blocking thread so no LMDB transaction ever meets an
+//! `.await`.
+//!
+//! Surfaces parse, authenticate and map errors; they never reach into the store themselves.
+
+use crate::clock::Clock;
+use crate::domain::{Hotkey, Submission};
+use crate::store::{MetricsRow, Store, StoreError, SubmissionCounts, UpsertReport};
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking worker died (a bug, or shutdown in progress).
+    #[error("internal worker failed: {0}")]
+    Worker(String),
+    /// A response could not be serialised (a bug: every stored value is serialisable).
+    #[error("could not serialise the response: {0}")]
+    Render(#[from] serde_json::Error),
+}
+
+impl ServiceError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServiceError::Store(StoreError::SubmissionLimit { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Store(_) | ServiceError::Worker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable reason string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ServiceError::Store(e) => e.reason(),
+            ServiceError::Worker(_) => "internal_worker_failed",
+            ServiceError::Render(_) => "internal_render_failed",
+        }
+    }
+}
+
+/// Operations over the daemon's state.
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// `/metrics` body rendered for one `metrics_version`: every change to what `/metrics` shows bumps the
+    /// version, so the cache can never serve stale rows.
+    metrics_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
+}
+
+/// One row of `GET /metrics` (the reference's `MinerMetricsResponse`).
+#[derive(Serialize)]
+struct MetricsRowBody<'a> {
+    hotkey: &'a Hotkey,
+    image_ref: &'a str,
+    submit_time: f64,
+    metrics: &'a crate::domain::EvaluationMetrics,
+    /// Additive: true when the result was carried over from an earlier round (`top_k` policy).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    carried_over: bool,
+}
+
+/// Serialise `/metrics` rows in the reference's shape.
+pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, serde_json::Error> {
+    let body: Vec<MetricsRowBody<'_>> = rows
+        .iter()
+        .map(|r| MetricsRowBody {
+            hotkey: &r.hotkey,
+            image_ref: r.image_ref.as_str(),
+            submit_time: r.submit_time,
+            metrics: &r.metrics,
+            carried_over: r.carried_over,
+        })
+        .collect();
+    serde_json::to_vec(&body)
+}
+
+impl Service {
+    /// Wrap an open store.
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Service {
+        Service {
+            store,
+            clock,
+            metrics_cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The store (for the daemon's own lifecycle).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || op(&store))
+            .await
+            .map_err(|e| ServiceError::Worker(e.to_string()))?
+    }
+
+    /// Upsert a validated batch in one transaction (`POST /update`). Duplicated hotkeys: the last wins.
+    pub async fn update_submissions(&self, batch: Vec<Submission>) -> Result<UpsertReport, ServiceError> {
+        let now = self.clock.now_unix();
+        self.blocking(move |s| Ok(s.upsert_submissions(&batch, now)?))
+            .await
+    }
+
+    /// The current `metrics_version` (the ETag), without reading the rows.
+    pub async fn metrics_version(&self) -> Result<u64, ServiceError> {
+        self.blocking(|s| Ok(s.metrics_version()?)).await
+    }
+
+    /// The `/metrics` body and the version it belongs to, from the cache when the version is unchanged.
+    pub async fn metrics_body(&self) -> Result<(u64, Bytes), ServiceError> {
+        let version = self.metrics_version().await?;
+        if let Some(hit) = self.cached_metrics(version) {
+            return Ok(hit);
+        }
+        let (version, body) = self
+            .blocking(|s| {
+                let view = s.metrics_view()?;
+                let body = render_metrics_body(&view.rows)?;
+                Ok((view.metrics_version, Bytes::from(body)))
+            })
+            .await?;
+        if let Ok(mut cache) = self.metrics_cache.lock() {
+            *cache = Some((version, body.clone()));
+        }
+        Ok((version, body))
+    }
+
+    fn cached_metrics(&self, version: u64) -> Option<(u64, Bytes)> {
+        let cache = self.metrics_cache.lock().ok()?;
+        cache.as_ref().filter(|(v, _)| *v == version).cloned()
+    }
+
+    /// Submission counts by state (Prometheus, status).
+    pub async fn counts(&self) -> Result<SubmissionCounts, ServiceError> {
+        self.blocking(|s| Ok(s.counts()?)).await
+    }
+
+    /// Rounds committed so far.
+    pub async fn rounds_committed(&self) -> Result<u64, ServiceError> {
+        self.blocking(|s| Ok(s.round_state()?.number.saturating_sub(1)))
+            .await
+    }
+
+    /// Size of the LMDB data file in bytes.
+    pub fn store_size_bytes(&self) -> u64 {
+        self.store.file_size_bytes()
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README, CI): set up a fresh Debian machine, then check formatting, lints and run
+# every test. GPU tests (named gpu_*) need a GPU and are excluded here; run them with tests/gpu.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/setup.sh
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace --locked -- --skip gpu_

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what talkheadd's build, tests and demo need on a fresh Debian machine (run as root), and starts
+# the services they use. Idempotent: safe to run again; it skips what is already there.
+#
+#   - build tools and ffmpeg (media analysis), from Debian;
+#   - Docker's engine from Debian's docker.io (dockerd is started if none is running) and a local registry
+#     from Debian's docker-registry on 127.0.0.1:5000, for the container tests;
+#   - a Python virtual environment in .venv with bittensor-wallet (the signing library validators use) for
+#     the signature interoperability tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+need_pkgs=()
+for pkg in build-essential pkg-config ffmpeg docker.io docker-registry python3-venv curl ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
+done
+if ((${#need_pkgs[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages: ${need_pkgs[*]} (run as root, or install them first)"; exit 1
+  fi
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# Docker engine: start one if none answers.
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
+    log "starting dockerd"
+    mkdir -p /var/log
+    nohup dockerd >/var/log/talkheadd-test-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  docker info >/dev/null 2>&1 && log "dockerd is up" || log "warning: no Docker engine answers (see /var/log/talkheadd-test-dockerd.log)"
+fi
+
+# Local registry on 127.0.0.1:5000 (Debian's docker-registry), storage under /var/lib/docker-registry.
+if ! curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1; then
+  if command -v docker-registry >/dev/null; then
+    log "starting docker-registry on 127.0.0.1:5000"
+    # Our own config: Debian's default one demands htpasswd authentication.
+    nohup docker-registry serve tests/registry.yml >/var/log/talkheadd-test-registry.log 2>&1 &
+    for _ in $(seq 1 30); do curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && log "registry is up" || log "warning: local registry not reachable"
+fi
+
+# bittensor-wallet for the signature interoperability tests.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bittensor_wallet' 2>/dev/null; then
+  log "installing bittensor-wallet into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'bittensor-wallet>=4,<5'
+fi
+log "ready"
