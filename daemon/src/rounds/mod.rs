@@ -294,35 +294,26 @@ pub struct MetricsRow {
     pub carried_over: bool,
 }
 
-/// The inputs of the injected ranker, one per miner with committed metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RankInput<'a> {
-    /// The miner.
-    pub hotkey: &'a str,
-    /// `final_score` of its committed metrics.
-    pub final_score: f64,
-    /// Mean inference seconds, when measured.
-    pub mean_time: Option<f64>,
-    /// Mean peak VRAM (GB), when measured.
-    pub mean_vram: Option<f64>,
-    /// Its submission time.
-    pub submit_time: f64,
-    /// Verdict ok, no error, finite `final_score` > 0.
-    pub eligible: bool,
+/// The inputs of the injected ranker, one per miner with committed metrics: the scoring core's
+/// candidate type, so the round rules and the winner selection rank exactly the same thing.
+pub type RankInput<'a> = crate::scoring::RankCandidate<'a>;
+
+/// The ranking inputs of one miner's committed metrics.
+pub fn rank_input<'a>(hotkey: &'a Hotkey, submit_time: f64, m: &EvaluationMetrics) -> RankInput<'a> {
+    RankInput {
+        hotkey: hotkey.as_str(),
+        final_score: m.final_score,
+        mean_time: m.efficiency.inference_time_sec,
+        mean_vram: m.efficiency.peak_vram_gb,
+        submit_time,
+        eligible: is_eligible(m),
+    }
 }
 
-impl<'a> RankInput<'a> {
-    /// The ranking inputs of one miner's committed metrics.
-    pub fn from_metrics(hotkey: &'a Hotkey, submit_time: f64, m: &EvaluationMetrics) -> RankInput<'a> {
-        RankInput {
-            hotkey: hotkey.as_str(),
-            final_score: m.final_score,
-            mean_time: m.efficiency.inference_time_sec,
-            mean_vram: m.efficiency.peak_vram_gb,
-            submit_time,
-            eligible: is_eligible(m),
-        }
-    }
+/// The production ranker for [`crate::store::Store::commit_round_if_complete`]: the scoring core's
+/// tie-break order with the configured epsilon.
+pub fn ranker(tie_epsilon: f64) -> impl Fn(&[RankInput<'_>]) -> Vec<usize> {
+    move |inputs| crate::scoring::rank(inputs, tie_epsilon)
 }
 
 /// Whether committed metrics may win: verdict ok, no error, finite `final_score` > 0.

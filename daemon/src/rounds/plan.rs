@@ -318,7 +318,7 @@ pub fn plan_commit(
         ReevaluatePolicy::TopK { top_k, .. } => {
             let inputs: Vec<RankInput<'_>> = after
                 .iter()
-                .map(|(r, c, _)| RankInput::from_metrics(&r.hotkey, r.submit_time, &c.metrics))
+                .map(|(r, c, _)| super::rank_input(&r.hotkey, r.submit_time, &c.metrics))
                 .collect();
             let mut seen = BTreeSet::new();
             rank(&inputs)
