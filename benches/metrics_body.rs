@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use talkheadd::domain::metrics::{ChallengeMetrics, ComponentScores, EfficiencyMetrics};
+use talkheadd::domain::metrics::{ChallengeMetrics, EfficiencyMetrics};
 use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Verdict};
 use talkheadd::store::MetricsRow;
 
@@ -46,15 +46,13 @@ fn rows(n: usize) -> Vec<MetricsRow> {
                     success: true,
                     video_url: None,
                     verdict: Verdict::Ok,
-                    components: Some(ComponentScores {
-                        identity: 0.81,
-                        lipsync: 0.62,
-                        audio: 0.74,
-                        video: 0.55,
-                        temporal: 0.66,
-                        penalty: 0.05,
-                        wer: 0.12,
-                    }),
+                    identity: Some(0.81),
+                    lipsync: Some(0.62),
+                    audio: Some(0.74),
+                    video: Some(0.55),
+                    temporal: Some(0.66),
+                    penalty: Some(0.05),
+                    wer: Some(0.12),
                     quality_score: Some(0.52),
                     final_score: Some(0.5),
                     efficiency: Some(efficiency(f)),

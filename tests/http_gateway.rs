@@ -468,3 +468,36 @@ fn unsigned_mode_on_loopback_accepts_and_duplicates_resolve_to_the_last() {
     let rows = stored(&setup.dir.path().join("state.db"));
     assert_eq!(rows, vec![(ALICE.to_owned(), image(DIGEST_B), 2.0)]);
 }
+
+#[test]
+fn silent_and_stalled_clients_are_cut_off_by_the_timeouts() {
+    use std::io::{Read, Write};
+    let mut setup = Setup::new("[auth]\nrequire_signature = false\n");
+    setup.http = "header_timeout_secs = 1\nrequest_timeout_secs = 2\n".into();
+    let d = Daemon::start(&setup);
+
+    // A connection that never sends its headers is closed by the server (read returns EOF, not our
+    // own read timeout, which is far longer).
+    let mut silent = std::net::TcpStream::connect(d.addr).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < WAIT,
+        "the server never closed a silent connection"
+    );
+
+    // A body that stalls half-way gets 408 with a JSON reason.
+    let mut stalled = std::net::TcpStream::connect(d.addr).unwrap();
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    stalled
+        .write_all(b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stalled.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
+    assert!(d.stop().success());
+}

@@ -33,12 +33,14 @@
 //! anything is stored. Infrastructure failures are never charged to a miner.
 
 pub mod api;
+pub mod challenges;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod logging;
 pub mod rounds;
+pub mod runtime;
 pub mod scoring;
 pub mod service;
 pub mod store;

@@ -60,9 +60,28 @@ pub struct ChallengeMetrics {
     pub video_url: Option<String>,
     /// Per-challenge verdict.
     pub verdict: Verdict,
-    /// Component scores, present on success.
-    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
-    pub components: Option<ComponentScores>,
+    /// Component scores, present on success. Kept as plain fields rather than a flattened struct:
+    /// `#[serde(flatten)]` turns the whole entry into a map and doubles the cost of `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<f64>,
+    /// Lip-sync score, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lipsync: Option<f64>,
+    /// Audio score, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<f64>,
+    /// Video score, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<f64>,
+    /// Temporal score, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal: Option<f64>,
+    /// Weighted penalty, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<f64>,
+    /// Word error rate, present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wer: Option<f64>,
     /// Quality of this challenge, present on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_score: Option<f64>,
@@ -86,25 +105,6 @@ pub struct ChallengeMetrics {
     pub error: Option<String>,
 }
 
-/// The clamped component scores of a successful challenge (protocol.md 5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ComponentScores {
-    /// Identity similarity to the reference face.
-    pub identity: f64,
-    /// Lip-sync score.
-    pub lipsync: f64,
-    /// Audio score.
-    pub audio: f64,
-    /// Video quality score.
-    pub video: f64,
-    /// Temporal consistency score.
-    pub temporal: f64,
-    /// Weighted penalty, subtracted from the blend.
-    pub penalty: f64,
-    /// Word error rate against the transcript.
-    pub wer: f64,
-}
-
 /// The efficiency block (protocol.md 1.3 / 6) plus talkheadd's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EfficiencyMetrics {
@@ -121,10 +121,10 @@ pub struct EfficiencyMetrics {
     /// Whether the worst challenge exceeded a cap.
     pub cap_violation: bool,
     /// True when time was unavailable and the reference value was used instead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub time_missing: bool,
     /// True when VRAM was unavailable and the reference value was used instead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vram_missing: bool,
 }
 

@@ -1,0 +1,343 @@
+//! The Docker Engine through bollard: connection and version negotiation, pulls by digest with
+//! verification, container lifecycle, log tails, and the labelled-container queries reconciliation uses.
+//!
+//! Owns every call to the engine and the translation of engine errors into [`RuntimeError`]s that say
+//! whose fault they are. Must not decide what a container may do: the create body comes from
+//! [`super::spec`], the security boundary, and is re-audited here before it is sent.
+
+use super::pull::{self, PullFailure};
+use crate::domain::ImageRef;
+use bollard::Docker;
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Label every container the daemon creates carries (design.md section 4).
+pub const RUN_LABEL: &str = "talkhead.run";
+
+/// Failures talking to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached at start-up.
+    #[error(
+        "Docker engine not reachable at {host}: {reason}; install docker.io and start it (systemctl start docker)"
+    )]
+    Unreachable {
+        /// The configured endpoint.
+        host: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A pull failed; [`PullFailure`] says whose fault.
+    #[error("pull of {image} failed: {}", .failure.reason())]
+    Pull {
+        /// The image.
+        image: String,
+        /// Classification.
+        failure: PullFailure,
+    },
+    /// The pulled content is not what was asked for.
+    #[error("pulled image {image} does not carry the requested digest {digest}")]
+    DigestMismatch {
+        /// The image.
+        image: String,
+        /// The requested digest.
+        digest: String,
+    },
+    /// Any other engine call failed (infrastructure).
+    #[error("Docker API call {call} failed: {reason}")]
+    Api {
+        /// Which call.
+        call: &'static str,
+        /// What the engine said.
+        reason: String,
+    },
+    /// The create body failed the security audit (a bug upstream: never sent).
+    #[error("container spec refused by the security audit: {0}")]
+    Audit(String),
+}
+
+/// What a successful pull left on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// Local image id (`sha256:…` of the config).
+    pub id: String,
+    /// Size on disk in bytes, as the engine reports it.
+    pub size_bytes: u64,
+    /// Environment baked into the image (for the CUDA requirement check).
+    pub env: Vec<String>,
+    /// Labels baked into the image.
+    pub labels: HashMap<String, String>,
+}
+
+/// Final state of a container, as inspected after it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerOutcome {
+    /// Still running.
+    pub running: bool,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i64>,
+    /// Killed by the kernel's OOM killer for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// The engine's error string, if any.
+    pub error: Option<String>,
+}
+
+/// A handle on the engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    host: String,
+}
+
+fn api(call: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
+    move |e| RuntimeError::Api {
+        call,
+        reason: pull::sanitise(&e.to_string()),
+    }
+}
+
+impl Engine {
+    /// Connect to `host` (`unix:///…` or `tcp://…`), negotiate the API version and ping.
+    pub async fn connect(host: &str) -> Result<Engine, RuntimeError> {
+        let unreachable = |reason: String| RuntimeError::Unreachable {
+            host: host.to_owned(),
+            reason,
+        };
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        docker.ping().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(Engine {
+            docker,
+            host: host.to_owned(),
+        })
+    }
+
+    /// The configured endpoint.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether the engine answers right now (used to wait out a dockerd restart).
+    pub async fn ping(&self) -> bool {
+        self.docker.ping().await.is_ok()
+    }
+
+    /// Pull `image` by digest (one attempt, bounded by `timeout`), then verify that the local image
+    /// carries the requested digest. The tag is never used: only the digest decides what is fetched.
+    pub async fn pull(&self, image: &ImageRef, timeout: Duration) -> Result<PulledImage, RuntimeError> {
+        let pinned = image.pinned();
+        let options = CreateImageOptionsBuilder::default().from_image(&pinned).build();
+        let fail = |failure: PullFailure| RuntimeError::Pull {
+            image: pinned.clone(),
+            failure,
+        };
+        let pulling = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    let status = match &e {
+                        bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
+                            Some(*status_code)
+                        }
+                        _ => None,
+                    };
+                    return Err(fail(pull::classify(status, &e.to_string())));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, pulling).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(fail(PullFailure::Infra(format!(
+                    "pull did not finish within {timeout:?}"
+                ))));
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_image(&pinned)
+            .await
+            .map_err(api("inspect_image"))?;
+        let wanted = format!("{}@{}", pinned_repository(image), image.digest());
+        let digests = inspect.repo_digests.clone().unwrap_or_default();
+        if !digests.iter().any(|d| d == &wanted) {
+            return Err(RuntimeError::DigestMismatch {
+                image: pinned,
+                digest: image.digest(),
+            });
+        }
+        let config = inspect.config.unwrap_or_default();
+        Ok(PulledImage {
+            id: inspect.id.unwrap_or_default(),
+            size_bytes: inspect.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            env: config.env.unwrap_or_default(),
+            labels: config.labels.unwrap_or_default(),
+        })
+    }
+
+    /// Remove an image the daemon pulled (by its pinned reference). Missing images are fine.
+    pub async fn remove_image(&self, image: &ImageRef) -> Result<(), RuntimeError> {
+        let options = RemoveImageOptionsBuilder::default()
+            .force(true)
+            .noprune(false)
+            .build();
+        match self
+            .docker
+            .remove_image(&image.pinned(), Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(api("remove_image")(e)),
+        }
+    }
+
+    /// Create a container from an audited spec; returns its id.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: bollard::models::ContainerCreateBody,
+    ) -> Result<String, RuntimeError> {
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(api("create_container"))?;
+        Ok(created.id)
+    }
+
+    /// Start a created container.
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(api("start_container"))
+    }
+
+    /// Inspect a container's state.
+    pub async fn outcome(&self, id: &str) -> Result<ContainerOutcome, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api("inspect_container"))?;
+        let state = inspect.state.unwrap_or_default();
+        Ok(ContainerOutcome {
+            running: state.running.unwrap_or(false),
+            exit_code: if state.running.unwrap_or(false) {
+                None
+            } else {
+                state.exit_code
+            },
+            oom_killed: state.oom_killed.unwrap_or(false),
+            error: state.error.filter(|e| !e.is_empty()),
+        })
+    }
+
+    /// SIGKILL a container; one that already stopped or vanished is fine.
+    pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+        match self.docker.kill_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(api("kill_container")(e)),
+        }
+    }
+
+    /// Force-remove a container and its anonymous volumes; a missing one is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(api("remove_container")(e)),
+        }
+    }
+
+    /// The last `max_bytes` of a container's stdout and stderr, lossily decoded.
+    pub async fn log_tail(&self, id: &str, max_bytes: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("200")
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(api("logs"))?;
+            bytes.extend_from_slice(&chunk.into_bytes());
+            if bytes.len() > 4 * max_bytes {
+                bytes.drain(..bytes.len() - max_bytes);
+            }
+        }
+        let start = bytes.len().saturating_sub(max_bytes);
+        Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
+    }
+
+    /// Ids of every container (running or not) labelled by the daemon, by run id.
+    pub async fn labelled_containers(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), vec![RUN_LABEL.to_owned()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api("list_containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let run = c.labels.as_ref()?.get(RUN_LABEL)?.clone();
+                Some((c.id?, run))
+            })
+            .collect())
+    }
+
+    /// Kill and remove every labelled container left by a previous instance; returns their run ids so
+    /// the interrupted evaluations can be re-queued.
+    pub async fn reconcile_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+        let orphans = self.labelled_containers().await?;
+        let mut runs = Vec::with_capacity(orphans.len());
+        for (id, run) in orphans {
+            self.kill(&id).await?;
+            self.remove(&id).await?;
+            tracing::warn!(container = %id, run_id = %run, "removed an orphaned evaluation container");
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    /// The underlying client, for the job layer's file transfers.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+/// `[registry/]repository` as the engine records it in RepoDigests (Docker Hub names are unqualified).
+fn pinned_repository(image: &ImageRef) -> String {
+    match image.registry() {
+        Some(r) => format!("{r}/{}", image.repository()),
+        None => image.repository().to_owned(),
+    }
+}

@@ -1,0 +1,166 @@
+//! Pure classification of image-pull failures: whose fault is it?
+//!
+//! A pull that fails because the image does not exist or is not accessible is the miner's fault
+//! (`pull_failed`); a failure of the network, the registry or the local engine is not (`infra_error`,
+//! retried later and never scored). Unknown failures are treated as infrastructure: a miner is only
+//! charged for what is positively known to be its own doing.
+
+use crate::domain::Verdict;
+use std::time::Duration;
+
+/// Who answers for a failed pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullFailure {
+    /// The image cannot be had: not found, no access, wrong digest.
+    Miner(String),
+    /// The host, network or registry failed; retry later.
+    Infra(String),
+}
+
+impl PullFailure {
+    /// The verdict this failure maps to.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            PullFailure::Miner(_) => Verdict::PullFailed,
+            PullFailure::Infra(_) => Verdict::InfraError,
+        }
+    }
+
+    /// The human-readable reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            PullFailure::Miner(r) | PullFailure::Infra(r) => r,
+        }
+    }
+}
+
+/// Messages (lower-cased substrings) that mean the image itself is unavailable to us.
+const MINER_CAUSES: &[&str] = &[
+    "manifest unknown",
+    "manifest for",
+    "not found",
+    "unauthorized",
+    "authentication required",
+    "denied",
+    "pull access denied",
+    "repository does not exist",
+    "name unknown",
+    "invalid reference format",
+    "no matching manifest",
+    "does not match digest",
+    "unsupported media type",
+];
+
+/// Messages that positively mean the infrastructure failed, checked first so that e.g. a proxy's
+/// "503 ... not found upstream" is never blamed on the miner.
+const INFRA_CAUSES: &[&str] = &[
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "timeout",
+    "no such host",
+    "tls handshake",
+    "toomanyrequests",
+    "too many requests",
+    "service unavailable",
+    "internal server error",
+    "bad gateway",
+    "gateway timeout",
+    "no space left on device",
+    "network is unreachable",
+    "temporary failure",
+    "eof",
+];
+
+/// Classify a failed pull from the engine's HTTP status (if the API call itself failed) and message.
+pub fn classify(status: Option<u16>, message: &str) -> PullFailure {
+    let lower = message.to_ascii_lowercase();
+    let reason = sanitise(message);
+    // A plain 500 is how the engine wraps many registry answers (including "not found"), so only the
+    // other 5xx statuses are infrastructure by status alone.
+    if matches!(status, Some(s) if s > 500) || INFRA_CAUSES.iter().any(|c| lower.contains(c)) {
+        return PullFailure::Infra(reason);
+    }
+    if matches!(status, Some(401 | 403 | 404)) || MINER_CAUSES.iter().any(|c| lower.contains(c)) {
+        return PullFailure::Miner(reason);
+    }
+    PullFailure::Infra(reason)
+}
+
+/// Backoff before retry `attempt` (1-based): 2 s doubling, capped.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let secs = 2u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    Duration::from_secs(secs).min(cap)
+}
+
+/// Bounded, printable, single-line: engine messages can echo registry bodies.
+pub fn sanitise(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_forbidden_images_are_the_miners_fault() {
+        for (status, msg) in [
+            (Some(404), "manifest unknown: manifest unknown"),
+            (
+                None,
+                "pull access denied for miner/x, repository does not exist or may require 'docker login'",
+            ),
+            (
+                None,
+                "Head \"https://r/v2/x/manifests/sha256:ab\": unauthorized: authentication required",
+            ),
+            (
+                Some(500),
+                "manifest for r/x@sha256:ab not found: manifest unknown",
+            ),
+            (None, "received unexpected HTTP status: 404 name unknown"),
+        ] {
+            assert!(matches!(classify(status, msg), PullFailure::Miner(_)), "{msg}");
+            assert_eq!(classify(status, msg).verdict(), Verdict::PullFailed);
+        }
+    }
+
+    #[test]
+    fn network_registry_and_host_failures_are_infrastructure() {
+        for (status, msg) in [
+            (
+                None,
+                "Get \"http://127.0.0.1:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused",
+            ),
+            (None, "net/http: TLS handshake timeout"),
+            (Some(502), "bad gateway"),
+            (None, "toomanyrequests: You have reached your pull rate limit"),
+            (None, "write /var/lib/docker/tmp/x: no space left on device"),
+            (None, "received unexpected HTTP status: 503 Service Unavailable"),
+            (None, "something nobody has seen before"),
+        ] {
+            assert!(matches!(classify(status, msg), PullFailure::Infra(_)), "{msg}");
+            assert_eq!(classify(status, msg).verdict(), Verdict::InfraError);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let cap = Duration::from_secs(60);
+        let got: Vec<u64> = (1..=7).map(|a| backoff(a, cap).as_secs()).collect();
+        assert_eq!(got, vec![2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(u32::MAX, cap), cap);
+    }
+
+    #[test]
+    fn messages_are_bounded_and_single_line() {
+        let s = sanitise(&format!("a\nb\r{}", "x".repeat(1000)));
+        assert!(!s.contains('\n') && s.chars().count() <= 300);
+    }
+}
