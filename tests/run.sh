@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, CI): set up a fresh Debian machine, then check formatting, lints and run
-# every test. GPU tests (named gpu_*) need a GPU and are excluded here; run them with tests/gpu.sh.
+# every test. GPU tests (named gpu_*) need a GPU and are excluded here (`--skip gpu_` matches any test
+# whose name contains "gpu_", so only GPU tests may use that string).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh

@@ -4,8 +4,13 @@
 use crate::api::auth::{AuthPolicy, Authenticator};
 use crate::api::http::Gateway;
 use crate::api::prom::PromMetrics;
+use crate::challenges::{FetchTimeouts, Signer, SubnetApiSource};
 use crate::clock::SystemClock;
-use crate::config::Settings;
+use crate::config::{ChallengeSource, GpuMode, Settings};
+use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
+use crate::engine::run::{ContainerUser, RunEnv};
+use crate::gpu::{GpuInventory, VirtualInventory};
+use crate::runtime::Engine;
 use crate::service::Service;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::systemd;
@@ -39,10 +44,114 @@ pub enum DaemonError {
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The Docker engine could not be reached.
+    #[error(transparent)]
+    Docker(#[from] crate::runtime::RuntimeError),
+    /// The evaluation engine cannot be set up with this configuration.
+    #[error("{0}")]
+    Engine(String),
+}
+
+impl DaemonError {
+    /// Process exit code: 78 for problems the operator fixes in the configuration, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Engine(_) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// Build the evaluation loop when a challenge source is configured: connect to Docker, reconcile what
+/// a previous instance left behind, and pick the GPU inventory and analyser.
+async fn evaluation_loop(
+    settings: &Arc<Settings>,
+    store: &Store,
+    control: &LoopControl,
+) -> Result<Option<EvaluationLoop>, DaemonError> {
+    let source = match &settings.evaluation.challenges {
+        ChallengeSource::Unconfigured => {
+            tracing::warn!(
+                "no challenge source configured (evaluation.challenges_dir or subnet_api_url): serving the API only"
+            );
+            return Ok(None);
+        }
+        ChallengeSource::Directory(dir) => Source::Directory(dir.clone()),
+        ChallengeSource::SubnetApi(url) => {
+            let key = settings.evaluation.signing_key.clone().ok_or_else(|| {
+                DaemonError::Engine(
+                    "evaluation.subnet_api_url needs a signing key: set evaluation.signing_key_file or evaluation.signing_key_credential".into(),
+                )
+            })?;
+            let signer = Signer::load(&key).map_err(|e| DaemonError::Engine(format!("signing key: {e}")))?;
+            let api = SubnetApiSource::new(url, signer, FetchTimeouts::default())
+                .map_err(|e| DaemonError::Engine(format!("evaluation.subnet_api_url: {e}")))?;
+            Source::Api(Box::new(api))
+        }
+    };
+    let inventory: Arc<dyn GpuInventory> = match settings.gpu.mode {
+        GpuMode::Virtual(n) => {
+            tracing::warn!(
+                slots = n,
+                "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
+            );
+            Arc::new(VirtualInventory::new(n))
+        }
+        GpuMode::Nvml => {
+            return Err(DaemonError::Engine(
+                "NVML GPU support is not available in this build: set gpu.virtual = N to evaluate on N virtual slots".into(),
+            ));
+        }
+    };
+    let engine = Engine::connect(&settings.docker.host).await?;
+    let orphans = engine.reconcile_orphans().await?;
+    if !orphans.is_empty() {
+        tracing::warn!(
+            count = orphans.len(),
+            "removed containers of interrupted runs; their miners are still pending and will be re-run"
+        );
+    }
+    let work_dir = settings.evaluation.work_dir.clone();
+    tokio::task::spawn_blocking(move || clear_work_dir(&work_dir))
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?
+        .map_err(|e| {
+            DaemonError::Engine(format!(
+                "evaluation.work_dir {}: {e}",
+                settings.evaluation.work_dir.display()
+            ))
+        })?;
+    let env = Arc::new(RunEnv {
+        engine,
+        analyzer: crate::analysis::default_analyzer(settings),
+        settings: settings.clone(),
+        clock: Arc::new(SystemClock),
+        container_user: ContainerUser::resolve(&settings.container.user),
+    });
+    Ok(Some(EvaluationLoop::new(
+        env,
+        store.clone(),
+        source,
+        inventory,
+        control.clone(),
+    )))
+}
+
+/// Remove job directories left by a previous instance (their containers are gone by now).
+fn clear_work_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Run until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+    let settings = Arc::new(settings);
     let store_settings = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || {
         Store::open(
@@ -68,7 +177,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         tracing::info!("auth.public_metrics = true: GET /metrics is served without a signature");
     }
 
-    let service = Service::new(store.clone(), Arc::new(SystemClock));
+    let control = LoopControl::default();
+    let evaluation = evaluation_loop(&settings, &store, &control).await?;
+    let service = Service::new(store.clone(), Arc::new(SystemClock), control);
     let auth = Authenticator::new(AuthPolicy {
         allowed: settings.auth.allowed_hotkeys.clone(),
         max_skew_secs: settings.auth.max_skew_secs,
@@ -100,6 +211,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(Arc::clone(&gateway).serve(listener, shutdown.clone(), HTTP_DRAIN));
+    let evaluator = evaluation.map(|l| tokio::spawn(l.run(shutdown.clone())));
 
     tracing::info!(listen = %local, "HTTP gateway listening");
     systemd::ready(&format!("serving HTTP on {local}"));
@@ -117,6 +229,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     shutdown.cancel();
     if let Err(e) = server.await {
         tracing::error!(error = %e, "HTTP server task failed");
+    }
+    if let Some(evaluator) = evaluator {
+        // A run in flight sees the cancellation, kills its container and returns an infrastructure
+        // outcome: nothing is staged for it and it re-runs after restart.
+        if let Err(e) = evaluator.await {
+            tracing::error!(error = %e, "evaluation loop task failed");
+        }
     }
     drop(gateway);
     let closed = tokio::task::spawn_blocking(move || store.close())

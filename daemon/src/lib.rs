@@ -32,12 +32,15 @@
 //! the executor never needs a private key; bodies are bounded while streaming and validated whole before
 //! anything is stored. Infrastructure failures are never charged to a miner.
 
+pub mod analysis;
 pub mod api;
 pub mod challenges;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod engine;
+pub mod gpu;
 pub mod logging;
 pub mod rounds;
 pub mod runtime;

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!(error = %e, "talkheadd stopped");
                     eprintln!("talkheadd: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

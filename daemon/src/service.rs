@@ -6,6 +6,7 @@
 
 use crate::clock::Clock;
 use crate::domain::{Hotkey, Submission};
+use crate::engine::rounds_loop::LoopControl;
 use crate::store::{MetricsRow, Store, StoreError, SubmissionCounts, UpsertReport};
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -54,6 +55,8 @@ pub struct Service {
     /// `/metrics` body rendered for one `metrics_version`: every change to what `/metrics` shows bumps the
     /// version, so the cache can never serve stale rows.
     metrics_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
+    /// Wakes the evaluation loop when submissions change.
+    control: LoopControl,
 }
 
 /// One row of `GET /metrics` (the reference's `MinerMetricsResponse`).
@@ -84,13 +87,19 @@ pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, serde_json::E
 }
 
 impl Service {
-    /// Wrap an open store.
-    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Service {
+    /// Wrap an open store; `control` is the evaluation loop's (a detached default when none runs).
+    pub fn new(store: Store, clock: Arc<dyn Clock>, control: LoopControl) -> Service {
         Service {
             store,
             clock,
             metrics_cache: Arc::new(Mutex::new(None)),
+            control,
         }
+    }
+
+    /// The evaluation loop's controls.
+    pub fn control(&self) -> &LoopControl {
+        &self.control
     }
 
     /// The store (for the daemon's own lifecycle).
@@ -116,8 +125,11 @@ impl Service {
     /// Upsert a validated batch in one transaction (`POST /update`). Duplicated hotkeys: the last wins.
     pub async fn update_submissions(&self, batch: Vec<Submission>) -> Result<UpsertReport, ServiceError> {
         let now = self.clock.now_unix();
-        self.blocking(move |s| Ok(s.upsert_submissions(&batch, now)?))
-            .await
+        let report = self
+            .blocking(move |s| Ok(s.upsert_submissions(&batch, now)?))
+            .await?;
+        self.control.wake();
+        Ok(report)
     }
 
     /// The current `metrics_version` (the ETag), without reading the rows.

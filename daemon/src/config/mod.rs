@@ -12,8 +12,8 @@ mod settings;
 
 pub use raw::RawConfig;
 pub use settings::{
-    AdminSettings, AuthSettings, ChallengeSource, DockerSettings, EvaluationSettings, GpuMode, GpuSettings,
-    HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
+    AdminSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy, EvaluationSettings,
+    GpuMode, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
 };
 
 use std::collections::BTreeMap;
@@ -376,10 +376,14 @@ pub fn render_effective(settings: &Settings) -> String {
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "\"all\"".to_owned());
     // Nested under a `scoring` key so its sub-tables render as `[scoring.blend]` and so on.
-    let scoring = toml::Value::try_from(&s.scoring)
-        .map(|v| toml::Table::from_iter([("scoring".to_owned(), v)]))
-        .and_then(|t| toml::to_string(&t))
-        .unwrap_or_default();
+    let scoring = [
+        ("scoring", toml::Value::try_from(&s.scoring)),
+        ("container", toml::Value::try_from(&s.container)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_owned(), v.ok()?)))
+    .collect::<toml::Table>();
+    let scoring = toml::to_string(&scoring).unwrap_or_default();
     let log_format = match s.log.format {
         LogFormat::Auto => "auto",
         LogFormat::Plain => "plain",
@@ -393,8 +397,9 @@ pub fn render_effective(settings: &Settings) -> String {
          [auth]\nallowed_hotkeys = [{hotkeys}]\nmax_skew_secs = {skew}\nrequire_signature = {rs}\npublic_metrics = {pm}\n\
          replay_cache_capacity = {rc}\n\n\
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
-         challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\n\n\
-         [docker]\nhost = {dh}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\n\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
+         duplicates = \"{dup}\"\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\n\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -417,6 +422,20 @@ pub fn render_effective(settings: &Settings) -> String {
         ct = s.evaluation.challenge_timeout.as_secs(),
         pt = s.evaluation.pull_timeout.as_secs(),
         dh = quote(&redact_url(&s.docker.host)),
+        wd = quote(&s.evaluation.work_dir.display().to_string()),
+        dup = match s.evaluation.duplicates {
+            DuplicatePolicy::FirstWins => "first_wins",
+            DuplicatePolicy::Share => "share",
+        },
+        mib = s.docker.max_image_bytes,
+        regs = s
+            .docker
+            .allowed_registries
+            .iter()
+            .map(|r| quote(r))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pa = s.docker.pull_attempts,
         sock = quote(&s.admin.socket.display().to_string()),
         lvl = quote(&s.log.level),
     )

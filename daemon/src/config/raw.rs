@@ -4,6 +4,7 @@
 //! This module only mirrors the TOML shape; all meaning and every check live in `settings`.
 
 use crate::rounds::ReevaluatePolicy;
+use crate::runtime::spec::ContainerPolicy;
 use crate::scoring::ScoringConfig;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[scoring]`: every scoring constant.
     pub scoring: Option<ScoringConfig>,
+    /// `[container]`: limits of every miner container.
+    pub container: Option<ContainerPolicy>,
 }
 
 /// `[http]`
@@ -99,6 +102,14 @@ pub struct RawEvaluation {
     pub pull_timeout_secs: Option<i64>,
     /// Which miners are re-evaluated each round.
     pub reevaluate: Option<ReevaluatePolicy>,
+    /// Bittensor hotkey file that signs Subnet API requests (mode 0600; never the key itself).
+    pub signing_key_file: Option<String>,
+    /// systemd credential holding that hotkey file (`LoadCredential=`).
+    pub signing_key_credential: Option<String>,
+    /// Where job directories are created (default: `jobs/` beside the state file).
+    pub work_dir: Option<String>,
+    /// `first_wins` (default) or `share`: what copies of an already-evaluated digest get.
+    pub duplicates: Option<String>,
 }
 
 /// `[docker]`
@@ -107,6 +118,12 @@ pub struct RawEvaluation {
 pub struct RawDocker {
     /// Docker Engine API endpoint (`unix:///…` or `tcp://…`).
     pub host: Option<String>,
+    /// Largest miner image accepted, in bytes on disk.
+    pub max_image_bytes: Option<i64>,
+    /// Registries images may come from (`host[:port]`, `docker.io` for Docker Hub); empty = any.
+    pub allowed_registries: Option<Vec<String>>,
+    /// Pull attempts for infrastructure failures before the run is retried later.
+    pub pull_attempts: Option<i64>,
 }
 
 /// `[gpu]`

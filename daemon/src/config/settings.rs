@@ -8,6 +8,7 @@ use super::raw::RawConfig;
 use super::{ConfigProblem, Origins};
 use crate::domain::Hotkey;
 use crate::rounds::ReevaluatePolicy;
+use crate::runtime::spec::ContainerPolicy;
 use crate::scoring::ScoringConfig;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -52,6 +53,10 @@ pub mod defaults {
     pub const PULL_TIMEOUT_SECS: i64 = 900;
     /// Docker Engine endpoint.
     pub const DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+    /// Largest miner image (on disk): 32 GiB holds a CUDA runtime and a large model.
+    pub const MAX_IMAGE_BYTES: i64 = 32 << 30;
+    /// Pull attempts per run.
+    pub const PULL_ATTEMPTS: i64 = 5;
     /// Admin socket.
     pub const ADMIN_SOCKET: &str = "/run/talkheadd/admin.sock";
     /// Log level.
@@ -77,6 +82,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Scoring constants.
     pub scoring: ScoringConfig,
+    /// Limits of every miner container.
+    pub container: ContainerPolicy,
     /// Logging.
     pub log: LogSettings,
 }
@@ -154,6 +161,21 @@ pub struct EvaluationSettings {
     pub pull_timeout: Duration,
     /// Re-evaluation policy.
     pub reevaluate: ReevaluatePolicy,
+    /// Root of the per-run job directories.
+    pub work_dir: PathBuf,
+    /// The key that signs Subnet API requests, when one is configured.
+    pub signing_key: Option<crate::challenges::KeySource>,
+    /// What submissions of an already-evaluated digest get.
+    pub duplicates: DuplicatePolicy,
+}
+
+/// What a submission whose image digest another hotkey submitted earlier gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// The earliest `submit_time` keeps the score; the others get `duplicate` (final score 0).
+    FirstWins,
+    /// Every submitter of the digest gets the same metrics.
+    Share,
 }
 
 /// `[docker]`
@@ -161,6 +183,12 @@ pub struct EvaluationSettings {
 pub struct DockerSettings {
     /// Engine endpoint.
     pub host: String,
+    /// Largest image accepted (bytes on disk).
+    pub max_image_bytes: u64,
+    /// Registries images may come from; empty = any.
+    pub allowed_registries: Vec<String>,
+    /// Pull attempts per run for infrastructure failures.
+    pub pull_attempts: u32,
 }
 
 /// How GPUs are discovered.
@@ -240,6 +268,21 @@ impl Settings {
             evaluation: v.evaluation(raw),
             docker: DockerSettings {
                 host: v.docker_host(raw.docker.host.as_deref()),
+                max_image_bytes: v.int(
+                    raw.docker.max_image_bytes,
+                    defaults::MAX_IMAGE_BYTES,
+                    "docker.max_image_bytes",
+                    1 << 20,
+                    i64::MAX,
+                ),
+                allowed_registries: v.registries(raw.docker.allowed_registries.as_deref().unwrap_or(&[])),
+                pull_attempts: v.int(
+                    raw.docker.pull_attempts,
+                    defaults::PULL_ATTEMPTS,
+                    "docker.pull_attempts",
+                    1,
+                    20,
+                ),
             },
             gpu: GpuSettings {
                 mode: match raw.gpu.virtual_slots {
@@ -254,6 +297,7 @@ impl Settings {
                 ),
             },
             scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
+            container: v.container(raw.container.clone().unwrap_or_default()),
             log: v.log(raw),
         };
         v.cross_checks(&settings);
@@ -507,7 +551,60 @@ impl Validator<'_> {
                 86_400,
             ),
             reevaluate: e.reevaluate.unwrap_or_default(),
+            work_dir: match e.work_dir.as_deref() {
+                Some(dir) => self.absolute_path(dir, "evaluation.work_dir"),
+                None => default_work_dir(raw),
+            },
+            signing_key: match (e.signing_key_file.as_deref(), e.signing_key_credential.as_deref()) {
+                (Some(_), Some(_)) => {
+                    self.problem(
+                        "evaluation.signing_key_file",
+                        "set signing_key_file or signing_key_credential, not both",
+                    );
+                    None
+                }
+                (Some(file), None) => Some(crate::challenges::KeySource::File(
+                    self.absolute_path(file, "evaluation.signing_key_file"),
+                )),
+                (None, Some(name)) => Some(crate::challenges::KeySource::Credential(name.to_owned())),
+                (None, None) => None,
+            },
+            duplicates: match e.duplicates.as_deref().unwrap_or("first_wins") {
+                "first_wins" => DuplicatePolicy::FirstWins,
+                "share" => DuplicatePolicy::Share,
+                other => {
+                    self.problem(
+                        "evaluation.duplicates",
+                        format!("'{other}' is not first_wins or share"),
+                    );
+                    DuplicatePolicy::FirstWins
+                }
+            },
         }
+    }
+
+    fn registries(&mut self, list: &[String]) -> Vec<String> {
+        for (i, r) in list.iter().enumerate() {
+            let probe = format!("{r}/x@sha256:{}", "0".repeat(64));
+            let ok = r == "docker.io"
+                || crate::domain::ImageRef::parse(&probe).is_ok_and(|i| i.registry() == Some(r.as_str()));
+            if !ok {
+                self.problem(
+                    &format!("docker.allowed_registries[{i}]"),
+                    format!("'{r}' is not a registry host[:port]"),
+                );
+            }
+        }
+        list.to_vec()
+    }
+
+    fn container(&mut self, policy: ContainerPolicy) -> ContainerPolicy {
+        if let Err(problems) = policy.validate() {
+            for (key, problem) in problems {
+                self.problem(&format!("container.{key}"), problem);
+            }
+        }
+        policy
     }
 
     fn docker_host(&mut self, host: Option<&str>) -> String {
@@ -588,6 +685,17 @@ impl Validator<'_> {
             );
         }
     }
+}
+
+/// `jobs/` beside the state file: same filesystem, same ownership, and a path dockerd can bind-mount.
+fn default_work_dir(raw: &RawConfig) -> PathBuf {
+    let state = PathBuf::from(raw.store.path.as_deref().unwrap_or(defaults::STORE_PATH));
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Bind mounts need an absolute source.
+    std::path::absolute(&dir).unwrap_or(dir).join("jobs")
 }
 
 fn valid_base_url(url: &str) -> bool {

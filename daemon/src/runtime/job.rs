@@ -262,39 +262,7 @@ impl JobDir {
     /// Space and entries used under `output/`, walking without following links. Stops counting once
     /// `entry_limit` is passed (the caller has its answer by then).
     pub fn output_usage(&self, entry_limit: u64) -> io::Result<Usage> {
-        let mut usage = Usage::default();
-        let mut stack = vec![self.output.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                // A directory the miner made unreadable, or removed meanwhile: what we cannot see we
-                // cannot count; the entry itself was counted in its parent.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let Ok(entry) = entry else { continue };
-                usage.entries += 1;
-                if usage.entries > entry_limit {
-                    return Ok(usage);
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                usage.bytes = usage
-                    .bytes
-                    .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
-                if meta.file_type().is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        Ok(usage)
+        usage_of(&self.output, entry_limit)
     }
 
     /// Remove the whole job directory (best effort on what the container left unreadable).
@@ -302,6 +270,44 @@ impl JobDir {
         make_removable(&self.output);
         fs::remove_dir_all(&self.root)
     }
+}
+
+/// Space and entries used under `dir` (see [`JobDir::output_usage`]); a free function so the quota
+/// watcher can run it on a blocking thread without borrowing the job.
+pub fn usage_of(dir: &Path, entry_limit: u64) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            // A directory the miner made unreadable, or removed meanwhile: what we cannot see we
+            // cannot count; the entry itself was counted in its parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            usage.entries += 1;
+            if usage.entries > entry_limit {
+                return Ok(usage);
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            usage.bytes = usage
+                .bytes
+                .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+            if meta.file_type().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// Let us delete what the container created as our own uid (directories it made read-only).

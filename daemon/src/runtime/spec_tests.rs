@@ -509,7 +509,7 @@ fn bad_run_ids_are_refused() {
 }
 
 #[test]
-fn bad_gpu_uuids_are_refused() {
+fn bad_device_uuids_are_refused() {
     for uuid in [
         "all",
         "none",

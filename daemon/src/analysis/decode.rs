@@ -1,0 +1,1545 @@
+//! Sandboxed probing and decoding of an untrusted output video (protocol.md 5.1; 10.1 item 4;
+//! 10.3 item 19).
+//!
+//! Owns: turning the collected copy of a miner's `{id}.mp4` into validated header facts
+//! ([`ProbeInfo`]), the frames the reference samples (up to 80, evenly spaced, **RGB** order) and the
+//! soundtrack as mono 16 kHz `f32` ([`Decoded`]); or into one specific [`BadOutputReason`].
+//!
+//! How: Debian's `ffprobe`/`ffmpeg` run as child processes under util-linux `prlimit` (address space,
+//! CPU seconds, no file writes, 64 descriptors, no core dumps), with a wall-clock deadline after which
+//! the child is killed, an empty environment (only `PATH`), stdin closed, a private empty working
+//! directory, and the input passed as `file:<absolute path>` with `-protocol_whitelist file`, a
+//! demuxer whitelist (MP4/MOV and Matroska/WebM: no playlist or concat demuxer can make the tool read
+//! another file) and a decoder whitelist (only mainstream decoders are ever opened, also while
+//! probing). Every byte the tools print is read through a bounded sink: the probe's JSON, the RGB
+//! frames (never more than one frame buffered beyond those kept; at most the declared frame count plus
+//! a slack) and the audio (at most `max_duration_secs` of it). The header is validated before anything
+//! is decoded, so a declared 100000×100000 picture or an hours-long stream is refused without a frame
+//! being allocated.
+//!
+//! Must not: panic or let a hostile file affect the daemon (memory, time and disk are bounded; every
+//! failure is a value); follow a symlink or open anything but the one regular file; charge a miner for
+//! a host failure (a missing tool is [`DecodeError::Infra`], never `bad_output`); reproduce the
+//! reference's RGB/BGR mix-up (frames here are R, G, B in that order, always); compute quality
+//! components (that is the rest of `analysis`).
+//!
+//! Not a security boundary against code execution inside ffmpeg itself: resource limits bound what a
+//! malformed file can cost, the whitelists shrink the attack surface, but a decoder exploit would run
+//! with the daemon's user. Run the daemon as an unprivileged user with the usual systemd hardening.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::time::Instant;
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;
+
+/// Frames the reference samples per video (`read_video_frames(max_frames=80)`).
+pub const REFERENCE_SAMPLED_FRAMES: usize = 80;
+
+/// Sample rate of the extracted soundtrack (mono `f32`).
+pub const AUDIO_SAMPLE_RATE: u32 = 16_000;
+
+/// Demuxer names (as ffprobe's `format_name` reports them) an output may use.
+pub const ALLOWED_CONTAINERS: &[&str] = &["mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"];
+
+/// Video codec names (ffprobe's `codec_name`) an output may use.
+pub const ALLOWED_VIDEO_CODECS: &[&str] = &["h264", "hevc", "mpeg4", "vp8", "vp9", "av1"];
+
+/// Audio codec names (ffprobe's `codec_name`) an output may use.
+pub const ALLOWED_AUDIO_CODECS: &[&str] = &[
+    "aac",
+    "mp3",
+    "opus",
+    "vorbis",
+    "flac",
+    "alac",
+    "pcm_s16le",
+    "pcm_s24le",
+    "pcm_s32le",
+    "pcm_f32le",
+];
+
+/// `-format_whitelist`: the demuxers of [`ALLOWED_CONTAINERS`]. Keeps out `hls`, `concat`, `image2`
+/// and every other demuxer that opens further files or parses exotic formats.
+const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm";
+
+/// `-codec_whitelist`: decoder names for the allowed codecs (`libdav1d` decodes AV1, `mp3float` MP3 on
+/// Debian). ffprobe refuses a file with any stream needing another decoder, so none is ever opened.
+const DECODER_WHITELIST: &str = "h264,hevc,mpeg4,vp8,vp9,libdav1d,av1,aac,mp3float,mp3,opus,libopus,\
+                                 vorbis,libvorbis,flac,alac,pcm_s16le,pcm_s24le,pcm_s32le,pcm_f32le";
+
+/// Only the fields validated here: no tags, so no miner-chosen strings reach us.
+const PROBE_ENTRIES: &str = "format=format_name,duration:stream=index,codec_type,codec_name,width,height,\
+                             avg_frame_rate,r_frame_rate,nb_frames,duration,sample_rate,channels:\
+                             stream_disposition=attached_pic";
+
+/// Largest ffprobe answer read (a few KiB is normal; many streams could inflate it).
+const MAX_PROBE_OUTPUT: usize = 1 << 20;
+
+/// Bytes of a tool's stderr kept (the tail; the rest is drained and dropped).
+const STDERR_TAIL: usize = 8 << 10;
+
+/// Longest `detail` taken from a tool's message.
+const DETAIL_CHARS: usize = 300;
+
+/// What ffmpeg prints when an allocation fails (`ENOMEM`, e.g. under `RLIMIT_AS`).
+const OUT_OF_MEMORY: &str = "Cannot allocate memory";
+
+/// The only environment variable the tools get.
+const SAFE_PATH: &str = "/usr/bin:/bin";
+
+/// How long a killed child gets to be reaped before we stop waiting for it.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// Absolute paths of the external tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPaths {
+    /// `ffmpeg` (Debian: `/usr/bin/ffmpeg`).
+    pub ffmpeg: PathBuf,
+    /// `ffprobe` (Debian: `/usr/bin/ffprobe`).
+    pub ffprobe: PathBuf,
+    /// util-linux `prlimit` (Debian: `/usr/bin/prlimit`).
+    pub prlimit: PathBuf,
+}
+
+impl Default for ToolPaths {
+    fn default() -> Self {
+        ToolPaths {
+            ffmpeg: PathBuf::from("/usr/bin/ffmpeg"),
+            ffprobe: PathBuf::from("/usr/bin/ffprobe"),
+            prlimit: PathBuf::from("/usr/bin/prlimit"),
+        }
+    }
+}
+
+/// Bounds on what an output may declare and on what decoding it may cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeLimits {
+    /// Largest accepted file (checked with `lstat` before any tool runs). Default 512 MiB.
+    pub max_file_bytes: u64,
+    /// Widest accepted picture. Default 4096.
+    pub max_width: u32,
+    /// Tallest accepted picture. Default 4096.
+    pub max_height: u32,
+    /// Most pixels per picture (width × height). Default 4096 × 4096.
+    pub max_pixels: u64,
+    /// Shortest accepted side. Default 16.
+    pub min_side: u32,
+    /// Highest accepted frame rate, frames per second. Default 120.
+    pub max_fps: f64,
+    /// Lowest accepted frame rate. Default 1.
+    pub min_fps: f64,
+    /// Longest accepted declared duration (container, video or audio), seconds. Default 60.
+    pub max_duration_secs: f64,
+    /// Wall-clock limit of the ffprobe run. Default 10 s.
+    pub probe_timeout: Duration,
+    /// Wall-clock limit of the decode (video and audio runs together). Default 60 s.
+    pub decode_timeout: Duration,
+    /// `RLIMIT_CPU` of each tool run, seconds. Default 60.
+    pub cpu_secs: u64,
+    /// `RLIMIT_AS` of each tool run, bytes. Default 4 GiB.
+    pub address_space_bytes: u64,
+    /// Frames sampled per video (the reference: 80).
+    pub max_frames: usize,
+    /// Most bytes of RGB frames kept in memory (sampled frames × width × height × 3). Default 1 GiB,
+    /// enough for 80 frames of 1920×1080 (80 of 4096×4096 would be 4 GiB).
+    pub max_sampled_bytes: u64,
+    /// Decoder threads per tool run (`-threads`). Default 2.
+    pub threads: u32,
+    /// Where the tools are.
+    pub tools: ToolPaths,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_file_bytes: 512 << 20,
+            max_width: 4096,
+            max_height: 4096,
+            max_pixels: 4096 * 4096,
+            min_side: 16,
+            max_fps: 120.0,
+            min_fps: 1.0,
+            max_duration_secs: 60.0,
+            probe_timeout: Duration::from_secs(10),
+            decode_timeout: Duration::from_secs(60),
+            cpu_secs: 60,
+            address_space_bytes: 4 << 30,
+            max_frames: REFERENCE_SAMPLED_FRAMES,
+            max_sampled_bytes: 1 << 30,
+            threads: 2,
+            tools: ToolPaths::default(),
+        }
+    }
+}
+
+/// What the output's length must agree with: the challenge audio and `task.json`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expectation {
+    /// Duration of the challenge's source audio, seconds.
+    pub audio_duration_secs: f64,
+    /// `task.json`'s `max_seconds`.
+    pub max_seconds: f64,
+    /// Slack on both bounds, seconds (default [`Expectation::DEFAULT_TOLERANCE_SECS`]).
+    pub tolerance_secs: f64,
+}
+
+impl Expectation {
+    /// Default slack on both duration bounds, seconds.
+    pub const DEFAULT_TOLERANCE_SECS: f64 = 0.5;
+
+    /// An expectation with the default tolerance.
+    pub fn new(audio_duration_secs: f64, max_seconds: f64) -> Self {
+        Expectation {
+            audio_duration_secs,
+            max_seconds,
+            tolerance_secs: Self::DEFAULT_TOLERANCE_SECS,
+        }
+    }
+
+    /// Accepted video duration `(lowest, highest)`, seconds: at least the audio's duration (capped at
+    /// `max_seconds`, since a longer audio must be cut there) minus the tolerance, at most
+    /// `max_seconds` plus the tolerance.
+    pub fn bounds(&self) -> (f64, f64) {
+        let low = (self.audio_duration_secs.min(self.max_seconds) - self.tolerance_secs).max(0.0);
+        (low, self.max_seconds + self.tolerance_secs)
+    }
+}
+
+/// Why an output is unusable. Every value maps to the `bad_output` verdict upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadOutputReason {
+    /// The file is empty.
+    EmptyFile,
+    /// The file is larger than `max_file_bytes`.
+    TooLarge,
+    /// A symlink, directory, FIFO or device instead of a regular file.
+    NotARegularFile,
+    /// No container format could be recognised (e.g. a text file named `.mp4`).
+    NotAVideo,
+    /// A recognised container outside [`ALLOWED_CONTAINERS`] (MPEG-TS, an HLS playlist, an image...).
+    UnsupportedContainer,
+    /// A stream coded with something outside the allowed codecs.
+    UnsupportedCodec,
+    /// No video stream (cover art does not count).
+    NoVideoStream,
+    /// No audio stream.
+    NoAudioStream,
+    /// The declared picture is wider, taller or bigger than the limits.
+    ResolutionTooLarge,
+    /// The declared picture has a side below `min_side` (or none).
+    ResolutionTooSmall,
+    /// The frame rate is missing, absurd or outside the limits, or the frame count implies so.
+    BadFrameRate,
+    /// The audio stream declares an impossible sample rate or channel count.
+    BadAudioStream,
+    /// A declared duration exceeds `max_duration_secs`.
+    TooLong,
+    /// No declared duration, or one that disagrees with the challenge audio / `max_seconds`.
+    WrongDuration,
+    /// The audio and video streams' durations differ by more than the tolerance.
+    AvDurationMismatch,
+    /// The file ends early: fewer frames or samples than declared, or no index (`moov`) at all.
+    Truncated,
+    /// A tool did not finish within its wall-clock limit.
+    DecoderTimeout,
+    /// A tool hit its CPU, memory or file-size limit.
+    DecoderResourceLimit,
+    /// A tool failed or crashed on the file.
+    DecoderFailed,
+    /// A tool printed more than the declared content can account for.
+    DecoderOutputTooLarge,
+}
+
+impl BadOutputReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [BadOutputReason; 20] = [
+        BadOutputReason::EmptyFile,
+        BadOutputReason::TooLarge,
+        BadOutputReason::NotARegularFile,
+        BadOutputReason::NotAVideo,
+        BadOutputReason::UnsupportedContainer,
+        BadOutputReason::UnsupportedCodec,
+        BadOutputReason::NoVideoStream,
+        BadOutputReason::NoAudioStream,
+        BadOutputReason::ResolutionTooLarge,
+        BadOutputReason::ResolutionTooSmall,
+        BadOutputReason::BadFrameRate,
+        BadOutputReason::BadAudioStream,
+        BadOutputReason::TooLong,
+        BadOutputReason::WrongDuration,
+        BadOutputReason::AvDurationMismatch,
+        BadOutputReason::Truncated,
+        BadOutputReason::DecoderTimeout,
+        BadOutputReason::DecoderResourceLimit,
+        BadOutputReason::DecoderFailed,
+        BadOutputReason::DecoderOutputTooLarge,
+    ];
+
+    /// The stable snake_case reason code (same as the serde form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadOutputReason::EmptyFile => "empty_file",
+            BadOutputReason::TooLarge => "too_large",
+            BadOutputReason::NotARegularFile => "not_a_regular_file",
+            BadOutputReason::NotAVideo => "not_a_video",
+            BadOutputReason::UnsupportedContainer => "unsupported_container",
+            BadOutputReason::UnsupportedCodec => "unsupported_codec",
+            BadOutputReason::NoVideoStream => "no_video_stream",
+            BadOutputReason::NoAudioStream => "no_audio_stream",
+            BadOutputReason::ResolutionTooLarge => "resolution_too_large",
+            BadOutputReason::ResolutionTooSmall => "resolution_too_small",
+            BadOutputReason::BadFrameRate => "bad_frame_rate",
+            BadOutputReason::BadAudioStream => "bad_audio_stream",
+            BadOutputReason::TooLong => "too_long",
+            BadOutputReason::WrongDuration => "wrong_duration",
+            BadOutputReason::AvDurationMismatch => "av_duration_mismatch",
+            BadOutputReason::Truncated => "truncated",
+            BadOutputReason::DecoderTimeout => "decoder_timeout",
+            BadOutputReason::DecoderResourceLimit => "decoder_resource_limit",
+            BadOutputReason::DecoderFailed => "decoder_failed",
+            BadOutputReason::DecoderOutputTooLarge => "decoder_output_too_large",
+        }
+    }
+}
+
+impl fmt::Display for BadOutputReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unusable output: the miner's fault, with a specific reason and a bounded, printable detail
+/// (tool messages are sanitised and the input's path is replaced by `<input>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct BadOutput {
+    /// Stable reason code.
+    pub reason: BadOutputReason,
+    /// Human-readable specifics (numbers, the tool's last message).
+    pub detail: String,
+}
+
+impl BadOutput {
+    /// A bad output with this reason and detail.
+    pub fn new(reason: BadOutputReason, detail: impl Into<String>) -> Self {
+        BadOutput {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why probing or decoding failed: the output's fault, or the host's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The output is unusable (`bad_output` verdict).
+    #[error("bad output: {0}")]
+    BadOutput(#[from] BadOutput),
+    /// The host failed (a tool missing, no temporary directory, a pipe error): never the miner's fault.
+    #[error("decoder infrastructure failed: {0}")]
+    Infra(String),
+}
+
+impl DecodeError {
+    /// The bad-output details, when the output is to blame.
+    pub fn bad_output(&self) -> Option<&BadOutput> {
+        match self {
+            DecodeError::BadOutput(bad) => Some(bad),
+            DecodeError::Infra(_) => None,
+        }
+    }
+
+    /// The reason code, when the output is to blame.
+    pub fn reason(&self) -> Option<BadOutputReason> {
+        self.bad_output().map(|bad| bad.reason)
+    }
+
+    /// Whether the miner is to blame.
+    pub fn is_miners_fault(&self) -> bool {
+        matches!(self, DecodeError::BadOutput(_))
+    }
+}
+
+fn bad(reason: BadOutputReason, detail: impl Into<String>) -> DecodeError {
+    DecodeError::BadOutput(BadOutput::new(reason, detail))
+}
+
+/// The output's first real video stream, as declared by the container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VideoStreamInfo {
+    /// Absolute stream index in the file (what `-map 0:N` selects).
+    pub index: u32,
+    /// Codec name (`h264`...).
+    pub codec: String,
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// Frame rate: `avg_frame_rate`, else `r_frame_rate`.
+    pub fps: f64,
+    /// Frame count from the container, when it declares one (MP4 does; Matroska does not).
+    pub nb_frames: Option<u64>,
+    /// The stream's own duration, seconds, when declared.
+    pub duration_secs: Option<f64>,
+}
+
+/// The output's first audio stream, as declared by the container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioStreamInfo {
+    /// Absolute stream index in the file.
+    pub index: u32,
+    /// Codec name (`aac`...).
+    pub codec: String,
+    /// Sample rate, Hz.
+    pub sample_rate: u32,
+    /// Channel count.
+    pub channels: u32,
+    /// Duration, seconds: the stream's own, else the container's.
+    pub duration_secs: f64,
+}
+
+/// Validated header facts of an output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeInfo {
+    /// Demuxer name as ffprobe reports it (one of [`ALLOWED_CONTAINERS`]).
+    pub format_name: String,
+    /// File size, bytes.
+    pub file_bytes: u64,
+    /// Container duration, seconds, when declared.
+    pub container_duration_secs: Option<f64>,
+    /// How long the video lasts, seconds: the video stream's duration, else the container's.
+    pub duration_secs: f64,
+    /// The video stream.
+    pub video: VideoStreamInfo,
+    /// The audio stream.
+    pub audio: AudioStreamInfo,
+    /// Frame count as the reference computes it (cv2's `CAP_PROP_FRAME_COUNT`): `nb_frames`, else
+    /// duration × fps rounded (container duration first, as cv2).
+    pub total_frames: usize,
+    /// Whether `total_frames` was declared (`nb_frames`) rather than estimated.
+    pub frame_count_declared: bool,
+    /// Seconds the probe took.
+    pub probe_secs: f64,
+}
+
+impl ProbeInfo {
+    /// Checks the output's length against the challenge: the video must last within
+    /// [`Expectation::bounds`] (else `wrong_duration`, with both numbers), and its audio stream must
+    /// last as long as its video within the tolerance (else `av_duration_mismatch`).
+    pub fn check_expectation(&self, expectation: &Expectation) -> Result<(), BadOutput> {
+        let (low, high) = expectation.bounds();
+        let video = self.duration_secs;
+        if !(video >= low && video <= high) {
+            return Err(BadOutput::new(
+                BadOutputReason::WrongDuration,
+                format!(
+                    "video lasts {video:.3} s; expected between {low:.3} and {high:.3} s (challenge audio \
+                     {:.3} s, max_seconds {:.3}, tolerance {:.3} s)",
+                    expectation.audio_duration_secs, expectation.max_seconds, expectation.tolerance_secs
+                ),
+            ));
+        }
+        let audio = self.audio.duration_secs;
+        if !((audio - video).abs() <= expectation.tolerance_secs) {
+            return Err(BadOutput::new(
+                BadOutputReason::AvDurationMismatch,
+                format!(
+                    "audio stream lasts {audio:.3} s, video {video:.3} s (tolerance {:.3} s)",
+                    expectation.tolerance_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One sampled frame: `width × height` pixels, row-major, 3 bytes per pixel in **R, G, B** order
+/// (`rgb24`; not the BGR of OpenCV, and not the reference's mix of both).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// `width × height × 3` bytes, R then G then B for each pixel, rows top to bottom.
+    pub rgb: Vec<u8>,
+}
+
+impl Frame {
+    /// `[r, g, b]` of pixel (`x`, `y`), or `None` outside the picture.
+    pub fn pixel(&self, x: u32, y: u32) -> Option<[u8; 3]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let at =
+            (usize::try_from(y).ok()? * usize::try_from(self.width).ok()? + usize::try_from(x).ok()?) * 3;
+        let p = self.rgb.get(at..at + 3)?;
+        Some([p[0], p[1], p[2]])
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("rgb_bytes", &self.rgb.len())
+            .finish()
+    }
+}
+
+/// What the analysis components consume.
+#[derive(Clone, PartialEq)]
+pub struct Decoded {
+    /// Sampled frames, in stream order.
+    pub frames: Vec<Frame>,
+    /// Index in the decoded stream of each frame of `frames`.
+    pub frame_indices: Vec<usize>,
+    /// Frame rate (from the probe).
+    pub fps: f64,
+    /// Frame count the samples were spread over (the reference's `total`).
+    pub total_frames: usize,
+    /// Frames the decoder actually produced.
+    pub decoded_frames: usize,
+    /// The soundtrack, mono, [`AUDIO_SAMPLE_RATE`] Hz, `f32` in [-1, 1].
+    pub audio: Vec<f32>,
+    /// Sample rate of `audio` ([`AUDIO_SAMPLE_RATE`]).
+    pub audio_sample_rate: u32,
+    /// Seconds the decode took (both runs, concurrently).
+    pub decode_secs: f64,
+}
+
+impl fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoded")
+            .field("frames", &self.frames.len())
+            .field("frame_indices", &self.frame_indices)
+            .field("fps", &self.fps)
+            .field("total_frames", &self.total_frames)
+            .field("decoded_frames", &self.decoded_frames)
+            .field("audio_samples", &self.audio.len())
+            .field("audio_sample_rate", &self.audio_sample_rate)
+            .field("decode_secs", &self.decode_secs)
+            .finish()
+    }
+}
+
+/// The reference's frame sampling (protocol.md 5.1): a count ≤ 0 is treated as `max_frames`; every
+/// frame when the count is at most `max_frames`, else `int(i·total/max_frames)` for `i < max_frames`.
+pub fn sample_indices(total: usize, max_frames: usize) -> Vec<usize> {
+    let total = if total == 0 { max_frames } else { total };
+    if total <= max_frames {
+        return (0..total).collect();
+    }
+    // i·total/max exactly, floored: what Python's int(i * total / 80) gives for these magnitudes.
+    (0..max_frames)
+        .map(|i| {
+            let wide = (i as u128) * (total as u128) / (max_frames as u128);
+            usize::try_from(wide).unwrap_or(usize::MAX)
+        })
+        .collect()
+}
+
+/// Checks that the tools start under `prlimit` with these limits (a startup self-check: a failure
+/// here is the host's, and every output would otherwise be misjudged).
+pub async fn check_tools(limits: &DecodeLimits) -> Result<(), DecodeError> {
+    let scratch = ScratchDir::new()?;
+    for program in [&limits.tools.ffprobe, &limits.tools.ffmpeg] {
+        let mut sink = BoundedBytes::new(1 << 20);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let done = run_limited(
+            program,
+            &[OsString::from("-version")],
+            limits,
+            &scratch.0,
+            deadline,
+            &mut sink,
+        )
+        .await
+        .map_err(|e| DecodeError::Infra(format!("{}: {e}", program.display())))?;
+        if !matches!(done.exit, Exit::Success) {
+            return Err(DecodeError::Infra(format!(
+                "{} -version failed ({}): {}",
+                program.display(),
+                done.exit,
+                sanitise(last_line(&done.stderr), None)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Probes the header of an untrusted output and validates it before anything is decoded: a regular,
+/// non-empty file within `max_file_bytes`; a recognised, allowed container; a video and an audio
+/// stream with allowed codecs; a resolution within the limits (declared, so nothing is allocated
+/// for an absurd one); a frame rate and frame count within the limits; declared durations within
+/// `max_duration_secs`. The challenge-dependent length check is [`ProbeInfo::check_expectation`]
+/// (or use [`probe_and_decode`], which runs everything in order).
+pub async fn probe(path: &Path, limits: &DecodeLimits) -> Result<ProbeInfo, DecodeError> {
+    let started = std::time::Instant::now();
+    let file = InputFile::check(path, limits)?;
+    let scratch = ScratchDir::new()?;
+    let args: Vec<OsString> = vec![
+        "-hide_banner".into(),
+        "-v".into(),
+        "error".into(),
+        "-threads".into(),
+        "1".into(),
+        "-protocol_whitelist".into(),
+        "file".into(),
+        "-format_whitelist".into(),
+        FORMAT_WHITELIST.into(),
+        "-codec_whitelist".into(),
+        DECODER_WHITELIST.into(),
+        "-of".into(),
+        "json".into(),
+        "-show_entries".into(),
+        PROBE_ENTRIES.into(),
+        "-i".into(),
+        file.url.clone(),
+    ];
+    let mut sink = BoundedBytes::new(MAX_PROBE_OUTPUT);
+    let deadline = Instant::now() + limits.probe_timeout;
+    let done = run_limited(
+        &limits.tools.ffprobe,
+        &args,
+        limits,
+        &scratch.0,
+        deadline,
+        &mut sink,
+    )
+    .await
+    .map_err(|e| e.with_tool("ffprobe", limits.probe_timeout))?;
+    if !matches!(done.exit, Exit::Success) {
+        return Err(classify_probe_failure(&done, &file.path));
+    }
+    let json: Value = serde_json::from_slice(&sink.bytes).map_err(|e| {
+        bad(
+            BadOutputReason::NotAVideo,
+            format!("ffprobe gave no usable description: {e}"),
+        )
+    })?;
+    let mut info = validate_header(&json, file.len, limits)?;
+    info.probe_secs = started.elapsed().as_secs_f64();
+    Ok(info)
+}
+
+/// Decodes a probed output: samples frames exactly as the reference (see [`sample_indices`]) as RGB
+/// at native resolution, and extracts the audio stream as mono 16 kHz `f32`. Video and audio are
+/// decoded by two concurrent ffmpeg runs sharing `decode_timeout`. Fewer frames (or samples) than
+/// declared beyond a small margin is `truncated`; more output than declared is
+/// `decoder_output_too_large`.
+pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+    let started = std::time::Instant::now();
+    let file = InputFile::check(path, limits)?;
+    if file.len != info.file_bytes {
+        return Err(DecodeError::Infra(format!(
+            "the input changed since it was probed ({} bytes, then {})",
+            info.file_bytes, file.len
+        )));
+    }
+    // Re-checked so a hand-built ProbeInfo cannot make us allocate more than the limits allow.
+    let frame_bytes = frame_bytes(info.video.width, info.video.height, limits)?;
+    let wanted = sample_indices(info.total_frames, limits.max_frames);
+    check_sampled_bytes(wanted.len(), frame_bytes, limits)?;
+    let scratch = ScratchDir::new()?;
+    let deadline = Instant::now() + limits.decode_timeout;
+    let video = decode_video(&file, info, limits, &scratch.0, deadline, frame_bytes, &wanted);
+    let audio = decode_audio(&file, info, limits, &scratch.0, deadline);
+    let ((frames, frame_indices, decoded_frames), audio) = tokio::try_join!(video, audio)?;
+    Ok(Decoded {
+        frames,
+        frame_indices,
+        fps: info.video.fps,
+        total_frames: info.total_frames,
+        decoded_frames,
+        audio,
+        audio_sample_rate: AUDIO_SAMPLE_RATE,
+        decode_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// [`probe`], [`ProbeInfo::check_expectation`], then [`decode`]: nothing is decoded unless every
+/// header check passed.
+pub async fn probe_and_decode(
+    path: &Path,
+    limits: &DecodeLimits,
+    expectation: &Expectation,
+) -> Result<(ProbeInfo, Decoded), DecodeError> {
+    let info = probe(path, limits).await?;
+    info.check_expectation(expectation)?;
+    let decoded = decode(path, &info, limits).await?;
+    Ok((info, decoded))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header validation
+
+fn validate_header(json: &Value, file_bytes: u64, limits: &DecodeLimits) -> Result<ProbeInfo, DecodeError> {
+    use BadOutputReason as R;
+    let format_name = json
+        .pointer("/format/format_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(R::NotAVideo, "no container format was recognised"))?;
+    if !ALLOWED_CONTAINERS.contains(&format_name) {
+        return Err(bad(
+            R::UnsupportedContainer,
+            format!("container {} is not accepted", sanitise(format_name, None)),
+        ));
+    }
+    let streams = json
+        .get("streams")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let is_type = |s: &&Value, t: &str| s.get("codec_type").and_then(Value::as_str) == Some(t);
+    let video = streams
+        .iter()
+        .find(|s| is_type(s, "video") && number(s.pointer("/disposition/attached_pic")) != Some(1.0))
+        .ok_or_else(|| bad(R::NoVideoStream, "the file has no video stream"))?;
+    let audio = streams
+        .iter()
+        .find(|s| is_type(s, "audio"))
+        .ok_or_else(|| bad(R::NoAudioStream, "the file has no audio stream"))?;
+
+    let video_codec = codec_of(video, ALLOWED_VIDEO_CODECS, "video")?;
+    let audio_codec = codec_of(audio, ALLOWED_AUDIO_CODECS, "audio")?;
+
+    // Resolution, from the header: nothing has been allocated for it yet.
+    let width = dimension(video.get("width"));
+    let height = dimension(video.get("height"));
+    if width > u64::from(limits.max_width)
+        || height > u64::from(limits.max_height)
+        || width.saturating_mul(height) > limits.max_pixels
+    {
+        return Err(bad(
+            R::ResolutionTooLarge,
+            format!(
+                "{width}x{height} exceeds {}x{} ({} pixels)",
+                limits.max_width, limits.max_height, limits.max_pixels
+            ),
+        ));
+    }
+    if width < u64::from(limits.min_side) || height < u64::from(limits.min_side) {
+        return Err(bad(
+            R::ResolutionTooSmall,
+            format!("{width}x{height} is below {} pixels a side", limits.min_side),
+        ));
+    }
+    // Both fit u32: bounded by max_width/max_height above.
+    let (width, height) = (
+        u32::try_from(width).unwrap_or(u32::MAX),
+        u32::try_from(height).unwrap_or(u32::MAX),
+    );
+
+    // Durations: every declared one is bounded, and the video's must exist.
+    let container_duration = positive(number(json.pointer("/format/duration")));
+    let video_duration = positive(number(video.get("duration")));
+    let audio_duration = positive(number(audio.get("duration")));
+    for (what, d) in [
+        ("container", container_duration),
+        ("video stream", video_duration),
+        ("audio stream", audio_duration),
+    ] {
+        if let Some(d) = d
+            && d > limits.max_duration_secs
+        {
+            return Err(bad(
+                R::TooLong,
+                format!(
+                    "{what} declares {d:.3} s; at most {:.3} s is accepted",
+                    limits.max_duration_secs
+                ),
+            ));
+        }
+    }
+    let duration_secs = video_duration
+        .or(container_duration)
+        .ok_or_else(|| bad(R::WrongDuration, "the video declares no duration"))?;
+    let audio_duration_secs = audio_duration
+        .or(container_duration)
+        .ok_or_else(|| bad(R::WrongDuration, "the audio declares no duration"))?;
+
+    let fps = [video.get("avg_frame_rate"), video.get("r_frame_rate")]
+        .into_iter()
+        .filter_map(|r| r.and_then(Value::as_str).and_then(parse_rate))
+        .next()
+        .ok_or_else(|| bad(R::BadFrameRate, "the video declares no frame rate"))?;
+    if !(fps >= limits.min_fps && fps <= limits.max_fps) {
+        return Err(bad(
+            R::BadFrameRate,
+            format!(
+                "{fps:.3} fps is outside {}..={} fps",
+                limits.min_fps, limits.max_fps
+            ),
+        ));
+    }
+
+    // Frame count as cv2 reports it, and bounded like the frame rate.
+    let nb_frames = number(video.get("nb_frames"))
+        .filter(|n| *n >= 1.0)
+        .map(|n| n as u64);
+    let estimated = (container_duration.unwrap_or(duration_secs) * fps).round();
+    let total = nb_frames.map_or(estimated, |n| n as f64);
+    let most = (limits.max_duration_secs * limits.max_fps).ceil() + 1.0;
+    if !(total <= most) || !(total <= (duration_secs * limits.max_fps * 1.05).ceil() + 2.0) {
+        return Err(bad(
+            R::BadFrameRate,
+            format!(
+                "{total} frames in {duration_secs:.3} s is more than {} fps allows",
+                limits.max_fps
+            ),
+        ));
+    }
+    let total_frames = if total >= 1.0 { total as usize } else { 0 };
+    let kept = sample_indices(total_frames, limits.max_frames).len();
+    check_sampled_bytes(kept, frame_bytes(width, height, limits)?, limits)?;
+
+    let sample_rate = number(audio.get("sample_rate")).unwrap_or(0.0);
+    let channels = number(audio.get("channels")).unwrap_or(0.0);
+    if !(1.0..=768_000.0).contains(&sample_rate) || !(1.0..=64.0).contains(&channels) {
+        return Err(bad(
+            R::BadAudioStream,
+            format!("audio declares {sample_rate} Hz, {channels} channels"),
+        ));
+    }
+
+    Ok(ProbeInfo {
+        format_name: format_name.to_owned(),
+        file_bytes,
+        container_duration_secs: container_duration,
+        duration_secs,
+        video: VideoStreamInfo {
+            index: stream_index(video)?,
+            codec: video_codec,
+            width,
+            height,
+            fps,
+            nb_frames,
+            duration_secs: video_duration,
+        },
+        audio: AudioStreamInfo {
+            index: stream_index(audio)?,
+            codec: audio_codec,
+            sample_rate: sample_rate as u32,
+            channels: channels as u32,
+            duration_secs: audio_duration_secs,
+        },
+        total_frames,
+        frame_count_declared: nb_frames.is_some(),
+        probe_secs: 0.0,
+    })
+}
+
+fn codec_of(stream: &Value, allowed: &[&str], kind: &str) -> Result<String, DecodeError> {
+    let codec = stream.get("codec_name").and_then(Value::as_str).unwrap_or("");
+    if allowed.contains(&codec) {
+        Ok(codec.to_owned())
+    } else {
+        Err(bad(
+            BadOutputReason::UnsupportedCodec,
+            format!("{kind} codec {:?} is not accepted", sanitise(codec, None)),
+        ))
+    }
+}
+
+fn stream_index(stream: &Value) -> Result<u32, DecodeError> {
+    stream
+        .get("index")
+        .and_then(Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| bad(BadOutputReason::NotAVideo, "a stream has no index"))
+}
+
+/// A JSON number, or a string holding one (ffprobe prints many numbers as strings).
+fn number(value: Option<&Value>) -> Option<f64> {
+    match value? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|x| x.is_finite())
+}
+
+fn positive(x: Option<f64>) -> Option<f64> {
+    x.filter(|x| *x > 0.0)
+}
+
+/// A declared picture side; absent, negative or absurd values become 0 or saturate.
+fn dimension(value: Option<&Value>) -> u64 {
+    match number(value) {
+        Some(x) if x >= 1.0 => x as u64,
+        _ => 0,
+    }
+}
+
+/// `"num/den"` (or a plain number) as frames per second; `None` for `0/0`, non-positive or junk.
+fn parse_rate(rate: &str) -> Option<f64> {
+    let value = match rate.split_once('/') {
+        Some((num, den)) => {
+            let num: f64 = num.trim().parse().ok()?;
+            let den: f64 = den.trim().parse().ok()?;
+            if den == 0.0 {
+                return None;
+            }
+            num / den
+        }
+        None => rate.trim().parse().ok()?,
+    };
+    (value.is_finite() && value > 0.0).then_some(value)
+}
+
+fn frame_bytes(width: u32, height: u32, limits: &DecodeLimits) -> Result<usize, DecodeError> {
+    let too_large = || {
+        bad(
+            BadOutputReason::ResolutionTooLarge,
+            format!("{width}x{height} exceeds the limits"),
+        )
+    };
+    if width > limits.max_width
+        || height > limits.max_height
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(too_large());
+    }
+    if width < limits.min_side.max(1) || height < limits.min_side.max(1) {
+        return Err(bad(
+            BadOutputReason::ResolutionTooSmall,
+            format!("{width}x{height} is below {} pixels a side", limits.min_side),
+        ));
+    }
+    usize::try_from(u64::from(width) * u64::from(height) * 3).map_err(|_| too_large())
+}
+
+fn check_sampled_bytes(frames: usize, frame_bytes: usize, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    let bytes = (frames as u128) * (frame_bytes as u128);
+    if bytes > u128::from(limits.max_sampled_bytes) {
+        return Err(bad(
+            BadOutputReason::ResolutionTooLarge,
+            format!(
+                "{frames} sampled frames of {frame_bytes} bytes exceed the {} byte budget",
+                limits.max_sampled_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn classify_probe_failure(done: &Finished, input: &Path) -> DecodeError {
+    use BadOutputReason as R;
+    let text = &done.stderr;
+    let pick = |marker: &str| {
+        text.lines()
+            .rev()
+            .find(|l| l.contains(marker))
+            .map(|l| sanitise(l, Some(input)))
+    };
+    if let Some(line) = pick("Format not on whitelist") {
+        return bad(R::UnsupportedContainer, line);
+    }
+    if let Some(line) = pick("not on whitelist") {
+        return bad(R::UnsupportedCodec, line);
+    }
+    // ffprobe falls back to the MP4 demuxer for any unrecognised `.mp4`, so a missing `moov` means
+    // "truncated" only when the file does start like an MP4.
+    if let Some(line) = pick("moov atom not found")
+        && starts_like_iso_bmff(input)
+    {
+        return bad(R::Truncated, format!("the MP4 index is missing: {line}"));
+    }
+    // A plain error exit means ffprobe could not make sense of the file; crashes and resource limits
+    // keep their own reasons.
+    let unrecognised = || bad(R::NotAVideo, sanitise(last_line(text), Some(input)));
+    match done.exit {
+        Exit::Code(_) if !text.contains(OUT_OF_MEMORY) => unrecognised(),
+        _ => exit_failure(done, input).unwrap_or_else(unrecognised),
+    }
+}
+
+/// Whether the file begins with an ISO BMFF (MP4/MOV) box header: a plausible size and a known type.
+fn starts_like_iso_bmff(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() {
+        return false;
+    }
+    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    const BOXES: [&[u8; 4]; 10] = [
+        b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"moof",
+    ];
+    (size == 0 || size == 1 || size >= 8) && BOXES.iter().any(|b| head[4..8] == b[..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+async fn decode_video(
+    file: &InputFile,
+    info: &ProbeInfo,
+    limits: &DecodeLimits,
+    cwd: &Path,
+    deadline: Instant,
+    frame_bytes: usize,
+    wanted: &[usize],
+) -> Result<(Vec<Frame>, Vec<usize>, usize), DecodeError> {
+    let (width, height) = (info.video.width, info.video.height);
+    let mut args = input_args(file, limits.threads);
+    args.extend(
+        [
+            "-map".to_owned(),
+            format!("0:{}", info.video.index),
+            "-an".to_owned(),
+            "-sn".to_owned(),
+            "-dn".to_owned(),
+            // A mid-stream size change is scaled back to the declared size: every frame has the
+            // same byte length, and the declared size (already validated) bounds it.
+            "-vf".to_owned(),
+            format!("scale={width}:{height},format=rgb24"),
+            // One output frame per decoded frame, no duplication or dropping: indices are decoded
+            // frame numbers, as cv2 reads them.
+            "-fps_mode".to_owned(),
+            "passthrough".to_owned(),
+            "-f".to_owned(),
+            "rawvideo".to_owned(),
+            "-pix_fmt".to_owned(),
+            "rgb24".to_owned(),
+            "pipe:1".to_owned(),
+        ]
+        .map(OsString::from),
+    );
+    let total = info.total_frames.max(wanted.len());
+    let slack = frame_slack(total, info.frame_count_declared);
+    let mut sink = FrameSink::new(width, height, frame_bytes, wanted, total + slack);
+    let done = run_limited(&limits.tools.ffmpeg, &args, limits, cwd, deadline, &mut sink)
+        .await
+        .map_err(|e| e.with_tool("ffmpeg (video)", limits.decode_timeout))?;
+    let decoded = sink.decoded;
+    if decoded + slack < total {
+        let tail = sanitise(last_line(&done.stderr), Some(&file.path));
+        return Err(bad(
+            BadOutputReason::Truncated,
+            format!(
+                "decoded {decoded} of {total} declared frames{}{tail}",
+                if tail.is_empty() { "" } else { ": " }
+            ),
+        ));
+    }
+    if let Some(e) = exit_failure(&done, &file.path) {
+        return Err(e);
+    }
+    if sink.kept.is_empty() {
+        return Err(bad(BadOutputReason::Truncated, "no frame could be decoded"));
+    }
+    Ok((sink.kept, sink.kept_indices, decoded))
+}
+
+async fn decode_audio(
+    file: &InputFile,
+    info: &ProbeInfo,
+    limits: &DecodeLimits,
+    cwd: &Path,
+    deadline: Instant,
+) -> Result<Vec<f32>, DecodeError> {
+    let mut args = input_args(file, 1);
+    args.extend(
+        [
+            "-map".to_owned(),
+            format!("0:{}", info.audio.index),
+            "-vn".to_owned(),
+            "-sn".to_owned(),
+            "-dn".to_owned(),
+            "-ac".to_owned(),
+            "1".to_owned(),
+            "-ar".to_owned(),
+            AUDIO_SAMPLE_RATE.to_string(),
+            "-c:a".to_owned(),
+            "pcm_f32le".to_owned(),
+            "-f".to_owned(),
+            "f32le".to_owned(),
+            "pipe:1".to_owned(),
+        ]
+        .map(OsString::from),
+    );
+    let rate = f64::from(AUDIO_SAMPLE_RATE);
+    let max_bytes = ((limits.max_duration_secs.max(0.0) + 1.0) * rate * 4.0).ceil();
+    let mut sink = BoundedBytes::new(max_bytes.min(usize::MAX as f64) as usize);
+    let done = run_limited(&limits.tools.ffmpeg, &args, limits, cwd, deadline, &mut sink)
+        .await
+        .map_err(|e| e.with_tool("ffmpeg (audio)", limits.decode_timeout))?;
+    let samples: Vec<f32> = sink
+        .bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let declared = info.audio.duration_secs;
+    let got = samples.len() as f64 / rate;
+    if got < declared - (declared * 0.1).max(0.5) {
+        return Err(bad(
+            BadOutputReason::Truncated,
+            format!("decoded {got:.3} s of {declared:.3} s of declared audio"),
+        ));
+    }
+    if let Some(e) = exit_failure(&done, &file.path) {
+        return Err(e);
+    }
+    Ok(samples)
+}
+
+/// Frames a decode may miss (truncation) or add (overflow) before it is refused: MP4's declared
+/// count is exact, an estimate from duration × fps is not.
+fn frame_slack(total: usize, declared: bool) -> usize {
+    if declared {
+        (total / 50).max(2)
+    } else {
+        (total / 10).max(3)
+    }
+}
+
+fn input_args(file: &InputFile, threads: u32) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "error",
+        "-threads",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    args.push(threads.max(1).to_string().into());
+    args.extend(
+        [
+            "-protocol_whitelist",
+            "file",
+            "-format_whitelist",
+            FORMAT_WHITELIST,
+            "-codec_whitelist",
+            DECODER_WHITELIST,
+            "-i",
+        ]
+        .map(OsString::from),
+    );
+    args.push(file.url.clone());
+    args
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input file
+
+struct InputFile {
+    path: PathBuf,
+    url: OsString,
+    len: u64,
+}
+
+impl InputFile {
+    /// `lstat`: a regular file (a symlink is refused, not followed), non-empty, within the size cap.
+    fn check(path: &Path, limits: &DecodeLimits) -> Result<InputFile, DecodeError> {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| DecodeError::Infra(format!("cannot stat the output copy: {e}")))?;
+        if !meta.file_type().is_file() {
+            return Err(bad(
+                BadOutputReason::NotARegularFile,
+                "the output is not a regular file",
+            ));
+        }
+        let len = meta.len();
+        if len == 0 {
+            return Err(bad(BadOutputReason::EmptyFile, "the output is empty"));
+        }
+        if len > limits.max_file_bytes {
+            return Err(bad(
+                BadOutputReason::TooLarge,
+                format!("{len} bytes; at most {} are accepted", limits.max_file_bytes),
+            ));
+        }
+        let path = std::path::absolute(path)
+            .map_err(|e| DecodeError::Infra(format!("cannot make the output path absolute: {e}")))?;
+        let mut url = OsString::from("file:");
+        url.push(path.as_os_str());
+        Ok(InputFile { path, url, len })
+    }
+}
+
+/// A private (0700), empty working directory for one tool run, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<ScratchDir, DecodeError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!(
+                "talkheadd-decode-{}-{}-{nanos}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let dir = base.join(name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(ScratchDir(dir)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DecodeError::Infra(format!(
+            "cannot create a scratch directory in {}: {}",
+            base.display(),
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sandboxed runs
+
+/// Where a tool's stdout goes, a read at a time.
+trait Sink {
+    /// Space for the next read; never empty.
+    fn space(&mut self) -> &mut [u8];
+    /// `n` bytes were written at the start of [`Sink::space`]. An error stops the run (the child is
+    /// killed).
+    fn commit(&mut self, n: usize) -> Result<(), BadOutput>;
+}
+
+/// Collects up to `max` bytes; more is `decoder_output_too_large`.
+struct BoundedBytes {
+    bytes: Vec<u8>,
+    chunk: Vec<u8>,
+    max: usize,
+}
+
+impl BoundedBytes {
+    fn new(max: usize) -> Self {
+        BoundedBytes {
+            bytes: Vec::new(),
+            chunk: vec![0; 64 << 10],
+            max,
+        }
+    }
+}
+
+impl Sink for BoundedBytes {
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.chunk
+    }
+
+    fn commit(&mut self, n: usize) -> Result<(), BadOutput> {
+        if self.bytes.len() + n > self.max {
+            return Err(BadOutput::new(
+                BadOutputReason::DecoderOutputTooLarge,
+                format!("more than {} bytes of output", self.max),
+            ));
+        }
+        self.bytes.extend_from_slice(&self.chunk[..n]);
+        Ok(())
+    }
+}
+
+/// Assembles raw RGB frames, keeps the wanted indices, reuses one buffer for the others.
+struct FrameSink<'w> {
+    width: u32,
+    height: u32,
+    wanted: &'w [usize],
+    max_frames: usize,
+    current: Vec<u8>,
+    filled: usize,
+    decoded: usize,
+    kept: Vec<Frame>,
+    kept_indices: Vec<usize>,
+}
+
+impl<'w> FrameSink<'w> {
+    fn new(width: u32, height: u32, frame_bytes: usize, wanted: &'w [usize], max_frames: usize) -> Self {
+        FrameSink {
+            width,
+            height,
+            wanted,
+            max_frames,
+            current: vec![0; frame_bytes.max(1)],
+            filled: 0,
+            decoded: 0,
+            kept: Vec::with_capacity(wanted.len()),
+            kept_indices: Vec::with_capacity(wanted.len()),
+        }
+    }
+}
+
+impl Sink for FrameSink<'_> {
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.current[self.filled..]
+    }
+
+    fn commit(&mut self, n: usize) -> Result<(), BadOutput> {
+        self.filled += n;
+        if self.filled < self.current.len() {
+            return Ok(());
+        }
+        let index = self.decoded;
+        self.decoded += 1;
+        self.filled = 0;
+        if self.decoded > self.max_frames {
+            return Err(BadOutput::new(
+                BadOutputReason::DecoderOutputTooLarge,
+                format!("more than {} frames decoded", self.max_frames),
+            ));
+        }
+        if self.wanted.get(self.kept.len()) == Some(&index) {
+            let fresh = vec![0; self.current.len()];
+            let rgb = std::mem::replace(&mut self.current, fresh);
+            self.kept.push(Frame {
+                width: self.width,
+                height: self.height,
+                rgb,
+            });
+            self.kept_indices.push(index);
+        }
+        Ok(())
+    }
+}
+
+/// How a tool run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Success,
+    Code(i32),
+    Signal(i32),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Success => f.write_str("exit 0"),
+            Exit::Code(c) => write!(f, "exit {c}"),
+            Exit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// A finished run: its exit and the tail of its stderr.
+struct Finished {
+    exit: Exit,
+    stderr: String,
+}
+
+/// Errors of [`run_limited`] before the tool's own exit is looked at.
+#[derive(Debug)]
+enum RunError {
+    Timeout,
+    Output(BadOutput),
+    Infra(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Timeout => f.write_str("timed out"),
+            RunError::Output(b) => write!(f, "{b}"),
+            RunError::Infra(s) => f.write_str(s),
+        }
+    }
+}
+
+impl RunError {
+    fn with_tool(self, tool: &str, limit: Duration) -> DecodeError {
+        match self {
+            RunError::Timeout => bad(
+                BadOutputReason::DecoderTimeout,
+                format!("{tool} did not finish within {:.3} s", limit.as_secs_f64()),
+            ),
+            RunError::Output(b) => DecodeError::BadOutput(BadOutput {
+                detail: format!("{tool}: {}", b.detail),
+                ..b
+            }),
+            RunError::Infra(s) => DecodeError::Infra(format!("{tool}: {s}")),
+        }
+    }
+}
+
+/// Runs `program args` under `prlimit`, streaming stdout into `sink` and keeping stderr's tail, until
+/// it exits or `deadline` passes (then it is killed and reaped).
+async fn run_limited<S: Sink + Send>(
+    program: &Path,
+    args: &[OsString],
+    limits: &DecodeLimits,
+    cwd: &Path,
+    deadline: Instant,
+    sink: &mut S,
+) -> Result<Finished, RunError> {
+    let mut command = Command::new(&limits.tools.prlimit);
+    command
+        .arg(format!("--as={}", limits.address_space_bytes))
+        .arg(format!("--cpu={}", limits.cpu_secs.max(1)))
+        .arg("--fsize=0")
+        .arg("--nofile=64")
+        .arg("--core=0")
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| RunError::Infra(format!("cannot start {}: {e}", limits.tools.prlimit.display())))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.start_kill();
+        return Err(RunError::Infra("the child's pipes are missing".to_owned()));
+    };
+    tracing::debug!(program = %program.display(), "sandboxed decoder started");
+
+    let child_ref = &mut child;
+    let run = async move {
+        let (pumped, stderr) = tokio::join!(
+            async {
+                let result = pump(stdout, sink).await;
+                if result.is_err() {
+                    let _ = child_ref.start_kill();
+                }
+                (result, child_ref)
+            },
+            read_tail(stderr, STDERR_TAIL),
+        );
+        let ((pumped, child_ref), stderr) = (pumped, stderr);
+        let status = child_ref.wait().await;
+        (pumped, stderr, status)
+    };
+    let Ok((pumped, stderr, status)) = tokio::time::timeout_at(deadline, run).await else {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+        return Err(RunError::Timeout);
+    };
+    pumped?;
+    let status = status.map_err(|e| RunError::Infra(format!("cannot wait for the child: {e}")))?;
+    let exit = match (status.code(), status.signal()) {
+        (Some(0), _) => Exit::Success,
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(signal)) => Exit::Signal(signal),
+        (None, None) => Exit::Code(-1),
+    };
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    // prlimit's own failures (it could not set a limit, or exec the tool) are the host's.
+    if let Exit::Code(code) = exit
+        && (code == 126 || code == 127 || stderr.lines().any(|l| l.starts_with("prlimit:")))
+    {
+        return Err(RunError::Infra(format!(
+            "{} could not run {} ({exit}): {}",
+            limits.tools.prlimit.display(),
+            program.display(),
+            sanitise(last_line(&stderr), None)
+        )));
+    }
+    Ok(Finished { exit, stderr })
+}
+
+async fn pump<S: Sink, R: AsyncRead + Unpin>(mut from: R, sink: &mut S) -> Result<(), RunError> {
+    loop {
+        let n = from
+            .read(sink.space())
+            .await
+            .map_err(|e| RunError::Infra(format!("reading the tool's output: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink.commit(n).map_err(RunError::Output)?;
+    }
+}
+
+/// Drains `from` to the end, keeping only the last `cap` bytes.
+async fn read_tail<R: AsyncRead + Unpin>(mut from: R, cap: usize) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(cap * 2);
+    let mut chunk = vec![0u8; 4096];
+    while let Ok(n) = from.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        if tail.len() > cap * 2 {
+            tail.drain(..tail.len() - cap);
+        }
+    }
+    if tail.len() > cap {
+        tail.drain(..tail.len() - cap);
+    }
+    tail
+}
+
+/// The output's fault for a failed or killed run, `None` for a clean exit.
+fn exit_failure(done: &Finished, input: &Path) -> Option<DecodeError> {
+    use BadOutputReason as R;
+    let last = sanitise(last_line(&done.stderr), Some(input));
+    match done.exit {
+        Exit::Success => None,
+        // SIGXCPU (RLIMIT_CPU) and SIGXFSZ (RLIMIT_FSIZE).
+        Exit::Signal(24 | 25) => Some(bad(
+            R::DecoderResourceLimit,
+            format!("the decoder hit its CPU or file-size limit ({})", done.exit),
+        )),
+        Exit::Signal(_) => Some(bad(
+            R::DecoderFailed,
+            format!(
+                "the decoder crashed ({}){}{last}",
+                done.exit,
+                if last.is_empty() { "" } else { ": " }
+            ),
+        )),
+        Exit::Code(_) if done.stderr.contains(OUT_OF_MEMORY) => Some(bad(
+            R::DecoderResourceLimit,
+            format!("the decoder ran out of its address space ({}): {last}", done.exit),
+        )),
+        Exit::Code(_) => Some(bad(
+            R::DecoderFailed,
+            format!("{}{}{last}", done.exit, if last.is_empty() { "" } else { ": " }),
+        )),
+    }
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+/// One printable ASCII line of at most [`DETAIL_CHARS`] characters, with the input's path replaced by
+/// `<input>` (details can end up in public metrics).
+fn sanitise(text: &str, input: Option<&Path>) -> String {
+    let mut text = text.to_owned();
+    if let Some(path) = input.and_then(Path::to_str).filter(|p| !p.is_empty()) {
+        text = text.replace(path, "<input>");
+    }
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .take(DETAIL_CHARS)
+        .collect();
+    clean.trim().to_owned()
+}

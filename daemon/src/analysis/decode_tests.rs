@@ -1,0 +1,931 @@
+//! Tests of the sandboxed decoder: a good clip decodes like the reference (80 RGB frames, 16 kHz mono
+//! audio), and every hostile file gets its own `bad_output` reason within the time limit. Inputs are
+//! generated with the host's ffmpeg (lavfi sources), so no fixture is checked in.
+
+use super::*;
+use std::future::Future;
+use std::process::Command as StdCommand;
+use std::time::Instant as StdInstant;
+use tempfile::TempDir;
+
+/// Every test finishes well within this, hostile inputs included.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, fut)
+        .await
+        .expect("the decoder must answer within the test limit")
+}
+
+/// Runs the host's ffmpeg to make a test input; `args` go between the global flags and the output.
+fn ffmpeg(dir: &TempDir, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.path().join(name);
+    let result = StdCommand::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(args)
+        .arg(&out)
+        .output()
+        .expect("ffmpeg must be installed to run these tests (apt-get install ffmpeg)");
+    assert!(
+        result.status.success(),
+        "generating {name} failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// `seconds` of `size` testsrc at `rate` fps plus a 440 Hz sine, H.264 + AAC in MP4.
+fn av_clip(dir: &TempDir, name: &str, size: &str, rate: u32, seconds: f64, extra: &[&str]) -> PathBuf {
+    let video = format!("testsrc=size={size}:rate={rate}:duration={seconds}");
+    let audio = format!("sine=frequency=440:duration={seconds}");
+    let mut args = vec![
+        "-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", &audio, "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        "-c:a", "aac",
+    ];
+    args.extend_from_slice(extra);
+    ffmpeg(dir, name, &args)
+}
+
+/// A cheap 64×64 clip with audio.
+fn small_clip(dir: &TempDir, name: &str, seconds: f64) -> PathBuf {
+    av_clip(dir, name, "64x64", 25, seconds, &["-preset", "ultrafast"])
+}
+
+fn reason(result: Result<impl fmt::Debug, DecodeError>) -> BadOutputReason {
+    match result {
+        Ok(v) => panic!("expected a bad output, got {v:?}"),
+        Err(DecodeError::Infra(e)) => panic!("expected a bad output, got an infrastructure error: {e}"),
+        Err(DecodeError::BadOutput(b)) => {
+            assert!(!b.detail.is_empty(), "{:?} has no detail", b.reason);
+            assert!(b.detail.len() <= 400, "detail too long: {}", b.detail);
+            b.reason
+        }
+    }
+}
+
+async fn probe_reason(path: &Path, limits: &DecodeLimits) -> BadOutputReason {
+    let started = StdInstant::now();
+    let r = reason(within(probe(path, limits)).await);
+    assert!(
+        started.elapsed() < limits.probe_timeout + Duration::from_secs(2),
+        "{r} took {:?}",
+        started.elapsed()
+    );
+    r
+}
+
+fn rms(samples: &[f32]) -> f64 {
+    let sum: f64 = samples.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
+    (sum / samples.len().max(1) as f64).sqrt()
+}
+
+// --- the reference's behaviour ----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_good_clip_decodes_to_the_reference_samples() {
+    let dir = TempDir::new().unwrap();
+    let path = av_clip(&dir, "good.mp4", "512x512", 25, 5.0, &[]);
+    let limits = DecodeLimits::default();
+
+    let info = within(probe(&path, &limits)).await.unwrap();
+    assert_eq!(info.format_name, "mov,mp4,m4a,3gp,3g2,mj2");
+    assert_eq!(info.video.codec, "h264");
+    assert_eq!((info.video.width, info.video.height), (512, 512));
+    assert!((info.video.fps - 25.0).abs() < 1e-9);
+    assert_eq!(info.video.nb_frames, Some(125));
+    assert_eq!(info.total_frames, 125);
+    assert!(info.frame_count_declared);
+    assert!((info.duration_secs - 5.0).abs() < 0.05, "{}", info.duration_secs);
+    assert_eq!(info.audio.codec, "aac");
+    assert!(info.audio.sample_rate > 0 && info.audio.channels == 1);
+    assert!((info.audio.duration_secs - 5.0).abs() < 0.1);
+    info.check_expectation(&Expectation::new(5.0, 5.0)).unwrap();
+
+    let decoded = within(decode(&path, &info, &limits)).await.unwrap();
+    assert_eq!(decoded.frames.len(), 80);
+    assert_eq!(decoded.frame_indices, sample_indices(125, 80));
+    assert_eq!(decoded.frame_indices[1], 1);
+    assert_eq!(decoded.frame_indices[79], 123);
+    assert_eq!(decoded.decoded_frames, 125);
+    assert_eq!(decoded.total_frames, 125);
+    assert!((decoded.fps - 25.0).abs() < 1e-9);
+    for frame in &decoded.frames {
+        assert_eq!((frame.width, frame.height), (512, 512));
+        assert_eq!(frame.rgb.len(), 512 * 512 * 3);
+    }
+    // testsrc moves: the samples are distinct frames, not one frame repeated.
+    assert_ne!(decoded.frames[0].rgb, decoded.frames[79].rgb);
+    assert_eq!(decoded.audio_sample_rate, 16_000);
+    let n = decoded.audio.len();
+    assert!((79_000..=81_000).contains(&n), "{n} samples");
+    let level = rms(&decoded.audio);
+    // lavfi's sine has amplitude 1/8: RMS 0.088.
+    assert!((0.06..0.11).contains(&level), "rms {level}");
+    assert!(decoded.audio.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
+    eprintln!(
+        "5 s 512x512 25 fps: probe {:.3} s, decode {:.3} s",
+        info.probe_secs, decoded.decode_secs
+    );
+}
+
+#[tokio::test]
+async fn frames_are_in_rgb_order() {
+    let dir = TempDir::new().unwrap();
+    // Left half pure red, right half pure blue: a swapped channel order cannot pass both checks.
+    let path = ffmpeg(
+        &dir,
+        "redblue.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:size=32x64:rate=25:duration=1[a];color=c=blue:size=32x64:rate=25:duration=1[b];\
+             [a][b]hstack",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let limits = DecodeLimits::default();
+    let (info, decoded) = within(probe_and_decode(&path, &limits, &Expectation::new(1.0, 1.0)))
+        .await
+        .unwrap();
+    assert_eq!(info.total_frames, 25);
+    assert_eq!(decoded.frames.len(), 25, "every frame when there are at most 80");
+    assert_eq!(decoded.frame_indices, (0..25).collect::<Vec<_>>());
+    let frame = &decoded.frames[12];
+    let [r, g, b] = frame.pixel(8, 32).unwrap();
+    assert!(r > 230 && g < 30 && b < 30, "red decoded as {r},{g},{b}");
+    let [r, g, b] = frame.pixel(56, 32).unwrap();
+    assert!(r < 30 && g < 30 && b > 230, "blue decoded as {r},{g},{b}");
+    assert_eq!(frame.pixel(64, 0), None);
+}
+
+#[test]
+fn sample_indices_match_the_reference() {
+    let python = |total: usize| -> Vec<usize> {
+        // int(i * total / 80) with float division, as utils.py computes it.
+        (0..80).map(|i| ((i * total) as f64 / 80.0) as usize).collect()
+    };
+    for total in [81, 99, 125, 126, 250, 1_000, 7_201, 123_457] {
+        let indices = sample_indices(total, 80);
+        assert_eq!(indices, python(total), "total {total}");
+        assert!(indices.windows(2).all(|w| w[0] < w[1]));
+        assert!(*indices.last().unwrap() < total);
+    }
+    assert_eq!(sample_indices(125, 80)[..5], [0, 1, 3, 4, 6]);
+    assert_eq!(sample_indices(50, 80), (0..50).collect::<Vec<_>>());
+    assert_eq!(sample_indices(80, 80), (0..80).collect::<Vec<_>>());
+    // A count of zero is treated as 80, as the reference does.
+    assert_eq!(sample_indices(0, 80), (0..80).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn matroska_without_a_frame_count_is_estimated_from_duration() {
+    let dir = TempDir::new().unwrap();
+    let path = av_clip(&dir, "clip.mkv", "64x64", 25, 4.0, &["-preset", "ultrafast"]);
+    let limits = DecodeLimits::default();
+    let (info, decoded) = within(probe_and_decode(&path, &limits, &Expectation::new(4.0, 5.0)))
+        .await
+        .unwrap();
+    assert_eq!(info.format_name, "matroska,webm");
+    assert!(!info.frame_count_declared);
+    // cv2's estimate: container duration (4.02 s with the audio's padding) × 25, rounded.
+    assert!((100..=101).contains(&info.total_frames), "{}", info.total_frames);
+    assert_eq!(decoded.frames.len(), 80);
+    assert_eq!(decoded.decoded_frames, 100);
+}
+
+// --- hostile files ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn zero_length_file() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("empty.mp4");
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::EmptyFile
+    );
+}
+
+#[tokio::test]
+async fn text_file_named_mp4() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("text.mp4");
+    std::fs::write(&path, "this is not a video\n".repeat(100)).unwrap();
+    // (ffprobe tries the MP4 demuxer on it because of the name, and finds no index.)
+    let err = within(probe(&path, &DecodeLimits::default())).await.unwrap_err();
+    assert_eq!(err.reason(), Some(BadOutputReason::NotAVideo));
+    // The host path never leaks into the detail.
+    let detail = &err.bad_output().unwrap().detail;
+    assert!(!detail.contains(dir.path().to_str().unwrap()), "{detail}");
+}
+
+#[tokio::test]
+async fn truncated_mp4_without_its_index() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "full.mp4", 3.0);
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(
+        probe_reason(&cut, &DecodeLimits::default()).await,
+        BadOutputReason::Truncated
+    );
+}
+
+#[tokio::test]
+async fn truncated_mp4_with_its_index_first() {
+    let dir = TempDir::new().unwrap();
+    let path = av_clip(
+        &dir,
+        "full.mp4",
+        "64x64",
+        25,
+        4.0,
+        &["-preset", "ultrafast", "-movflags", "+faststart"],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let limits = DecodeLimits::default();
+    // The header is intact and still declares 100 frames...
+    let info = within(probe(&cut, &limits)).await.unwrap();
+    assert_eq!(info.total_frames, 100);
+    // ...which the data cannot deliver.
+    assert_eq!(
+        reason(within(decode(&cut, &info, &limits)).await),
+        BadOutputReason::Truncated
+    );
+}
+
+#[tokio::test]
+async fn audio_only() {
+    let dir = TempDir::new().unwrap();
+    let path = ffmpeg(
+        &dir,
+        "audio.mp4",
+        &["-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac"],
+    );
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::NoVideoStream
+    );
+}
+
+#[tokio::test]
+async fn video_only() {
+    let dir = TempDir::new().unwrap();
+    let path = ffmpeg(
+        &dir,
+        "video.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=25:duration=2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::NoAudioStream
+    );
+}
+
+#[tokio::test]
+async fn decompression_bomb_is_refused_from_the_header() {
+    let dir = TempDir::new().unwrap();
+    // One black 8192×8192 picture: a small file that would decode to 100 MB per frame.
+    let path = ffmpeg(
+        &dir,
+        "bomb.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:size=8192x8192:rate=1:duration=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 512 << 10, "the bomb should be small: {size} bytes");
+    let started = StdInstant::now();
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::ResolutionTooLarge
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn resolution_limits_are_checked_before_decoding() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 1.0);
+    let narrow = DecodeLimits {
+        max_width: 32,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        probe_reason(&path, &narrow).await,
+        BadOutputReason::ResolutionTooLarge
+    );
+    let few_pixels = DecodeLimits {
+        max_pixels: 64 * 63,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        probe_reason(&path, &few_pixels).await,
+        BadOutputReason::ResolutionTooLarge
+    );
+    // 25 frames of 64×64 RGB are 307,200 bytes: over a smaller memory budget.
+    let small_budget = DecodeLimits {
+        max_sampled_bytes: 300_000,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        probe_reason(&path, &small_budget).await,
+        BadOutputReason::ResolutionTooLarge
+    );
+    let big_minimum = DecodeLimits {
+        min_side: 128,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        probe_reason(&path, &big_minimum).await,
+        BadOutputReason::ResolutionTooSmall
+    );
+
+    // And decode re-checks a hand-made ProbeInfo instead of trusting it.
+    let mut info = within(probe(&path, &DecodeLimits::default())).await.unwrap();
+    info.video.width = 100_000;
+    info.video.height = 100_000;
+    assert_eq!(
+        reason(within(decode(&path, &info, &DecodeLimits::default())).await),
+        BadOutputReason::ResolutionTooLarge
+    );
+}
+
+#[tokio::test]
+async fn tiny_resolution() {
+    let dir = TempDir::new().unwrap();
+    let path = av_clip(&dir, "tiny.mp4", "8x8", 25, 1.0, &["-preset", "ultrafast"]);
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::ResolutionTooSmall
+    );
+}
+
+#[tokio::test]
+async fn hours_long_declared_duration() {
+    let dir = TempDir::new().unwrap();
+    // Three frames an hour apart: a 3-hour declared duration in a few hundred bytes.
+    let path = ffmpeg(
+        &dir,
+        "hours.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:size=64x64:rate=1/3600",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono:d=1",
+            "-frames:v",
+            "3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let err = within(probe(&path, &DecodeLimits::default())).await.unwrap_err();
+    assert_eq!(err.reason(), Some(BadOutputReason::TooLong), "{err}");
+    assert!(err.to_string().contains("10800"), "{err}");
+}
+
+#[tokio::test]
+async fn longer_than_the_limit() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 3.0);
+    let limits = DecodeLimits {
+        max_duration_secs: 2.0,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(probe_reason(&path, &limits).await, BadOutputReason::TooLong);
+}
+
+#[tokio::test]
+async fn duration_must_match_the_challenge() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 3.0);
+    let limits = DecodeLimits::default();
+    let info = within(probe(&path, &limits)).await.unwrap();
+
+    // Matches: 3 s of audio, max 5 s.
+    info.check_expectation(&Expectation::new(3.0, 5.0)).unwrap();
+    // Within the tolerance on both sides.
+    info.check_expectation(&Expectation::new(3.4, 5.0)).unwrap();
+    info.check_expectation(&Expectation::new(3.0, 2.6)).unwrap();
+    // Audio longer than max_seconds: the video only has to reach max_seconds.
+    info.check_expectation(&Expectation::new(9.0, 3.0)).unwrap();
+
+    // Too short for the challenge audio.
+    let err = info.check_expectation(&Expectation::new(4.0, 5.0)).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::WrongDuration);
+    assert!(
+        err.detail.contains("3.0") && err.detail.contains("3.500"),
+        "{}",
+        err.detail
+    );
+    // Longer than max_seconds.
+    let err = info.check_expectation(&Expectation::new(2.0, 2.0)).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::WrongDuration);
+    assert!(err.detail.contains("2.500"), "{}", err.detail);
+    // A tighter tolerance.
+    let strict = Expectation {
+        tolerance_secs: 0.0,
+        ..Expectation::new(3.2, 5.0)
+    };
+    assert_eq!(
+        info.check_expectation(&strict).unwrap_err().reason,
+        BadOutputReason::WrongDuration
+    );
+
+    // probe_and_decode refuses before decoding.
+    assert_eq!(
+        reason(within(probe_and_decode(&path, &limits, &Expectation::new(5.0, 5.0))).await),
+        BadOutputReason::WrongDuration
+    );
+}
+
+#[tokio::test]
+async fn audio_and_video_lengths_must_agree() {
+    let dir = TempDir::new().unwrap();
+    let path = ffmpeg(
+        &dir,
+        "mismatch.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=25:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let info = within(probe(&path, &DecodeLimits::default())).await.unwrap();
+    let err = info.check_expectation(&Expectation::new(3.0, 5.0)).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::AvDurationMismatch, "{err}");
+}
+
+#[tokio::test]
+async fn absurd_frame_rate() {
+    let dir = TempDir::new().unwrap();
+    let path = av_clip(&dir, "fast.mp4", "64x64", 240, 0.5, &["-preset", "ultrafast"]);
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::BadFrameRate
+    );
+}
+
+#[tokio::test]
+async fn decoder_timeouts() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 2.0);
+    let quick_probe = DecodeLimits {
+        probe_timeout: Duration::from_millis(1),
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        probe_reason(&path, &quick_probe).await,
+        BadOutputReason::DecoderTimeout
+    );
+
+    let info = within(probe(&path, &DecodeLimits::default())).await.unwrap();
+    let quick_decode = DecodeLimits {
+        decode_timeout: Duration::from_millis(1),
+        ..DecodeLimits::default()
+    };
+    let started = StdInstant::now();
+    assert_eq!(
+        reason(within(decode(&path, &info, &quick_decode)).await),
+        BadOutputReason::DecoderTimeout
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn containers_outside_the_whitelist() {
+    let dir = TempDir::new().unwrap();
+    let good = small_clip(&dir, "good.mp4", 1.0);
+    let ts = ffmpeg(
+        &dir,
+        "ts.mp4",
+        &["-i", good.to_str().unwrap(), "-c", "copy", "-f", "mpegts"],
+    );
+    assert_eq!(
+        probe_reason(&ts, &DecodeLimits::default()).await,
+        BadOutputReason::UnsupportedContainer
+    );
+    // An HLS playlist would make the demuxer open another local file: refused by name.
+    let hls = dir.path().join("playlist.mp4");
+    std::fs::write(
+        &hls,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n",
+            good.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        probe_reason(&hls, &DecodeLimits::default()).await,
+        BadOutputReason::UnsupportedContainer
+    );
+    // A PNG named .mp4.
+    let png = ffmpeg(
+        &dir,
+        "image.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:size=64x64",
+            "-frames:v",
+            "1",
+            "-c:v",
+            "png",
+            "-f",
+            "image2",
+        ],
+    );
+    let r = probe_reason(&png, &DecodeLimits::default()).await;
+    assert!(
+        matches!(
+            r,
+            BadOutputReason::UnsupportedContainer | BadOutputReason::NotAVideo
+        ),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn codecs_outside_the_whitelist() {
+    let dir = TempDir::new().unwrap();
+    let path = ffmpeg(
+        &dir,
+        "ffv1.mkv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=25:duration=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-c:v",
+            "ffv1",
+            "-c:a",
+            "aac",
+        ],
+    );
+    assert_eq!(
+        probe_reason(&path, &DecodeLimits::default()).await,
+        BadOutputReason::UnsupportedCodec
+    );
+}
+
+#[tokio::test]
+async fn symlinks_and_directories_are_not_followed() {
+    let dir = TempDir::new().unwrap();
+    let good = small_clip(&dir, "good.mp4", 1.0);
+    let link = dir.path().join("link.mp4");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    assert_eq!(
+        probe_reason(&link, &DecodeLimits::default()).await,
+        BadOutputReason::NotARegularFile
+    );
+    let info = within(probe(&good, &DecodeLimits::default())).await.unwrap();
+    assert_eq!(
+        reason(within(decode(&link, &info, &DecodeLimits::default())).await),
+        BadOutputReason::NotARegularFile
+    );
+    let sub = dir.path().join("dir.mp4");
+    std::fs::create_dir(&sub).unwrap();
+    assert_eq!(
+        probe_reason(&sub, &DecodeLimits::default()).await,
+        BadOutputReason::NotARegularFile
+    );
+}
+
+#[tokio::test]
+async fn file_size_cap() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 1.0);
+    let limits = DecodeLimits {
+        max_file_bytes: 1_000,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(probe_reason(&path, &limits).await, BadOutputReason::TooLarge);
+}
+
+#[tokio::test]
+async fn resource_limits_are_in_force() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 1.0);
+    // 48 MiB of address space cannot even map ffprobe's libraries: the run must fail, as a value.
+    let limits = DecodeLimits {
+        address_space_bytes: 48 << 20,
+        ..DecodeLimits::default()
+    };
+    let err = within(probe(&path, &limits)).await.unwrap_err();
+    eprintln!("under 48 MiB: {err}");
+}
+
+#[tokio::test]
+async fn missing_tools_are_the_hosts_fault() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 1.0);
+    let no_ffprobe = DecodeLimits {
+        tools: ToolPaths {
+            ffprobe: PathBuf::from("/nonexistent/ffprobe"),
+            ..ToolPaths::default()
+        },
+        ..DecodeLimits::default()
+    };
+    let err = within(probe(&path, &no_ffprobe)).await.unwrap_err();
+    assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+    assert!(!err.is_miners_fault());
+    assert!(within(check_tools(&no_ffprobe)).await.is_err());
+
+    let no_prlimit = DecodeLimits {
+        tools: ToolPaths {
+            prlimit: PathBuf::from("/nonexistent/prlimit"),
+            ..ToolPaths::default()
+        },
+        ..DecodeLimits::default()
+    };
+    let err = within(probe(&path, &no_prlimit)).await.unwrap_err();
+    assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+
+    let missing = dir.path().join("missing.mp4");
+    let err = within(probe(&missing, &DecodeLimits::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+
+    within(check_tools(&DecodeLimits::default())).await.unwrap();
+}
+
+#[tokio::test]
+async fn scratch_directories_are_removed() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 1.0);
+    let count = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("talkheadd-decode-{}-", std::process::id()))
+            })
+            .count()
+    };
+    let limits = DecodeLimits::default();
+    let info = within(probe(&path, &limits)).await.unwrap();
+    within(decode(&path, &info, &limits)).await.unwrap();
+    // Other tests of this process may be running: only check that ours did not pile up.
+    assert!(count() < 16);
+}
+
+// --- pieces -------------------------------------------------------------------------------------
+
+#[test]
+fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
+    let wanted = [0, 2];
+    let mut sink = FrameSink::new(2, 1, 6, &wanted, 4);
+    let mut feed = |sink: &mut FrameSink<'_>, frame: u8| {
+        // Two writes per frame, as pipe reads split arbitrarily.
+        sink.space()[..4].copy_from_slice(&[frame; 4]);
+        sink.commit(4)?;
+        sink.space()[..2].copy_from_slice(&[frame; 2]);
+        sink.commit(2)
+    };
+    for frame in 0..4 {
+        feed(&mut sink, frame).unwrap();
+    }
+    assert_eq!(sink.decoded, 4);
+    assert_eq!(sink.kept_indices, vec![0, 2]);
+    assert_eq!(sink.kept[0].rgb, vec![0; 6]);
+    assert_eq!(sink.kept[1].rgb, vec![2; 6]);
+    assert_eq!(sink.kept[1].pixel(1, 0), Some([2, 2, 2]));
+    let err = feed(&mut sink, 4).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+}
+
+#[test]
+fn bounded_bytes_refuse_more_than_the_cap() {
+    let mut sink = BoundedBytes::new(10);
+    sink.space()[..8].copy_from_slice(b"12345678");
+    sink.commit(8).unwrap();
+    assert!(sink.space().len() >= 3);
+    let err = sink.commit(3).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+    assert_eq!(sink.bytes, b"12345678");
+}
+
+#[test]
+fn rates_and_numbers_parse_leniently() {
+    assert_eq!(parse_rate("25/1"), Some(25.0));
+    assert!((parse_rate("30000/1001").unwrap() - 29.97).abs() < 1e-3);
+    assert_eq!(parse_rate("0/0"), None);
+    assert_eq!(parse_rate("1/0"), None);
+    assert_eq!(parse_rate("-25/1"), None);
+    assert_eq!(parse_rate("abc"), None);
+    assert_eq!(parse_rate("24"), Some(24.0));
+    assert_eq!(number(Some(&serde_json::json!("5.000000"))), Some(5.0));
+    assert_eq!(number(Some(&serde_json::json!(512))), Some(512.0));
+    assert_eq!(number(Some(&serde_json::json!("N/A"))), None);
+    assert_eq!(number(Some(&serde_json::json!("inf"))), None);
+    assert_eq!(number(None), None);
+    assert_eq!(dimension(Some(&serde_json::json!(-5))), 0);
+    assert_eq!(dimension(Some(&serde_json::json!(1e30))), u64::MAX);
+}
+
+#[test]
+fn details_are_sanitised() {
+    let input = Path::new("/var/lib/talkheadd/jobs/run-1/collected/c1.mp4");
+    let line = "file:/var/lib/talkheadd/jobs/run-1/collected/c1.mp4: Invalid data\x1b[31m \u{202e}evil";
+    let clean = sanitise(line, Some(input));
+    assert_eq!(clean, "file:<input>: Invalid data?[31m ?evil");
+    assert_eq!(sanitise(&"x".repeat(10_000), None).len(), DETAIL_CHARS);
+    assert_eq!(last_line("a\nb\n\n  \n"), "b");
+}
+
+#[test]
+fn header_validation_handles_hostile_json() {
+    let limits = DecodeLimits::default();
+    let stream = |extra: serde_json::Value| {
+        let mut base = serde_json::json!({
+            "index": 0, "codec_type": "video", "codec_name": "h264", "width": 512, "height": 512,
+            "avg_frame_rate": "25/1", "r_frame_rate": "25/1", "duration": "5.0", "nb_frames": "125",
+        });
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    };
+    let audio = serde_json::json!({
+        "index": 1, "codec_type": "audio", "codec_name": "aac", "sample_rate": "44100", "channels": 1,
+        "duration": "5.0",
+    });
+    let doc = |video: serde_json::Value| serde_json::json!({"streams": [video, audio.clone()], "format": {"format_name": "mov,mp4,m4a,3gp,3g2,mj2", "duration": "5.0"}});
+    let check = |video: serde_json::Value| validate_header(&doc(video), 1_000, &limits).map(|_| ());
+    check(stream(serde_json::json!({}))).unwrap();
+    let cases = [
+        (
+            serde_json::json!({"width": 100_000, "height": 100_000}),
+            BadOutputReason::ResolutionTooLarge,
+        ),
+        (
+            serde_json::json!({"width": "huge"}),
+            BadOutputReason::ResolutionTooSmall,
+        ),
+        (
+            serde_json::json!({"height": null}),
+            BadOutputReason::ResolutionTooSmall,
+        ),
+        (
+            serde_json::json!({"avg_frame_rate": "0/0", "r_frame_rate": "0/0"}),
+            BadOutputReason::BadFrameRate,
+        ),
+        (
+            serde_json::json!({"avg_frame_rate": "0/0", "r_frame_rate": "1000/1"}),
+            BadOutputReason::BadFrameRate,
+        ),
+        (
+            serde_json::json!({"nb_frames": "99999999999"}),
+            BadOutputReason::BadFrameRate,
+        ),
+        (serde_json::json!({"duration": "1e300"}), BadOutputReason::TooLong),
+        (
+            serde_json::json!({"codec_name": "bink"}),
+            BadOutputReason::UnsupportedCodec,
+        ),
+        (
+            serde_json::json!({"codec_type": "data"}),
+            BadOutputReason::NoVideoStream,
+        ),
+        (
+            serde_json::json!({"disposition": {"attached_pic": 1}}),
+            BadOutputReason::NoVideoStream,
+        ),
+    ];
+    for (patch, want) in cases {
+        let got = check(stream(patch.clone())).unwrap_err();
+        assert_eq!(got.reason(), Some(want), "{patch}: {got}");
+    }
+    // A stream with no duration falls back to the container's; none at all is refused.
+    let mut v = stream(serde_json::json!({}));
+    v.as_object_mut().unwrap().remove("duration");
+    let mut d = doc(v);
+    check_ok(&d, &limits);
+    d["format"].as_object_mut().unwrap().remove("duration");
+    d["streams"][1].as_object_mut().unwrap().remove("duration");
+    assert_eq!(
+        validate_header(&d, 1_000, &limits).unwrap_err().reason(),
+        Some(BadOutputReason::WrongDuration)
+    );
+    // Garbage documents are refused, never a panic.
+    for junk in [
+        serde_json::json!(null),
+        serde_json::json!([]),
+        serde_json::json!({"format": 5}),
+    ] {
+        assert_eq!(
+            validate_header(&junk, 1_000, &limits).unwrap_err().reason(),
+            Some(BadOutputReason::NotAVideo)
+        );
+    }
+}
+
+fn check_ok(doc: &serde_json::Value, limits: &DecodeLimits) {
+    validate_header(doc, 1_000, limits).unwrap();
+}
+
+#[test]
+fn reason_codes_are_stable_and_unique() {
+    let mut seen = std::collections::HashSet::new();
+    for reason in BadOutputReason::ALL {
+        let code = reason.as_str();
+        assert!(seen.insert(code), "{code} twice");
+        assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::json!(code));
+        assert_eq!(reason.to_string(), code);
+        assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    }
+}
+
+#[test]
+fn futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let limits = DecodeLimits::default();
+    let path = Path::new("/nonexistent");
+    let f = probe(path, &limits);
+    assert_send(&f);
+    let e = Expectation::new(1.0, 1.0);
+    let g = probe_and_decode(path, &limits, &e);
+    assert_send(&g);
+    let h = check_tools(&limits);
+    assert_send(&h);
+}

@@ -1,0 +1,116 @@
+//! Face detection backends and the detector-independent rules around them.
+//!
+//! Owns: the [`FaceDetector`] seam, the builtin [`HaarDetector`] (OpenCV Haar cascade evaluated
+//! natively), and the reference's per-frame procedure on top of any detector: pick the *largest* face
+//! by real area (fixing protocol.md 10.3 #12, where the key was `x2·y2`), and retry once on a
+//! black-padded copy when nothing is found, shifting the boxes back to the unpadded frame (fixing
+//! 10.3 #13, where they stayed in padded coordinates).
+//!
+//! Must not: score anything, keep state across frames, do I/O after construction, or return boxes
+//! in any coordinate system but the frame's own pixels.
+
+mod cascade;
+pub mod haar;
+
+pub use cascade::CascadeError;
+pub use haar::{HaarDetector, HaarParams};
+
+pub use crate::analysis::components::FaceBox;
+use crate::analysis::components::Frame;
+
+/// A face detector over one decoded RGB frame.
+pub trait FaceDetector {
+    /// Every face found in `frame`, as boxes in the frame's own pixel coordinates. Must not panic on
+    /// any frame (malformed buffers included: those give no face).
+    fn detect(&self, frame: &Frame) -> Vec<FaceBox>;
+
+    /// A short stable name for debug output (`"haar"`, `"scrfd"`…).
+    fn name(&self) -> &'static str;
+}
+
+impl FaceBox {
+    /// Width (0 for an inverted or non-finite box).
+    pub fn width(&self) -> f32 {
+        let w = self.x2 - self.x1;
+        if w.is_finite() && w > 0.0 { w } else { 0.0 }
+    }
+
+    /// Height (0 for an inverted or non-finite box).
+    pub fn height(&self) -> f32 {
+        let h = self.y2 - self.y1;
+        if h.is_finite() && h > 0.0 { h } else { 0.0 }
+    }
+
+    /// Real area `w · h` (the reference sorted on `x2 · y2`, protocol.md 10.3 #12).
+    pub fn area(&self) -> f32 {
+        self.width() * self.height()
+    }
+
+    /// True when all coordinates are finite and the box has positive area.
+    pub fn is_valid(&self) -> bool {
+        [self.x1, self.y1, self.x2, self.y2].iter().all(|v| v.is_finite()) && self.area() > 0.0
+    }
+}
+
+/// The largest valid box by real area; ties keep the first (the detector's order).
+pub fn largest(boxes: &[FaceBox]) -> Option<FaceBox> {
+    let mut best: Option<FaceBox> = None;
+    for b in boxes.iter().filter(|b| b.is_valid()) {
+        if best.is_none_or(|c| b.area() > c.area()) {
+            best = Some(*b);
+        }
+    }
+    best
+}
+
+/// The reference's padding for the retry: `max(32, 0.1 · max(h, w))` black pixels on every side.
+pub fn retry_padding(frame: &Frame) -> u32 {
+    let long = f64::from(frame.width.max(frame.height));
+    (0.1 * long).max(32.0) as u32
+}
+
+/// The largest face in `frame`, retrying once on a copy padded with black by [`retry_padding`] when
+/// the first pass finds nothing (as the reference does). Boxes from the retry are shifted back into
+/// the unpadded frame and clipped to it; a box that ends up empty is discarded.
+pub fn detect_largest(detector: &dyn FaceDetector, frame: &Frame) -> Option<FaceBox> {
+    if !frame.is_well_formed() {
+        return None;
+    }
+    if let Some(b) = largest(&detector.detect(frame)) {
+        return Some(b);
+    }
+    let pad = retry_padding(frame);
+    let padded = pad_black(frame, pad)?;
+    let (w, h) = (frame.width as f32, frame.height as f32);
+    let p = pad as f32;
+    let shifted: Vec<FaceBox> = detector
+        .detect(&padded)
+        .into_iter()
+        .map(|b| FaceBox {
+            x1: (b.x1 - p).clamp(0.0, w),
+            y1: (b.y1 - p).clamp(0.0, h),
+            x2: (b.x2 - p).clamp(0.0, w),
+            y2: (b.y2 - p).clamp(0.0, h),
+            score: b.score,
+        })
+        .collect();
+    largest(&shifted)
+}
+
+/// A copy of `frame` with `pad` black pixels on every side; `None` if the size would overflow.
+fn pad_black(frame: &Frame, pad: u32) -> Option<Frame> {
+    let w = frame.width.checked_add(pad.checked_mul(2)?)?;
+    let h = frame.height.checked_add(pad.checked_mul(2)?)?;
+    let row = (w as usize).checked_mul(3)?;
+    let mut rgb = vec![0u8; row.checked_mul(h as usize)?];
+    let src_row = frame.width as usize * 3;
+    for (y, src) in frame.rgb.chunks_exact(src_row).enumerate() {
+        let start = (y + pad as usize) * row + pad as usize * 3;
+        rgb.get_mut(start..start + src_row)?.copy_from_slice(src);
+    }
+    Some(Frame { width: w, height: h, rgb })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;

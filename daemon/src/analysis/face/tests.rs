@@ -1,0 +1,172 @@
+//! Tests of the face module: the largest-face and pad-retry rules with stub detectors, and the Haar
+//! detector on the shared fixture portraits.
+//!
+//! The Haar tests need Debian's `opencv-data` cascade and the shared fixtures; when either is absent
+//! they say so on stderr and return, so that a build box without them still runs the rest.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::*;
+
+/// Debian `opencv-data`'s frontal-face cascade.
+pub(crate) const CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
+
+pub(crate) fn fixtures_dir() -> PathBuf {
+    let rel = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges");
+    if rel.is_dir() { rel } else { PathBuf::from("/work/shared/fixtures/challenges") }
+}
+
+/// Decodes a PNG into an RGB24 frame (grey, alpha and palette expanded).
+pub(crate) fn load_png(path: &Path) -> Frame {
+    let mut dec = png::Decoder::new(std::fs::File::open(path).unwrap());
+    dec.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let rgb = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        other => panic!("unexpected colour type {other:?}"),
+    };
+    Frame { width: info.width, height: info.height, rgb }
+}
+
+/// The Haar detector and the fixture portraits, or `None` (with a note) when they are not installed.
+pub(crate) fn haar_and_faces() -> Option<(HaarDetector, Vec<(String, Frame)>)> {
+    if !Path::new(CASCADE).is_file() {
+        eprintln!("skipping: {CASCADE} is missing (apt-get install opencv-data)");
+        return None;
+    }
+    let dir = fixtures_dir();
+    let mut faces = Vec::new();
+    for i in 0..7 {
+        let p = dir.join(format!("challenge-{i}/face.png"));
+        if p.is_file() {
+            faces.push((format!("challenge-{i}"), load_png(&p)));
+        }
+    }
+    if faces.is_empty() {
+        eprintln!("skipping: no fixture faces under {}", dir.display());
+        return None;
+    }
+    Some((HaarDetector::from_opencv_xml(CASCADE).unwrap(), faces))
+}
+
+fn fb(x1: f32, y1: f32, x2: f32, y2: f32) -> FaceBox {
+    FaceBox { x1, y1, x2, y2, score: 1.0 }
+}
+
+struct Fixed(Vec<FaceBox>);
+impl FaceDetector for Fixed {
+    fn detect(&self, _: &Frame) -> Vec<FaceBox> {
+        self.0.clone()
+    }
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+}
+
+/// Finds a box only on frames at least `min_w` wide (i.e. only on the padded retry).
+struct OnlyWhenPadded {
+    min_w: u32,
+}
+impl FaceDetector for OnlyWhenPadded {
+    fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
+        if frame.width >= self.min_w { vec![fb(40.0, 50.0, 140.0, 170.0)] } else { Vec::new() }
+    }
+    fn name(&self) -> &'static str {
+        "only-when-padded"
+    }
+}
+
+fn grey_frame(w: u32, h: u32, v: u8) -> Frame {
+    Frame { width: w, height: h, rgb: vec![v; (w * h * 3) as usize] }
+}
+
+#[test]
+fn largest_is_by_real_area_not_x2_times_y2() {
+    // The reference's key x2·y2 prefers the small bottom-right box (400·400 > 300·250).
+    let big = fb(0.0, 0.0, 300.0, 250.0); // area 75 000
+    let small = fb(350.0, 350.0, 400.0, 400.0); // area 2 500, x2·y2 = 160 000
+    assert_eq!(largest(&[small, big]), Some(big));
+    assert_eq!(largest(&[]), None);
+    let nan = fb(f32::NAN, 0.0, 10.0, 10.0);
+    let inverted = fb(10.0, 10.0, 0.0, 0.0);
+    assert_eq!(largest(&[nan, inverted]), None);
+    assert_eq!(big.area(), 75_000.0);
+}
+
+#[test]
+fn pad_retry_boxes_come_back_in_frame_coordinates() {
+    let frame = grey_frame(100, 80, 128);
+    // pad = max(32, 0.1·100) = 32, padded 164×144.
+    assert_eq!(retry_padding(&frame), 32);
+    let d = OnlyWhenPadded { min_w: 150 };
+    let b = detect_largest(&d, &frame).unwrap();
+    // (40, 50, 140, 170) − 32 = (8, 18, 108, 138), clipped to the 100×80 frame.
+    assert_eq!((b.x1, b.y1, b.x2, b.y2), (8.0, 18.0, 100.0, 80.0));
+    // No retry needed: the first pass's box is returned untouched.
+    let fixed = Fixed(vec![fb(1.0, 2.0, 30.0, 40.0)]);
+    assert_eq!(detect_largest(&fixed, &frame), Some(fb(1.0, 2.0, 30.0, 40.0)));
+    // Malformed frames give no face and no panic.
+    let bad = Frame { width: 10, height: 10, rgb: vec![0; 7] };
+    assert_eq!(detect_largest(&fixed, &bad), None);
+    assert_eq!(retry_padding(&grey_frame(1000, 10, 0)), 100);
+}
+
+#[test]
+fn haar_finds_the_fixture_faces_roughly_centred() {
+    let Some((det, faces)) = haar_and_faces() else { return };
+    for (name, f) in &faces {
+        let boxes = det.detect(f);
+        let b = largest(&boxes).unwrap_or_else(|| panic!("{name}: no face in {boxes:?}"));
+        let (cx, cy) = ((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0);
+        let (w, h) = (f.width as f32, f.height as f32);
+        assert!((cx - w / 2.0).abs() < 0.25 * w && (cy - h / 2.0).abs() < 0.3 * h, "{name}: {b:?}");
+        assert!(b.width() > 0.15 * w && b.width() < 0.95 * w, "{name}: {b:?}");
+        assert!(b.x1 >= 0.0 && b.y1 >= 0.0 && b.x2 <= w && b.y2 <= h, "{name}: {b:?}");
+        eprintln!("{name}: {} boxes, largest {b:?}", boxes.len());
+    }
+}
+
+#[test]
+fn haar_finds_nothing_in_flat_or_tiny_images() {
+    let Some((det, _)) = haar_and_faces() else { return };
+    assert!(det.detect(&grey_frame(512, 512, 128)).is_empty());
+    assert!(det.detect(&grey_frame(10, 10, 128)).is_empty());
+    assert!(det.detect(&grey_frame(0, 0, 0)).is_empty());
+    assert!(det.detect(&Frame { width: 64, height: 64, rgb: vec![1; 5] }).is_empty());
+    assert!(detect_largest(&det, &grey_frame(512, 512, 128)).is_none());
+}
+
+#[test]
+fn haar_boxes_scale_with_the_frame() {
+    // The same portrait at 256×256 gives a box about half the size, in its own coordinates.
+    let Some((det, faces)) = haar_and_faces() else { return };
+    let (_, f) = &faces[0];
+    let (g, _, _) = crate::analysis::components::image::downscale_to_grey(f, 256).unwrap();
+    let small = Frame { width: 256, height: 256, rgb: g.px.iter().flat_map(|&p| [p, p, p]).collect() };
+    let a = largest(&det.detect(f)).unwrap();
+    let b = largest(&det.detect(&small)).unwrap();
+    assert!((a.width() / b.width() - 2.0).abs() < 0.2, "{a:?} vs {b:?}");
+}
+
+#[test]
+fn haar_timing_512() {
+    // Reported with --nocapture; the hard bound is loose so that a debug build on a busy box passes.
+    let Some((det, faces)) = haar_and_faces() else { return };
+    let (_, f) = &faces[0];
+    let _ = det.detect(f);
+    let n = 20;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(det.detect(std::hint::black_box(f)));
+    }
+    let per = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    eprintln!("haar detect on 512×512: {per:.2} ms/frame");
+    assert!(per < 200.0, "{per} ms");
+}

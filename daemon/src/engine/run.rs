@@ -1,0 +1,720 @@
+//! One evaluation of one miner image on one GPU slot: pull, check, run the hardened container through
+//! the file protocol, time every challenge on the host, collect outputs out of the container's reach,
+//! stop the container, then analyse and score. Cleanup (container, job directory) happens on every path.
+//!
+//! The result is either metrics to stage (verdict `ok` or a miner verdict) or an infrastructure failure
+//! to retry later, never both: the host's failures are never charged to the miner.
+
+use super::metrics::{efficiency_metrics, failed_entry, scored_entry};
+use super::verdicts::{Failure, container_failure, gpu_failure, one_line};
+use crate::analysis::{AnalysisFailure, AnalysisInput, Analyzer};
+use crate::challenges::{Challenge, ChallengeSet};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::domain::metrics::{ChallengeMetrics, GpuIdentity, MeasurementProvenance, MeasurementSource};
+use crate::domain::{EvaluationMetrics, Verdict};
+use crate::gpu::GpuSlot;
+use crate::rounds::EvaluationTicket;
+use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
+use crate::runtime::pull::{PullFailure, backoff};
+use crate::runtime::spec::{self, RunSpecInput};
+use crate::runtime::{Engine, PulledImage, RuntimeError};
+use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Largest result JSON read from `/output`.
+const RESULT_JSON_CAP: u64 = 64 * 1024;
+/// Largest output video copied out.
+const VIDEO_CAP: u64 = 256 << 20;
+/// Bytes of container log kept with the run.
+const LOG_TAIL_BYTES: usize = 16 * 1024;
+/// How often `/output` is measured against its quota: a violation is acted on within ~2 periods.
+const QUOTA_PERIOD: Duration = Duration::from_millis(25);
+/// Most directory entries `/output` may hold.
+const OUTPUT_ENTRY_LIMIT: u64 = 10_000;
+/// Consecutive challenge timeouts after which the miner is deemed wedged and the run stops.
+const MAX_CONSECUTIVE_TIMEOUTS: usize = 2;
+/// task.json constants (protocol.md 3.4).
+const TASK_SEED: u64 = 123;
+const TASK_FPS: u32 = 25;
+const TASK_RESOLUTION: u32 = 512;
+const TASK_MAX_SECONDS: u32 = 5;
+
+/// Everything a run needs from the daemon.
+pub struct RunEnv {
+    /// The Docker engine.
+    pub engine: Engine,
+    /// The output analyser.
+    pub analyzer: Arc<dyn Analyzer>,
+    /// Configuration.
+    pub settings: Arc<Settings>,
+    /// Wall clock for timestamps (timings use the monotonic clock).
+    pub clock: Arc<dyn Clock>,
+    /// The user the container runs as, and whether `output/` must be handed to it.
+    pub container_user: ContainerUser,
+}
+
+/// Who the miner runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUser {
+    /// `uid:gid` for the container.
+    pub user: String,
+    /// `Some` when the daemon is root and must chown `output/` to the container's user.
+    pub chown_output_to: Option<(u32, u32)>,
+}
+
+impl ContainerUser {
+    /// Root daemons run miners as the configured user (default 65534:65534) and hand them `output/`;
+    /// unprivileged daemons cannot chown, so miners run as the daemon's own non-root uid.
+    pub fn resolve(configured: &str) -> ContainerUser {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        if uid == 0 {
+            let parsed = configured
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+            ContainerUser {
+                user: configured.to_owned(),
+                chown_output_to: parsed,
+            }
+        } else {
+            ContainerUser {
+                user: format!("{uid}:{gid}"),
+                chown_output_to: None,
+            }
+        }
+    }
+}
+
+/// One evaluation to perform.
+pub struct RunRequest<'a> {
+    /// Unique run id (container label, job directory name).
+    pub run_id: String,
+    /// What is evaluated.
+    pub ticket: &'a EvaluationTicket,
+    /// The round's challenges.
+    pub challenges: &'a ChallengeSet,
+    /// Where it runs.
+    pub slot: &'a GpuSlot,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Metrics to stage: verdict `ok` or a miner verdict.
+    Result(Box<EvaluationMetrics>),
+    /// The host failed; retry later.
+    Infra(String),
+}
+
+/// The run's record for the history, whatever the outcome.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// Seconds per stage.
+    pub stage_times: BTreeMap<String, f64>,
+    /// The container's log tail.
+    pub log_tail: String,
+}
+
+/// What one challenge produced inside the container.
+#[derive(Debug)]
+struct ChallengeRun {
+    id: String,
+    scored: bool,
+    /// Host-measured seconds from task.json to the result, when answered or timed out.
+    seconds: Option<f64>,
+    result: Result<Option<PathBuf>, Failure>,
+}
+
+/// Run one evaluation.
+pub async fn run_evaluation(
+    env: &RunEnv,
+    req: RunRequest<'_>,
+    cancel: &CancellationToken,
+) -> (RunOutcome, RunReport) {
+    let mut report = RunReport::default();
+    let outcome = match evaluate(env, &req, cancel, &mut report).await {
+        Ok(metrics) => RunOutcome::Result(Box::new(metrics)),
+        Err(Stop::Miner(f)) => RunOutcome::Result(Box::new(failed_metrics(env, &req, &f, &report))),
+        Err(Stop::Infra(reason)) => RunOutcome::Infra(reason),
+    };
+    (outcome, report)
+}
+
+/// Why a run stopped early.
+enum Stop {
+    Miner(Failure),
+    Infra(String),
+}
+
+impl From<RuntimeError> for Stop {
+    fn from(e: RuntimeError) -> Stop {
+        match e {
+            RuntimeError::Pull {
+                failure: PullFailure::Miner(r),
+                ..
+            } => Stop::Miner(Failure::new(Verdict::PullFailed, r)),
+            RuntimeError::DigestMismatch { .. } => {
+                Stop::Miner(Failure::new(Verdict::PullFailed, e.to_string()))
+            }
+            other => Stop::Infra(other.to_string()),
+        }
+    }
+}
+
+fn infra(what: &str) -> impl Fn(std::io::Error) -> Stop + '_ {
+    move |e| Stop::Infra(format!("{what}: {e}"))
+}
+
+async fn evaluate(
+    env: &RunEnv,
+    req: &RunRequest<'_>,
+    cancel: &CancellationToken,
+    report: &mut RunReport,
+) -> Result<EvaluationMetrics, Stop> {
+    let s = &env.settings;
+    let warmups = req
+        .challenges
+        .warmups(s.evaluation.warmup_count)
+        .map_err(|e| Stop::Infra(e.to_string()))?;
+    let scored = req
+        .challenges
+        .scored(s.evaluation.warmup_count, s.evaluation.scoring_count)
+        .map_err(|e| Stop::Infra(e.to_string()))?;
+
+    let started = Instant::now();
+    let image = pull(env, req, cancel).await?;
+    report
+        .stage_times
+        .insert("pull".into(), started.elapsed().as_secs_f64());
+    if image.size_bytes > s.docker.max_image_bytes {
+        let _ = env.engine.remove_image(&req.ticket.image_ref).await;
+        return Err(Stop::Miner(Failure::new(
+            Verdict::ImageRejected,
+            format!(
+                "image is {} bytes, over docker.max_image_bytes = {}",
+                image.size_bytes, s.docker.max_image_bytes
+            ),
+        )));
+    }
+
+    let job = JobDir::create(
+        &s.evaluation.work_dir,
+        &req.run_id,
+        env.container_user.chown_output_to,
+    )
+    .map_err(infra("creating the job directory"))?;
+    let result = run_container(env, req, &job, warmups, scored, cancel, report).await;
+    let analysed = match result {
+        Ok(runs) => analyse_and_score(env, req, &job, scored, runs, report).await,
+        Err(stop) => Err(stop),
+    };
+    if let Err(e) = job.remove() {
+        tracing::warn!(run_id = %req.run_id, error = %e, "could not remove the job directory");
+    }
+    // The image stays cached only for this run: miners' images are large and rounds re-pull by digest.
+    if let Err(e) = env.engine.remove_image(&req.ticket.image_ref).await {
+        tracing::warn!(run_id = %req.run_id, error = %e, "could not remove the miner image");
+    }
+    analysed
+}
+
+/// Pull with bounded retries for infrastructure failures; a miner failure stops at once.
+async fn pull(env: &RunEnv, req: &RunRequest<'_>, cancel: &CancellationToken) -> Result<PulledImage, Stop> {
+    let s = &env.settings;
+    let image = &req.ticket.image_ref;
+    if !s.docker.allowed_registries.is_empty() {
+        let registry = image.registry().unwrap_or("docker.io");
+        if !s.docker.allowed_registries.iter().any(|r| r == registry) {
+            return Err(Stop::Miner(Failure::new(
+                Verdict::ImageRejected,
+                format!("registry {registry} is not in docker.allowed_registries"),
+            )));
+        }
+    }
+    let mut attempt = 1;
+    loop {
+        match env.engine.pull(image, s.evaluation.pull_timeout).await {
+            Ok(pulled) => return Ok(pulled),
+            Err(RuntimeError::Pull {
+                failure: PullFailure::Infra(reason),
+                ..
+            }) if attempt < s.docker.pull_attempts => {
+                let wait = backoff(attempt, Duration::from_secs(60));
+                tracing::warn!(run_id = %req.run_id, attempt, ?wait, %reason, "pull failed (infrastructure); retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return Err(Stop::Infra("daemon shutting down".into())),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs the container through every challenge; always kills and removes it before returning.
+async fn run_container(
+    env: &RunEnv,
+    req: &RunRequest<'_>,
+    job: &JobDir,
+    warmups: &[Challenge],
+    scored: &[Challenge],
+    cancel: &CancellationToken,
+    report: &mut RunReport,
+) -> Result<Vec<ChallengeRun>, Stop> {
+    let s = &env.settings;
+    let mut policy = s.container.clone();
+    policy.user = env.container_user.user.clone();
+    // Docker refuses NanoCpus above the host's CPU count.
+    let host_cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    policy.cpus = policy.cpus.min(host_cpus);
+    let spec = spec::build(&RunSpecInput {
+        run_id: &req.run_id,
+        image: &req.ticket.image_ref,
+        gpu: req.slot.assignment.clone(),
+        input_dir: job.input_dir(),
+        output_dir: job.output_dir(),
+        policy: &policy,
+    })
+    .map_err(|e| Stop::Infra(format!("container spec refused: {e}")))?;
+    spec::audit(&spec.body).map_err(|e| Stop::Infra(format!("container spec failed the audit: {e}")))?;
+
+    let mut watcher = OutputWatcher::new(job).map_err(infra("watching /output"))?;
+    let id = env.engine.create(&spec.name, spec.body).await?;
+    let quota_hit = Arc::new(AtomicBool::new(false));
+    let guard = ContainerGuard {
+        engine: env.engine.clone(),
+        id: id.clone(),
+    };
+    let (exited_tx, exited) = watch::channel(false);
+    let waiter = {
+        let docker = env.engine.client().clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut wait =
+                docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
+            let _ = wait.next().await;
+            let _ = exited_tx.send(true);
+        })
+    };
+    let quota = spawn_quota_watch(
+        env.engine.clone(),
+        id.clone(),
+        job,
+        policy.output_bytes,
+        quota_hit.clone(),
+    );
+
+    let result = async {
+        env.engine.start(&id).await?;
+        let ready_started = Instant::now();
+        let ready = wait_output(
+            &mut watcher,
+            job,
+            READY_FILE,
+            s.evaluation.ready_timeout,
+            exited.clone(),
+            cancel,
+        )
+        .await;
+        report
+            .stage_times
+            .insert("ready".into(), ready_started.elapsed().as_secs_f64());
+        match ready {
+            Wait::Seen(_) => {}
+            Wait::TimedOut => {
+                return Err(Stop::Miner(Failure::new(
+                    Verdict::ReadyTimeout,
+                    format!("no /output/ready.txt within {:?}", s.evaluation.ready_timeout),
+                )));
+            }
+            Wait::Exited => {
+                return Err(Stop::Miner(Failure::new(
+                    Verdict::Crashed,
+                    "exited before ready.txt",
+                )));
+            }
+            Wait::Cancelled => return Err(Stop::Infra("daemon shutting down".into())),
+            Wait::Io(e) => return Err(Stop::Infra(format!("watching /output: {e}"))),
+        }
+
+        let challenges_started = Instant::now();
+        let mut runs = Vec::new();
+        let mut consecutive_timeouts = 0;
+        for (challenge, is_scored) in warmups
+            .iter()
+            .map(|c| (c, false))
+            .chain(scored.iter().map(|c| (c, true)))
+        {
+            if *exited.borrow() {
+                runs.push(ChallengeRun {
+                    id: challenge.id().to_string(),
+                    scored: is_scored,
+                    seconds: None,
+                    result: Err(Failure::new(Verdict::Crashed, "the container had stopped")),
+                });
+                continue;
+            }
+            let run = run_challenge(
+                env,
+                job,
+                &mut watcher,
+                challenge,
+                is_scored,
+                exited.clone(),
+                cancel,
+            )
+            .await?;
+            let timed_out = matches!(&run.result, Err(f) if f.verdict == Verdict::ChallengeTimeout);
+            consecutive_timeouts = if timed_out { consecutive_timeouts + 1 } else { 0 };
+            let warmup_failed = !is_scored && run.result.is_err();
+            runs.push(run);
+            if warmup_failed || consecutive_timeouts >= MAX_CONSECUTIVE_TIMEOUTS {
+                break;
+            }
+        }
+        report
+            .stage_times
+            .insert("challenges".into(), challenges_started.elapsed().as_secs_f64());
+        Ok(runs)
+    }
+    .await;
+
+    quota.abort();
+    env.engine.kill(&id).await?;
+    let _ = waiter.await;
+    report.log_tail = env.engine.log_tail(&id, LOG_TAIL_BYTES).await.unwrap_or_default();
+    let outcome = env.engine.outcome(&id).await?;
+    guard.remove().await?;
+
+    let mut runs = result?;
+    let quota_exceeded = quota_hit.load(Ordering::SeqCst);
+    let stopped_early = runs
+        .iter()
+        .any(|r| matches!(&r.result, Err(f) if f.reason.contains("had stopped")))
+        || (quota_exceeded && runs.iter().any(|r| r.result.is_err()));
+    if stopped_early || quota_exceeded {
+        let failure = container_failure(
+            &outcome,
+            &report.log_tail,
+            quota_exceeded,
+            req.slot.compute_capability.as_deref(),
+        );
+        for run in &mut runs {
+            if let Err(f) = &mut run.result {
+                if f.verdict == Verdict::Crashed || quota_exceeded {
+                    *f = failure.clone();
+                }
+            }
+        }
+        return Err(Stop::Miner(failure));
+    }
+    if let Some(warmup) = runs.iter().find(|r| !r.scored && r.result.is_err()) {
+        if let Err(f) = &warmup.result {
+            return Err(Stop::Miner(Failure::new(
+                f.verdict,
+                format!("warm-up {} failed: {}", warmup.id, f.reason),
+            )));
+        }
+    }
+    Ok(runs)
+}
+
+/// Kills and removes the container when dropped without `remove` (e.g. on an early `?`).
+struct ContainerGuard {
+    engine: Engine,
+    id: String,
+}
+
+impl ContainerGuard {
+    async fn remove(self) -> Result<(), RuntimeError> {
+        let result = self.engine.remove(&self.id).await;
+        std::mem::forget(self);
+        result
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = engine.kill(&id).await;
+                let _ = engine.remove(&id).await;
+            });
+        }
+    }
+}
+
+/// Measure `/output` every [`QUOTA_PERIOD`]; on excess, flag it and kill the container.
+fn spawn_quota_watch(
+    engine: Engine,
+    id: String,
+    job: &JobDir,
+    quota: u64,
+    hit: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let output = job.output_dir().to_path_buf();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(QUOTA_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let dir = output.clone();
+            let usage =
+                tokio::task::spawn_blocking(move || crate::runtime::job::usage_of(&dir, OUTPUT_ENTRY_LIMIT))
+                    .await;
+            let Ok(Ok(usage)) = usage else { continue };
+            if usage.bytes > quota || usage.entries > OUTPUT_ENTRY_LIMIT {
+                hit.store(true, Ordering::SeqCst);
+                tracing::warn!(container = %id, bytes = usage.bytes, entries = usage.entries, "output quota exceeded; killing");
+                let _ = engine.kill(&id).await;
+                return;
+            }
+        }
+    })
+}
+
+enum Wait {
+    Seen(Instant),
+    TimedOut,
+    Exited,
+    Cancelled,
+    Io(std::io::Error),
+}
+
+async fn wait_output(
+    watcher: &mut OutputWatcher,
+    job: &JobDir,
+    name: &str,
+    timeout: Duration,
+    mut exited: watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> Wait {
+    tokio::select! {
+        biased;
+        seen = watcher.wait_for(job, name) => match seen { Ok(at) => Wait::Seen(at), Err(e) => Wait::Io(e) },
+        () = cancel.cancelled() => Wait::Cancelled,
+        _ = exited.wait_for(|e| *e) => {
+            // The file may have been completed just before the exit.
+            if job.output_exists(name) { Wait::Seen(Instant::now()) } else { Wait::Exited }
+        }
+        () = tokio::time::sleep(timeout) => Wait::TimedOut,
+    }
+}
+
+async fn run_challenge(
+    env: &RunEnv,
+    job: &JobDir,
+    watcher: &mut OutputWatcher,
+    challenge: &Challenge,
+    scored: bool,
+    exited: watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> Result<ChallengeRun, Stop> {
+    let id = challenge.id().to_string();
+    let json_name = format!("{id}.json");
+    let video_name = format!("{id}.mp4");
+    let task = TaskJson {
+        challenge_id: &id,
+        text: challenge.text(),
+        seed: TASK_SEED,
+        fps: TASK_FPS,
+        resolution: TASK_RESOLUTION,
+        max_seconds: TASK_MAX_SECONDS,
+    };
+    let t0 = job
+        .stage_challenge(challenge.face(), challenge.audio(), &task)
+        .map_err(infra("staging the challenge"))?;
+    let timeout = env.settings.evaluation.challenge_timeout;
+    let waited = wait_output(watcher, job, &json_name, timeout, exited, cancel).await;
+    let (seconds, result) = match waited {
+        Wait::Seen(t1) => (
+            Some(t1.saturating_duration_since(t0).as_secs_f64()),
+            read_result(job, &json_name, &video_name, scored),
+        ),
+        Wait::TimedOut => (
+            Some(timeout.as_secs_f64()),
+            Err(Failure::new(
+                Verdict::ChallengeTimeout,
+                format!("no result within {timeout:?}"),
+            )),
+        ),
+        Wait::Exited => (
+            None,
+            Err(Failure::new(Verdict::Crashed, "the container had stopped")),
+        ),
+        Wait::Cancelled => return Err(Stop::Infra("daemon shutting down".into())),
+        Wait::Io(e) => return Err(Stop::Infra(format!("watching /output: {e}"))),
+    };
+    job.clear_challenge().map_err(infra("clearing the challenge"))?;
+    // Free the quota for the next challenge; what we need was copied out already.
+    for name in [&json_name, &video_name] {
+        let _ = std::fs::remove_file(job.output_dir().join(name));
+    }
+    Ok(ChallengeRun {
+        id,
+        scored,
+        seconds,
+        result,
+    })
+}
+
+/// Parse `{id}.json` and, for a scored success, copy `{id}.mp4` out of the container's reach.
+fn read_result(
+    job: &JobDir,
+    json_name: &str,
+    video_name: &str,
+    scored: bool,
+) -> Result<Option<PathBuf>, Failure> {
+    let bad = |reason: String| Failure::new(Verdict::BadOutput, reason);
+    let bytes = job
+        .read_output(json_name, RESULT_JSON_CAP)
+        .map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("{json_name} is not valid JSON: {e}")))?;
+    if value.get("success") != Some(&serde_json::Value::Bool(true)) {
+        let error = value
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no error given");
+        return Err(gpu_failure(error, None)
+            .unwrap_or_else(|| bad(format!("the miner reported failure: {}", one_line(error)))));
+    }
+    if !scored {
+        return Ok(None);
+    }
+    job.collect_output(video_name, VIDEO_CAP)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
+async fn analyse_and_score(
+    env: &RunEnv,
+    req: &RunRequest<'_>,
+    _job: &JobDir,
+    scored: &[Challenge],
+    runs: Vec<ChallengeRun>,
+    report: &mut RunReport,
+) -> Result<EvaluationMetrics, Stop> {
+    let cfg = &env.settings.scoring;
+    let started = Instant::now();
+    let mut entries: Vec<ChallengeMetrics> = Vec::new();
+    let mut outcomes: Vec<ChallengeOutcome> = Vec::new();
+    for challenge in scored {
+        let id = challenge.id().to_string();
+        let run = runs.iter().find(|r| r.scored && r.id == id);
+        let measurement = Measurement {
+            inference_time_sec: run.and_then(|r| r.seconds),
+            peak_vram_gb: None,
+        };
+        let failure = match run.map(|r| &r.result) {
+            None => Some(Failure::new(
+                Verdict::Crashed,
+                "not attempted: the run stopped early",
+            )),
+            Some(Err(f)) => Some(f.clone()),
+            Some(Ok(None)) => Some(Failure::new(Verdict::BadOutput, "no video collected")),
+            Some(Ok(Some(video))) => {
+                let input = AnalysisInput {
+                    video,
+                    challenge,
+                    max_seconds: f64::from(TASK_MAX_SECONDS),
+                };
+                match env.analyzer.analyse(input).await {
+                    Ok(analysis) => {
+                        let score = score_challenge(&analysis.components, &measurement, cfg);
+                        let wer = analysis
+                            .debug
+                            .get("wer_available")
+                            .and_then(serde_json::Value::as_bool)
+                            .unwrap_or(true);
+                        entries.push(scored_entry(&id, &score, wer.then_some(analysis.components.wer)));
+                        outcomes.push(ChallengeOutcome::scored(&score.quality, measurement));
+                        None
+                    }
+                    Err(AnalysisFailure::BadOutput { reason, detail }) => {
+                        Some(Failure::new(Verdict::BadOutput, format!("{reason}: {detail}")))
+                    }
+                    Err(AnalysisFailure::Infra(reason)) => {
+                        return Err(Stop::Infra(format!("analysis: {reason}")));
+                    }
+                }
+            }
+        };
+        if let Some(f) = failure {
+            entries.push(failed_entry(
+                &id,
+                f.verdict,
+                &f.reason,
+                measurement.inference_time_sec,
+                None,
+            ));
+            outcomes.push(ChallengeOutcome::failed(measurement));
+        }
+    }
+    report
+        .stage_times
+        .insert("analysis".into(), started.elapsed().as_secs_f64());
+    let run = score_run(&outcomes, cfg).map_err(|e| Stop::Infra(format!("scoring: {e}")))?;
+    let any_scored = entries.iter().any(|e| e.success);
+    let (verdict, error) = if any_scored {
+        (Verdict::Ok, None)
+    } else {
+        let first = entries.iter().find_map(|e| Some((e.verdict, e.error.clone()?)));
+        let (v, reason) = first.unwrap_or((Verdict::BadOutput, "no scored challenge succeeded".into()));
+        (
+            v,
+            Some(format!("no scored challenge succeeded; first failure: {reason}")),
+        )
+    };
+    let mut metrics = base_metrics(env, req, verdict, error, report);
+    metrics.final_score = if any_scored { run.final_score } else { 0.0 };
+    metrics.quality_score = run.quality_score;
+    metrics.efficiency = efficiency_metrics(&run.efficiency);
+    metrics.challenge_metrics = entries;
+    Ok(metrics)
+}
+
+fn base_metrics(
+    env: &RunEnv,
+    req: &RunRequest<'_>,
+    verdict: Verdict,
+    error: Option<String>,
+    report: &RunReport,
+) -> EvaluationMetrics {
+    let mut m = EvaluationMetrics::failed(
+        verdict,
+        "",
+        req.ticket.image_ref.as_str(),
+        req.ticket.submit_time,
+        env.clock.now_unix(),
+        u32::try_from(env.settings.evaluation.scoring_count).unwrap_or(u32::MAX),
+    );
+    m.error = error;
+    m.run_id = req.run_id.clone();
+    m.round = req.ticket.round;
+    m.stage_times = report.stage_times.clone();
+    m.gpu = Some(GpuIdentity {
+        uuid: req.slot.uuid.clone(),
+        name: req.slot.name.clone(),
+    });
+    m.measurement = Some(MeasurementProvenance {
+        time: MeasurementSource::HostClock,
+        vram: MeasurementSource::Unavailable,
+    });
+    m
+}
+
+fn failed_metrics(env: &RunEnv, req: &RunRequest<'_>, f: &Failure, report: &RunReport) -> EvaluationMetrics {
+    base_metrics(env, req, f.verdict, Some(f.reason.clone()), report)
+}

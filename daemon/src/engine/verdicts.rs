@@ -1,0 +1,195 @@
+//! Pure classification of how a miner's container failed: from what the engine reports (exit code, the
+//! OOM killer), what the miner wrote (its result's `error`) and its log tail, to a [`Verdict`] with a
+//! reason. Only outcomes positively attributable to the miner become miner verdicts.
+
+use crate::domain::Verdict;
+use crate::runtime::ContainerOutcome;
+
+/// Log or error text that means the miner ran out of GPU memory.
+const CUDA_OOM: &[&str] = &[
+    "cuda out of memory",
+    "cuda error: out of memory",
+    "outofmemoryerror",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+];
+
+/// Log or error text that means the image's CUDA build does not support this GPU's architecture.
+const ARCH_UNSUPPORTED: &[&str] = &[
+    "no kernel image is available for execution on the device",
+    "is not compatible with the current pytorch installation",
+    "cudaerrornokernelimagefordevice",
+    "unsupported gpu architecture",
+];
+
+/// A classified failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why, for people (bounded, single line).
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure with a reason.
+    pub fn new(verdict: Verdict, reason: impl Into<String>) -> Failure {
+        Failure {
+            verdict,
+            reason: one_line(&reason.into()),
+        }
+    }
+}
+
+/// Recognise GPU failures in a miner's own words (its result `error` or its log).
+/// `compute_capability` names the refused architecture in the reason, when known.
+pub fn gpu_failure(text: &str, compute_capability: Option<&str>) -> Option<Failure> {
+    let lower = text.to_ascii_lowercase();
+    if CUDA_OOM.iter().any(|p| lower.contains(p)) {
+        return Some(Failure::new(
+            Verdict::CudaOom,
+            "the miner ran out of GPU memory (CUDA out of memory)",
+        ));
+    }
+    let sm = lower.find("cuda capability sm_").map(|i| &lower[i..]);
+    if ARCH_UNSUPPORTED.iter().any(|p| lower.contains(p)) || sm.is_some_and(|s| s.contains("not compatible"))
+    {
+        let gpu =
+            compute_capability.map_or_else(|| "this GPU".to_owned(), |cc| format!("compute capability {cc}"));
+        return Some(Failure::new(
+            Verdict::GpuArchUnsupported,
+            format!("the image's CUDA build has no kernels for {gpu}"),
+        ));
+    }
+    None
+}
+
+/// Classify a container that stopped (or had to be stopped) before the run finished.
+/// `quota_exceeded` comes from the output watcher, which kills the container itself.
+pub fn container_failure(
+    outcome: &ContainerOutcome,
+    log_tail: &str,
+    quota_exceeded: bool,
+    compute_capability: Option<&str>,
+) -> Failure {
+    if quota_exceeded {
+        return Failure::new(
+            Verdict::OutputQuotaExceeded,
+            "the container wrote more than its /output quota",
+        );
+    }
+    // The kernel's verdict, not exit code 137 alone (which any SIGKILL gives).
+    if outcome.oom_killed {
+        return Failure::new(
+            Verdict::HostOom,
+            "killed by the kernel OOM killer at the container's memory limit",
+        );
+    }
+    if let Some(f) = gpu_failure(log_tail, compute_capability) {
+        return f;
+    }
+    let how = match outcome.exit_code {
+        Some(code) if code > 128 && code < 160 => format!("killed by signal {}", code - 128),
+        Some(code) => format!("exited with code {code}"),
+        None => "stopped without an exit code".to_owned(),
+    };
+    let last_line = log_tail
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if last_line.is_empty() {
+        Failure::new(Verdict::Crashed, format!("the container {how}"))
+    } else {
+        Failure::new(
+            Verdict::Crashed,
+            format!("the container {how}; last log line: {last_line}"),
+        )
+    }
+}
+
+/// Single line, printable, at most 300 characters: reasons end up in JSON, logs and tables.
+pub fn one_line(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    s.truncate(s.trim_end().len());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i64) -> ContainerOutcome {
+        ContainerOutcome {
+            running: false,
+            exit_code: Some(code),
+            oom_killed: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_oom_killer_is_host_oom_but_a_plain_sigkill_is_a_crash() {
+        let oom = ContainerOutcome {
+            oom_killed: true,
+            ..exited(137)
+        };
+        assert_eq!(container_failure(&oom, "", false, None).verdict, Verdict::HostOom);
+        let killed = container_failure(&exited(137), "", false, None);
+        assert_eq!(killed.verdict, Verdict::Crashed);
+        assert!(killed.reason.contains("signal 9"), "{}", killed.reason);
+    }
+
+    #[test]
+    fn quota_wins_over_everything() {
+        let oom = ContainerOutcome {
+            oom_killed: true,
+            ..exited(137)
+        };
+        assert_eq!(
+            container_failure(&oom, "CUDA out of memory", true, None).verdict,
+            Verdict::OutputQuotaExceeded
+        );
+    }
+
+    #[test]
+    fn cuda_failures_are_recognised_from_logs_and_name_the_architecture() {
+        let log = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB";
+        assert_eq!(
+            container_failure(&exited(1), log, false, None).verdict,
+            Verdict::CudaOom
+        );
+        let log = "RuntimeError: CUDA error: no kernel image is available for execution on the device";
+        let f = container_failure(&exited(1), log, false, Some("12.0"));
+        assert_eq!(f.verdict, Verdict::GpuArchUnsupported);
+        assert!(f.reason.contains("compute capability 12.0"), "{}", f.reason);
+        let warn = "NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation.";
+        assert_eq!(
+            gpu_failure(warn, None).map(|f| f.verdict),
+            Some(Verdict::GpuArchUnsupported)
+        );
+        assert_eq!(gpu_failure("all good", None), None);
+    }
+
+    #[test]
+    fn crashes_carry_the_exit_code_and_last_log_line() {
+        let f = container_failure(&exited(3), "starting\nboom: bad weights\n\n", false, None);
+        assert_eq!(f.verdict, Verdict::Crashed);
+        assert_eq!(
+            f.reason,
+            "the container exited with code 3; last log line: boom: bad weights"
+        );
+    }
+
+    #[test]
+    fn reasons_are_one_bounded_line() {
+        let f = Failure::new(Verdict::Crashed, format!("a\nb{}", "x".repeat(500)));
+        assert!(!f.reason.contains('\n'));
+        assert!(f.reason.chars().count() <= 300);
+    }
+}
