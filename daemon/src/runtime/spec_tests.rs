@@ -1278,12 +1278,12 @@ mutation!(refuses_all_gpus_by_count, |b| {
     r.count = Some(-1);
 });
 mutation!(refuses_count_alongside_id, |b| request_mut(b).count = Some(1));
-mutation!(refuses_two_gpu_ids, |b| request_mut(b)
+mutation!(refuses_two_device_ids, |b| request_mut(b)
     .device_ids
     .as_mut()
     .unwrap()
     .push("GPU-00000000-0000-0000-0000-000000000000".into()));
-mutation!(refuses_gpu_index, |b| request_mut(b).device_ids =
+mutation!(refuses_device_index, |b| request_mut(b).device_ids =
     Some(vec!["0".into()]));
 mutation!(refuses_two_device_requests, |b| {
     let r = request_mut(b).clone();
@@ -1305,7 +1305,7 @@ mutation!(refuses_env_all_gpus, |b| set_env(
     "NVIDIA_VISIBLE_DEVICES",
     "all"
 ));
-mutation!(refuses_env_gpu_mismatch, |b| set_env(
+mutation!(refuses_env_device_mismatch, |b| set_env(
     b,
     "NVIDIA_VISIBLE_DEVICES",
     "GPU-00000000-0000-0000-0000-000000000000"
@@ -1330,7 +1330,7 @@ mutation!(refuses_virtual_env_none, virtual_body(), |b| set_env(
     "NVIDIA_VISIBLE_DEVICES",
     "none"
 ));
-mutation!(refuses_gpu_added_to_virtual_body, virtual_body(), |b| host(b)
+mutation!(refuses_device_added_to_virtual_body, virtual_body(), |b| host(b)
     .device_requests =
     Some(vec![DeviceRequest {
         driver: Some("nvidia".into()),
