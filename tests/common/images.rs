@@ -624,9 +624,7 @@ async fn push_and_resolve(docker: &Docker, repository: &str, tag: &str) -> Resul
         while let Some(item) = stream.next().await {
             let info = item.with_context(|| format!("pushing {repository}:{tag}"))?;
             // The last status reads "<tag>: digest: sha256:<hex> size: <n>".
-            if let Some(status) = info.status
-                && let Some(rest) = status.split("digest: ").nth(1)
-            {
+            if let Some(rest) = info.status.as_deref().and_then(|s| s.split("digest: ").nth(1)) {
                 from_stream = rest.split_whitespace().next().map(str::to_owned);
             }
         }

@@ -211,6 +211,7 @@ impl EvaluationLoop {
             metrics: None,
             started_at,
             finished_at,
+            log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
         };
         match outcome {
             RunOutcome::Result(metrics) => {

@@ -128,6 +128,9 @@ pub struct RunRecord {
     pub started_at: f64,
     /// Unix end time.
     pub finished_at: f64,
+    /// The last lines the container wrote (bounded), for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
 }
 
 /// Result of [`Store::remove_submissions`].

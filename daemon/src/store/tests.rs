@@ -70,6 +70,7 @@ fn run(h: u8, n: u64) -> RunRecord {
         metrics: None,
         started_at: n as f64,
         finished_at: n as f64 + 1.0,
+        log_tail: Some(format!("log of run {n}")),
     }
 }
 

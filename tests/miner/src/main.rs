@@ -16,7 +16,7 @@
 //! | `oom` | allocates and touches memory in `oom_step_mib` (default 64) MiB steps, forever |
 //! | `garbage_json` | writes `{id}.mp4`, then `{id}.json` holding `{"success": tru` |
 //! | `symlink_output` | makes `{id}.mp4` a symlink to `/etc/passwd` and `state.db` one to `/var/lib/talkheadd/state.db`, then answers success (`link_json=true`: `{id}.json` is a symlink too) |
-//! | `fill_output` | writes `/output/fill.bin` until a write fails (ENOSPC/EDQUOT, or `fill_max_mib`), then answers like `good` |
+//! | `fill_output` | writes `/output/fill.bin` until a write fails (ENOSPC/EDQUOT; or until `fill_max_mib`), then shrinks it just enough to answer like `good` |
 //! | `network` | tries TCP connects (1 s timeouts) to `targets` (default `1.1.1.1:53,172.17.0.1:2375`) and reports `"network": "unreachable"` or `"REACHED"` beside the good answer |
 //! | `write_input` | tries to create `/input/pwned` and to overwrite `/input/task.json`, reports `"input_writable"` beside the good answer |
 //! | `gpu_env` | like `good`, and reports the environment it sees as `"env"` |
@@ -403,7 +403,11 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
             }
         }
         Behaviour::FillOutput => {
-            let written = fill(paths, config.fill_max_mib);
+            let (written, full) = fill(paths, config.fill_max_mib);
+            if full {
+                // Give back just enough room for the answer, so the success can still be written.
+                free_room(paths, written);
+            }
             let mut extra = Map::new();
             extra.insert("fill_bytes".to_owned(), json!(written));
             answer_with_video(paths, id, extra);
@@ -472,42 +476,64 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
 }
 
 /// `fill_output`: writes 1 MiB blocks to `/output/fill.bin` until a write fails; returns the bytes
-/// written.
-fn fill(paths: &Paths, max_mib: Option<u64>) -> u64 {
+/// written and whether a write failed (rather than `fill_max_mib` stopping it).
+fn fill(paths: &Paths, max_mib: Option<u64>) -> (u64, bool) {
     let path = paths.output.join("fill.bin");
     let mut file = match File::create(&path) {
         Ok(file) => file,
         Err(e) => {
             log(format_args!("cannot create fill.bin: {e}"));
-            return 0;
+            return (0, true);
         }
     };
     let block = vec![0x5a_u8; 1 << 20];
     let mut written: u64 = 0;
-    loop {
+    let full = loop {
         if max_mib.is_some_and(|max| written >= max << 20) {
             log(format_args!(
                 "fill.bin reached fill_max_mib after {written} bytes"
             ));
-            break;
+            break false;
         }
         match file.write(&block) {
             Ok(0) => {
                 log(format_args!("fill.bin: zero-length write after {written} bytes"));
-                break;
+                break true;
             }
             Ok(n) => written += n as u64,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log(format_args!("fill.bin: write failed after {written} bytes: {e}"));
-                break;
+                break true;
             }
         }
-    }
+    };
     if let Err(e) = file.sync_all() {
         log(format_args!("fill.bin: sync failed: {e}"));
     }
-    written
+    (written, full)
+}
+
+/// Shrinks `fill.bin` by the size of the largest baked video plus 1 MiB, so the answer fits.
+fn free_room(paths: &Paths, written: u64) {
+    let largest = fs::read_dir(&paths.videos)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let keep = written.saturating_sub(largest + (1 << 20));
+    let result = OpenOptions::new()
+        .write(true)
+        .open(paths.output.join("fill.bin"))
+        .and_then(|f| f.set_len(keep));
+    log(format_args!(
+        "fill.bin: shrinking to {keep} bytes to make room for the answer: {}",
+        outcome(&result)
+    ));
 }
 
 /// One TCP connect with a 1 s timeout. Returns the outcome and whether anything answered (a refused
