@@ -6,7 +6,7 @@
 //! soundtrack as mono 16 kHz `f32` ([`Decoded`]); or into one specific [`BadOutputReason`].
 //!
 //! How: Debian's `ffprobe`/`ffmpeg` run as child processes under util-linux `prlimit` (address space,
-//! CPU seconds, no file writes, 64 descriptors, no core dumps), with a wall-clock deadline after which
+//! CPU seconds, written file size, 64 descriptors, no core dumps), with a wall-clock deadline after which
 //! the child is killed, an empty environment (only `PATH`), stdin closed, a private empty working
 //! directory, and the input passed as `file:<absolute path>` with `-protocol_whitelist file`, a
 //! demuxer whitelist (MP4/MOV and Matroska/WebM: no playlist or concat demuxer can make the tool read
@@ -15,7 +15,8 @@
 //! frames (never more than one frame buffered beyond those kept; at most the declared frame count plus
 //! a slack) and the audio (at most `max_duration_secs` of it). The header is validated before anything
 //! is decoded, so a declared 100000×100000 picture or an hours-long stream is refused without a frame
-//! being allocated.
+//! being allocated. The decode is one ffmpeg run with two outputs: frames on stdout, audio into a file
+//! of the private directory capped by `RLIMIT_FSIZE` (every other run may write no file at all).
 //!
 //! Must not: panic or let a hostile file affect the daemon (memory, time and disk are bounded; every
 //! failure is a value); follow a symlink or open anything but the one regular file; charge a miner for
@@ -97,6 +98,12 @@ const DETAIL_CHARS: usize = 300;
 /// What ffmpeg prints when an allocation fails (`ENOMEM`, e.g. under `RLIMIT_AS`).
 const OUT_OF_MEMORY: &str = "Cannot allocate memory";
 
+/// Linux's signal for exceeding `RLIMIT_CPU`.
+const SIGXCPU: i32 = 24;
+
+/// Linux's signal for exceeding `RLIMIT_FSIZE`.
+const SIGXFSZ: i32 = 25;
+
 /// The only environment variable the tools get.
 const SAFE_PATH: &str = "/usr/bin:/bin";
 
@@ -145,7 +152,7 @@ pub struct DecodeLimits {
     pub max_duration_secs: f64,
     /// Wall-clock limit of the ffprobe run. Default 10 s.
     pub probe_timeout: Duration,
-    /// Wall-clock limit of the decode (video and audio runs together). Default 60 s.
+    /// Wall-clock limit of the decode run (video and audio). Default 60 s.
     pub decode_timeout: Duration,
     /// `RLIMIT_CPU` of each tool run, seconds. Default 60.
     pub cpu_secs: u64,
@@ -156,7 +163,7 @@ pub struct DecodeLimits {
     /// Most bytes of RGB frames kept in memory (sampled frames × width × height × 3). Default 1 GiB,
     /// enough for 80 frames of 1920×1080 (80 of 4096×4096 would be 4 GiB).
     pub max_sampled_bytes: u64,
-    /// Decoder threads per tool run (`-threads`). Default 2.
+    /// Video decoder threads (`-threads`). Default 2.
     pub threads: u32,
     /// Where the tools are.
     pub tools: ToolPaths,
@@ -260,7 +267,7 @@ pub enum BadOutputReason {
     DecoderResourceLimit,
     /// A tool failed or crashed on the file.
     DecoderFailed,
-    /// A tool printed more than the declared content can account for.
+    /// A tool produced more than the declared content can account for (frames or audio).
     DecoderOutputTooLarge,
 }
 
@@ -289,7 +296,7 @@ impl BadOutputReason {
         BadOutputReason::DecoderOutputTooLarge,
     ];
 
-    /// The stable snake_case reason code (same as the serde form).
+    /// The stable `snake_case` reason code (same as the serde form).
     pub fn as_str(self) -> &'static str {
         match self {
             BadOutputReason::EmptyFile => "empty_file",
@@ -454,7 +461,8 @@ impl ProbeInfo {
             ));
         }
         let audio = self.audio.duration_secs;
-        if !((audio - video).abs() <= expectation.tolerance_secs) {
+        let within_tolerance = (audio - video).abs() <= expectation.tolerance_secs;
+        if !within_tolerance {
             return Err(BadOutput::new(
                 BadOutputReason::AvDurationMismatch,
                 format!(
@@ -519,7 +527,7 @@ pub struct Decoded {
     pub audio: Vec<f32>,
     /// Sample rate of `audio` ([`AUDIO_SAMPLE_RATE`]).
     pub audio_sample_rate: u32,
-    /// Seconds the decode took (both runs, concurrently).
+    /// Seconds the decode took.
     pub decode_secs: f64,
 }
 
@@ -561,16 +569,17 @@ pub async fn check_tools(limits: &DecodeLimits) -> Result<(), DecodeError> {
     for program in [&limits.tools.ffprobe, &limits.tools.ffmpeg] {
         let mut sink = BoundedBytes::new(1 << 20);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let done = run_limited(
+        let args = [OsString::from("-version")];
+        let run = RunSpec {
             program,
-            &[OsString::from("-version")],
-            limits,
-            &scratch.0,
+            args: &args,
+            cwd: &scratch.0,
             deadline,
-            &mut sink,
-        )
-        .await
-        .map_err(|e| DecodeError::Infra(format!("{}: {e}", program.display())))?;
+            max_file_bytes: 0,
+        };
+        let done = run_limited(&run, limits, &mut sink)
+            .await
+            .map_err(|e| DecodeError::Infra(format!("{}: {e}", program.display())))?;
         if !matches!(done.exit, Exit::Success) {
             return Err(DecodeError::Infra(format!(
                 "{} -version failed ({}): {}",
@@ -614,16 +623,16 @@ pub async fn probe(path: &Path, limits: &DecodeLimits) -> Result<ProbeInfo, Deco
     ];
     let mut sink = BoundedBytes::new(MAX_PROBE_OUTPUT);
     let deadline = Instant::now() + limits.probe_timeout;
-    let done = run_limited(
-        &limits.tools.ffprobe,
-        &args,
-        limits,
-        &scratch.0,
+    let run = RunSpec {
+        program: &limits.tools.ffprobe,
+        args: &args,
+        cwd: &scratch.0,
         deadline,
-        &mut sink,
-    )
-    .await
-    .map_err(|e| e.with_tool("ffprobe", limits.probe_timeout))?;
+        max_file_bytes: 0,
+    };
+    let done = run_limited(&run, limits, &mut sink)
+        .await
+        .map_err(|e| e.with_tool("ffprobe", limits.probe_timeout))?;
     if !matches!(done.exit, Exit::Success) {
         return Err(classify_probe_failure(&done, &file.path));
     }
@@ -639,10 +648,9 @@ pub async fn probe(path: &Path, limits: &DecodeLimits) -> Result<ProbeInfo, Deco
 }
 
 /// Decodes a probed output: samples frames exactly as the reference (see [`sample_indices`]) as RGB
-/// at native resolution, and extracts the audio stream as mono 16 kHz `f32`. Video and audio are
-/// decoded by two concurrent ffmpeg runs sharing `decode_timeout`. Fewer frames (or samples) than
-/// declared beyond a small margin is `truncated`; more output than declared is
-/// `decoder_output_too_large`.
+/// at native resolution, and extracts the audio stream as mono 16 kHz `f32`, in one sandboxed ffmpeg
+/// run limited by `decode_timeout`. Fewer frames (or samples) than declared beyond a small margin is
+/// `truncated`; more output than declared is `decoder_output_too_large`.
 pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
     let started = std::time::Instant::now();
     let file = InputFile::check(path, limits)?;
@@ -657,10 +665,8 @@ pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Res
     let wanted = sample_indices(info.total_frames, limits.max_frames);
     check_sampled_bytes(wanted.len(), frame_bytes, limits)?;
     let scratch = ScratchDir::new()?;
-    let deadline = Instant::now() + limits.decode_timeout;
-    let video = decode_video(&file, info, limits, &scratch.0, deadline, frame_bytes, &wanted);
-    let audio = decode_audio(&file, info, limits, &scratch.0, deadline);
-    let ((frames, frame_indices, decoded_frames), audio) = tokio::try_join!(video, audio)?;
+    let (frames, frame_indices, decoded_frames, audio) =
+        decode_streams(&file, info, limits, &scratch.0, frame_bytes, &wanted).await?;
     Ok(Decoded {
         frames,
         frame_indices,
@@ -776,8 +782,7 @@ fn validate_header(json: &Value, file_bytes: u64, limits: &DecodeLimits) -> Resu
 
     let fps = [video.get("avg_frame_rate"), video.get("r_frame_rate")]
         .into_iter()
-        .filter_map(|r| r.and_then(Value::as_str).and_then(parse_rate))
-        .next()
+        .find_map(|r| r.and_then(Value::as_str).and_then(parse_rate))
         .ok_or_else(|| bad(R::BadFrameRate, "the video declares no frame rate"))?;
     if !(fps >= limits.min_fps && fps <= limits.max_fps) {
         return Err(bad(
@@ -796,7 +801,8 @@ fn validate_header(json: &Value, file_bytes: u64, limits: &DecodeLimits) -> Resu
     let estimated = (container_duration.unwrap_or(duration_secs) * fps).round();
     let total = nb_frames.map_or(estimated, |n| n as f64);
     let most = (limits.max_duration_secs * limits.max_fps).ceil() + 1.0;
-    if !(total <= most) || !(total <= (duration_secs * limits.max_fps * 1.05).ceil() + 2.0) {
+    let plausible = total <= most && total <= (duration_secs * limits.max_fps * 1.05).ceil() + 2.0;
+    if !plausible {
         return Err(bad(
             R::BadFrameRate,
             format!(
@@ -973,31 +979,39 @@ fn classify_probe_failure(done: &Finished, input: &Path) -> DecodeError {
 /// Whether the file begins with an ISO BMFF (MP4/MOV) box header: a plausible size and a known type.
 fn starts_like_iso_bmff(path: &Path) -> bool {
     use std::io::Read;
+    const BOXES: [&[u8; 4]; 10] = [
+        b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"moof",
+    ];
     let mut head = [0u8; 8];
     let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
     if read.is_err() {
         return false;
     }
     let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    const BOXES: [&[u8; 4]; 10] = [
-        b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"moof",
-    ];
     (size == 0 || size == 1 || size >= 8) && BOXES.iter().any(|b| head[4..8] == b[..])
 }
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
-async fn decode_video(
+/// Decoded frames kept, their indices, the decoded frame count and the audio samples.
+type Streams = (Vec<Frame>, Vec<usize>, usize, Vec<f32>);
+
+/// One ffmpeg run with two outputs: the video as raw RGB frames on stdout (streamed through a
+/// [`FrameSink`]), the audio as mono 16 kHz `f32le` into a file of the private scratch directory,
+/// bounded by `RLIMIT_FSIZE` (one run rather than two saves a process start, the largest fixed cost).
+async fn decode_streams(
     file: &InputFile,
     info: &ProbeInfo,
     limits: &DecodeLimits,
-    cwd: &Path,
-    deadline: Instant,
+    scratch: &Path,
     frame_bytes: usize,
     wanted: &[usize],
-) -> Result<(Vec<Frame>, Vec<usize>, usize), DecodeError> {
+) -> Result<Streams, DecodeError> {
     let (width, height) = (info.video.width, info.video.height);
+    let audio_path = scratch.join("audio.f32");
+    let mut audio_url = OsString::from("file:");
+    audio_url.push(audio_path.as_os_str());
     let mut args = input_args(file, limits.threads);
     args.extend(
         [
@@ -1019,15 +1033,52 @@ async fn decode_video(
             "-pix_fmt".to_owned(),
             "rgb24".to_owned(),
             "pipe:1".to_owned(),
+            "-map".to_owned(),
+            format!("0:{}", info.audio.index),
+            "-vn".to_owned(),
+            "-sn".to_owned(),
+            "-dn".to_owned(),
+            "-ac".to_owned(),
+            "1".to_owned(),
+            "-ar".to_owned(),
+            AUDIO_SAMPLE_RATE.to_string(),
+            "-c:a".to_owned(),
+            "pcm_f32le".to_owned(),
+            "-f".to_owned(),
+            "f32le".to_owned(),
         ]
         .map(OsString::from),
     );
+    args.push(audio_url);
+    let rate = f64::from(AUDIO_SAMPLE_RATE);
+    // At most max_duration_secs (+1 s) of audio may be written: beyond, SIGXFSZ stops the run.
+    let max_audio_bytes = ((limits.max_duration_secs.max(0.0) + 1.0) * rate * 4.0).ceil();
+    let max_audio_bytes = if max_audio_bytes < 1e12 {
+        max_audio_bytes as u64
+    } else {
+        1 << 40
+    };
+
     let total = info.total_frames.max(wanted.len());
     let slack = frame_slack(total, info.frame_count_declared);
     let mut sink = FrameSink::new(width, height, frame_bytes, wanted, total + slack);
-    let done = run_limited(&limits.tools.ffmpeg, &args, limits, cwd, deadline, &mut sink)
+    let deadline = Instant::now() + limits.decode_timeout;
+    let run = RunSpec {
+        program: &limits.tools.ffmpeg,
+        args: &args,
+        cwd: scratch,
+        deadline,
+        max_file_bytes: max_audio_bytes,
+    };
+    let done = run_limited(&run, limits, &mut sink)
         .await
-        .map_err(|e| e.with_tool("ffmpeg (video)", limits.decode_timeout))?;
+        .map_err(|e| e.with_tool("ffmpeg", limits.decode_timeout))?;
+    if done.exit == Exit::Signal(SIGXFSZ) {
+        return Err(bad(
+            BadOutputReason::DecoderOutputTooLarge,
+            format!("more than {max_audio_bytes} bytes of decoded audio"),
+        ));
+    }
     let decoded = sink.decoded;
     if decoded + slack < total {
         let tail = sanitise(last_line(&done.stderr), Some(&file.path));
@@ -1045,47 +1096,7 @@ async fn decode_video(
     if sink.kept.is_empty() {
         return Err(bad(BadOutputReason::Truncated, "no frame could be decoded"));
     }
-    Ok((sink.kept, sink.kept_indices, decoded))
-}
-
-async fn decode_audio(
-    file: &InputFile,
-    info: &ProbeInfo,
-    limits: &DecodeLimits,
-    cwd: &Path,
-    deadline: Instant,
-) -> Result<Vec<f32>, DecodeError> {
-    let mut args = input_args(file, 1);
-    args.extend(
-        [
-            "-map".to_owned(),
-            format!("0:{}", info.audio.index),
-            "-vn".to_owned(),
-            "-sn".to_owned(),
-            "-dn".to_owned(),
-            "-ac".to_owned(),
-            "1".to_owned(),
-            "-ar".to_owned(),
-            AUDIO_SAMPLE_RATE.to_string(),
-            "-c:a".to_owned(),
-            "pcm_f32le".to_owned(),
-            "-f".to_owned(),
-            "f32le".to_owned(),
-            "pipe:1".to_owned(),
-        ]
-        .map(OsString::from),
-    );
-    let rate = f64::from(AUDIO_SAMPLE_RATE);
-    let max_bytes = ((limits.max_duration_secs.max(0.0) + 1.0) * rate * 4.0).ceil();
-    let mut sink = BoundedBytes::new(max_bytes.min(usize::MAX as f64) as usize);
-    let done = run_limited(&limits.tools.ffmpeg, &args, limits, cwd, deadline, &mut sink)
-        .await
-        .map_err(|e| e.with_tool("ffmpeg (audio)", limits.decode_timeout))?;
-    let samples: Vec<f32> = sink
-        .bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let samples = read_audio(&audio_path, max_audio_bytes)?;
     let declared = info.audio.duration_secs;
     let got = samples.len() as f64 / rate;
     if got < declared - (declared * 0.1).max(0.5) {
@@ -1094,10 +1105,35 @@ async fn decode_audio(
             format!("decoded {got:.3} s of {declared:.3} s of declared audio"),
         ));
     }
-    if let Some(e) = exit_failure(&done, &file.path) {
-        return Err(e);
+    Ok((sink.kept, sink.kept_indices, decoded, samples))
+}
+
+/// Reads the audio ffmpeg wrote (a regular file of at most `max` bytes) as `f32` samples.
+fn read_audio(path: &Path, max: u64) -> Result<Vec<f32>, DecodeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // ffmpeg exited cleanly without writing it: the audio decoded to nothing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DecodeError::Infra(format!("cannot stat the decoded audio: {e}"))),
+    };
+    if !meta.file_type().is_file() {
+        return Err(bad(
+            BadOutputReason::DecoderFailed,
+            "the decoded audio is not a regular file",
+        ));
     }
-    Ok(samples)
+    if meta.len() > max {
+        return Err(bad(
+            BadOutputReason::DecoderOutputTooLarge,
+            format!("more than {max} bytes of decoded audio"),
+        ));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| DecodeError::Infra(format!("cannot read the decoded audio: {e}")))?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// Frames a decode may miss (truncation) or add (overflow) before it is refused: MP4's declared
@@ -1379,21 +1415,39 @@ impl RunError {
     }
 }
 
-/// Runs `program args` under `prlimit`, streaming stdout into `sink` and keeping stderr's tail, until
-/// it exits or `deadline` passes (then it is killed and reaped).
-async fn run_limited<S: Sink + Send>(
-    program: &Path,
-    args: &[OsString],
-    limits: &DecodeLimits,
-    cwd: &Path,
+/// One sandboxed tool run.
+struct RunSpec<'a> {
+    /// The tool (`ffmpeg`, `ffprobe`).
+    program: &'a Path,
+    /// Its arguments.
+    args: &'a [OsString],
+    /// Working directory: a [`ScratchDir`].
+    cwd: &'a Path,
+    /// When it is killed.
     deadline: Instant,
+    /// `RLIMIT_FSIZE`: the largest file it may write (pipes are not files).
+    max_file_bytes: u64,
+}
+
+/// Runs the tool under `prlimit`, streaming stdout into `sink` and keeping stderr's tail, until it
+/// exits or the deadline passes (then it is killed and reaped).
+async fn run_limited<S: Sink + Send>(
+    run: &RunSpec<'_>,
+    limits: &DecodeLimits,
     sink: &mut S,
 ) -> Result<Finished, RunError> {
+    let RunSpec {
+        program,
+        args,
+        cwd,
+        deadline,
+        max_file_bytes,
+    } = *run;
     let mut command = Command::new(&limits.tools.prlimit);
     command
         .arg(format!("--as={}", limits.address_space_bytes))
         .arg(format!("--cpu={}", limits.cpu_secs.max(1)))
-        .arg("--fsize=0")
+        .arg(format!("--fsize={max_file_bytes}"))
         .arg("--nofile=64")
         .arg("--core=0")
         .arg("--")
@@ -1497,8 +1551,7 @@ fn exit_failure(done: &Finished, input: &Path) -> Option<DecodeError> {
     let last = sanitise(last_line(&done.stderr), Some(input));
     match done.exit {
         Exit::Success => None,
-        // SIGXCPU (RLIMIT_CPU) and SIGXFSZ (RLIMIT_FSIZE).
-        Exit::Signal(24 | 25) => Some(bad(
+        Exit::Signal(SIGXCPU | SIGXFSZ) => Some(bad(
             R::DecoderResourceLimit,
             format!("the decoder hit its CPU or file-size limit ({})", done.exit),
         )),

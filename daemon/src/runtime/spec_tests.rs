@@ -1330,8 +1330,10 @@ mutation!(refuses_virtual_env_none, virtual_body(), |b| set_env(
     "NVIDIA_VISIBLE_DEVICES",
     "none"
 ));
-mutation!(refuses_device_added_to_virtual_body, virtual_body(), |b| host(b)
-    .device_requests =
+mutation!(refuses_device_added_to_virtual_body, virtual_body(), |b| host(
+    b
+)
+.device_requests =
     Some(vec![DeviceRequest {
         driver: Some("nvidia".into()),
         device_ids: Some(vec![UUID.into()]),

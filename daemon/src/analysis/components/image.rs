@@ -254,30 +254,47 @@ pub(crate) fn resample_region(g: &Grey, r: [usize; 4], out_w: usize, out_h: usiz
     Some(out)
 }
 
+/// The grid a frame is box-downscaled to so that its longer side is at most `max_side` (never
+/// upscaled): `(out_w, out_h)`.
+pub(crate) fn working_grid(w: usize, h: usize, max_side: usize) -> (usize, usize) {
+    let long = w.max(h);
+    if long <= max_side || max_side == 0 {
+        (w, h)
+    } else {
+        ((w * max_side / long).max(1), (h * max_side / long).max(1))
+    }
+}
+
 /// Box-area downscale of an RGB frame straight to grey so that its longer side is at most `max_side`
 /// (never upscales). Returns the plane and the (x, y) factors that map plane → frame coordinates.
 pub(crate) fn downscale_to_grey(f: &Frame, max_side: usize) -> Option<(Grey, f64, f64)> {
+    let (ow, oh) = working_grid(f.width as usize, f.height as usize, max_side);
+    downscale_region_to_grey(f, max_side, [0, 0, ow, oh])
+}
+
+/// The part `[x0, x1) × [y0, y1)` (in working-grid pixels, clipped to the grid) of
+/// [`downscale_to_grey`]'s plane, computed without touching the rest of the frame. Same factors.
+pub(crate) fn downscale_region_to_grey(f: &Frame, max_side: usize, r: [usize; 4]) -> Option<(Grey, f64, f64)> {
     if !f.is_well_formed() || max_side == 0 {
         return None;
     }
     let (w, h) = (f.width as usize, f.height as usize);
-    let long = w.max(h);
-    if long <= max_side {
-        return Grey::from_frame(f).map(|g| (g, 1.0, 1.0));
+    let (ow, oh) = working_grid(w, h, max_side);
+    let [x0, y0] = [r[0].min(ow), r[1].min(oh)];
+    let [x1, y1] = [r[2].min(ow), r[3].min(oh)];
+    if x1 <= x0 || y1 <= y0 {
+        return None;
     }
-    let ow = (w * max_side / long).max(1);
-    let oh = (h * max_side / long).max(1);
-    let xs: Vec<(usize, usize)> = (0..ow)
-        .map(|i| {
-            let a = i * w / ow;
-            (a, ((i + 1) * w / ow).max(a + 1).min(w))
-        })
-        .collect();
-    let mut px = Vec::with_capacity(ow * oh);
-    let mut acc = vec![0u32; ow];
-    for oy in 0..oh {
-        let ya = oy * h / oh;
-        let yb = ((oy + 1) * h / oh).max(ya + 1).min(h);
+    // Source span of output cell i along an axis of n_in pixels mapped to n_out cells.
+    let span = |i: usize, n_out: usize, n_in: usize| -> (usize, usize) {
+        let a = i * n_in / n_out;
+        (a, ((i + 1) * n_in / n_out).max(a + 1).min(n_in))
+    };
+    let xs: Vec<(usize, usize)> = (x0..x1).map(|i| span(i, ow, w)).collect();
+    let mut px = Vec::with_capacity((x1 - x0) * (y1 - y0));
+    let mut acc = vec![0u32; x1 - x0];
+    for oy in y0..y1 {
+        let (ya, yb) = span(oy, oh, h);
         acc.iter_mut().for_each(|a| *a = 0);
         for y in ya..yb {
             let row = &f.rgb[y * w * 3..(y + 1) * w * 3];
@@ -293,7 +310,7 @@ pub(crate) fn downscale_to_grey(f: &Frame, max_side: usize) -> Option<(Grey, f64
             px.push(((a + n / 2) / n) as u8);
         }
     }
-    Some((Grey { w: ow, h: oh, px }, w as f64 / ow as f64, h as f64 / oh as f64))
+    Some((Grey { w: x1 - x0, h: y1 - y0, px }, w as f64 / ow as f64, h as f64 / oh as f64))
 }
 
 #[cfg(test)]
@@ -359,6 +376,9 @@ mod tests {
         let (g, sx, sy) = downscale_to_grey(&f, 4).unwrap();
         assert_eq!((g.w, g.h, sx, sy), (4, 2, 2.0, 2.0));
         assert!(g.px.iter().all(|&p| p == 200));
+        let (part, _, _) = downscale_region_to_grey(&f, 4, [1, 1, 3, 9]).unwrap();
+        assert_eq!((part.w, part.h), (2, 1));
+        assert!(downscale_region_to_grey(&f, 4, [3, 0, 3, 2]).is_none());
         let bad = Frame { width: 8, height: 4, rgb: vec![0; 5] };
         assert!(downscale_to_grey(&bad, 4).is_none() && Grey::from_frame(&bad).is_none());
     }

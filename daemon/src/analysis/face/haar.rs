@@ -24,7 +24,7 @@ use std::path::Path;
 use super::cascade::{Cascade, CascadeError};
 use super::{FaceBox, FaceDetector};
 use crate::analysis::components::Frame;
-use crate::analysis::components::image::{Grey, downscale_to_grey};
+use crate::analysis::components::image::{Grey, downscale_region_to_grey, downscale_to_grey, working_grid};
 
 /// Tunables of the Haar detector (OpenCV's `detectMultiScale` arguments plus the working size).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +41,7 @@ pub struct HaarParams {
 
 impl Default for HaarParams {
     fn default() -> Self {
-        Self { scale_factor: 1.1, min_neighbors: 3, max_side: 256, min_size_frac: 0.0 }
+        Self { scale_factor: 1.1, min_neighbors: 3, max_side: 128, min_size_frac: 0.0 }
     }
 }
 
@@ -178,23 +178,32 @@ impl HaarDetector {
         }
     }
 
-    /// Detects on a grey plane whose long side is at most `max_side`; rects in plane pixels with their
-    /// neighbour counts.
-    fn detect_plane(&self, g: &Grey) -> Vec<([f64; 4], usize)> {
+    /// Raw hits on a grey plane (a working image or a crop of one at `origin`), on the pyramid levels
+    /// whose window side (in plane pixels) lies in `[win_lo, win_hi]`; rects in working pixels.
+    /// `coarse` keeps OpenCV's 2-pixel step on every level (the near search) instead of 1 pixel above
+    /// factor 2.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        g: &Grey,
+        origin: [i32; 2],
+        win_lo: f64,
+        win_hi: f64,
+        coarse: bool,
+        hits: &mut Vec<[i32; 4]>,
+    ) {
         let (ww, wh) = (self.cascade.win_w as usize, self.cascade.win_h as usize);
         if g.is_empty() || g.w > self.params.max_side || g.h > self.params.max_side || g.w < ww || g.h < wh {
-            return Vec::new();
+            return;
         }
-        let min_side = (self.params.min_size_frac * g.w.min(g.h) as f64).round() as usize;
-        let mut hits: Vec<[i32; 4]> = Vec::new();
         let mut scratch = Scratch::default();
         let mut factor = 1.0f64;
-        // Same termination as OpenCV: stop when the window outgrows the image or the scaled image
-        // becomes smaller than the window.
+        // Same ladder and termination as OpenCV: stop when the window outgrows the image or the scaled
+        // image becomes smaller than the window.
         for _ in 0..512 {
             let win_w = (ww as f64 * factor).round() as usize;
             let win_h = (wh as f64 * factor).round() as usize;
-            if win_w > g.w || win_h > g.h {
+            if win_w > g.w || win_h > g.h || win_w.min(win_h) as f64 > win_hi {
                 break;
             }
             let sw = (g.w as f64 / factor).round() as usize;
@@ -202,12 +211,27 @@ impl HaarDetector {
             if sw < ww || sh < wh {
                 break;
             }
-            if win_w >= min_side && win_h >= min_side {
-                self.scan_level(g, factor, sw, sh, [win_w as i32, win_h as i32], &mut scratch, &mut hits);
+            if win_w.min(win_h) as f64 >= win_lo {
+                let win = [win_w as i32, win_h as i32];
+                let step = if factor > 2.0 && !coarse { 1 } else { 2 };
+                self.scan_level(g, factor, sw, sh, win, origin, step, &mut scratch, hits);
             }
             factor *= self.params.scale_factor;
         }
-        group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS)
+    }
+
+    /// Maps grouped working-plane rects to frame boxes.
+    fn to_boxes(groups: Vec<([f64; 4], usize)>, sx: f64, sy: f64) -> Vec<FaceBox> {
+        groups
+            .into_iter()
+            .map(|([x, y, w, h], n)| FaceBox {
+                x1: (x * sx) as f32,
+                y1: (y * sy) as f32,
+                x2: ((x + w) * sx) as f32,
+                y2: ((y + h) * sy) as f32,
+                score: n as f32,
+            })
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -218,13 +242,14 @@ impl HaarDetector {
         sw: usize,
         sh: usize,
         win: [i32; 2],
+        origin: [i32; 2],
+        step: usize,
         s: &mut Scratch,
         hits: &mut Vec<[i32; 4]>,
     ) {
         resize_bilinear(g, sw, sh, s);
         integral(&s.level, sw, sh, self.stride, &mut s.sum, &mut s.sq);
         let (ww, wh) = (self.cascade.win_w as usize, self.cascade.win_h as usize);
-        let step = if factor > 2.0 { 1 } else { 2 };
         let (max_x, max_y) = (sw - ww, sh - wh);
         let mut y = 0;
         while y <= max_y {
@@ -234,8 +259,8 @@ impl HaarDetector {
                 let r = self.run_at(&s.sum, &s.sq, base);
                 if r > 0 {
                     hits.push([
-                        (x as f64 * factor).round() as i32,
-                        (y as f64 * factor).round() as i32,
+                        origin[0] + (x as f64 * factor).round() as i32,
+                        origin[1] + (y as f64 * factor).round() as i32,
                         win[0],
                         win[1],
                     ]);
@@ -459,21 +484,63 @@ pub(crate) fn group_rectangles(rects: &[[i32; 4]], threshold: usize, eps: f64) -
     out
 }
 
+/// Near-search: window sides within this factor of the hint's size (about ±1.5 pyramid levels).
+const NEAR_SCALE: f64 = 1.15;
+/// Near-search: how far (as a fraction of its size) the face may have moved since the hint.
+const NEAR_SHIFT: f64 = 0.2;
+
 impl FaceDetector for HaarDetector {
     fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
         let Some((g, sx, sy)) = downscale_to_grey(frame, self.params.max_side) else {
             return Vec::new();
         };
-        self.detect_plane(&g)
-            .into_iter()
-            .map(|([x, y, w, h], n)| FaceBox {
-                x1: (x * sx) as f32,
-                y1: (y * sy) as f32,
-                x2: ((x + w) * sx) as f32,
-                y2: ((y + h) * sy) as f32,
-                score: n as f32,
-            })
-            .collect()
+        let min_side = self.params.min_size_frac * g.w.min(g.h) as f64;
+        let mut hits = Vec::new();
+        self.scan(&g, [0, 0], min_side, f64::INFINITY, false, &mut hits);
+        Self::to_boxes(group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS), sx, sy)
+    }
+
+    /// Scans only the pyramid levels within ×[`NEAR_SCALE`]^±1 of the hint's size and only a region
+    /// around it (the hint moved by up to [`NEAR_SHIFT`] of its size), on the same working grid and
+    /// with the same grouping as [`Self::detect`]. About 1/20 of a full scan on a talking head.
+    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
+        let (ow, oh) = working_grid(frame.width as usize, frame.height as usize, self.params.max_side);
+        if !frame.is_well_formed() || !hint.is_valid() || ow == 0 || oh == 0 {
+            return self.detect(frame);
+        }
+        let (sx, sy) = (f64::from(frame.width) / ow as f64, f64::from(frame.height) / oh as f64);
+        let (hx1, hy1) = (f64::from(hint.x1) / sx, f64::from(hint.y1) / sy);
+        let (hx2, hy2) = (f64::from(hint.x2) / sx, f64::from(hint.y2) / sy);
+        let size = ((hx2 - hx1) * (hy2 - hy1)).sqrt();
+        let margin = size * (NEAR_SHIFT + (NEAR_SCALE - 1.0) / 2.0);
+        let clip = |v: f64, hi: usize| v.clamp(0.0, hi as f64);
+        let region = [
+            clip((hx1 - margin).floor(), ow) as usize,
+            clip((hy1 - margin).floor(), oh) as usize,
+            clip((hx2 + margin).ceil(), ow) as usize,
+            clip((hy2 + margin).ceil(), oh) as usize,
+        ];
+        let Some((g, _, _)) = downscale_region_to_grey(frame, self.params.max_side, region) else {
+            return Vec::new();
+        };
+        let mut hits = Vec::new();
+        let origin = [region[0] as i32, region[1] as i32];
+        let min_side = (self.params.min_size_frac * ow.min(oh) as f64).max(size / NEAR_SCALE);
+        self.scan(&g, origin, min_side, size * NEAR_SCALE, true, &mut hits);
+        Self::to_boxes(group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS), sx, sy)
+    }
+
+    /// Only the pyramid levels whose window is at least `min_side` frame pixels: the big sizes have
+    /// few positions, so looking for a face larger than the one followed is cheap.
+    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
+        let Some((g, sx, sy)) = downscale_to_grey(frame, self.params.max_side) else {
+            return Vec::new();
+        };
+        let lo = f64::from(min_side) / sx.max(sy);
+        let lo = if lo.is_finite() { lo.max(self.params.min_size_frac * g.w.min(g.h) as f64) } else { 0.0 };
+        let mut hits = Vec::new();
+        self.scan(&g, [0, 0], lo, f64::INFINITY, false, &mut hits);
+        Self::to_boxes(group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS), sx, sy)
     }
 
     fn name(&self) -> &'static str {

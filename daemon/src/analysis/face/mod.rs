@@ -24,9 +24,33 @@ pub trait FaceDetector {
     /// any frame (malformed buffers included: those give no face).
     fn detect(&self, frame: &Frame) -> Vec<FaceBox>;
 
+    /// Faces in `frame` when `hint` is where the face was in the previous sampled frame. A detector
+    /// may search only around the hint (at similar sizes) to save time; the default searches
+    /// everywhere. Same coordinate rules as [`Self::detect`].
+    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
+        let _ = hint;
+        self.detect(frame)
+    }
+
+    /// Faces in `frame` whose box side is at least `min_side` frame pixels. A detector may skip the
+    /// small sizes to save time; the default searches everything and filters.
+    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
+        let mut boxes = self.detect(frame);
+        boxes.retain(|b| b.width().min(b.height()) >= min_side);
+        boxes
+    }
+
     /// A short stable name for debug output (`"haar"`, `"scrfd"`…).
     fn name(&self) -> &'static str;
 }
+
+/// While a face is followed with [`FaceDetector::detect_near`], every this many frames the whole frame
+/// is also searched for a *larger* face ([`FaceDetector::detect_larger`]), so that "largest face"
+/// switches within about a second of sampled video (80 samples over ~5 s) as it would frame by frame.
+pub const LARGER_SEARCH_EVERY: usize = 16;
+
+/// Size ratio the periodic larger-face search starts at (the near search covers sizes up to this).
+const LARGER_RATIO: f32 = 1.15;
 
 impl FaceBox {
     /// Width (0 for an inverted or non-finite box).
@@ -95,6 +119,36 @@ pub fn detect_largest(detector: &dyn FaceDetector, frame: &Frame) -> Option<Face
         })
         .collect();
     largest(&shifted)
+}
+
+/// The largest face of every frame of a sequence (`None` where there is none).
+///
+/// Frame 0 and any frame after one without a face get the full [`detect_largest`] (with its pad
+/// retry). Other frames ask [`FaceDetector::detect_near`] with the previous frame's box, and every
+/// [`LARGER_SEARCH_EVERY`]-th frame also [`FaceDetector::detect_larger`] for a bigger face anywhere;
+/// when neither finds anything the frame gets the full search, so a face that really disappears is
+/// reported missing on that very frame. The result equals per-frame [`detect_largest`] whenever the
+/// face moves less than the near search's reach between sampled frames (a talking head does).
+pub fn track_largest(detector: &dyn FaceDetector, frames: &[Frame]) -> Vec<Option<FaceBox>> {
+    let mut out = Vec::with_capacity(frames.len());
+    let mut prev: Option<FaceBox> = None;
+    for (i, frame) in frames.iter().enumerate() {
+        let followed = match prev {
+            Some(hint) if frame.is_well_formed() => {
+                let mut boxes = detector.detect_near(frame, &hint);
+                if i % LARGER_SEARCH_EVERY == 0 {
+                    let side = hint.width().min(hint.height()) * LARGER_RATIO;
+                    boxes.extend(detector.detect_larger(frame, side));
+                }
+                largest(&boxes)
+            }
+            _ => None,
+        };
+        let found = followed.or_else(|| detect_largest(detector, frame));
+        out.push(found);
+        prev = found;
+    }
+    out
 }
 
 /// A copy of `frame` with `pad` black pixels on every side; `None` if the size would overflow.

@@ -5,6 +5,7 @@
 //! they say so on stderr and return, so that a build box without them still runs the rest.
 
 use std::path::{Path, PathBuf};
+use std::cell::Cell;
 use std::time::Instant;
 
 use super::*;
@@ -58,6 +59,26 @@ pub(crate) fn haar_and_faces() -> Option<(HaarDetector, Vec<(String, Frame)>)> {
 
 fn fb(x1: f32, y1: f32, x2: f32, y2: f32) -> FaceBox {
     FaceBox { x1, y1, x2, y2, score: 1.0 }
+}
+
+/// Counts full and near searches of a wrapped detector.
+struct Counting<'a> {
+    inner: &'a dyn FaceDetector,
+    full: Cell<usize>,
+    near: Cell<usize>,
+}
+impl FaceDetector for Counting<'_> {
+    fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
+        self.full.set(self.full.get() + 1);
+        self.inner.detect(frame)
+    }
+    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
+        self.near.set(self.near.get() + 1);
+        self.inner.detect_near(frame, hint)
+    }
+    fn name(&self) -> &'static str {
+        "counting"
+    }
 }
 
 struct Fixed(Vec<FaceBox>);
@@ -169,4 +190,89 @@ fn haar_timing_512() {
     let per = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
     eprintln!("haar detect on 512×512: {per:.2} ms/frame");
     assert!(per < 200.0, "{per} ms");
+}
+
+#[test]
+fn haar_near_search_agrees_with_the_full_search() {
+    let Some((det, faces)) = haar_and_faces() else { return };
+    for (name, f) in &faces {
+        let full = largest(&det.detect(f)).unwrap();
+        // Hint = the full box moved by 10 % of its size: the near search still finds the face.
+        let d = 0.1 * full.width();
+        let hint = FaceBox { x1: full.x1 + d, y1: full.y1 - d, x2: full.x2 + d, y2: full.y2 - d, score: 0.0 };
+        let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
+        let tol = 0.12 * full.width();
+        assert!((near.x1 - full.x1).abs() < tol && (near.y2 - full.y2).abs() < tol, "{name}: {near:?} vs {full:?}");
+        // A hint in the corner, far from the face, finds nothing there.
+        let corner = FaceBox { x1: 0.0, y1: 0.0, x2: 60.0, y2: 60.0, score: 0.0 };
+        assert!(det.detect_near(f, &corner).is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn tracking_reports_a_missing_face_on_its_own_frame() {
+    let Some((det, faces)) = haar_and_faces() else { return };
+    let face = faces[0].1.clone();
+    let blank = grey_frame(face.width, face.height, 128);
+    let frames = vec![face.clone(), face.clone(), blank, face.clone(), face];
+    let boxes = track_largest(&det, &frames);
+    let found: Vec<bool> = boxes.iter().map(Option::is_some).collect();
+    assert_eq!(found, vec![true, true, false, true, true]);
+    assert!(track_largest(&det, &[]).is_empty());
+}
+
+#[test]
+fn haar_sequence_timing_512() {
+    // Reported with --nocapture (min over repetitions, robust to a busy box).
+    let Some((det, faces)) = haar_and_faces() else { return };
+    let f = &faces[0].1;
+    let full = largest(&det.detect(f)).unwrap();
+    let best = |n: usize, run: &dyn Fn()| {
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let t_full = best(10, &|| {
+        std::hint::black_box(det.detect(std::hint::black_box(f)));
+    });
+    let t_near = best(30, &|| {
+        std::hint::black_box(det.detect_near(std::hint::black_box(f), &full));
+    });
+    let t_larger = best(10, &|| {
+        std::hint::black_box(det.detect_larger(std::hint::black_box(f), full.width() * 1.15));
+    });
+    let frames: Vec<Frame> = (0..80).map(|_| f.clone()).collect();
+    let counting = Counting { inner: &det, full: Cell::new(0), near: Cell::new(0) };
+    let _ = track_largest(&counting, &frames);
+    eprintln!("full {} near {}", counting.full.get(), counting.near.get());
+
+    let t_seq = best(10, &|| {
+        assert!(track_largest(&det, &frames).iter().all(Option::is_some));
+    });
+    eprintln!(
+        "haar 512×512: full {t_full:.2} ms, near {t_near:.2} ms, larger {t_larger:.2} ms, 80-frame track {t_seq:.1} ms ({:.2} ms/frame)",
+        t_seq / 80.0
+    );
+    assert!(t_full < 200.0 && t_near < 200.0);
+}
+
+#[test]
+fn tmp_sweep() {
+    let Some((det, faces)) = haar_and_faces() else { return };
+    for ms in [128usize, 160, 256] {
+        let d = det.clone().with_params(HaarParams { max_side: ms, ..HaarParams::default() });
+        let t = Instant::now();
+        let mut found = 0;
+        let mut info = String::new();
+        for (_, f) in &faces {
+            let b = largest(&d.detect(f));
+            if let Some(b) = b { found += 1; info += &format!(" ({:.0},{:.0},{:.0},{:.0} n{})", b.x1, b.y1, b.x2, b.y2, b.score); }
+        }
+        let per = t.elapsed().as_secs_f64() * 1000.0 / faces.len() as f64;
+                eprintln!("max_side {ms}: {per:.2} ms/frame found {found}/{}{info}", faces.len());
+    }
 }
