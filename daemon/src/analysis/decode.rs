@@ -11,12 +11,13 @@
 //! directory, and the input passed as `file:<absolute path>` with `-protocol_whitelist file`, a
 //! demuxer whitelist (MP4/MOV and Matroska/WebM: no playlist or concat demuxer can make the tool read
 //! another file) and a decoder whitelist (only mainstream decoders are ever opened, also while
-//! probing). Every byte the tools print is read through a bounded sink: the probe's JSON, the RGB
-//! frames (never more than one frame buffered beyond those kept; at most the declared frame count plus
-//! a slack) and the audio (at most `max_duration_secs` of it). The header is validated before anything
-//! is decoded, so a declared 100000×100000 picture or an hours-long stream is refused without a frame
-//! being allocated. The decode is one ffmpeg run with two outputs: frames on stdout, audio into a file
-//! of the private directory capped by `RLIMIT_FSIZE` (every other run may write no file at all).
+//! probing). The header is validated before anything is decoded, so a declared 100000×100000 picture
+//! or an hours-long stream is refused without a frame being allocated. The decode is then one ffmpeg
+//! run with two outputs: RGB frames on stdout, audio into a file of the private directory. Everything
+//! the tools produce is bounded: the probe's JSON and the frames are read through bounded sinks (never
+//! more than one frame buffered beyond those kept; at most the declared frame count plus a slack),
+//! the audio file is capped by `RLIMIT_FSIZE` at `max_duration_secs` of samples (every other run may
+//! write no file at all), and only the tail of stderr is kept.
 //!
 //! Must not: panic or let a hostile file affect the daemon (memory, time and disk are bounded; every
 //! failure is a value); follow a symlink or open anything but the one regular file; charge a miner for
@@ -562,8 +563,10 @@ pub fn sample_indices(total: usize, max_frames: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Checks that the tools start under `prlimit` with these limits (a startup self-check: a failure
-/// here is the host's, and every output would otherwise be misjudged).
+/// Checks that the tools start under `prlimit` with these limits. Call it at startup with the
+/// configured limits: a missing tool, or an address-space limit too small for ffmpeg's ~200 shared
+/// libraries to load (under ~300 MiB on Debian 12; the loader then fails or crashes), fails here as
+/// the host's fault instead of later as every miner's `decoder_failed`.
 pub async fn check_tools(limits: &DecodeLimits) -> Result<(), DecodeError> {
     let scratch = ScratchDir::new()?;
     for program in [&limits.tools.ffprobe, &limits.tools.ffmpeg] {
@@ -1499,9 +1502,10 @@ async fn run_limited<S: Sink + Send>(
         (None, None) => Exit::Code(-1),
     };
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    // prlimit's own failures (it could not set a limit, or exec the tool) are the host's.
+    // prlimit's own failures (it could not set a limit, or exec the tool) are the host's. They happen
+    // before the tool runs, so prlimit's message is the first line; the tools never exit 126/127.
     if let Exit::Code(code) = exit
-        && (code == 126 || code == 127 || stderr.lines().any(|l| l.starts_with("prlimit:")))
+        && (code == 126 || code == 127 || stderr.starts_with("prlimit:"))
     {
         return Err(RunError::Infra(format!(
             "{} could not run {} ({exit}): {}",

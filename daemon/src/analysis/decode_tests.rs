@@ -581,6 +581,46 @@ async fn decoder_timeouts() {
 }
 
 #[tokio::test]
+async fn output_beyond_the_declared_content_is_cut_off() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 3.0);
+    let limits = DecodeLimits::default();
+    let info = within(probe(&path, &limits)).await.unwrap();
+    assert_eq!(info.total_frames, 75);
+
+    // A header that under-declares its frames: decoding stops once the slack is used up.
+    let few = ProbeInfo {
+        total_frames: 10,
+        ..info.clone()
+    };
+    let err = within(decode(&path, &few, &limits)).await.unwrap_err();
+    assert_eq!(
+        err.reason(),
+        Some(BadOutputReason::DecoderOutputTooLarge),
+        "{err}"
+    );
+
+    // More audio than max_duration_secs allows: RLIMIT_FSIZE stops the writer.
+    let short = DecodeLimits {
+        max_duration_secs: 1.0,
+        ..DecodeLimits::default()
+    };
+    let err = within(decode(&path, &info, &short)).await.unwrap_err();
+    assert_eq!(
+        err.reason(),
+        Some(BadOutputReason::DecoderOutputTooLarge),
+        "{err}"
+    );
+
+    // Less audio than declared.
+    let mut long_audio = info.clone();
+    long_audio.audio.duration_secs = 10.0;
+    let err = within(decode(&path, &long_audio, &limits)).await.unwrap_err();
+    assert_eq!(err.reason(), Some(BadOutputReason::Truncated), "{err}");
+    assert!(err.to_string().contains("audio"), "{err}");
+}
+
+#[tokio::test]
 async fn containers_outside_the_whitelist() {
     let dir = TempDir::new().unwrap();
     let good = small_clip(&dir, "good.mp4", 1.0);

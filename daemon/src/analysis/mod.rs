@@ -4,6 +4,8 @@
 //! container's reach, after the container is dead so analysis never competes with a timed miner) and
 //! the challenge, and gets components or a `bad_output` reason back.
 
+pub mod decode;
+
 use crate::challenges::Challenge;
 use crate::scoring::ChallengeComponents;
 use std::future::Future;

@@ -1,0 +1,77 @@
+//! Criterion benches of the sandboxed decoder (`talkheadd::analysis::decode`) on the clip:
+//! 5 s, 512×512, 25 fps H.264 with AAC audio, generated once into a temporary directory.
+//!
+//! Owns the decode figures of the analysis bench: `ffmpeg_floor` (ffmpeg alone decoding both streams
+//! to `-f null`, no sandbox, no conversion: the floor of this pipeline), `probe`, `decode` (80 RGB
+//! frames + mono 16 kHz audio, two concurrent sandboxed runs) and `probe_and_decode`. Needs Debian's
+//! ffmpeg/ffprobe and util-linux prlimit; must not touch anything outside its temporary directory.
+//!
+//! Register in `daemon/Cargo.toml` with `[[bench]] name = "decode"`, `path = "../benches/decode.rs"`,
+//! `harness = false`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
+
+fn make_clip(dir: &Path) -> PathBuf {
+    let out = dir.join("clip.mp4");
+    let status = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=512x512:rate=25:duration=5"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=5"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg must be installed");
+    assert!(status.success(), "generating the bench clip failed");
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let clip = make_clip(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = DecodeLimits::default();
+    let expectation = Expectation::new(5.0, 5.0);
+    let info = rt.block_on(probe(&clip, &limits)).unwrap();
+
+    let mut group = c.benchmark_group("decode_5s_512x512_25fps");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(15));
+    group.bench_function("ffmpeg_floor", |b| {
+        b.iter(|| {
+            let status = Command::new("ffmpeg")
+                .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
+                .arg(&clip)
+                .args(["-f", "null", "-"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        });
+    });
+    group.bench_function("probe", |b| {
+        b.iter(|| rt.block_on(probe(black_box(&clip), &limits)).unwrap());
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| rt.block_on(decode(black_box(&clip), &info, &limits)).unwrap());
+    });
+    group.bench_function("probe_and_decode", |b| {
+        b.iter(|| {
+            rt.block_on(probe_and_decode(black_box(&clip), &limits, &expectation))
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
