@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 need_pkgs=()
-for pkg in build-essential pkg-config ffmpeg docker.io docker-registry python3-venv curl ca-certificates; do
+for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

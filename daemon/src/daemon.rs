@@ -123,7 +123,9 @@ async fn evaluation_loop(
         })?;
     let env = Arc::new(RunEnv {
         engine,
-        analyzer: crate::analysis::default_analyzer(settings),
+        analyzer: crate::analysis::default_analyzer(settings)
+            .await
+            .map_err(DaemonError::Engine)?,
         settings: settings.clone(),
         clock: Arc::new(SystemClock),
         container_user: ContainerUser::resolve(&settings.container.user),

@@ -113,7 +113,12 @@ impl Daemon {
 
     /// Block until a notification containing `needle` arrives (bounded by [`WAIT`]).
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.wait_for_within(needle, WAIT)
+    }
+
+    /// Block until a notification containing `needle` arrives, for at most `limit`.
+    pub fn wait_for_within(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(found) = self.notifications.iter().find(|n| n.contains(needle)) {
                 return found.clone();

@@ -478,7 +478,7 @@ impl ProbeInfo {
 
 /// One sampled frame: `width × height` pixels, row-major, 3 bytes per pixel in **R, G, B** order
 /// (`rgb24`; not the BGR of OpenCV, and not the reference's mix of both).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Frame {
     /// Width, pixels.
     pub width: u32,

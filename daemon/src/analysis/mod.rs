@@ -4,7 +4,10 @@
 //! container's reach, after the container is dead so analysis never competes with a timed miner) and
 //! the challenge, and gets components or a `bad_output` reason back.
 
+pub mod components;
 pub mod decode;
+pub mod face;
+pub mod pipeline;
 
 use crate::challenges::Challenge;
 use crate::scoring::ChallengeComponents;
@@ -62,25 +65,25 @@ pub trait Analyzer: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The analyser the daemon uses with this configuration.
-pub fn default_analyzer(_settings: &crate::config::Settings) -> std::sync::Arc<dyn Analyzer> {
-    std::sync::Arc::new(Unavailable)
-}
-
-/// Placeholder until the media pipeline is wired in: every analysis is an infrastructure failure, so
-/// no miner is ever scored (or charged) without a real analysis.
-struct Unavailable;
-
-impl Analyzer for Unavailable {
-    fn analyse<'a>(&'a self, _input: AnalysisInput<'a>) -> AnalysisFuture<'a> {
-        Box::pin(async {
-            Err(AnalysisFailure::Infra(
-                "no analysis backend is built in yet".into(),
-            ))
-        })
-    }
-
-    fn describe(&self) -> String {
-        "unavailable".into()
-    }
+/// The analyser the daemon uses with this configuration: sandboxed decode, the builtin Haar face
+/// detector from `analysis.face_cascade`, no ASR.
+pub async fn default_analyzer(
+    settings: &crate::config::Settings,
+) -> Result<std::sync::Arc<dyn Analyzer>, String> {
+    let cascade = &settings.analysis.face_cascade;
+    let detector = face::HaarDetector::from_opencv_xml(cascade).map_err(|e| {
+        format!(
+            "analysis.face_cascade {}: {e} (install Debian's opencv-data)",
+            cascade.display()
+        )
+    })?;
+    let limits = decode::DecodeLimits::default();
+    decode::check_tools(&limits)
+        .await
+        .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;
+    Ok(std::sync::Arc::new(pipeline::MediaAnalyzer::new(
+        limits,
+        std::sync::Arc::new(detector),
+        "haar",
+    )))
 }

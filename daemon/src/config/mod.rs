@@ -12,8 +12,9 @@ mod settings;
 
 pub use raw::RawConfig;
 pub use settings::{
-    AdminSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy, EvaluationSettings,
-    GpuMode, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
+    AdminSettings, AnalysisSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy,
+    EvaluationSettings, GpuMode, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings, StoreSettings,
+    defaults,
 };
 
 use std::collections::BTreeMap;
@@ -399,7 +400,7 @@ pub fn render_effective(settings: &Settings) -> String {
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
-         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\n\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\n\n[analysis]\nface_backend = \"builtin\"\nface_cascade = {fc}\nasr_backend = \"none\"\n\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -437,6 +438,7 @@ pub fn render_effective(settings: &Settings) -> String {
             .join(", "),
         pa = s.docker.pull_attempts,
         sock = quote(&s.admin.socket.display().to_string()),
+        fc = quote(&s.analysis.face_cascade.display().to_string()),
         lvl = quote(&s.log.level),
     )
 }

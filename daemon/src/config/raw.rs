@@ -32,6 +32,20 @@ pub struct RawConfig {
     pub scoring: Option<ScoringConfig>,
     /// `[container]`: limits of every miner container.
     pub container: Option<ContainerPolicy>,
+    /// `[analysis]`: how outputs are analysed.
+    pub analysis: RawAnalysis,
+}
+
+/// `[analysis]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAnalysis {
+    /// Face backend: `builtin` (Haar cascade).
+    pub face_backend: Option<String>,
+    /// OpenCV Haar cascade XML for the builtin backend.
+    pub face_cascade: Option<String>,
+    /// Speech backend: `none`.
+    pub asr_backend: Option<String>,
 }
 
 /// `[http]`

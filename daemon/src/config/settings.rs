@@ -61,6 +61,8 @@ pub mod defaults {
     pub const ADMIN_SOCKET: &str = "/run/talkheadd/admin.sock";
     /// Log level.
     pub const LOG_LEVEL: &str = "info";
+    /// Haar cascade shipped by Debian's opencv-data.
+    pub const FACE_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
 }
 
 /// Everything the daemon is configured with.
@@ -84,6 +86,8 @@ pub struct Settings {
     pub scoring: ScoringConfig,
     /// Limits of every miner container.
     pub container: ContainerPolicy,
+    /// Output analysis.
+    pub analysis: AnalysisSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -207,6 +211,13 @@ pub struct GpuSettings {
     pub mode: GpuMode,
 }
 
+/// `[analysis]`
+#[derive(Debug, Clone)]
+pub struct AnalysisSettings {
+    /// The builtin detector's Haar cascade.
+    pub face_cascade: PathBuf,
+}
+
 /// `[admin]`
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
@@ -298,6 +309,7 @@ impl Settings {
             },
             scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
             container: v.container(raw.container.clone().unwrap_or_default()),
+            analysis: v.analysis(raw),
             log: v.log(raw),
         };
         v.cross_checks(&settings);
@@ -596,6 +608,28 @@ impl Validator<'_> {
             }
         }
         list.to_vec()
+    }
+
+    fn analysis(&mut self, raw: &RawConfig) -> AnalysisSettings {
+        let a = &raw.analysis;
+        if let Some(b) = a.face_backend.as_deref().filter(|b| *b != "builtin") {
+            self.problem(
+                "analysis.face_backend",
+                format!("'{b}' is not available in this build (only builtin)"),
+            );
+        }
+        if let Some(b) = a.asr_backend.as_deref().filter(|b| *b != "none") {
+            self.problem(
+                "analysis.asr_backend",
+                format!("'{b}' is not available in this build (only none)"),
+            );
+        }
+        AnalysisSettings {
+            face_cascade: self.absolute_path(
+                a.face_cascade.as_deref().unwrap_or(defaults::FACE_CASCADE),
+                "analysis.face_cascade",
+            ),
+        }
     }
 
     fn container(&mut self, policy: ContainerPolicy) -> ContainerPolicy {

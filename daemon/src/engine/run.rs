@@ -299,9 +299,14 @@ async fn run_container(
         let id = id.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
-            let mut wait =
-                docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
-            let _ = wait.next().await;
+            // "next-exit": the default "not-running" answers at once for a container that is created
+            // but not yet started.
+            let options = bollard::query_parameters::WaitContainerOptionsBuilder::default()
+                .condition("next-exit")
+                .build();
+            let mut wait = docker.wait_container(&id, Some(options));
+            let first = wait.next().await;
+            tracing::debug!(container = %id, ?first, "container stopped");
             let _ = exited_tx.send(true);
         })
     };

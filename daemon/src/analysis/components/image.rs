@@ -31,7 +31,9 @@ pub(crate) fn grey_of(r: u8, g: u8, b: u8) -> u8 {
 impl Frame {
     /// True when the buffer holds exactly `width · height` RGB pixels and the frame is not empty.
     pub fn is_well_formed(&self) -> bool {
-        let n = (self.width as u64).checked_mul(self.height as u64).and_then(|n| n.checked_mul(3));
+        let n = (self.width as u64)
+            .checked_mul(self.height as u64)
+            .and_then(|n| n.checked_mul(3));
         self.width > 0 && self.height > 0 && n == Some(self.rgb.len() as u64)
     }
 }
@@ -39,27 +41,29 @@ impl Frame {
 impl Grey {
     /// The grey plane of a well-formed frame; `None` for a malformed one (wrong buffer size, 0×0).
     pub(crate) fn from_frame(f: &Frame) -> Option<Self> {
+        let mut g = Self::default();
+        g.fill_from(f).then_some(g)
+    }
+
+    /// Converts `f` into this plane, reusing its buffer (no allocation once it is big enough);
+    /// false (and an empty plane) for a malformed frame.
+    pub(crate) fn fill_from(&mut self, f: &Frame) -> bool {
+        self.px.clear();
         if !f.is_well_formed() {
-            return None;
+            (self.w, self.h) = (0, 0);
+            return false;
         }
-        let px = f.rgb.chunks_exact(3).map(|p| grey_of(p[0], p[1], p[2])).collect();
-        Some(Self { w: f.width as usize, h: f.height as usize, px })
+        self.px.resize(f.rgb.len() / 3, 0);
+        for (o, p) in self.px.iter_mut().zip(f.rgb.chunks_exact(3)) {
+            *o = grey_of(p[0], p[1], p[2]);
+        }
+        (self.w, self.h) = (f.width as usize, f.height as usize);
+        true
     }
 
     /// True when there is no pixel.
     pub(crate) fn is_empty(&self) -> bool {
         self.w == 0 || self.h == 0 || self.px.len() != self.w * self.h
-    }
-
-    /// Pixel at (x, y) with the coordinates clamped into the plane (0 for an empty plane).
-    #[inline]
-    pub(crate) fn at_clamped(&self, x: isize, y: isize) -> u8 {
-        if self.is_empty() {
-            return 0;
-        }
-        let x = x.clamp(0, self.w as isize - 1) as usize;
-        let y = y.clamp(0, self.h as isize - 1) as usize;
-        self.px[y * self.w + x]
     }
 }
 
@@ -82,9 +86,22 @@ pub(crate) fn plane_stats(g: &Grey) -> Option<PlaneStats> {
     if g.is_empty() {
         return None;
     }
+    // Four interleaved histograms: runs of equal pixels (flat regions) would otherwise serialise on
+    // one counter.
+    let mut sub = [[0u32; 256]; 4];
+    let quads = g.px.chunks_exact(4);
+    for &p in quads.remainder() {
+        sub[0][usize::from(p)] += 1;
+    }
+    for q in quads {
+        sub[0][usize::from(q[0])] += 1;
+        sub[1][usize::from(q[1])] += 1;
+        sub[2][usize::from(q[2])] += 1;
+        sub[3][usize::from(q[3])] += 1;
+    }
     let mut counts = [0u32; 256];
-    for &p in &g.px {
-        counts[usize::from(p)] += 1;
+    for (i, c) in counts.iter_mut().enumerate() {
+        *c = sub[0][i] + sub[1][i] + sub[2][i] + sub[3][i];
     }
     let n = g.px.len() as f64;
     let (mut s, mut s2) = (0.0f64, 0.0f64);
@@ -100,7 +117,13 @@ pub(crate) fn plane_stats(g: &Grey) -> Option<PlaneStats> {
     // px/255 < 0.01 ⇔ px < 2.55 ⇔ px ≤ 2; px/255 > 0.99 ⇔ px > 252.45 ⇔ px ≥ 253.
     let dark = counts[..3].iter().map(|&c| f64::from(c)).sum::<f64>();
     let bright = counts[253..].iter().map(|&c| f64::from(c)).sum::<f64>();
-    Some(PlaneStats { mean, std: var.sqrt(), dark_frac: dark / n, bright_frac: bright / n, hist })
+    Some(PlaneStats {
+        mean,
+        std: var.sqrt(),
+        dark_frac: dark / n,
+        bright_frac: bright / n,
+        hist,
+    })
 }
 
 /// OpenCV `BORDER_REFLECT_101` index (`gfedcb|abcdefgh|gfedcba`); 0 for a length-1 axis.
@@ -149,13 +172,32 @@ pub(crate) fn laplacian_variance(g: &Grey) -> Option<f64> {
             s += v;
             s2 += v * v;
         }
-        let (up, row, down) = (&px[(y - 1) * w..y * w], &px[y * w..(y + 1) * w], &px[(y + 1) * w..(y + 2) * w]);
+        let (up, row, down) = (
+            &px[(y - 1) * w..y * w],
+            &px[y * w..(y + 1) * w],
+            &px[(y + 1) * w..(y + 2) * w],
+        );
         let (mut rs, mut rs2) = (0i64, 0i64);
-        for x in 1..w - 1 {
-            let v = i32::from(row[x - 1]) + i32::from(row[x + 1]) + i32::from(up[x]) + i32::from(down[x])
-                - 4 * i32::from(row[x]);
-            rs += i64::from(v);
-            rs2 += i64::from(v * v);
+        // i32 lanes over chunks short enough that Σv² cannot overflow (|v| ≤ 1020), then widen: this
+        // is the loop that runs over every pixel of every frame, and it vectorises this way.
+        let (left, mid, right) = (&row[..w - 2], &row[1..w - 1], &row[2..]);
+        let (up, down) = (&up[1..w - 1], &down[1..w - 1]);
+        for start in (0..w - 2).step_by(1024) {
+            let end = (start + 1024).min(w - 2);
+            let (mut cs, mut cs2) = (0i32, 0i32);
+            for ((((&l, &m), &r), &u), &d) in left[start..end]
+                .iter()
+                .zip(&mid[start..end])
+                .zip(&right[start..end])
+                .zip(&up[start..end])
+                .zip(&down[start..end])
+            {
+                let v = i32::from(l) + i32::from(r) + i32::from(u) + i32::from(d) - 4 * i32::from(m);
+                cs += v;
+                cs2 += v * v;
+            }
+            rs += i64::from(cs);
+            rs2 += i64::from(cs2);
         }
         s += rs;
         s2 += rs2;
@@ -274,7 +316,11 @@ pub(crate) fn downscale_to_grey(f: &Frame, max_side: usize) -> Option<(Grey, f64
 
 /// The part `[x0, x1) × [y0, y1)` (in working-grid pixels, clipped to the grid) of
 /// [`downscale_to_grey`]'s plane, computed without touching the rest of the frame. Same factors.
-pub(crate) fn downscale_region_to_grey(f: &Frame, max_side: usize, r: [usize; 4]) -> Option<(Grey, f64, f64)> {
+pub(crate) fn downscale_region_to_grey(
+    f: &Frame,
+    max_side: usize,
+    r: [usize; 4],
+) -> Option<(Grey, f64, f64)> {
     if !f.is_well_formed() || max_side == 0 {
         return None;
     }
@@ -290,27 +336,49 @@ pub(crate) fn downscale_region_to_grey(f: &Frame, max_side: usize, r: [usize; 4]
         let a = i * n_in / n_out;
         (a, ((i + 1) * n_in / n_out).max(a + 1).min(n_in))
     };
-    let xs: Vec<(usize, usize)> = (x0..x1).map(|i| span(i, ow, w)).collect();
+    let (sx0, sx1) = (span(x0, ow, w).0, span(x1 - 1, ow, w).1);
+    // Output column of every source column of the region (spans are contiguous and disjoint).
+    let mut col = Vec::with_capacity(sx1 - sx0);
+    let mut cells = Vec::with_capacity(x1 - x0);
+    for (c, i) in (x0..x1).enumerate() {
+        let (a, b) = span(i, ow, w);
+        col.extend(std::iter::repeat_n(c, b - a));
+        cells.push((b - a) as u64);
+    }
     let mut px = Vec::with_capacity((x1 - x0) * (y1 - y0));
-    let mut acc = vec![0u32; x1 - x0];
+    let mut acc = vec![[0u32; 3]; x1 - x0];
     for oy in y0..y1 {
         let (ya, yb) = span(oy, oh, h);
-        acc.iter_mut().for_each(|a| *a = 0);
+        acc.iter_mut().for_each(|a| *a = [0; 3]);
         for y in ya..yb {
-            let row = &f.rgb[y * w * 3..(y + 1) * w * 3];
-            for (a, &(xa, xb)) in acc.iter_mut().zip(&xs) {
-                for p in row[xa * 3..xb * 3].chunks_exact(3) {
-                    *a += u32::from(grey_of(p[0], p[1], p[2]));
+            let row = &f.rgb[(y * w + sx0) * 3..(y * w + sx1) * 3];
+            // Grey is linear in R, G, B: sum the channels per cell and weigh once per cell.
+            for (&c, p) in col.iter().zip(row.chunks_exact(3)) {
+                if let Some(a) = acc.get_mut(c) {
+                    a[0] += u32::from(p[0]);
+                    a[1] += u32::from(p[1]);
+                    a[2] += u32::from(p[2]);
                 }
             }
         }
-        let rows = (yb - ya) as u32;
-        for (a, &(xa, xb)) in acc.iter().zip(&xs) {
-            let n = rows * (xb - xa) as u32;
-            px.push(((a + n / 2) / n) as u8);
+        let rows = (yb - ya) as u64;
+        for (a, &n) in acc.iter().zip(&cells) {
+            let d = rows * n * 16_384;
+            let v = u64::from(a[0]) * u64::from(R_W)
+                + u64::from(a[1]) * u64::from(G_W)
+                + u64::from(a[2]) * u64::from(B_W);
+            px.push(((v + d / 2) / d).min(255) as u8);
         }
     }
-    Some((Grey { w: x1 - x0, h: y1 - y0, px }, w as f64 / ow as f64, h as f64 / oh as f64))
+    Some((
+        Grey {
+            w: x1 - x0,
+            h: y1 - y0,
+            px,
+        },
+        w as f64 / ow as f64,
+        h as f64 / oh as f64,
+    ))
 }
 
 #[cfg(test)]
@@ -372,14 +440,22 @@ mod tests {
         assert_eq!(s.std, 127.5);
         assert_eq!((s.dark_frac, s.bright_frac), (0.5, 0.5));
         assert_eq!(s.hist[0] + s.hist[63], 4);
-        let f = Frame { width: 8, height: 4, rgb: vec![200; 8 * 4 * 3] };
+        let f = Frame {
+            width: 8,
+            height: 4,
+            rgb: vec![200; 8 * 4 * 3],
+        };
         let (g, sx, sy) = downscale_to_grey(&f, 4).unwrap();
         assert_eq!((g.w, g.h, sx, sy), (4, 2, 2.0, 2.0));
         assert!(g.px.iter().all(|&p| p == 200));
         let (part, _, _) = downscale_region_to_grey(&f, 4, [1, 1, 3, 9]).unwrap();
         assert_eq!((part.w, part.h), (2, 1));
         assert!(downscale_region_to_grey(&f, 4, [3, 0, 3, 2]).is_none());
-        let bad = Frame { width: 8, height: 4, rgb: vec![0; 5] };
+        let bad = Frame {
+            width: 8,
+            height: 4,
+            rgb: vec![0; 5],
+        };
         assert!(downscale_to_grey(&bad, 4).is_none() && Grey::from_frame(&bad).is_none());
     }
 }

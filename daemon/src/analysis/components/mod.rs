@@ -1,16 +1,516 @@
-//! tmp
+//! The native analysis components: pure functions from decoded media to the per-challenge
+//! [`ChallengeComponents`] the scoring core consumes (protocol.md 5.1–5.2, with the bug fixes of
+//! 10.3 listed in `docs/scoring.md`, "Analysis components: deviations from the reference").
+//!
+//! Owns: the input types ([`Frame`], [`Media`], [`FaceBox`]), the one-pass per-frame facts every
+//! component shares, and [`analyse`] / [`analyse_with`], which run the face detector over the sampled
+//! frames and compute identity, lipsync, video, audio, temporal, the seven penalties and the
+//! transcript gate (WER when an ASR hypothesis is given, else the audio-match check).
+//!
+//! Must not: decode files, spawn processes, read a clock, log, or use randomness — the same media give
+//! the same [`Analysis`] — and must not panic on any input (empty, malformed, NaN). A measurement that
+//! cannot be made is never silently replaced by a value that zeroes a miner or passes a gate: it is
+//! reported in [`AnalysisDebug::issues`], each issue tagged with who is responsible
+//! ([`IssueOrigin`]), so the caller can refuse to charge a miner for a validator-side problem.
+
+pub mod audio;
+pub mod audio_match;
+pub mod identity;
 pub(crate) mod image;
-/// Frame.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Frame { /// w
-pub width: u32, /// h
-pub height: u32, /// rgb
-pub rgb: Vec<u8> }
-/// Box.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
-pub struct FaceBox { /// a
-pub x1: f32, /// a
-pub y1: f32, /// a
-pub x2: f32, /// a
-pub y2: f32, /// a
-pub score: f32 }
+pub mod lipsync;
+pub mod penalties;
+mod stats;
+pub mod temporal;
+pub mod video;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+pub use audio::{AudioDetail, WerUnavailable, wer};
+pub use audio_match::{AUDIO_MATCH_THRESHOLD, AudioMatch, audio_match};
+pub use identity::{HistogramIdentity, IdentityBackend, IdentityDetail, IdentityError, IdentityInput};
+pub use lipsync::{LipsyncDetail, LipsyncStatus};
+pub use penalties::PenaltyDetail;
+pub use temporal::TemporalDetail;
+pub use video::VideoDetail;
+
+use crate::analysis::face::{FaceDetector, track_largest};
+use crate::scoring::{ChallengeComponents, IdentityMode};
+use image::{Grey, PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
+
+/// One decoded RGB24 frame: the decoder's type, so decoded frames reach the components without a copy.
+pub use crate::analysis::decode::Frame;
+
+/// Everything one challenge's analysis reads, already decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Media<'a> {
+    /// The sampled frames of the output (up to 80, evenly spaced, protocol.md 5.1).
+    pub frames: &'a [Frame],
+    /// The output's frame rate (validated; the components work on the sampled frames).
+    pub fps: f64,
+    /// The output's audio track, mono 16 kHz.
+    pub video_audio: &'a [f32],
+    /// The challenge audio, mono 16 kHz.
+    pub source_audio: &'a [f32],
+    /// The decoded challenge face, RGB.
+    pub reference_face: &'a Frame,
+}
+
+/// A face box in the frame's own pixel coordinates (never padded ones).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct FaceBox {
+    /// Left edge.
+    pub x1: f32,
+    /// Top edge.
+    pub y1: f32,
+    /// Right edge (exclusive).
+    pub x2: f32,
+    /// Bottom edge (exclusive).
+    pub y2: f32,
+    /// Detector-specific confidence, higher is better (Haar: the group's neighbour count); only
+    /// comparable within one detector.
+    pub score: f32,
+}
+
+/// Knobs of the analysis that are not reference constants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnalysisOptions {
+    /// Audio-match similarity needed to pass the transcript gate when WER is unavailable (clamped to
+    /// `[0, 1]`; a non-finite value means [`AUDIO_MATCH_THRESHOLD`]).
+    pub audio_match_threshold: f64,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        Self {
+            audio_match_threshold: AUDIO_MATCH_THRESHOLD,
+        }
+    }
+}
+
+/// Who an [`AnalysisIssue`] is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueOrigin {
+    /// A property of the miner's output; the scores already account for it.
+    Miner,
+    /// A problem on the validator's side (bad decode, unusable challenge, backend failure): the caller
+    /// should treat the challenge as an infrastructure failure, not score the miner on it.
+    Validator,
+    /// Expected, informational (e.g. no ASR configured).
+    Info,
+}
+
+/// Something the analysis could not measure or had to work around, reported instead of hidden.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "issue", rename_all = "snake_case")]
+pub enum AnalysisIssue {
+    /// No frames were given.
+    NoFrames,
+    /// Frames whose buffer does not match their size (treated as undecodable).
+    MalformedFrames {
+        /// How many.
+        count: usize,
+    },
+    /// The frame rate is not a positive finite number.
+    InvalidFps {
+        /// The value given.
+        fps: f64,
+    },
+    /// NaN/±inf samples in the output audio, replaced by 0.
+    NonFiniteVideoAudio {
+        /// How many.
+        samples: usize,
+    },
+    /// NaN/±inf samples in the challenge audio, replaced by 0.
+    NonFiniteSourceAudio {
+        /// How many.
+        samples: usize,
+    },
+    /// The output has no audio samples at all.
+    NoVideoAudio,
+    /// The challenge audio has no active speech, so the audio-match check cannot judge the output.
+    SourceAudioSilent,
+    /// `sync_c`/`sync_d` were not measurable; they are reported as 0/1.
+    LipsyncNotMeasured {
+        /// Why.
+        status: LipsyncStatus,
+    },
+    /// The identity backend produced no similarities; identity is 0 and the mode `unavailable`.
+    IdentityUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// WER could not be computed; the audio-match check is the transcript gate instead.
+    WerUnavailable {
+        /// Why.
+        reason: WerUnavailable,
+    },
+    /// With WER unavailable, the output's audio does not match the challenge audio: the challenge
+    /// scores 0 (via `components.wer = 1`).
+    AudioMatchFailed {
+        /// Measured similarity.
+        similarity: f64,
+        /// Threshold it missed.
+        threshold: f64,
+    },
+}
+
+impl AnalysisIssue {
+    /// Who the issue is charged to.
+    pub fn origin(&self) -> IssueOrigin {
+        match self {
+            Self::NoFrames
+            | Self::MalformedFrames { .. }
+            | Self::InvalidFps { .. }
+            | Self::NonFiniteSourceAudio { .. }
+            | Self::SourceAudioSilent
+            | Self::IdentityUnavailable { .. } => IssueOrigin::Validator,
+            Self::NonFiniteVideoAudio { .. }
+            | Self::NoVideoAudio
+            | Self::LipsyncNotMeasured { .. }
+            | Self::AudioMatchFailed { .. } => IssueOrigin::Miner,
+            Self::WerUnavailable { .. } => IssueOrigin::Info,
+        }
+    }
+}
+
+/// Which check stood in for the reference's `wer > 0.6` hard fail.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TranscriptGate {
+    /// WER against the transcript; `components.wer` is this WER (the scoring core applies 0.6).
+    Wer {
+        /// The WER.
+        wer: f64,
+    },
+    /// No WER: the audio-match check decided; `components.wer` is 0 when it passed and 1 when it
+    /// failed, so that the scoring core's hard fail zeroes a mismatch.
+    AudioMatch {
+        /// Similarity measured.
+        similarity: f64,
+        /// Threshold applied.
+        threshold: f64,
+        /// `similarity >= threshold`.
+        passed: bool,
+    },
+    /// Neither could be made (the challenge audio is silent): a validator-side issue is raised and
+    /// `components.wer` is 0 so that the miner is not zeroed for it.
+    Unavailable,
+}
+
+/// Everything behind the components, for `debug` output and for operators.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnalysisDebug {
+    /// Face detector used.
+    pub detector: &'static str,
+    /// Identity backend used.
+    pub identity_backend: &'static str,
+    /// Identity mode reported to the scoring core.
+    pub identity_mode: IdentityMode,
+    /// Frames analysed.
+    pub frames: usize,
+    /// Frames with a face.
+    pub frames_with_face: usize,
+    /// `frames_with_face / frames` (from the detector in every identity mode).
+    pub face_detect_ratio: f64,
+    /// `sync_c` as given to the scoring core.
+    pub sync_c: f64,
+    /// `sync_d` as given to the scoring core.
+    pub sync_d: f64,
+    /// The WER, or `None` when unavailable (never a made-up value).
+    pub wer: Option<f64>,
+    /// `wer.is_some()`.
+    pub wer_available: bool,
+    /// Audio-match similarity (computed in every case; gates only without WER).
+    pub audio_match: Option<f64>,
+    /// Audio-match details.
+    pub audio_match_detail: Option<AudioMatch>,
+    /// Which check is the transcript gate.
+    pub transcript_gate: TranscriptGate,
+    /// Identity details.
+    pub identity: IdentityDetail,
+    /// Lipsync details.
+    pub lipsync: LipsyncDetail,
+    /// Audio details.
+    pub audio: AudioDetail,
+    /// Video details.
+    pub video: VideoDetail,
+    /// Temporal details.
+    pub temporal: TemporalDetail,
+    /// Every penalty.
+    pub penalties: PenaltyDetail,
+    /// What could not be measured, and whose problem it is.
+    pub issues: Vec<AnalysisIssue>,
+}
+
+/// The result of one challenge's analysis.
+///
+/// `components.wer` is the transcript-gate input of the scoring core: the WER when available, else
+/// 0/1 from the audio-match check (see [`TranscriptGate`]); report `debug.wer` (an `Option`) as the
+/// WER, never `components.wer`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    /// What the scoring core consumes.
+    pub components: ChallengeComponents,
+    /// How they were obtained.
+    pub debug: AnalysisDebug,
+}
+
+impl Analysis {
+    /// True when some issue is on the validator's side (the caller should not charge the miner).
+    pub fn has_validator_issue(&self) -> bool {
+        self.debug
+            .issues
+            .iter()
+            .any(|i| i.origin() == IssueOrigin::Validator)
+    }
+}
+
+/// Per-frame facts computed once and shared by the components.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FrameFacts {
+    /// `(width, height)` per well-formed frame.
+    pub sizes: Vec<Option<(usize, usize)>>,
+    /// One-pass statistics per frame.
+    pub stats: Vec<Option<PlaneStats>>,
+    /// Laplacian variance per frame.
+    pub laplacian_var: Vec<Option<f64>>,
+    /// Mean |Δgrey| of each consecutive pair `(i, i + 1)` (`n − 1` values).
+    pub frame_diffs: Vec<Option<f64>>,
+    /// Mouth signal and ROI variance per frame (from `boxes`).
+    pub mouth: lipsync::MouthTrack,
+    /// Malformed frames.
+    pub malformed: usize,
+}
+
+impl FrameFacts {
+    /// One sweep over the frames. Only the current and the previous grey plane are alive at a time, so
+    /// every per-frame pass after the RGB → grey conversion runs on a plane still in cache.
+    pub(crate) fn compute(frames: &[Frame], boxes: &[Option<FaceBox>]) -> Self {
+        let mut facts = Self::default();
+        let mut mouth = lipsync::MouthTracker::default();
+        // Two planes, swapped every frame: no per-frame allocation.
+        let (mut cur, mut prev) = (Grey::default(), Grey::default());
+        let mut prev_ok = false;
+        for (i, f) in frames.iter().enumerate() {
+            let ok = cur.fill_from(f);
+            let g = ok.then_some(&cur);
+            facts.malformed += usize::from(!ok);
+            facts.sizes.push(g.map(|g| (g.w, g.h)));
+            facts.stats.push(g.and_then(plane_stats));
+            facts.laplacian_var.push(g.and_then(laplacian_variance));
+            if i > 0 {
+                facts.frame_diffs.push(match (prev_ok, g) {
+                    (true, Some(b)) => mean_abs_diff(b, &prev),
+                    _ => None,
+                });
+            }
+            mouth.push(prev_ok.then_some(&prev), g, boxes.get(i).and_then(Option::as_ref));
+            std::mem::swap(&mut cur, &mut prev);
+            prev_ok = ok;
+        }
+        facts.mouth = mouth.finish();
+        facts
+    }
+}
+
+/// The samples with NaN/±inf replaced by 0, and how many were replaced (borrowed when clean).
+fn finite_audio(x: &[f32]) -> (Cow<'_, [f32]>, usize) {
+    let bad = x.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        (Cow::Borrowed(x), 0)
+    } else {
+        (
+            Cow::Owned(x.iter().map(|&v| if v.is_finite() { v } else { 0.0 }).collect()),
+            bad,
+        )
+    }
+}
+
+/// [`analyse_with`] with the builtin identity backend ([`HistogramIdentity`]) and default options.
+pub fn analyse(
+    media: &Media<'_>,
+    detector: &dyn FaceDetector,
+    transcript: Option<&str>,
+    hypothesis: Option<&str>,
+) -> Analysis {
+    analyse_with(
+        media,
+        detector,
+        &HistogramIdentity,
+        transcript,
+        hypothesis,
+        &AnalysisOptions::default(),
+    )
+}
+
+/// Analyses one challenge's output.
+///
+/// `transcript` is the challenge's reference text (`text.txt`), `hypothesis` the ASR transcript of the
+/// output's audio, `None` when no ASR backend is configured. Never panics; see [`Analysis`].
+pub fn analyse_with(
+    media: &Media<'_>,
+    detector: &dyn FaceDetector,
+    identity_backend: &dyn IdentityBackend,
+    transcript: Option<&str>,
+    hypothesis: Option<&str>,
+    options: &AnalysisOptions,
+) -> Analysis {
+    let mut issues = Vec::new();
+    let frames = media.frames;
+    let n = frames.len();
+    if n == 0 {
+        issues.push(AnalysisIssue::NoFrames);
+    }
+    if !(media.fps.is_finite() && media.fps > 0.0) {
+        issues.push(AnalysisIssue::InvalidFps { fps: media.fps });
+    }
+    let (video_audio, bad_v) = finite_audio(media.video_audio);
+    let (source_audio, bad_s) = finite_audio(media.source_audio);
+    if bad_v > 0 {
+        issues.push(AnalysisIssue::NonFiniteVideoAudio { samples: bad_v });
+    }
+    if bad_s > 0 {
+        issues.push(AnalysisIssue::NonFiniteSourceAudio { samples: bad_s });
+    }
+    if video_audio.is_empty() {
+        issues.push(AnalysisIssue::NoVideoAudio);
+    }
+
+    // Faces: the largest per frame, in frame coordinates, from the detector in every identity mode.
+    let boxes = track_largest(detector, frames);
+    let facts = FrameFacts::compute(frames, &boxes);
+    if facts.malformed > 0 {
+        issues.push(AnalysisIssue::MalformedFrames {
+            count: facts.malformed,
+        });
+    }
+    let frames_with_face = boxes.iter().filter(|b| b.is_some()).count();
+    let face_detect_ratio = if n == 0 {
+        0.0
+    } else {
+        frames_with_face as f64 / n as f64
+    };
+
+    // Identity.
+    let hists: Vec<Option<[u32; 64]>> = facts.stats.iter().map(|s| s.map(|s| s.hist)).collect();
+    let input = IdentityInput {
+        reference: media.reference_face,
+        frames,
+        faces: &boxes,
+        frame_histograms: &hists,
+    };
+    let (identity, sims) = identity::summarise(identity_backend, identity_backend.similarities(&input), n);
+    if let Some(e) = &identity.error {
+        issues.push(AnalysisIssue::IdentityUnavailable { reason: e.clone() });
+    }
+
+    // Lipsync (and the per-time local correlation the desync penalty reads).
+    let mouth = &facts.mouth;
+    let env = lipsync::audio_envelope(&video_audio, n);
+    let lip = lipsync::lipsync(mouth, &env);
+    if lip.status != LipsyncStatus::Measured {
+        issues.push(AnalysisIssue::LipsyncNotMeasured { status: lip.status });
+    }
+    let local = if lip.status == LipsyncStatus::Measured {
+        lipsync::local_correlation(&lipsync::signal_or_zero(mouth), &env, lip.best_lag)
+    } else {
+        Vec::new()
+    };
+
+    let vid = video::video(&facts, &boxes);
+    let aud = audio::audio(&source_audio, &video_audio, transcript, hypothesis);
+    let tmp = temporal::temporal(&sims, &boxes, &mouth.signal);
+
+    let means: Vec<f64> = facts.stats.iter().flatten().map(|s| s.mean).collect();
+    let pen = penalties::combine(
+        penalties::freeze(&facts.frame_diffs),
+        penalties::loop_penalty(&means),
+        penalties::face_missing(face_detect_ratio),
+        penalties::offscreen(&boxes, &facts.sizes),
+        penalties::mouth_occlusion(&boxes, &mouth.variance, &env),
+        penalties::silent_mismatch(&source_audio, &video_audio),
+        penalties::desync_spikes(&local),
+    );
+
+    // The transcript gate: WER when available, else the audio-match check.
+    let matched = audio_match(&video_audio, &source_audio);
+    let (gate, wer_for_core) = match (aud.wer, matched) {
+        (Some(w), _) => (TranscriptGate::Wer { wer: w }, w),
+        (None, Some(m)) => {
+            // A nonsensical option falls back to the documented default rather than failing everyone.
+            let threshold = match options.audio_match_threshold {
+                t if t.is_finite() => t.clamp(0.0, 1.0),
+                _ => AUDIO_MATCH_THRESHOLD,
+            };
+            let passed = m.similarity >= threshold;
+            if !passed {
+                issues.push(AnalysisIssue::AudioMatchFailed {
+                    similarity: m.similarity,
+                    threshold,
+                });
+            }
+            (
+                TranscriptGate::AudioMatch {
+                    similarity: m.similarity,
+                    threshold,
+                    passed,
+                },
+                if passed { 0.0 } else { 1.0 },
+            )
+        }
+        (None, None) => {
+            issues.push(AnalysisIssue::SourceAudioSilent);
+            (TranscriptGate::Unavailable, 0.0)
+        }
+    };
+    if let Some(reason) = aud.wer_unavailable {
+        issues.push(AnalysisIssue::WerUnavailable { reason });
+    }
+
+    let components = ChallengeComponents {
+        identity: identity.identity,
+        lipsync: lip.lipsync,
+        audio: aud.audio,
+        video: vid.video,
+        temporal: tmp.temporal,
+        penalty: pen.penalty,
+        wer: wer_for_core,
+        sync_c: lip.sync_c,
+        sync_d: lip.sync_d,
+        face_detect_ratio,
+        identity_mode: identity.mode,
+    };
+    Analysis {
+        components,
+        debug: AnalysisDebug {
+            detector: detector.name(),
+            identity_backend: identity_backend.name(),
+            identity_mode: identity.mode,
+            frames: n,
+            frames_with_face,
+            face_detect_ratio,
+            sync_c: lip.sync_c,
+            sync_d: lip.sync_d,
+            wer: aud.wer,
+            wer_available: aud.wer.is_some(),
+            audio_match: matched.map(|m| m.similarity),
+            audio_match_detail: matched,
+            transcript_gate: gate,
+            identity,
+            lipsync: lip,
+            audio: aud,
+            video: vid,
+            temporal: tmp,
+            penalties: pen,
+            issues,
+        },
+    }
+}

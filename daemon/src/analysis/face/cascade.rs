@@ -93,8 +93,14 @@ pub(crate) struct Cascade {
 /// OpenCV subtracts this from every stage threshold (`THRESHOLD_EPS` in cascadedetect.cpp).
 const THRESHOLD_EPS: f32 = 1e-5;
 
-/// Largest window side accepted; OpenCV's own cascades are 20–40 px.
-const MAX_WINDOW: u32 = 256;
+/// Largest window side accepted (OpenCV's own cascades are 14–60 px); it bounds the integral-image
+/// view the evaluator uses.
+const MAX_WINDOW: u32 = 64;
+
+/// A weak classifier as read: its `internalNodes` numbers and its `leafValues`.
+type RawTree = (Vec<f64>, Vec<f64>);
+/// A stage as read: its threshold (once seen) and its trees.
+type RawStage = (Option<f32>, Vec<RawTree>);
 
 /// Accumulates the parse of one file; validated into a [`Cascade`] by [`Builder::finish`].
 #[derive(Default)]
@@ -103,8 +109,7 @@ struct Builder {
     feature_type: Option<String>,
     width: Option<u32>,
     height: Option<u32>,
-    /// (threshold, raw trees: (internalNodes numbers, leafValues numbers)).
-    stages: Vec<(Option<f32>, Vec<(Vec<f64>, Vec<f64>)>)>,
+    stages: Vec<RawStage>,
     features: Vec<(Vec<Vec<f64>>, bool)>,
 }
 
@@ -164,7 +169,10 @@ impl Cascade {
 
 /// Path of the innermost elements, ignoring the `opencv_storage` root and the cascade's own name.
 fn rel(stack: &[String]) -> Vec<&str> {
-    let start = stack.iter().position(|s| s == "cascade").map_or(stack.len(), |i| i + 1);
+    let start = stack
+        .iter()
+        .position(|s| s == "cascade")
+        .map_or(stack.len(), |i| i + 1);
     stack[start..].iter().map(String::as_str).collect()
 }
 
@@ -251,7 +259,9 @@ fn finite32(v: f64, what: &str) -> Result<f32, CascadeError> {
 /// An integer-valued f64 in `[lo, hi]`.
 fn int_in(v: f64, lo: i64, hi: i64, what: &str) -> Result<i64, CascadeError> {
     if v.fract() != 0.0 || !v.is_finite() || v < lo as f64 || v > hi as f64 {
-        return Err(CascadeError::Invalid(format!("{what} = {v} is not an integer in [{lo}, {hi}]")));
+        return Err(CascadeError::Invalid(format!(
+            "{what} = {v} is not an integer in [{lo}, {hi}]"
+        )));
     }
     Ok(v as i64)
 }
@@ -259,7 +269,10 @@ fn int_in(v: f64, lo: i64, hi: i64, what: &str) -> Result<i64, CascadeError> {
 impl Builder {
     fn finish(self) -> Result<Cascade, CascadeError> {
         if self.stage_type.as_deref() != Some("BOOST") {
-            return Err(CascadeError::Invalid(format!("stageType {:?}, expected BOOST", self.stage_type)));
+            return Err(CascadeError::Invalid(format!(
+                "stageType {:?}, expected BOOST",
+                self.stage_type
+            )));
         }
         if self.feature_type.as_deref() != Some("HAAR") {
             return Err(CascadeError::Invalid(format!(
@@ -269,7 +282,11 @@ impl Builder {
         }
         let (win_w, win_h) = match (self.width, self.height) {
             (Some(w), Some(h)) if (4..=MAX_WINDOW).contains(&w) && (4..=MAX_WINDOW).contains(&h) => (w, h),
-            other => return Err(CascadeError::Invalid(format!("window size {other:?} out of range"))),
+            other => {
+                return Err(CascadeError::Invalid(format!(
+                    "window size {other:?} out of range"
+                )));
+            }
         };
         if self.stages.is_empty() {
             return Err(CascadeError::Invalid("no stages".into()));
@@ -283,21 +300,34 @@ impl Builder {
                 )));
             }
             if rects.is_empty() || rects.len() > 3 {
-                return Err(CascadeError::Invalid(format!("feature {i} has {} rects", rects.len())));
+                return Err(CascadeError::Invalid(format!(
+                    "feature {i} has {} rects",
+                    rects.len()
+                )));
             }
             let mut out = Vec::with_capacity(rects.len());
             for r in rects {
                 let [x, y, w, h, wt] = r.as_slice() else {
-                    return Err(CascadeError::Invalid(format!("feature {i}: a rect needs 5 numbers")));
+                    return Err(CascadeError::Invalid(format!(
+                        "feature {i}: a rect needs 5 numbers"
+                    )));
                 };
                 let x = int_in(*x, 0, i64::from(win_w), "rect x")? as u32;
                 let y = int_in(*y, 0, i64::from(win_h), "rect y")? as u32;
                 let w = int_in(*w, 0, i64::from(win_w), "rect w")? as u32;
                 let h = int_in(*h, 0, i64::from(win_h), "rect h")? as u32;
                 if x + w > win_w || y + h > win_h {
-                    return Err(CascadeError::Invalid(format!("feature {i}: rect outside the window")));
+                    return Err(CascadeError::Invalid(format!(
+                        "feature {i}: rect outside the window"
+                    )));
                 }
-                out.push(HaarRect { x, y, w, h, weight: finite32(*wt, "rect weight")? });
+                out.push(HaarRect {
+                    x,
+                    y,
+                    w,
+                    h,
+                    weight: finite32(*wt, "rect weight")?,
+                });
             }
             features.push(HaarFeature { rects: out });
         }
@@ -311,13 +341,16 @@ impl Builder {
             let threshold = threshold
                 .ok_or_else(|| CascadeError::Invalid(format!("stage {si} has no stageThreshold")))?;
             if !threshold.is_finite() || raw_trees.is_empty() {
-                return Err(CascadeError::Invalid(format!("stage {si} is empty or has a bad threshold")));
+                return Err(CascadeError::Invalid(format!(
+                    "stage {si} is empty or has a bad threshold"
+                )));
             }
             let tree_start = trees.len();
             for (ti, (inner, leaf)) in raw_trees.into_iter().enumerate() {
                 if inner.is_empty() || inner.len() % 4 != 0 {
                     return Err(CascadeError::Invalid(format!(
-                        "stage {si} tree {ti}: internalNodes must be groups of 4 (categorical splits are not supported)"
+                        "stage {si} tree {ti}: internalNodes must be groups of 4 \
+                         (categorical splits are not supported)"
                     )));
                 }
                 let n_nodes = inner.len() / 4;
@@ -343,7 +376,12 @@ impl Builder {
                 for v in leaf {
                     leaves.push(finite32(v, "leaf value")?);
                 }
-                trees.push(Tree { node_start, node_count: n_nodes, leaf_start, leaf_count: n_nodes + 1 });
+                trees.push(Tree {
+                    node_start,
+                    node_count: n_nodes,
+                    leaf_start,
+                    leaf_count: n_nodes + 1,
+                });
             }
             stages.push(Stage {
                 threshold: threshold - THRESHOLD_EPS,
@@ -351,7 +389,15 @@ impl Builder {
                 tree_count: trees.len() - tree_start,
             });
         }
-        Ok(Cascade { win_w, win_h, stages, trees, nodes, leaves, features })
+        Ok(Cascade {
+            win_w,
+            win_h,
+            stages,
+            trees,
+            nodes,
+            leaves,
+            features,
+        })
     }
 }
 
@@ -377,15 +423,35 @@ mod tests {
         assert_eq!((c.win_w, c.win_h), (24, 24));
         assert_eq!(c.stages.len(), 1);
         assert!((c.stages[0].threshold - (-1.5 - 1e-5)).abs() < 1e-6);
-        assert_eq!(c.nodes[0], Node { left: 0, right: -1, feature: 0, threshold: 0.25 });
+        assert_eq!(
+            c.nodes[0],
+            Node {
+                left: 0,
+                right: -1,
+                feature: 0,
+                threshold: 0.25
+            }
+        );
         assert_eq!(c.leaves, vec![-1.0, 1.0]);
-        assert_eq!(c.features[0].rects[1], HaarRect { x: 0, y: 0, w: 12, h: 24, weight: 2.0 });
+        assert_eq!(
+            c.features[0].rects[1],
+            HaarRect {
+                x: 0,
+                y: 0,
+                w: 12,
+                h: 24,
+                weight: 2.0
+            }
+        );
     }
 
     #[test]
     fn rejects_what_it_cannot_evaluate() {
         let tilted = TINY.replace("</rects></_>", "</rects><tilted>1</tilted></_>");
-        assert!(matches!(Cascade::from_xml(&tilted), Err(CascadeError::Invalid(_))));
+        assert!(matches!(
+            Cascade::from_xml(&tilted),
+            Err(CascadeError::Invalid(_))
+        ));
         let lbp = TINY.replace("<featureType>HAAR", "<featureType>LBP");
         assert!(Cascade::from_xml(&lbp).is_err());
         let bad_feature = TINY.replace("0 -1 0 0.25", "0 -1 7 0.25");

@@ -95,30 +95,36 @@ pub fn retry_padding(frame: &Frame) -> u32 {
 
 /// The largest face in `frame`, retrying once on a copy padded with black by [`retry_padding`] when
 /// the first pass finds nothing (as the reference does). Boxes from the retry are shifted back into
-/// the unpadded frame and clipped to it; a box that ends up empty is discarded.
+/// the unpadded frame; every box is clipped to the frame (a box that ends up empty is discarded) and
+/// the largest is chosen by its visible area.
 pub fn detect_largest(detector: &dyn FaceDetector, frame: &Frame) -> Option<FaceBox> {
     if !frame.is_well_formed() {
         return None;
     }
-    if let Some(b) = largest(&detector.detect(frame)) {
+    if let Some(b) = largest_in(frame, detector.detect(frame), 0.0) {
         return Some(b);
     }
     let pad = retry_padding(frame);
     let padded = pad_black(frame, pad)?;
+    largest_in(frame, detector.detect(&padded), pad as f32)
+}
+
+/// Shifts boxes by `-shift` (undoing a padding), clips them to the frame, and picks the largest by the
+/// visible area. Clipping keeps every consumer (mouth ROI, face size, off-screen) in the frame's own
+/// pixels, whichever detector produced the box.
+fn largest_in(frame: &Frame, boxes: Vec<FaceBox>, shift: f32) -> Option<FaceBox> {
     let (w, h) = (frame.width as f32, frame.height as f32);
-    let p = pad as f32;
-    let shifted: Vec<FaceBox> = detector
-        .detect(&padded)
+    let clipped: Vec<FaceBox> = boxes
         .into_iter()
         .map(|b| FaceBox {
-            x1: (b.x1 - p).clamp(0.0, w),
-            y1: (b.y1 - p).clamp(0.0, h),
-            x2: (b.x2 - p).clamp(0.0, w),
-            y2: (b.y2 - p).clamp(0.0, h),
+            x1: (b.x1 - shift).clamp(0.0, w),
+            y1: (b.y1 - shift).clamp(0.0, h),
+            x2: (b.x2 - shift).clamp(0.0, w),
+            y2: (b.y2 - shift).clamp(0.0, h),
             score: b.score,
         })
         .collect();
-    largest(&shifted)
+    largest(&clipped)
 }
 
 /// The largest face of every frame of a sequence (`None` where there is none).
@@ -140,7 +146,7 @@ pub fn track_largest(detector: &dyn FaceDetector, frames: &[Frame]) -> Vec<Optio
                     let side = hint.width().min(hint.height()) * LARGER_RATIO;
                     boxes.extend(detector.detect_larger(frame, side));
                 }
-                largest(&boxes)
+                largest_in(frame, boxes, 0.0)
             }
             _ => None,
         };
@@ -162,9 +168,13 @@ fn pad_black(frame: &Frame, pad: u32) -> Option<Frame> {
         let start = (y + pad as usize) * row + pad as usize * 3;
         rgb.get_mut(start..start + src_row)?.copy_from_slice(src);
     }
-    Some(Frame { width: w, height: h, rgb })
+    Some(Frame {
+        width: w,
+        height: h,
+        rgb,
+    })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests;
+pub(crate) mod tests;

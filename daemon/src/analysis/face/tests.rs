@@ -4,8 +4,8 @@
 //! The Haar tests need Debian's `opencv-data` cascade and the shared fixtures; when either is absent
 //! they say so on stderr and return, so that a build box without them still runs the rest.
 
-use std::path::{Path, PathBuf};
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::*;
@@ -15,7 +15,11 @@ pub(crate) const CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_fr
 
 pub(crate) fn fixtures_dir() -> PathBuf {
     let rel = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges");
-    if rel.is_dir() { rel } else { PathBuf::from("/work/shared/fixtures/challenges") }
+    if rel.is_dir() {
+        rel
+    } else {
+        PathBuf::from("/work/shared/fixtures/challenges")
+    }
 }
 
 /// Decodes a PNG into an RGB24 frame (grey, alpha and palette expanded).
@@ -33,15 +37,20 @@ pub(crate) fn load_png(path: &Path) -> Frame {
         png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
         other => panic!("unexpected colour type {other:?}"),
     };
-    Frame { width: info.width, height: info.height, rgb }
+    Frame {
+        width: info.width,
+        height: info.height,
+        rgb,
+    }
 }
 
 /// The Haar detector and the fixture portraits, or `None` (with a note) when they are not installed.
 pub(crate) fn haar_and_faces() -> Option<(HaarDetector, Vec<(String, Frame)>)> {
-    if !Path::new(CASCADE).is_file() {
-        eprintln!("skipping: {CASCADE} is missing (apt-get install opencv-data)");
-        return None;
-    }
+    // tests/setup.sh installs opencv-data: a missing cascade is a broken test machine, not a skip.
+    assert!(
+        Path::new(CASCADE).is_file(),
+        "{CASCADE} is missing (apt-get install opencv-data)"
+    );
     let dir = fixtures_dir();
     let mut faces = Vec::new();
     for i in 0..7 {
@@ -50,22 +59,26 @@ pub(crate) fn haar_and_faces() -> Option<(HaarDetector, Vec<(String, Frame)>)> {
             faces.push((format!("challenge-{i}"), load_png(&p)));
         }
     }
-    if faces.is_empty() {
-        eprintln!("skipping: no fixture faces under {}", dir.display());
-        return None;
-    }
+    assert_eq!(faces.len(), 7, "fixture faces missing under {}", dir.display());
     Some((HaarDetector::from_opencv_xml(CASCADE).unwrap(), faces))
 }
 
 fn fb(x1: f32, y1: f32, x2: f32, y2: f32) -> FaceBox {
-    FaceBox { x1, y1, x2, y2, score: 1.0 }
+    FaceBox {
+        x1,
+        y1,
+        x2,
+        y2,
+        score: 1.0,
+    }
 }
 
-/// Counts full and near searches of a wrapped detector.
+/// Counts full, near and larger-face searches of a wrapped detector.
 struct Counting<'a> {
     inner: &'a dyn FaceDetector,
     full: Cell<usize>,
     near: Cell<usize>,
+    larger: Cell<usize>,
 }
 impl FaceDetector for Counting<'_> {
     fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
@@ -75,6 +88,10 @@ impl FaceDetector for Counting<'_> {
     fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
         self.near.set(self.near.get() + 1);
         self.inner.detect_near(frame, hint)
+    }
+    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
+        self.larger.set(self.larger.get() + 1);
+        self.inner.detect_larger(frame, min_side)
     }
     fn name(&self) -> &'static str {
         "counting"
@@ -97,7 +114,11 @@ struct OnlyWhenPadded {
 }
 impl FaceDetector for OnlyWhenPadded {
     fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
-        if frame.width >= self.min_w { vec![fb(40.0, 50.0, 140.0, 170.0)] } else { Vec::new() }
+        if frame.width >= self.min_w {
+            vec![fb(40.0, 50.0, 140.0, 170.0)]
+        } else {
+            Vec::new()
+        }
     }
     fn name(&self) -> &'static str {
         "only-when-padded"
@@ -105,7 +126,11 @@ impl FaceDetector for OnlyWhenPadded {
 }
 
 fn grey_frame(w: u32, h: u32, v: u8) -> Frame {
-    Frame { width: w, height: h, rgb: vec![v; (w * h * 3) as usize] }
+    Frame {
+        width: w,
+        height: h,
+        rgb: vec![v; (w * h * 3) as usize],
+    }
 }
 
 #[test]
@@ -134,22 +159,34 @@ fn pad_retry_boxes_come_back_in_frame_coordinates() {
     let fixed = Fixed(vec![fb(1.0, 2.0, 30.0, 40.0)]);
     assert_eq!(detect_largest(&fixed, &frame), Some(fb(1.0, 2.0, 30.0, 40.0)));
     // Malformed frames give no face and no panic.
-    let bad = Frame { width: 10, height: 10, rgb: vec![0; 7] };
+    let bad = Frame {
+        width: 10,
+        height: 10,
+        rgb: vec![0; 7],
+    };
     assert_eq!(detect_largest(&fixed, &bad), None);
     assert_eq!(retry_padding(&grey_frame(1000, 10, 0)), 100);
 }
 
 #[test]
 fn haar_finds_the_fixture_faces_roughly_centred() {
-    let Some((det, faces)) = haar_and_faces() else { return };
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
     for (name, f) in &faces {
         let boxes = det.detect(f);
         let b = largest(&boxes).unwrap_or_else(|| panic!("{name}: no face in {boxes:?}"));
         let (cx, cy) = ((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0);
         let (w, h) = (f.width as f32, f.height as f32);
-        assert!((cx - w / 2.0).abs() < 0.25 * w && (cy - h / 2.0).abs() < 0.3 * h, "{name}: {b:?}");
+        assert!(
+            (cx - w / 2.0).abs() < 0.25 * w && (cy - h / 2.0).abs() < 0.3 * h,
+            "{name}: {b:?}"
+        );
         assert!(b.width() > 0.15 * w && b.width() < 0.95 * w, "{name}: {b:?}");
-        assert!(b.x1 >= 0.0 && b.y1 >= 0.0 && b.x2 <= w && b.y2 <= h, "{name}: {b:?}");
+        assert!(
+            b.x1 >= 0.0 && b.y1 >= 0.0 && b.x2 <= w && b.y2 <= h,
+            "{name}: {b:?}"
+        );
         eprintln!("{name}: {} boxes, largest {b:?}", boxes.len());
     }
 }
@@ -160,58 +197,74 @@ fn haar_finds_nothing_in_flat_or_tiny_images() {
     assert!(det.detect(&grey_frame(512, 512, 128)).is_empty());
     assert!(det.detect(&grey_frame(10, 10, 128)).is_empty());
     assert!(det.detect(&grey_frame(0, 0, 0)).is_empty());
-    assert!(det.detect(&Frame { width: 64, height: 64, rgb: vec![1; 5] }).is_empty());
+    assert!(
+        det.detect(&Frame {
+            width: 64,
+            height: 64,
+            rgb: vec![1; 5]
+        })
+        .is_empty()
+    );
     assert!(detect_largest(&det, &grey_frame(512, 512, 128)).is_none());
 }
 
 #[test]
 fn haar_boxes_scale_with_the_frame() {
     // The same portrait at 256×256 gives a box about half the size, in its own coordinates.
-    let Some((det, faces)) = haar_and_faces() else { return };
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
     let (_, f) = &faces[0];
     let (g, _, _) = crate::analysis::components::image::downscale_to_grey(f, 256).unwrap();
-    let small = Frame { width: 256, height: 256, rgb: g.px.iter().flat_map(|&p| [p, p, p]).collect() };
+    let small = Frame {
+        width: 256,
+        height: 256,
+        rgb: g.px.iter().flat_map(|&p| [p, p, p]).collect(),
+    };
     let a = largest(&det.detect(f)).unwrap();
     let b = largest(&det.detect(&small)).unwrap();
     assert!((a.width() / b.width() - 2.0).abs() < 0.2, "{a:?} vs {b:?}");
 }
 
 #[test]
-fn haar_timing_512() {
-    // Reported with --nocapture; the hard bound is loose so that a debug build on a busy box passes.
-    let Some((det, faces)) = haar_and_faces() else { return };
-    let (_, f) = &faces[0];
-    let _ = det.detect(f);
-    let n = 20;
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(det.detect(std::hint::black_box(f)));
-    }
-    let per = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
-    eprintln!("haar detect on 512×512: {per:.2} ms/frame");
-    assert!(per < 200.0, "{per} ms");
-}
-
-#[test]
 fn haar_near_search_agrees_with_the_full_search() {
-    let Some((det, faces)) = haar_and_faces() else { return };
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
     for (name, f) in &faces {
         let full = largest(&det.detect(f)).unwrap();
         // Hint = the full box moved by 10 % of its size: the near search still finds the face.
         let d = 0.1 * full.width();
-        let hint = FaceBox { x1: full.x1 + d, y1: full.y1 - d, x2: full.x2 + d, y2: full.y2 - d, score: 0.0 };
+        let hint = FaceBox {
+            x1: full.x1 + d,
+            y1: full.y1 - d,
+            x2: full.x2 + d,
+            y2: full.y2 - d,
+            score: 0.0,
+        };
         let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
         let tol = 0.12 * full.width();
-        assert!((near.x1 - full.x1).abs() < tol && (near.y2 - full.y2).abs() < tol, "{name}: {near:?} vs {full:?}");
+        assert!(
+            (near.x1 - full.x1).abs() < tol && (near.y2 - full.y2).abs() < tol,
+            "{name}: {near:?} vs {full:?}"
+        );
         // A hint in the corner, far from the face, finds nothing there.
-        let corner = FaceBox { x1: 0.0, y1: 0.0, x2: 60.0, y2: 60.0, score: 0.0 };
+        let corner = FaceBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 60.0,
+            y2: 60.0,
+            score: 0.0,
+        };
         assert!(det.detect_near(f, &corner).is_empty(), "{name}");
     }
 }
 
 #[test]
 fn tracking_reports_a_missing_face_on_its_own_frame() {
-    let Some((det, faces)) = haar_and_faces() else { return };
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
     let face = faces[0].1.clone();
     let blank = grey_frame(face.width, face.height, 128);
     let frames = vec![face.clone(), face.clone(), blank, face.clone(), face];
@@ -222,10 +275,29 @@ fn tracking_reports_a_missing_face_on_its_own_frame() {
 }
 
 #[test]
-fn haar_sequence_timing_512() {
-    // Reported with --nocapture (min over repetitions, robust to a busy box).
-    let Some((det, faces)) = haar_and_faces() else { return };
+fn haar_follows_a_face_with_one_full_search_and_timing() {
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
     let f = &faces[0].1;
+    let frames: Vec<Frame> = (0..80).map(|_| f.clone()).collect();
+    // One full search, then the face is followed; a larger face is looked for every 16 frames.
+    let counting = Counting {
+        inner: &det,
+        full: Cell::new(0),
+        near: Cell::new(0),
+        larger: Cell::new(0),
+    };
+    assert!(track_largest(&counting, &frames).iter().all(Option::is_some));
+    assert_eq!(
+        (counting.full.get(), counting.near.get(), counting.larger.get()),
+        (1, 79, 4)
+    );
+    // Timings, printed with --nocapture: the best of several runs (robust to a busy box).
+    if cfg!(debug_assertions) {
+        eprintln!("haar timing: run the tests with --release");
+        return;
+    }
     let full = largest(&det.detect(f)).unwrap();
     let best = |n: usize, run: &dyn Fn()| {
         (0..n)
@@ -245,34 +317,33 @@ fn haar_sequence_timing_512() {
     let t_larger = best(10, &|| {
         std::hint::black_box(det.detect_larger(std::hint::black_box(f), full.width() * 1.15));
     });
-    let frames: Vec<Frame> = (0..80).map(|_| f.clone()).collect();
-    let counting = Counting { inner: &det, full: Cell::new(0), near: Cell::new(0) };
-    let _ = track_largest(&counting, &frames);
-    eprintln!("full {} near {}", counting.full.get(), counting.near.get());
-
     let t_seq = best(10, &|| {
-        assert!(track_largest(&det, &frames).iter().all(Option::is_some));
+        std::hint::black_box(track_largest(&det, &frames));
     });
     eprintln!(
-        "haar 512×512: full {t_full:.2} ms, near {t_near:.2} ms, larger {t_larger:.2} ms, 80-frame track {t_seq:.1} ms ({:.2} ms/frame)",
+        "haar 512×512: full {t_full:.2} ms, near {t_near:.2} ms, larger {t_larger:.2} ms, \
+         80-frame track {t_seq:.1} ms ({:.2} ms/frame)",
         t_seq / 80.0
     );
-    assert!(t_full < 200.0 && t_near < 200.0);
+    // Loose: a full search must stay well under 20 ms even on a shared box.
+    assert!(t_full < 20.0, "{t_full} ms");
 }
 
 #[test]
-fn tmp_sweep() {
-    let Some((det, faces)) = haar_and_faces() else { return };
-    for ms in [128usize, 160, 256] {
-        let d = det.clone().with_params(HaarParams { max_side: ms, ..HaarParams::default() });
-        let t = Instant::now();
-        let mut found = 0;
-        let mut info = String::new();
-        for (_, f) in &faces {
-            let b = largest(&d.detect(f));
-            if let Some(b) = b { found += 1; info += &format!(" ({:.0},{:.0},{:.0},{:.0} n{})", b.x1, b.y1, b.x2, b.y2, b.score); }
-        }
-        let per = t.elapsed().as_secs_f64() * 1000.0 / faces.len() as f64;
-                eprintln!("max_side {ms}: {per:.2} ms/frame found {found}/{}{info}", faces.len());
+fn tree_cascades_work_and_tilted_ones_are_refused() {
+    // alt2 is made of two-node trees (the general path); the smile cascade uses tilted features.
+    let dir = Path::new("/usr/share/opencv4/haarcascades");
+    let Some((_, faces)) = haar_and_faces() else {
+        return;
+    };
+    let alt2 = HaarDetector::from_opencv_xml(dir.join("haarcascade_frontalface_alt2.xml")).unwrap();
+    for (name, f) in &faces {
+        let b = largest(&alt2.detect(f)).unwrap_or_else(|| panic!("{name}: alt2 found no face"));
+        assert!(
+            (b.x1 + b.x2) / 2.0 > 150.0 && (b.x1 + b.x2) / 2.0 < 362.0,
+            "{name}: {b:?}"
+        );
     }
+    let smile = HaarDetector::from_opencv_xml(dir.join("haarcascade_smile.xml"));
+    assert!(matches!(smile, Err(CascadeError::Invalid(_))));
 }

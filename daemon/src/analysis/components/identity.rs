@@ -1,0 +1,251 @@
+//! The identity component: per-frame similarity to the challenge face, and its summary.
+//!
+//! Owns: the [`IdentityBackend`] seam (the builtin [`HistogramIdentity`] now; an ONNX InsightFace
+//! backend later) and the reference's summary `identity = clamp01(0.75·mean + 0.25·p10)`
+//! (protocol.md 5.2). `face_detect_ratio` comes from the face detector in every mode (see
+//! [`super::analyse_with`]), not from the identity backend.
+//!
+//! Must not: detect faces itself, decide gates (the scoring core does), or turn a backend failure into
+//! a silent 0: a failure comes back as an [`IdentityError`] that the caller reports as an issue.
+
+use serde::Serialize;
+
+use super::image::{Grey, plane_stats};
+use super::stats::{clamp01, mean, percentile};
+use super::{FaceBox, Frame};
+use crate::scoring::IdentityMode;
+
+/// Why an identity backend could not produce similarities.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IdentityError {
+    /// The challenge face image is unusable (malformed buffer, or no face in it for a face backend).
+    #[error("reference face unusable: {0}")]
+    ReferenceUnusable(String),
+    /// The backend itself failed (model not loaded, inference error…).
+    #[error("identity backend failed: {0}")]
+    Backend(String),
+}
+
+/// What an identity backend gets: the decoded reference face, the sampled frames, the detector's
+/// largest face per frame, and per-frame data the analysis already computed (so that a cheap backend
+/// does not decode the frames a second time).
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityInput<'a> {
+    /// The challenge face, RGB.
+    pub reference: &'a Frame,
+    /// The sampled output frames, RGB.
+    pub frames: &'a [Frame],
+    /// Largest face per frame in frame coordinates (`None`: no face); same length as `frames`.
+    pub faces: &'a [Option<FaceBox>],
+    /// 64-bin grey histogram (bin width 4) per frame (`None`: malformed frame); same length.
+    pub frame_histograms: &'a [Option<[u32; 64]>],
+}
+
+/// A source of per-frame identity similarities (the seam for the future ONNX InsightFace backend).
+pub trait IdentityBackend {
+    /// Short stable name for debug output.
+    fn name(&self) -> &'static str;
+
+    /// The mode reported when this backend produced the similarities.
+    fn mode(&self) -> IdentityMode;
+
+    /// One similarity in `[0, 1]` per frame (same order and length as `input.frames`) between the
+    /// frame and the reference face. A face backend crops and aligns from `input.faces` and reports 0
+    /// for a frame without a face; a failure is an error, never a made-up similarity.
+    fn similarities(&self, input: &IdentityInput<'_>) -> Result<Vec<f64>, IdentityError>;
+}
+
+/// The reference's labelled fallback (`identity_mode = "fallback_histogram"`): cosine of 64-bin grey
+/// histograms of the *whole* reference image and the whole frame. Signal processing only; nearly
+/// meaningless for identity, which is why the reference labels it and the face-detect gate ignores it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistogramIdentity;
+
+/// Cosine of two histograms (0 when either is empty).
+fn hist_cosine(a: &[u32; 64], b: &[u32; 64]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa > 0.0 && bb > 0.0 {
+        clamp01(ab / (aa.sqrt() * bb.sqrt()))
+    } else {
+        0.0
+    }
+}
+
+impl IdentityBackend for HistogramIdentity {
+    fn name(&self) -> &'static str {
+        "histogram"
+    }
+
+    fn mode(&self) -> IdentityMode {
+        IdentityMode::FallbackHistogram
+    }
+
+    fn similarities(&self, input: &IdentityInput<'_>) -> Result<Vec<f64>, IdentityError> {
+        let r = Grey::from_frame(input.reference)
+            .and_then(|g| plane_stats(&g))
+            .ok_or_else(|| IdentityError::ReferenceUnusable("empty or malformed image".into()))?;
+        // A malformed frame is not the person: similarity 0 (the analysis also reports it).
+        Ok(input
+            .frame_histograms
+            .iter()
+            .map(|h| h.as_ref().map_or(0.0, |h| hist_cosine(&r.hist, h)))
+            .collect())
+    }
+}
+
+/// The identity component and what it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdentityDetail {
+    /// `clamp01(0.75·mean + 0.25·p10)`, 0 when unavailable.
+    pub identity: f64,
+    /// Mean per-frame similarity (`None` when unavailable).
+    pub mean_similarity: Option<f64>,
+    /// 10th percentile of the per-frame similarities (numpy linear).
+    pub p10_similarity: Option<f64>,
+    /// Backend name.
+    pub backend: &'static str,
+    /// Mode as reported to the scoring core.
+    pub mode: IdentityMode,
+    /// Why there is no score, when there is none.
+    pub error: Option<String>,
+}
+
+/// The reference's summary of per-frame similarities: `clamp01(0.75·mean + 0.25·p10)`, with each
+/// similarity clamped to `[0, 1]` first; `None` for no frames.
+pub fn identity_score(sims: &[f64]) -> Option<(f64, f64, f64)> {
+    let clamped: Vec<f64> = sims.iter().map(|&s| clamp01(s)).collect();
+    let m = mean(&clamped)?;
+    let p10 = percentile(&clamped, 10.0)?;
+    Some((clamp01(0.75 * m + 0.25 * p10), m, p10))
+}
+
+/// Summarises a backend's result into the component and its detail; per-frame similarities are
+/// returned for the temporal component (empty on failure).
+pub(crate) fn summarise(
+    backend: &dyn IdentityBackend,
+    result: Result<Vec<f64>, IdentityError>,
+    n_frames: usize,
+) -> (IdentityDetail, Vec<f64>) {
+    let fail = |error: String| IdentityDetail {
+        identity: 0.0,
+        mean_similarity: None,
+        p10_similarity: None,
+        backend: backend.name(),
+        mode: IdentityMode::Unavailable,
+        error: Some(error),
+    };
+    match result {
+        Ok(sims) if sims.len() == n_frames => match identity_score(&sims) {
+            Some((identity, m, p10)) => (
+                IdentityDetail {
+                    identity,
+                    mean_similarity: Some(m),
+                    p10_similarity: Some(p10),
+                    backend: backend.name(),
+                    mode: backend.mode(),
+                    error: None,
+                },
+                sims.iter().map(|&s| clamp01(s)).collect(),
+            ),
+            None => (fail("no frames".into()), Vec::new()),
+        },
+        Ok(sims) => (
+            fail(format!(
+                "backend returned {} similarities for {n_frames} frames",
+                sims.len()
+            )),
+            Vec::new(),
+        ),
+        Err(e) => (fail(e.to_string()), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn frame(w: u32, h: u32, f: impl Fn(u32, u32) -> u8) -> Frame {
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let v = f(x, y);
+                rgb.extend([v, v, v]);
+            }
+        }
+        Frame {
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+
+    #[test]
+    fn summary_formula() {
+        // mean 0.5, p10 of [0, 0.5, 1] = 0.1 → 0.75·0.5 + 0.25·0.1 = 0.4.
+        let (s, m, p) = identity_score(&[0.0, 0.5, 1.0]).unwrap();
+        assert!((m - 0.5).abs() < 1e-12 && (p - 0.1).abs() < 1e-12);
+        assert!((s - 0.4).abs() < 1e-12);
+        assert_eq!(identity_score(&[]), None);
+        assert_eq!(
+            identity_score(&[f64::NAN, 2.0]).unwrap().0,
+            0.75 * 0.5 + 0.25 * 0.1
+        );
+    }
+
+    fn hist(f: &Frame) -> Option<[u32; 64]> {
+        Grey::from_frame(f).and_then(|g| plane_stats(&g)).map(|s| s.hist)
+    }
+
+    #[test]
+    fn histogram_backend() {
+        let face = frame(16, 16, |x, y| ((x * 16 + y) % 256) as u8);
+        let frames = [face.clone()];
+        let hists: Vec<_> = frames.iter().map(hist).collect();
+        let input = IdentityInput {
+            reference: &face,
+            frames: &frames,
+            faces: &[None],
+            frame_histograms: &hists,
+        };
+        let same = HistogramIdentity.similarities(&input).unwrap();
+        assert!((same[0] - 1.0).abs() < 1e-12);
+        // Disjoint histograms: cosine 0; a malformed frame: 0.
+        let dark = frame(16, 16, |_, _| 0);
+        let frames = [frame(16, 16, |_, _| 255), Frame::default()];
+        let hists: Vec<_> = frames.iter().map(hist).collect();
+        let input = IdentityInput {
+            reference: &dark,
+            frames: &frames,
+            faces: &[None, None],
+            frame_histograms: &hists,
+        };
+        assert_eq!(HistogramIdentity.similarities(&input).unwrap(), vec![0.0, 0.0]);
+        let bad = Frame::default();
+        let input = IdentityInput {
+            reference: &bad,
+            ..input
+        };
+        assert!(matches!(
+            HistogramIdentity.similarities(&input),
+            Err(IdentityError::ReferenceUnusable(_))
+        ));
+    }
+
+    #[test]
+    fn failures_are_explicit() {
+        let (d, sims) = summarise(&HistogramIdentity, Err(IdentityError::Backend("boom".into())), 3);
+        assert_eq!(d.identity, 0.0);
+        assert_eq!(d.mode, IdentityMode::Unavailable);
+        assert!(d.error.unwrap().contains("boom"));
+        assert!(sims.is_empty());
+        let (d, _) = summarise(&HistogramIdentity, Ok(vec![1.0]), 3);
+        assert!(d.error.is_some());
+    }
+}

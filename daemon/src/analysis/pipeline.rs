@@ -1,0 +1,204 @@
+//! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]), decoding of the
+//! challenge's reference face and source audio, then the native components ([`super::components`]) on
+//! a blocking thread. Owns the glue and the mapping of failures: a bad file is the miner's
+//! `bad_output`, anything wrong on the host is infrastructure.
+
+use super::components::{self, Frame, Media};
+use super::decode::{self, DecodeError, DecodeLimits, Expectation};
+use super::face::FaceDetector;
+use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
+use crate::challenges::{Challenge, ImageFormat};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Decode + builtin components.
+pub struct MediaAnalyzer {
+    limits: DecodeLimits,
+    detector: Arc<dyn FaceDetector + Send + Sync>,
+    detector_name: String,
+}
+
+impl MediaAnalyzer {
+    /// An analyser with these decode limits and face detector.
+    pub fn new(
+        limits: DecodeLimits,
+        detector: Arc<dyn FaceDetector + Send + Sync>,
+        detector_name: &str,
+    ) -> Self {
+        MediaAnalyzer {
+            limits,
+            detector,
+            detector_name: detector_name.to_owned(),
+        }
+    }
+}
+
+impl Analyzer for MediaAnalyzer {
+    fn analyse<'a>(&'a self, input: AnalysisInput<'a>) -> AnalysisFuture<'a> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let challenge = input.challenge;
+            let audio_duration = challenge.audio_info().duration_secs;
+            let expectation = Expectation::new(audio_duration, input.max_seconds);
+            let (_probe, decoded) = decode::probe_and_decode(input.video, &self.limits, &expectation)
+                .await
+                .map_err(|e| match e {
+                    DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
+                        reason: b.reason.as_str().to_owned(),
+                        detail: b.detail,
+                    },
+                    DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
+                })?;
+            let face = decode_face(challenge).map_err(AnalysisFailure::Infra)?;
+            let source_audio = decode_wav_mono_16k(challenge.audio()).map_err(AnalysisFailure::Infra)?;
+            let transcript = challenge.text().map(str::to_owned);
+            let detector = Arc::clone(&self.detector);
+            let (frames, fps, video_audio) = (decoded.frames, decoded.fps, decoded.audio);
+            let analysis = tokio::task::spawn_blocking(move || {
+                let media = Media {
+                    frames: &frames,
+                    fps,
+                    video_audio: &video_audio,
+                    source_audio: &source_audio,
+                    reference_face: &face,
+                };
+                components::analyse(&media, detector.as_ref(), transcript.as_deref(), None)
+            })
+            .await
+            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))?;
+            let debug = serde_json::to_value(&analysis.debug)
+                .map_err(|e| AnalysisFailure::Infra(format!("analysis debug: {e}")))?;
+            Ok(ChallengeAnalysis {
+                components: analysis.components,
+                debug,
+                analysis_secs: started.elapsed().as_secs_f64(),
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ffmpeg decode + builtin components ({} face detector, no ASR)",
+            self.detector_name
+        )
+    }
+}
+
+/// The challenge face as an RGB frame (it was validated when the challenge was loaded).
+fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
+    let bytes = challenge.face();
+    match challenge.face_format() {
+        ImageFormat::Png => {
+            let mut decoder = png::Decoder::new(Cursor::new(bytes));
+            decoder.set_transformations(png::Transformations::normalize_to_color8());
+            let mut reader = decoder.read_info().map_err(|e| format!("reference face: {e}"))?;
+            let mut buf = vec![0u8; reader.output_buffer_size()];
+            let info = reader
+                .next_frame(&mut buf)
+                .map_err(|e| format!("reference face: {e}"))?;
+            buf.truncate(info.buffer_size());
+            let rgb = match info.color_type {
+                png::ColorType::Rgb => buf,
+                png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+                png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+                png::ColorType::GrayscaleAlpha => {
+                    buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
+                }
+                png::ColorType::Indexed => return Err("reference face: indexed PNG was not expanded".into()),
+            };
+            Ok(Frame {
+                width: info.width,
+                height: info.height,
+                rgb,
+            })
+        }
+        ImageFormat::Jpeg => {
+            let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+            let pixels = decoder.decode().map_err(|e| format!("reference face: {e}"))?;
+            let info = decoder.info().ok_or("reference face: no JPEG header")?;
+            let rgb = match info.pixel_format {
+                jpeg_decoder::PixelFormat::RGB24 => pixels,
+                jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+                other => return Err(format!("reference face: unsupported JPEG pixel format {other:?}")),
+            };
+            Ok(Frame {
+                width: u32::from(info.width),
+                height: u32::from(info.height),
+                rgb,
+            })
+        }
+    }
+}
+
+/// The challenge audio as mono 16 kHz samples in [-1, 1] (channels averaged, linear resampling).
+pub fn decode_wav_mono_16k(bytes: &[u8]) -> Result<Vec<f32>, String> {
+    let mut reader =
+        hound::WavReader::new(Cursor::new(bytes)).map_err(|e| format!("challenge audio: {e}"))?;
+    let spec = reader.spec();
+    let channels = usize::from(spec.channels.max(1));
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+        }
+    }
+    .map_err(|e| format!("challenge audio: {e}"))?;
+    let mono: Vec<f32> = samples
+        .chunks(channels)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect();
+    let rate = spec.sample_rate;
+    if rate == decode::AUDIO_SAMPLE_RATE || mono.is_empty() {
+        return Ok(mono);
+    }
+    let ratio = f64::from(rate) / f64::from(decode::AUDIO_SAMPLE_RATE);
+    let out_len = (mono.len() as f64 / ratio).floor() as usize;
+    Ok((0..out_len)
+        .map(|i| {
+            let pos = i as f64 * ratio;
+            let j = pos.floor() as usize;
+            let frac = (pos - j as f64) as f32;
+            let a = mono[j.min(mono.len() - 1)];
+            let b = mono[(j + 1).min(mono.len() - 1)];
+            a + (b - a) * frac
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cursor = Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut cursor, spec).unwrap();
+        for s in samples {
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        cursor.into_inner()
+    }
+
+    #[test]
+    fn audio_is_downmixed_normalised_and_resampled() {
+        let mono = decode_wav_mono_16k(&wav(16_000, 1, &[16384, -16384, 0])).unwrap();
+        assert_eq!(mono, vec![0.5, -0.5, 0.0]);
+        let stereo = decode_wav_mono_16k(&wav(16_000, 2, &[16384, 0, -16384, -16384])).unwrap();
+        assert_eq!(stereo, vec![0.25, -0.5]);
+        let hi = decode_wav_mono_16k(&wav(32_000, 1, &vec![8192; 3200])).unwrap();
+        assert_eq!(hi.len(), 1600);
+        assert!(hi.iter().all(|s| (s - 0.25).abs() < 1e-6));
+        assert!(decode_wav_mono_16k(b"not a wav").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! The evaluation engine end to end: the real daemon, a real Docker engine, miner images built from
+//! the project's own test miner, pushed to the local registry and submitted by digest through
+//! `POST /update`; every verdict and hostile behaviour is checked in what `/metrics` and the run
+//! history say, and a SIGKILL mid-evaluation leaves no orphan and loses nothing committed.
+//!
+//! Needs dockerd, the registry on 127.0.0.1:5000, ffmpeg and opencv-data (`tests/setup.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/images.rs"]
+mod images;
+
+use common::*;
+use images::Behaviour;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use talkheadd::domain::Hotkey;
+use talkheadd::store::{Store, StoreOptions};
+
+/// Longest a whole round of the test miners may take.
+const ROUND_LIMIT: Duration = Duration::from_secs(900);
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/challenges")
+        .canonicalize()
+        .unwrap()
+}
+
+fn engine_config(dir: &Path) -> String {
+    format!(
+        "[auth]\nrequire_signature = false\n\
+         [evaluation]\nchallenges_dir = \"{}\"\nready_timeout_secs = 30\nchallenge_timeout_secs = 10\n\
+         pull_timeout_secs = 120\nwork_dir = \"{}\"\n\
+         [docker]\npull_attempts = 2\n[gpu]\nvirtual = 1\n\
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
+         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
+        fixtures().display(),
+        dir.join("jobs").display()
+    )
+}
+
+fn build(behaviours: &[(Behaviour, &[(&str, &str)])]) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut refs = Vec::new();
+        for (b, options) in behaviours {
+            let pushed = images::build_and_push_miner_with(*b, options, &fixtures())
+                .await
+                .unwrap();
+            refs.push(pushed.reference);
+        }
+        refs
+    })
+}
+
+fn submit(d: &Daemon, miners: &[(String, String, f64)]) {
+    let rows: Vec<(&str, String, f64)> = miners
+        .iter()
+        .map(|(h, i, t)| (h.as_str(), i.clone(), *t))
+        .collect();
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn metrics_by_hotkey(d: &Daemon) -> BTreeMap<String, serde_json::Value> {
+    let r = d.request(&HttpRequest::new("GET", "/metrics"));
+    assert_eq!(r.status, 200);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["hotkey"].as_str().unwrap().to_owned(), row["metrics"].clone()))
+        .collect()
+}
+
+fn run_logs(state: &Path, hotkey: &str) -> String {
+    let store = Store::open(
+        state,
+        StoreOptions {
+            map_size_bytes: 64 << 20,
+            history_per_miner: 20,
+            max_submissions: 100,
+        },
+    )
+    .unwrap();
+    let runs = store.runs_for(&Hotkey::parse(hotkey).unwrap(), 20).unwrap();
+    store.close().unwrap();
+    runs.iter()
+        .filter_map(|r| r.log_tail.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A miner behaviour, its build options and the verdict it must get.
+type Case = (Behaviour, &'static [(&'static str, &'static str)], &'static str);
+
+#[test]
+fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
+    let cases: Vec<Case> = vec![
+        (Behaviour::Good, &[], "ok"),
+        (Behaviour::Static, &[], "ok"),
+        (Behaviour::Slow, &[("delay_ms", "1500")], "ok"),
+        (Behaviour::Crash, &[], "crashed"),
+        (Behaviour::Hang, &[], "challenge_timeout"),
+        (Behaviour::Hang, &[("ready", "never")], "ready_timeout"),
+        (Behaviour::Oom, &[], "host_oom"),
+        (Behaviour::GarbageJson, &[], "bad_output"),
+        (Behaviour::SymlinkOutput, &[], "bad_output"),
+        (Behaviour::FillOutput, &[], "output_quota_exceeded"),
+        (Behaviour::Network, &[("targets", "1.1.1.1:53")], "ok"),
+        (Behaviour::WriteInput, &[], "ok"),
+        (Behaviour::GpuEnv, &[], "ok"),
+        (Behaviour::Error, &[], "cuda_oom"),
+    ];
+    let refs = build(&cases.iter().map(|(b, o, _)| (*b, *o)).collect::<Vec<_>>());
+    let setup = Setup::new("");
+    let extra = engine_config(setup.dir.path());
+    let setup = Setup { extra, ..setup };
+    let mut d = Daemon::start(&setup);
+    let signers: Vec<Signer> = (0..cases.len())
+        .map(|i| Signer::from_seed(100 + i as u8))
+        .collect();
+    let miners: Vec<(String, String, f64)> = signers
+        .iter()
+        .zip(&refs)
+        .enumerate()
+        .map(|(i, (s, r))| (s.hotkey.clone(), r.clone(), 1000.0 + i as f64))
+        .collect();
+    submit(&d, &miners);
+    d.wait_for_within("round 1 committed", ROUND_LIMIT);
+
+    let metrics = metrics_by_hotkey(&d);
+    for ((behaviour, _, expected), signer) in cases.iter().zip(&signers) {
+        let m = &metrics[&signer.hotkey];
+        assert_eq!(
+            m["verdict"],
+            *expected,
+            "{behaviour:?}: {m}\ndaemon log:\n{}",
+            d.log()
+        );
+        if *expected == "ok" {
+            assert!(m.get("error").is_none(), "{behaviour:?}: {m}");
+            assert_eq!(
+                m["challenge_metrics"].as_array().unwrap().len(),
+                5,
+                "{behaviour:?}"
+            );
+        } else {
+            assert_eq!(m["final_score"], 0.0, "{behaviour:?}");
+            assert!(
+                m["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{behaviour:?}: {m}"
+            );
+        }
+    }
+    let score = |b: usize| metrics[&signers[b].hotkey]["final_score"].as_f64().unwrap();
+    assert!(
+        score(0) > 0.0,
+        "the good miner must score: {}",
+        metrics[&signers[0].hotkey]
+    );
+    assert!(
+        score(1) < score(0),
+        "a static face must score below a talking one ({} vs {})",
+        score(1),
+        score(0)
+    );
+    let slow_time = metrics[&signers[2].hotkey]["efficiency"]["inference_time_sec"]
+        .as_f64()
+        .unwrap();
+    let good_time = metrics[&signers[0].hotkey]["efficiency"]["inference_time_sec"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (1.5..2.5).contains(&slow_time),
+        "slow miner measured {slow_time}s for a 1.5 s delay"
+    );
+    assert!(good_time < 1.0, "good miner measured {good_time}s");
+    let crash = metrics[&signers[3].hotkey]["error"].as_str().unwrap();
+    assert!(crash.contains("code 3"), "{crash}");
+    let symlink = metrics[&signers[8].hotkey].to_string();
+    assert!(symlink.contains("not a regular file"), "{symlink}");
+    assert!(
+        d.log().contains("output quota exceeded"),
+        "quota watcher did not act"
+    );
+
+    let state = d.state.clone();
+    assert!(d.stop().success());
+    let network = run_logs(&state, &signers[10].hotkey);
+    assert!(
+        network.contains("unreachable") && !network.contains("REACHED"),
+        "{network}"
+    );
+    let input = run_logs(&state, &signers[11].hotkey);
+    assert!(
+        input.contains("input_writable=false") || input.contains("\"input_writable\":false"),
+        "{input}"
+    );
+    let env = run_logs(&state, &signers[12].hotkey);
+    assert!(env.contains("NVIDIA_VISIBLE_DEVICES=void"), "{env}");
+    assert!(
+        !env.contains("/nonexistent.so"),
+        "LD_PRELOAD from the image survived: {env}"
+    );
+}
