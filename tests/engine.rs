@@ -19,6 +19,13 @@ use std::time::Duration;
 use talkheadd::domain::Hotkey;
 use talkheadd::store::{Store, StoreOptions};
 
+/// The tests share the host's Docker engine and look at its labelled containers: one at a time.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ENGINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Longest a whole round of the test miners may take.
 const ROUND_LIMIT: Duration = Duration::from_secs(900);
 
@@ -99,6 +106,7 @@ type Case = (Behaviour, &'static [(&'static str, &'static str)], &'static str);
 
 #[test]
 fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
+    let _engine = exclusive();
     let cases: Vec<Case> = vec![
         (Behaviour::Good, &[], "ok"),
         (Behaviour::Static, &[], "ok"),
@@ -206,4 +214,84 @@ fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
         !env.contains("/nonexistent.so"),
         "LD_PRELOAD from the image survived: {env}"
     );
+}
+
+fn labelled_containers() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", "label=talkhead.run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn sigkill_mid_evaluation_leaves_no_orphan_reruns_it_and_loses_nothing_committed() {
+    let _engine = exclusive();
+    let refs = build(&[(Behaviour::Good, &[]), (Behaviour::Slow, &[("delay_ms", "2500")])]);
+    let setup = Setup::new("");
+    let extra = engine_config(setup.dir.path());
+    let setup = Setup { extra, ..setup };
+    let (good, slow) = (Signer::from_seed(90), Signer::from_seed(91));
+
+    // Round 1: the good miner alone, committed.
+    let mut d = Daemon::start(&setup);
+    submit(&d, &[(good.hotkey.clone(), refs[0].clone(), 1000.0)]);
+    d.wait_for_within("round 1 committed", ROUND_LIMIT);
+    let before = d.request(&HttpRequest::new("GET", "/metrics"));
+    let etag = before.header("etag").unwrap().to_owned();
+    assert_eq!(before.json().as_array().unwrap().len(), 1);
+
+    // Round 2 re-evaluates both; kill the daemon while the slow miner's container runs.
+    submit(&d, &[(slow.hotkey.clone(), refs[1].clone(), 1001.0)]);
+    d.wait_for_within(&format!("{} ready on", slow.hotkey), ROUND_LIMIT);
+    let orphans = labelled_containers();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "expected the slow miner's container: {orphans:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.child.wait().unwrap();
+    assert_eq!(
+        labelled_containers(),
+        orphans,
+        "the container outlives a SIGKILLed daemon"
+    );
+    drop(d);
+
+    // Restart: the orphan is gone before READY=1, the committed round is still served unchanged, and
+    // the interrupted evaluation runs again until round 2 commits.
+    let mut d = Daemon::start(&setup);
+    assert!(
+        !labelled_containers().contains(&orphans[0]),
+        "orphan container survived the restart"
+    );
+    let after = d.request(&HttpRequest::new("GET", "/metrics"));
+    assert_eq!(after.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        after.body, before.body,
+        "committed metrics changed across the crash"
+    );
+    d.wait_for_within("round 2 committed", ROUND_LIMIT);
+    let metrics = metrics_by_hotkey(&d);
+    assert_eq!(
+        metrics[&slow.hotkey]["verdict"], "ok",
+        "{}",
+        metrics[&slow.hotkey]
+    );
+    assert_eq!(metrics[&good.hotkey]["verdict"], "ok");
+    assert!(
+        d.log().contains("removed an orphaned evaluation container"),
+        "{}",
+        d.log()
+    );
+    assert!(d.stop().success());
 }

@@ -334,7 +334,10 @@ async fn run_container(
             .stage_times
             .insert("ready".into(), ready_started.elapsed().as_secs_f64());
         match ready {
-            Wait::Seen(_) => {}
+            Wait::Seen(_) => crate::systemd::status(&format!(
+                "round {}: {} ready on {}, running challenges",
+                req.ticket.round, req.ticket.hotkey, req.slot.uuid
+            )),
             Wait::TimedOut => {
                 return Err(Stop::Miner(Failure::new(
                     Verdict::ReadyTimeout,

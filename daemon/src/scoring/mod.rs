@@ -13,7 +13,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod efficiency;
-mod math;
+pub(crate) mod math;
 pub mod quality;
 pub mod ranking;
 

@@ -4,17 +4,8 @@
 //! linear resampling and lagged correlation. Must not: allocate more than one output vector, or return
 //! NaN where it returns a plain `f64` (undefined results are `None`).
 
-/// Clamps to `[0, 1]`; NaN becomes 0 (so no measurement can leave the unit interval).
-#[inline]
-pub(crate) fn clamp01(x: f64) -> f64 {
-    if x >= 1.0 {
-        1.0
-    } else if x > 0.0 {
-        x
-    } else {
-        0.0
-    }
-}
+/// Clamps to `[0, 1]`, NaN to 0: the scoring core's clamp, so components and scores agree.
+pub(crate) use crate::scoring::math::clamp01;
 
 /// The reference's `norm_up(x, lo, hi) = clamp01((x − lo) / (hi − lo))`.
 #[inline]
