@@ -291,7 +291,7 @@ async fn run_container(
     let quota_hit = Arc::new(AtomicBool::new(false));
     let guard = ContainerGuard {
         engine: env.engine.clone(),
-        id: id.clone(),
+        id: Some(id.clone()),
     };
     let (exited_tx, exited) = watch::channel(false);
     let waiter = {
@@ -439,21 +439,23 @@ async fn run_container(
 /// Kills and removes the container when dropped without `remove` (e.g. on an early `?`).
 struct ContainerGuard {
     engine: Engine,
-    id: String,
+    /// `None` once removed explicitly: nothing left for `Drop` to do.
+    id: Option<String>,
 }
 
 impl ContainerGuard {
-    async fn remove(self) -> Result<(), RuntimeError> {
-        let result = self.engine.remove(&self.id).await;
-        std::mem::forget(self);
-        result
+    async fn remove(mut self) -> Result<(), RuntimeError> {
+        match self.id.take() {
+            Some(id) => self.engine.remove(&id).await,
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
         let engine = self.engine.clone();
-        let id = std::mem::take(&mut self.id);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _ = engine.kill(&id).await;
