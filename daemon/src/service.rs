@@ -24,7 +24,7 @@ pub enum ServiceError {
     Worker(String),
     /// A response could not be serialised (a bug: every stored value is serialisable).
     #[error("could not serialise the response: {0}")]
-    Render(#[from] serde_json::Error),
+    Render(#[from] sonic_rs::Error),
 }
 
 impl ServiceError {
@@ -71,8 +71,9 @@ struct MetricsRowBody<'a> {
     carried_over: bool,
 }
 
-/// Serialise `/metrics` rows in the reference's shape.
-pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, serde_json::Error> {
+/// Serialise `/metrics` rows in the reference's shape (sonic-rs: the same serde impls, SIMD string
+/// and number writing; this body is megabytes for a full subnet).
+pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, sonic_rs::Error> {
     let body: Vec<MetricsRowBody<'_>> = rows
         .iter()
         .map(|r| MetricsRowBody {
@@ -83,7 +84,7 @@ pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, serde_json::E
             carried_over: r.carried_over,
         })
         .collect();
-    serde_json::to_vec(&body)
+    sonic_rs::to_vec(&body)
 }
 
 impl Service {
@@ -175,5 +176,57 @@ impl Service {
     /// Size of the LMDB data file in bytes.
     pub fn store_size_bytes(&self) -> u64 {
         self.store.file_size_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EvaluationMetrics, Hotkey, ImageRef, Verdict};
+
+    #[test]
+    fn the_metrics_body_is_exactly_what_serde_json_would_write() {
+        let image = ImageRef::parse(&format!("r.example/m@sha256:{}", "a".repeat(64))).unwrap();
+        let mut metrics = EvaluationMetrics::failed(Verdict::Ok, "", image.as_str(), 1.5, 2.25, 5);
+        metrics.error = Some("quote \" and \\ and \u{1} and é".into());
+        metrics.final_score = 0.123_456_789;
+        metrics.efficiency.inference_time_sec = Some(f64::NAN);
+        metrics.stage_times.insert("pull".into(), 1e-7);
+        let rows = vec![
+            MetricsRow {
+                hotkey: Hotkey::from_public_key([3; 32]),
+                image_ref: image.clone(),
+                submit_time: 1.5,
+                metrics: metrics.clone(),
+                carried_over: true,
+            },
+            MetricsRow {
+                hotkey: Hotkey::from_public_key([4; 32]),
+                image_ref: image,
+                submit_time: 1e300,
+                metrics,
+                carried_over: false,
+            },
+        ];
+        let ours: serde_json::Value = serde_json::from_slice(&render_metrics_body(&rows).unwrap()).unwrap();
+        let body: Vec<MetricsRowBody<'_>> = rows
+            .iter()
+            .map(|r| MetricsRowBody {
+                hotkey: &r.hotkey,
+                image_ref: r.image_ref.as_str(),
+                submit_time: r.submit_time,
+                metrics: &r.metrics,
+                carried_over: r.carried_over,
+            })
+            .collect();
+        let reference: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(ours, reference);
+        assert_eq!(
+            ours[0]["metrics"]["efficiency"]["inference_time_sec"],
+            serde_json::Value::Null
+        );
+        assert_eq!(ours[0]["carried_over"], true);
+        assert!(ours[1].get("carried_over").is_none());
     }
 }
