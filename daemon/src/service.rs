@@ -74,8 +74,11 @@ struct MetricsRowBody<'a> {
 /// Serialise `/metrics` rows in the reference's shape (sonic-rs: the same serde impls, SIMD string
 /// and number writing; this body is megabytes for a full subnet).
 pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, sonic_rs::Error> {
-    let body: Vec<MetricsRowBody<'_>> = rows
-        .iter()
+    sonic_rs::to_vec(&row_bodies(rows))
+}
+
+fn row_bodies(rows: &[MetricsRow]) -> Vec<MetricsRowBody<'_>> {
+    rows.iter()
         .map(|r| MetricsRowBody {
             hotkey: &r.hotkey,
             image_ref: r.image_ref.as_str(),
@@ -83,8 +86,7 @@ pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, sonic_rs::Err
             metrics: &r.metrics,
             carried_over: r.carried_over,
         })
-        .collect();
-    sonic_rs::to_vec(&body)
+        .collect()
 }
 
 impl Service {
@@ -209,18 +211,8 @@ mod tests {
             },
         ];
         let ours: serde_json::Value = serde_json::from_slice(&render_metrics_body(&rows).unwrap()).unwrap();
-        let body: Vec<MetricsRowBody<'_>> = rows
-            .iter()
-            .map(|r| MetricsRowBody {
-                hotkey: &r.hotkey,
-                image_ref: r.image_ref.as_str(),
-                submit_time: r.submit_time,
-                metrics: &r.metrics,
-                carried_over: r.carried_over,
-            })
-            .collect();
         let reference: serde_json::Value =
-            serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+            serde_json::from_slice(&serde_json::to_vec(&row_bodies(&rows)).unwrap()).unwrap();
         assert_eq!(ours, reference);
         assert_eq!(
             ours[0]["metrics"]["efficiency"]["inference_time_sec"],

@@ -24,14 +24,8 @@ use serde::Deserialize;
 use super::error::{KeyError, sanitize};
 use crate::domain::hotkey::Hotkey;
 
-/// sr25519 signing context used by substrate / bittensor `Keypair.sign`.
-pub const SIGNING_CONTEXT: &[u8] = b"substrate";
-/// Header carrying the SS58 hotkey.
-pub const HEADER_HOTKEY: &str = "X-Hotkey";
-/// Header carrying the integer unix timestamp.
-pub const HEADER_TIMESTAMP: &str = "X-Timestamp";
-/// Header carrying the hex signature.
-pub const HEADER_SIGNATURE: &str = "X-Signature";
+/// The signed-header scheme's names are the gateway's: what this module signs, `api::auth` verifies.
+pub use crate::api::auth::{HEADER_HOTKEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, SIGNING_CONTEXT};
 /// Environment variable systemd sets for units with `LoadCredential=`.
 pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 
