@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long the loop idles without a wake-up before it looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
@@ -186,18 +187,19 @@ impl EvaluationLoop {
         ));
         let span = tracing::info_span!("run", run_id = %run_id, hotkey = %ticket.hotkey, gpu = %slot.uuid);
         let started_at = self.env.clock.now_unix();
-        let (outcome, report) = {
-            let _enter = span.enter();
-            tracing::info!(image = %ticket.image_ref, "evaluation started");
-            drop(_enter);
-            let req = RunRequest {
-                run_id: run_id.clone(),
-                ticket: &ticket,
-                challenges: &set,
-                slot: &slot,
-            };
-            run_evaluation(&self.env, req, shutdown).await
+        let req = RunRequest {
+            run_id: run_id.clone(),
+            ticket: &ticket,
+            challenges: &set,
+            slot: &slot,
         };
+        // Everything the run logs carries run_id, hotkey and gpu.
+        let (outcome, report) = async {
+            tracing::info!(image = %ticket.image_ref, "evaluation started");
+            run_evaluation(&self.env, req, shutdown).await
+        }
+        .instrument(span)
+        .await;
         let finished_at = self.env.clock.now_unix();
         let mut record = RunRecord {
             run_id: run_id.clone(),

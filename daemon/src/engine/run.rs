@@ -122,6 +122,10 @@ pub struct RunReport {
     pub log_tail: String,
 }
 
+/// The reason given to challenges the container was no longer alive to answer; the container's own
+/// failure replaces it once the container has been inspected.
+const CONTAINER_STOPPED: &str = "the container had stopped";
+
 /// What one challenge produced inside the container.
 #[derive(Debug)]
 struct ChallengeRun {
@@ -130,6 +134,8 @@ struct ChallengeRun {
     /// Host-measured seconds from task.json to the result, when answered or timed out.
     seconds: Option<f64>,
     result: Result<Option<PathBuf>, Failure>,
+    /// The container stopped before answering it.
+    container_stopped: bool,
 }
 
 /// Run one evaluation.
@@ -212,7 +218,7 @@ async fn evaluate(
     .map_err(infra("creating the job directory"))?;
     let result = run_container(env, req, &job, warmups, scored, cancel, report).await;
     let analysed = match result {
-        Ok(runs) => analyse_and_score(env, req, &job, scored, runs, report).await,
+        Ok(runs) => analyse_and_score(env, req, scored, runs, report).await,
         Err(stop) => Err(stop),
     };
     if let Err(e) = job.remove() {
@@ -367,7 +373,8 @@ async fn run_container(
                     id: challenge.id().to_string(),
                     scored: is_scored,
                     seconds: None,
-                    result: Err(Failure::new(Verdict::Crashed, "the container had stopped")),
+                    result: Err(Failure::new(Verdict::Crashed, CONTAINER_STOPPED)),
+                    container_stopped: true,
                 });
                 continue;
             }
@@ -405,9 +412,7 @@ async fn run_container(
 
     let mut runs = result?;
     let quota_exceeded = quota_hit.load(Ordering::SeqCst);
-    let stopped_early = runs
-        .iter()
-        .any(|r| matches!(&r.result, Err(f) if f.reason.contains("had stopped")))
+    let stopped_early = runs.iter().any(|r| r.container_stopped)
         || (quota_exceeded && runs.iter().any(|r| r.result.is_err()));
     if stopped_early || quota_exceeded {
         let failure = container_failure(
@@ -547,6 +552,7 @@ async fn run_challenge(
         .map_err(infra("staging the challenge"))?;
     let timeout = env.settings.evaluation.challenge_timeout;
     let waited = wait_output(watcher, job, &json_name, timeout, exited, cancel).await;
+    let container_stopped = matches!(waited, Wait::Exited);
     let (seconds, result) = match waited {
         Wait::Seen(t1) => (
             Some(t1.saturating_duration_since(t0).as_secs_f64()),
@@ -559,10 +565,7 @@ async fn run_challenge(
                 format!("no result within {timeout:?}"),
             )),
         ),
-        Wait::Exited => (
-            None,
-            Err(Failure::new(Verdict::Crashed, "the container had stopped")),
-        ),
+        Wait::Exited => (None, Err(Failure::new(Verdict::Crashed, CONTAINER_STOPPED))),
         Wait::Cancelled => return Err(Stop::Infra("daemon shutting down".into())),
         Wait::Io(e) => return Err(Stop::Infra(format!("watching /output: {e}"))),
     };
@@ -576,6 +579,7 @@ async fn run_challenge(
         scored,
         seconds,
         result,
+        container_stopped,
     })
 }
 
@@ -611,7 +615,6 @@ fn read_result(
 async fn analyse_and_score(
     env: &RunEnv,
     req: &RunRequest<'_>,
-    _job: &JobDir,
     scored: &[Challenge],
     runs: Vec<ChallengeRun>,
     report: &mut RunReport,
