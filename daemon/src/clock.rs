@@ -22,3 +22,20 @@ impl Clock for SystemClock {
             .unwrap_or(0.0)
     }
 }
+
+/// A clock that stands still (tests, benches).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(f64);
+
+impl FixedClock {
+    /// A clock that always reads `unix`.
+    pub fn new(unix: f64) -> FixedClock {
+        FixedClock(unix)
+    }
+}
+
+impl Clock for FixedClock {
+    fn now_unix(&self) -> f64 {
+        self.0
+    }
+}

@@ -9,6 +9,7 @@ use crate::clock::SystemClock;
 use crate::config::{ChallengeSource, GpuMode, Settings};
 use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
 use crate::engine::run::{ContainerUser, RunEnv};
+use crate::events::EventBus;
 use crate::gpu::{GpuInventory, VirtualInventory};
 use crate::runtime::Engine;
 use crate::service::Service;
@@ -68,6 +69,7 @@ async fn evaluation_loop(
     settings: &Arc<Settings>,
     store: &Store,
     control: &LoopControl,
+    events: &EventBus,
 ) -> Result<Option<EvaluationLoop>, DaemonError> {
     let source = match &settings.evaluation.challenges {
         ChallengeSource::Unconfigured => {
@@ -129,6 +131,7 @@ async fn evaluation_loop(
         settings: settings.clone(),
         clock: Arc::new(SystemClock),
         container_user: ContainerUser::resolve(&settings.container.user),
+        events: events.clone(),
     });
     Ok(Some(EvaluationLoop::new(
         env,
@@ -180,7 +183,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     }
 
     let control = LoopControl::default();
-    let evaluation = evaluation_loop(&settings, &store, &control).await?;
+    let events = EventBus::new(Arc::new(SystemClock));
+    let evaluation = evaluation_loop(&settings, &store, &control, &events).await?;
     let service = Service::new(store.clone(), Arc::new(SystemClock), control);
     let auth = Authenticator::new(AuthPolicy {
         allowed: settings.auth.allowed_hotkeys.clone(),

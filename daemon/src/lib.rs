@@ -40,6 +40,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod gpu;
 pub mod logging;
 pub mod rounds;

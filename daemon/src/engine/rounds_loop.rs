@@ -9,6 +9,7 @@
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
 use crate::challenges::{ChallengeError, ChallengeSet, Limits, SubnetApiSource, load_directory};
 use crate::domain::Verdict;
+use crate::events::EventKind;
 use crate::gpu::GpuInventory;
 use crate::rounds::{EvaluationTicket, StageOutcome, ranker};
 use crate::runtime::pull::backoff;
@@ -153,6 +154,11 @@ impl EvaluationLoop {
                     "round committed"
                 );
                 crate::systemd::status(&format!("round {} committed: {} miners", c.round, c.committed));
+                self.env.events.publish(EventKind::RoundCommitted {
+                    round: c.round,
+                    committed: u64::try_from(c.committed).unwrap_or(u64::MAX),
+                    metrics_version: c.metrics_version,
+                });
                 self.current = None;
                 return Ok(None);
             }
@@ -194,6 +200,17 @@ impl EvaluationLoop {
             slot: &slot,
         };
         // Everything the run logs carries run_id, hotkey and gpu.
+        self.env.events.publish(EventKind::RunStarted {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            image: ticket.image_ref.to_string(),
+            gpu: slot.uuid.clone(),
+            round: ticket.round,
+            challenges: u32::try_from(
+                self.env.settings.evaluation.warmup_count + self.env.settings.evaluation.scoring_count,
+            )
+            .unwrap_or(u32::MAX),
+        });
         let (outcome, report) = async {
             tracing::info!(image = %ticket.image_ref, "evaluation started");
             run_evaluation(&self.env, req, shutdown).await
@@ -215,6 +232,22 @@ impl EvaluationLoop {
             finished_at,
             log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
         };
+        self.env.events.publish(EventKind::Verdict {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            verdict: match &outcome {
+                RunOutcome::Result(m) => m.verdict.to_string(),
+                RunOutcome::Infra(_) => Verdict::InfraError.to_string(),
+            },
+            reason: match &outcome {
+                RunOutcome::Result(m) => m.error.clone(),
+                RunOutcome::Infra(r) => Some(r.clone()),
+            },
+            score: match &outcome {
+                RunOutcome::Result(m) => Some(m.final_score),
+                RunOutcome::Infra(_) => None,
+            },
+        });
         match outcome {
             RunOutcome::Result(metrics) => {
                 self.backoff_until.remove(ticket.hotkey.as_str());

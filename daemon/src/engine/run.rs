@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::metrics::{ChallengeMetrics, GpuIdentity, MeasurementProvenance, MeasurementSource};
 use crate::domain::{EvaluationMetrics, Verdict};
+use crate::events::{EventBus, EventKind};
 use crate::gpu::GpuSlot;
 use crate::rounds::EvaluationTicket;
 use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
@@ -58,6 +59,8 @@ pub struct RunEnv {
     pub clock: Arc<dyn Clock>,
     /// The user the container runs as, and whether `output/` must be handed to it.
     pub container_user: ContainerUser,
+    /// Where progress is published (admin `watch`, `status`).
+    pub events: EventBus,
 }
 
 /// Who the miner runs as.
@@ -176,6 +179,14 @@ impl From<RuntimeError> for Stop {
 
 fn infra(what: &str) -> impl Fn(std::io::Error) -> Stop + '_ {
     move |e| Stop::Infra(format!("{what}: {e}"))
+}
+
+/// Tell watchers the run entered `stage`.
+fn enter_stage(env: &RunEnv, req: &RunRequest<'_>, stage: &str) {
+    env.events.publish(EventKind::StageChanged {
+        run_id: req.run_id.clone(),
+        stage: stage.to_owned(),
+    });
 }
 
 async fn evaluate(
@@ -325,7 +336,9 @@ async fn run_container(
     );
 
     let result = async {
+        enter_stage(env, req, "start");
         env.engine.start(&id).await?;
+        enter_stage(env, req, "ready");
         let ready_started = Instant::now();
         let ready = wait_output(
             &mut watcher,
@@ -360,7 +373,9 @@ async fn run_container(
             Wait::Io(e) => return Err(Stop::Infra(format!("watching /output: {e}"))),
         }
 
+        enter_stage(env, req, "challenges");
         let challenges_started = Instant::now();
+        let total = u32::try_from(warmups.len() + scored.len()).unwrap_or(u32::MAX);
         let mut runs = Vec::new();
         let mut consecutive_timeouts = 0;
         for (challenge, is_scored) in warmups
@@ -388,6 +403,19 @@ async fn run_container(
                 cancel,
             )
             .await?;
+            env.events.publish(EventKind::ChallengeFinished {
+                run_id: req.run_id.clone(),
+                index: u32::try_from(runs.len() + 1).unwrap_or(u32::MAX),
+                total,
+                challenge_id: run.id.clone(),
+                scored: is_scored,
+                seconds: run.seconds,
+                failure: run
+                    .result
+                    .as_ref()
+                    .err()
+                    .map(|f| format!("{}: {}", f.verdict, f.reason)),
+            });
             let timed_out = matches!(&run.result, Err(f) if f.verdict == Verdict::ChallengeTimeout);
             consecutive_timeouts = if timed_out { consecutive_timeouts + 1 } else { 0 };
             let warmup_failed = !is_scored && run.result.is_err();
@@ -619,6 +647,7 @@ async fn analyse_and_score(
     runs: Vec<ChallengeRun>,
     report: &mut RunReport,
 ) -> Result<EvaluationMetrics, Stop> {
+    enter_stage(env, req, "analysis");
     let cfg = &env.settings.scoring;
     let started = Instant::now();
     let mut entries: Vec<ChallengeMetrics> = Vec::new();
