@@ -1,32 +1,480 @@
-//! `talkheadctl`: the operator's client for talkheadd's Unix-socket admin plane.
+//! `talkheadctl`: the operator's client for talkheadd's Unix-socket admin plane (`talkhead.admin.v1`).
 //!
-//! The admin plane (gRPC over a Unix socket) is not served yet; this binary currently answers `version`
-//! only and says so for everything else, with the documented exit codes.
-//!
-//! Exit codes: 0 ok, 1 other error, 2 usage, 3 daemon unreachable, 4 not found, 5 permission denied.
+//! Human output is aligned tables; `--json` prints the API's messages as JSON for scripts. Exit codes:
+//! 0 ok, 1 other error, 2 usage or invalid argument, 3 daemon unreachable, 4 not found, 5 permission
+//! denied.
 
-use clap::{Parser, Subcommand};
+mod cli;
+mod client;
+mod render;
+mod watch;
+
+use clap::Parser;
+use cli::{Cli, ColorChoice, Command, GpuAction};
+use client::{Failure, exit};
+use render::{Style, duration, pairs, score, short_key, table, timestamp};
+use serde::Serialize;
+use std::io::IsTerminal;
 use std::process::ExitCode;
-
-/// Operate a running talkheadd.
-#[derive(Debug, Parser)]
-#[command(name = "talkheadctl", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the client version.
-    Version,
-}
+use talkhead_admin_proto::v1 as pb;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Version => {
-            println!("talkheadctl {}", env!("CARGO_PKG_VERSION"));
+    let cli = Cli::parse();
+    let style = Style {
+        color: match cli.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("talkheadctl: cannot start: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(run(&cli, style)) {
+        Ok(out) => {
+            print!("{out}");
             ExitCode::SUCCESS
         }
+        Err(f) => {
+            eprintln!("talkheadctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String, Failure> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(|e| Failure {
+            code: exit::OTHER,
+            message: format!("cannot render JSON: {e}"),
+        })
+}
+
+async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
+    if let Command::Version = cli.command {
+        let mine = format!("talkheadctl {}\n", env!("CARGO_PKG_VERSION"));
+        return Ok(match client::connect(&cli.socket).await {
+            Ok(mut c) => match c.read.get_status(pb::GetStatusRequest {}).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    format!("{mine}talkheadd {} ({})\n", s.version, s.build)
+                }
+                Err(_) => mine,
+            },
+            Err(_) => format!("{mine}talkheadd: not reachable at {}\n", cli.socket.display()),
+        });
+    }
+    let mut c = client::connect(&cli.socket).await?;
+    let socket = c.socket.clone();
+    let grpc = |s: tonic::Status| Failure::from_status(&s, &socket);
+    match &cli.command {
+        Command::Version => Ok(String::new()),
+        Command::Status => {
+            let s = c
+                .read
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&s);
+            }
+            Ok(status_text(&s, style))
+        }
+        Command::Miners { state, verdict } => {
+            let r = c
+                .read
+                .list_miners(pb::ListMinersRequest {
+                    state: state.clone().unwrap_or_default(),
+                    verdict: verdict.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&r);
+            }
+            Ok(table(
+                &["hotkey", "state", "verdict", "score", "submitted", "image"],
+                r.miners
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.hotkey.clone(),
+                            if m.blocked {
+                                format!("{} (blocked)", m.state)
+                            } else {
+                                m.state.clone()
+                            },
+                            style.verdict(&m.verdict),
+                            score(m.score),
+                            timestamp(m.submit_time),
+                            m.image_ref.clone(),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+        Command::Miner { hotkey, runs } => {
+            let m = c
+                .read
+                .get_miner(pb::GetMinerRequest {
+                    hotkey: hotkey.clone(),
+                    runs: *runs,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&m);
+            }
+            Ok(miner_text(&m, style))
+        }
+        Command::Runs {
+            hotkey,
+            verdict,
+            limit,
+        } => {
+            let r = c
+                .read
+                .list_runs(pb::ListRunsRequest {
+                    hotkey: hotkey.clone().unwrap_or_default(),
+                    verdict: verdict.clone().unwrap_or_default(),
+                    limit: *limit,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&r);
+            }
+            Ok(runs_table(&r.runs, style))
+        }
+        Command::Run { id } => {
+            let r = c
+                .read
+                .get_run(pb::GetRunRequest { run_id: id.clone() })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&r);
+            }
+            Ok(run_text(&r, style))
+        }
+        Command::Scores => {
+            let s = c
+                .read
+                .get_scores(pb::GetScoresRequest {})
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&s);
+            }
+            let mut out = format!("metrics_version {}\n", s.metrics_version);
+            out += &table(
+                &["rank", "hotkey", "score", "verdict", "submitted", "image"],
+                s.rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.rank.to_string(),
+                            r.hotkey.clone(),
+                            format!("{:.4}", r.final_score),
+                            style.verdict(&r.verdict),
+                            timestamp(r.submit_time),
+                            r.image_ref.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(out)
+        }
+        Command::Blocks => {
+            let r = c
+                .read
+                .list_blocks(pb::ListBlocksRequest {})
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&r);
+            }
+            Ok(table(
+                &["kind", "value", "since", "reason"],
+                r.blocks
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.kind.clone(),
+                            b.value.clone(),
+                            timestamp(b.since_unix),
+                            b.reason.clone(),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+        Command::Watch { after, count } => watch::run(&mut c, *after, *count, cli.json, style).await,
+        Command::Pause => control(cli, c.control.pause(pb::PauseRequest {}).await.map_err(grpc)?),
+        Command::Resume => control(cli, c.control.resume(pb::ResumeRequest {}).await.map_err(grpc)?),
+        Command::Reevaluate { hotkey } => control(
+            cli,
+            c.control
+                .reevaluate(pb::ReevaluateRequest {
+                    hotkey: hotkey.clone(),
+                })
+                .await
+                .map_err(grpc)?,
+        ),
+        Command::Gpu { action } => {
+            let r = match action {
+                GpuAction::Drain { id } => c.control.drain_gpu(pb::GpuRequest { gpu: id.clone() }).await,
+                GpuAction::Undrain { id } => c.control.undrain_gpu(pb::GpuRequest { gpu: id.clone() }).await,
+            };
+            control(cli, r.map_err(grpc)?)
+        }
+        Command::Block { target, reason } => control(
+            cli,
+            c.control
+                .block(pb::BlockRequest {
+                    target: target.clone(),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(grpc)?,
+        ),
+        Command::Unblock { target } => control(
+            cli,
+            c.control
+                .unblock(pb::UnblockRequest {
+                    target: target.clone(),
+                })
+                .await
+                .map_err(grpc)?,
+        ),
+        Command::Reload => {
+            let r = c
+                .control
+                .reload(pb::ReloadRequest {})
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if cli.json {
+                return json(&r);
+            }
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            Ok(pairs(&[
+                ("applied", list(&r.applied)),
+                ("needs restart", list(&r.needs_restart)),
+            ]))
+        }
+    }
+}
+
+fn control(cli: &Cli, r: tonic::Response<pb::ControlResponse>) -> Result<String, Failure> {
+    let r = r.into_inner();
+    if cli.json {
+        return json(&r);
+    }
+    Ok(format!("{}\n", r.message))
+}
+
+fn status_text(s: &pb::Status, style: Style) -> String {
+    let mut out = pairs(&[
+        ("talkheadd", format!("{} ({})", s.version, s.build)),
+        ("uptime", duration(s.uptime_seconds)),
+        ("config", s.config_digest.chars().take(12).collect()),
+        ("docker", s.docker.clone()),
+        ("gpus", s.gpu_backend.clone()),
+        (
+            "evaluation",
+            if s.paused {
+                style.verdict("paused")
+            } else {
+                "running".into()
+            },
+        ),
+        (
+            "round",
+            format!(
+                "{}: {}/{} evaluated, {} queued",
+                s.round, s.round_evaluated, s.round_total, s.queue_length
+            ),
+        ),
+        (
+            "last commit",
+            if s.last_commit_unix > 0.0 {
+                timestamp(s.last_commit_unix)
+            } else {
+                "never".into()
+            },
+        ),
+        ("metrics version", s.metrics_version.to_string()),
+    ]);
+    if !s.gpus.is_empty() {
+        out.push('\n');
+        out += &table(
+            &["gpu", "model", "state", "run", "miner", "stage", "progress"],
+            s.gpus
+                .iter()
+                .map(|g| {
+                    let run = g.current.as_ref();
+                    vec![
+                        g.id.clone(),
+                        g.name.clone(),
+                        if g.state_reason.is_empty() {
+                            g.state.clone()
+                        } else {
+                            format!("{} ({})", g.state, g.state_reason)
+                        },
+                        run.map_or("-".into(), |r| r.run_id.clone()),
+                        run.map_or("-".into(), |r| short_key(&r.hotkey)),
+                        run.map_or("idle".into(), |r| r.stage.clone()),
+                        run.map_or("-".into(), |r| {
+                            format!("{}/{}", r.challenges_done, r.challenges_total)
+                        }),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+fn miner_text(m: &pb::Miner, style: Style) -> String {
+    let Some(s) = &m.summary else {
+        return String::new();
+    };
+    let mut out = pairs(&[
+        ("hotkey", s.hotkey.clone()),
+        ("image", s.image_ref.clone()),
+        ("submitted", timestamp(s.submit_time)),
+        (
+            "state",
+            if s.blocked {
+                format!("{} (blocked)", s.state)
+            } else {
+                s.state.clone()
+            },
+        ),
+        ("verdict", style.verdict(&s.verdict)),
+        ("score", score(s.score)),
+        ("generation", m.generation.to_string()),
+        (
+            "committed",
+            if m.committed_metrics_json.is_empty() {
+                "none".into()
+            } else {
+                format!(
+                    "round {}{}",
+                    m.committed_round,
+                    if m.carried_over { " (carried over)" } else { "" }
+                )
+            },
+        ),
+        (
+            "staged",
+            if m.staged_metrics_json.is_empty() {
+                "none".into()
+            } else {
+                "yes".into()
+            },
+        ),
+    ]);
+    out.push('\n');
+    out += &runs_table(&m.runs, style);
+    out
+}
+
+fn runs_table(runs: &[pb::Run], style: Style) -> String {
+    table(
+        &[
+            "run", "miner", "round", "verdict", "score", "gpu", "took", "started",
+        ],
+        runs.iter()
+            .map(|r| {
+                vec![
+                    r.run_id.clone(),
+                    short_key(&r.hotkey),
+                    r.round.to_string(),
+                    style.verdict(&r.verdict),
+                    score(r.score),
+                    if r.gpu.is_empty() {
+                        "-".into()
+                    } else {
+                        r.gpu.clone()
+                    },
+                    duration(r.finished_unix - r.started_unix),
+                    timestamp(r.started_unix),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn run_text(r: &pb::Run, style: Style) -> String {
+    let mut stages: Vec<_> = r.stage_seconds.iter().collect();
+    stages.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = pairs(&[
+        ("run", r.run_id.clone()),
+        ("miner", r.hotkey.clone()),
+        ("image", r.image_ref.clone()),
+        ("round", r.round.to_string()),
+        ("verdict", style.verdict(&r.verdict)),
+        (
+            "reason",
+            if r.reason.is_empty() {
+                "-".into()
+            } else {
+                r.reason.clone()
+            },
+        ),
+        ("score", score(r.score)),
+        (
+            "gpu",
+            if r.gpu.is_empty() {
+                "-".into()
+            } else {
+                format!("{} ({})", r.gpu, r.gpu_name)
+            },
+        ),
+        (
+            "peak vram",
+            format!(
+                "{} [{}]",
+                r.peak_vram_gb.map_or("-".into(), |v| format!("{v:.2} GB")),
+                r.vram_provenance
+            ),
+        ),
+        ("started", timestamp(r.started_unix)),
+        ("took", duration(r.finished_unix - r.started_unix)),
+        (
+            "stages",
+            stages
+                .iter()
+                .map(|(k, v)| format!("{k} {}", duration(**v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    ]);
+    if !r.log_tail.is_empty() {
+        out += &format!("\n{}\n{}", style.bold("container log (tail):"), r.log_tail);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }

@@ -10,6 +10,8 @@ pub fn generate(crate_dir: &Path, out_dir: &Path) -> Result<(), Box<dyn std::err
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // talkheadctl --json prints the messages as they are.
+        .type_attribute(".talkhead.admin.v1", "#[derive(serde::Serialize)]")
         .out_dir(out_dir)
         .compile_fds(fds)?;
     Ok(())

@@ -1,18 +1,20 @@
 //! The daemon's lifecycle: open the store, start the gateway, tell systemd we are ready, wait for a
 //! signal, drain, close the store. Owns start-up ordering and shutdown deadlines, nothing else.
 
+use crate::admin::{self, authz::AdminPolicy, grpc::SharedPolicy};
 use crate::api::auth::{AuthPolicy, Authenticator};
 use crate::api::http::Gateway;
 use crate::api::prom::PromMetrics;
 use crate::challenges::{FetchTimeouts, Signer, SubnetApiSource};
 use crate::clock::SystemClock;
-use crate::config::{ChallengeSource, GpuMode, Settings};
+use crate::config::{self, ChallengeSource, ConfigLocation, GpuMode, Settings};
 use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
 use crate::engine::run::{ContainerUser, RunEnv};
 use crate::events::EventBus;
 use crate::gpu::{GpuInventory, VirtualInventory};
 use crate::runtime::Engine;
 use crate::service::Service;
+use crate::service::admin::{AdminContext, ReloadReport, Reloader, RuntimeInfo};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::systemd;
 use std::sync::Arc;
@@ -51,6 +53,9 @@ pub enum DaemonError {
     /// The evaluation engine cannot be set up with this configuration.
     #[error("{0}")]
     Engine(String),
+    /// The admin socket could not be set up.
+    #[error(transparent)]
+    AdminSocket(#[from] crate::admin::socket::SocketError),
 }
 
 impl DaemonError {
@@ -70,7 +75,8 @@ async fn evaluation_loop(
     store: &Store,
     control: &LoopControl,
     events: &EventBus,
-) -> Result<Option<EvaluationLoop>, DaemonError> {
+    inventory: Arc<dyn GpuInventory>,
+) -> Result<Option<(EvaluationLoop, Engine)>, DaemonError> {
     let source = match &settings.evaluation.challenges {
         ChallengeSource::Unconfigured => {
             tracing::warn!(
@@ -89,20 +95,6 @@ async fn evaluation_loop(
             let api = SubnetApiSource::new(url, signer, FetchTimeouts::default())
                 .map_err(|e| DaemonError::Engine(format!("evaluation.subnet_api_url: {e}")))?;
             Source::Api(Box::new(api))
-        }
-    };
-    let inventory: Arc<dyn GpuInventory> = match settings.gpu.mode {
-        GpuMode::Virtual(n) => {
-            tracing::warn!(
-                slots = n,
-                "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
-            );
-            Arc::new(VirtualInventory::new(n))
-        }
-        GpuMode::Nvml => {
-            return Err(DaemonError::Engine(
-                "NVML GPU support is not available in this build: set gpu.virtual = N to evaluate on N virtual slots".into(),
-            ));
         }
     };
     let engine = Engine::connect(&settings.docker.host).await?;
@@ -133,13 +125,75 @@ async fn evaluation_loop(
         container_user: ContainerUser::resolve(&settings.container.user),
         events: events.clone(),
     });
-    Ok(Some(EvaluationLoop::new(
-        env,
-        store.clone(),
-        source,
-        inventory,
-        control.clone(),
+    let docker = env.engine.clone();
+    Ok(Some((
+        EvaluationLoop::new(env, store.clone(), source, inventory, control.clone()),
+        docker,
     )))
+}
+
+/// The GPUs evaluations may use.
+fn gpu_inventory(settings: &Settings) -> Result<(Arc<dyn GpuInventory>, String), DaemonError> {
+    match settings.gpu.mode {
+        GpuMode::Virtual(n) => {
+            tracing::warn!(
+                slots = n,
+                "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
+            );
+            Ok((Arc::new(VirtualInventory::new(n)), format!("virtual ({n} slots)")))
+        }
+        GpuMode::Nvml => Err(DaemonError::Engine(
+            "NVML GPU support is not available in this build: set gpu.virtual = N to evaluate on N virtual slots".into(),
+        )),
+    }
+}
+
+/// Re-read the configuration from where it came from and apply what can change while running: the
+/// HTTP allow-list and the admin groups. Everything else is reported as needing a restart.
+struct Reload {
+    location: ConfigLocation,
+    current: std::sync::Mutex<Arc<Settings>>,
+    auth: Arc<Authenticator>,
+    policy: SharedPolicy,
+}
+
+impl Reload {
+    fn apply(&self) -> Result<ReloadReport, String> {
+        let env = |name: &str| std::env::var(name).ok();
+        let loaded =
+            config::load(&self.location, &env).map_err(|e| format!("configuration not reloaded:\n{e}"))?;
+        let new = Arc::new(loaded.settings);
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (applied, needs_restart) =
+            config::reload::partition(config::reload::changed_keys(&current, &new));
+        if applied.iter().any(|k| k == "auth.allowed_hotkeys") {
+            self.auth.set_allowed(&new.auth.allowed_hotkeys);
+        }
+        if applied.iter().any(|k| k.starts_with("admin.")) {
+            *self
+                .policy
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = AdminPolicy::resolve(&new.admin);
+        }
+        // Keys that need a restart keep their running values, so only the applied ones move forward.
+        if needs_restart.is_empty() {
+            *current = new;
+        } else {
+            let mut merged = (**current).clone();
+            merged.auth.allowed_hotkeys = new.auth.allowed_hotkeys.clone();
+            merged.admin.group = new.admin.group.clone();
+            merged.admin.read_group = new.admin.read_group.clone();
+            *current = Arc::new(merged);
+        }
+        tracing::info!(?applied, ?needs_restart, "configuration reloaded");
+        Ok(ReloadReport {
+            applied,
+            needs_restart,
+        })
+    }
 }
 
 /// Remove job directories left by a previous instance (their containers are gone by now).
@@ -154,8 +208,9 @@ fn clear_work_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Run until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+/// Run until SIGTERM or SIGINT. `location` is where the configuration came from (for reloads).
+pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), DaemonError> {
+    let started = std::time::Instant::now();
     let settings = Arc::new(settings);
     let store_settings = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || {
@@ -182,19 +237,62 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         tracing::info!("auth.public_metrics = true: GET /metrics is served without a signature");
     }
 
+    // The admin socket first: binding sets the process umask for an instant, before any other thread
+    // of ours creates files.
+    let policy: SharedPolicy = Arc::new(std::sync::RwLock::new(AdminPolicy::resolve(&settings.admin)));
+    let socket_gid = {
+        let p = policy.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.read.gid.or(p.control.gid)
+    };
+    let admin_listener = admin::socket::bind(&settings.admin.socket, settings.admin.socket_mode, socket_gid)?;
+
     let control = LoopControl::default();
     let events = EventBus::new(Arc::new(SystemClock));
-    let evaluation = evaluation_loop(&settings, &store, &control, &events).await?;
-    let service = Service::new(store.clone(), Arc::new(SystemClock), control);
-    let auth = Authenticator::new(AuthPolicy {
+    // Without a challenge source nothing is evaluated, so a host without GPUs may serve the API alone.
+    let (inventory, gpu_backend) = match gpu_inventory(&settings) {
+        Err(_) if matches!(settings.evaluation.challenges, ChallengeSource::Unconfigured) => (
+            Arc::new(VirtualInventory::new(0)) as Arc<dyn GpuInventory>,
+            "not configured (no challenge source)".to_owned(),
+        ),
+        other => other?,
+    };
+    let gpus = inventory.slots().into_iter().map(|s| (s.uuid, s.name)).collect();
+    let evaluation = evaluation_loop(&settings, &store, &control, &events, inventory).await?;
+    let (evaluation, docker) = match evaluation {
+        Some((l, engine)) => (Some(l), Some(engine)),
+        None => (None, None),
+    };
+    let auth = Arc::new(Authenticator::new(AuthPolicy {
         allowed: settings.auth.allowed_hotkeys.clone(),
         max_skew_secs: settings.auth.max_skew_secs,
         replay_capacity: settings.auth.replay_cache_capacity,
         require_signature: settings.auth.require_signature,
+    }));
+    let reload = Arc::new(Reload {
+        location,
+        current: std::sync::Mutex::new(settings.clone()),
+        auth: auth.clone(),
+        policy: policy.clone(),
+    });
+    let reloader: Reloader = {
+        let reload = reload.clone();
+        Arc::new(move || reload.apply())
+    };
+    let service = Service::new(store.clone(), Arc::new(SystemClock), control).with_admin(AdminContext {
+        runtime: Arc::new(RuntimeInfo {
+            started,
+            config_digest: config::reload::digest(&settings),
+            gpu_backend,
+            gpus,
+            docker,
+            tie_epsilon: settings.scoring.tie_epsilon,
+        }),
+        events: events.clone(),
+        reloader,
     });
     let gateway = Arc::new(Gateway::new(
-        service,
-        auth,
+        service.clone(),
+        auth.clone(),
         PromMetrics::new(),
         settings.http.clone(),
         settings.auth.public_metrics,
@@ -218,6 +316,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(Arc::clone(&gateway).serve(listener, shutdown.clone(), HTTP_DRAIN));
     let evaluator = evaluation.map(|l| tokio::spawn(l.run(shutdown.clone())));
+    let admin_server = tokio::spawn(admin::serve(
+        admin_listener,
+        service.clone(),
+        policy,
+        shutdown.clone(),
+    ));
+    tracing::info!(socket = %settings.admin.socket.display(), "admin socket listening");
 
     tracing::info!(listen = %local, "HTTP gateway listening");
     systemd::ready(&format!("serving HTTP on {local}"));
@@ -227,7 +332,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => {
-                tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes");
+                let reload = reload.clone();
+                match tokio::task::spawn_blocking(move || reload.apply()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running configuration stays"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                }
             }
         }
     }
@@ -236,6 +346,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     if let Err(e) = server.await {
         tracing::error!(error = %e, "HTTP server task failed");
     }
+    match admin_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "admin server failed"),
+        Err(e) => tracing::error!(error = %e, "admin server task failed"),
+    }
+    // Nobody else may bind the path while we shut down; remove it so the next start finds no stale file.
+    let _ = std::fs::remove_file(&settings.admin.socket);
     if let Some(evaluator) = evaluator {
         // A run in flight sees the cancellation, kills its container and returns an infrastructure
         // outcome: nothing is staged for it and it re-runs after restart.
@@ -244,6 +361,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         }
     }
     drop(gateway);
+    drop(service);
     let closed = tokio::task::spawn_blocking(move || store.close())
         .await
         .map_err(|e| DaemonError::Task(e.to_string()))?;

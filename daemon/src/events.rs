@@ -92,7 +92,8 @@ pub enum EventKind {
 /// One numbered event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// Monotonic sequence number, from 1; a client resumes after the last one it saw.
+    /// Increasing sequence number; a client resumes after the last one it saw. Each daemon instance
+    /// starts numbering at its start time in microseconds, so numbers never repeat across restarts.
     pub seq: u64,
     /// Unix time it was published.
     pub at_unix: f64,
@@ -131,6 +132,8 @@ pub struct Subscription {
 }
 
 struct Inner {
+    /// Sequence numbers of this instance are above it.
+    base: u64,
     next_seq: u64,
     backlog: VecDeque<Event>,
     board: BTreeMap<String, ActiveRun>,
@@ -151,12 +154,14 @@ impl std::fmt::Debug for EventBus {
 }
 
 impl EventBus {
-    /// An empty log.
+    /// An empty log, numbering from the clock's time in microseconds.
     pub fn new(clock: Arc<dyn crate::clock::Clock>) -> EventBus {
+        let base = (clock.now_unix().max(0.0) * 1e6) as u64;
         let (tx, _) = broadcast::channel(BACKLOG);
         EventBus {
             inner: Arc::new(Mutex::new(Inner {
-                next_seq: 1,
+                base,
+                next_seq: base + 1,
                 backlog: VecDeque::with_capacity(BACKLOG),
                 board: BTreeMap::new(),
             })),
@@ -188,7 +193,8 @@ impl EventBus {
         seq
     }
 
-    /// Events after `after_seq` (0: everything still kept), then live ones.
+    /// Events after `after_seq` (0, or a number from an earlier instance: everything still kept), then
+    /// live ones.
     pub fn subscribe(&self, after_seq: u64) -> Subscription {
         let inner = self.lock();
         let live = self.tx.subscribe();
@@ -199,7 +205,9 @@ impl EventBus {
             .filter(|e| e.seq > after_seq)
             .cloned()
             .collect();
-        let missed = oldest.saturating_sub(after_seq + 1);
+        // What an earlier instance published is gone with it; only this instance's losses are counted.
+        let from = after_seq.max(inner.base);
+        let missed = oldest.saturating_sub(from + 1);
         Subscription {
             backlog,
             missed,
@@ -207,7 +215,7 @@ impl EventBus {
         }
     }
 
-    /// The last sequence number published (0: none yet).
+    /// The last sequence number published (the instance's base when none yet).
     pub fn last_seq(&self) -> u64 {
         self.lock().next_seq - 1
     }
@@ -284,43 +292,53 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_start_at_one_and_increase() {
+    fn sequence_numbers_start_above_the_start_time_and_increase() {
         let bus = bus();
-        assert_eq!(bus.last_seq(), 0);
-        assert_eq!(bus.publish(stage("r", "pull")), 1);
-        assert_eq!(bus.publish(stage("r", "start")), 2);
-        assert_eq!(bus.last_seq(), 2);
+        let base = 1_000_000_000;
+        assert_eq!(bus.last_seq(), base);
+        assert_eq!(bus.publish(stage("r", "pull")), base + 1);
+        assert_eq!(bus.publish(stage("r", "start")), base + 2);
+        assert_eq!(bus.last_seq(), base + 2);
+        // A later instance numbers above every number of this one.
+        let later = EventBus::new(Arc::new(FixedClock::new(1001.0)));
+        assert!(later.publish(stage("r", "x")) > bus.last_seq());
     }
 
     #[test]
     fn resuming_gets_the_backlog_then_live_events_without_gap_or_repeat() {
         let bus = bus();
-        for s in ["a", "b", "c"] {
-            bus.publish(stage("r", s));
-        }
-        let mut sub = bus.subscribe(1);
+        let first = bus.publish(stage("r", "a"));
+        let second = bus.publish(stage("r", "b"));
+        let third = bus.publish(stage("r", "c"));
+        let mut sub = bus.subscribe(first);
         assert_eq!(sub.missed, 0);
-        assert_eq!(sub.backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
-        bus.publish(stage("r", "d"));
+        assert_eq!(
+            sub.backlog.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![second, third]
+        );
+        let fourth = bus.publish(stage("r", "d"));
         let live = sub.live.try_recv().expect("live event");
-        assert_eq!(live.seq, 4);
+        assert_eq!(live.seq, fourth);
         assert!(sub.live.try_recv().is_err());
     }
 
     #[test]
     fn a_client_behind_the_backlog_is_told_how_many_it_missed() {
         let bus = bus();
+        let base = bus.last_seq();
         for _ in 0..(BACKLOG + 10) {
             bus.publish(stage("r", "x"));
         }
-        let sub = bus.subscribe(5);
-        // Events 6..=10 were dropped from the backlog (oldest kept is 11).
+        let sub = bus.subscribe(base + 5);
+        // Events base+6..=base+10 were dropped from the backlog (the oldest kept is base+11).
         assert_eq!(sub.missed, 5);
-        assert_eq!(sub.backlog.first().map(|e| e.seq), Some(11));
+        assert_eq!(sub.backlog.first().map(|e| e.seq), Some(base + 11));
         assert_eq!(sub.backlog.len(), BACKLOG);
         let fresh = bus.subscribe(bus.last_seq());
         assert!(fresh.backlog.is_empty());
         assert_eq!(fresh.missed, 0);
+        // A new client (0) or one of an earlier instance is told only of this instance's losses.
+        assert_eq!(bus.subscribe(0).missed, 10);
     }
 
     #[test]
@@ -364,7 +382,7 @@ mod tests {
         let e = sub.live.try_recv().expect("event");
         let json = serde_json::to_value(&e).expect("json");
         assert_eq!(json["kind"], "stage_changed");
-        assert_eq!(json["seq"], 1);
+        assert_eq!(json["seq"], 1_000_000_001u64);
         assert_eq!(json["stage"], "ready");
     }
 }

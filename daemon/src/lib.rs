@@ -32,6 +32,7 @@
 //! the executor never needs a private key; bodies are bounded while streaming and validated whole before
 //! anything is stored. Infrastructure failures are never charged to a miner.
 
+pub mod admin;
 pub mod analysis;
 pub mod api;
 pub mod challenges;
@@ -49,3 +50,11 @@ pub mod scoring;
 pub mod service;
 pub mod store;
 pub mod systemd;
+
+/// What this binary was built as: the profile, and the commit when the build sets `TALKHEADD_BUILD`
+/// (the package build does).
+pub const BUILD: &str = match option_env!("TALKHEADD_BUILD") {
+    Some(build) => build,
+    None if cfg!(debug_assertions) => "debug build",
+    None => "release build",
+};

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(talkheadd::daemon::run(loaded.settings)) {
+            match runtime.block_on(talkheadd::daemon::run(loaded.settings, location)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "talkheadd stopped");

@@ -44,6 +44,8 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
     /// Extra keys for the harness's `[http]` table.
     pub http: String,
+    /// Extra keys for the harness's `[admin]` table (its `socket` is `<dir>/admin.sock`).
+    pub admin: String,
     /// Extra TOML tables.
     pub extra: String,
 }
@@ -53,6 +55,7 @@ impl Setup {
         Setup {
             dir: tempfile::tempdir().unwrap(),
             http: String::new(),
+            admin: String::new(),
             extra: extra.to_owned(),
         }
     }
@@ -66,9 +69,11 @@ impl Daemon {
         let port = free_port();
         let config = dir.join("talkheadd.toml");
         let text = format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"{}\"\n{}",
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"{}\"\n[admin]\nsocket = \"{}\"\n{}{}",
             setup.http,
             state.display(),
+            dir.join("admin.sock").display(),
+            setup.admin,
             setup.extra
         );
         std::fs::write(&config, text).unwrap();

@@ -6,7 +6,13 @@
 //! `.proto`, run `cargo run -p talkhead-admin-proto --example regenerate`.
 
 /// Generated messages, the `read` and `control` clients and servers.
-#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 pub mod v1 {
     include!("gen/talkhead.admin.v1.rs");
 }

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use schnorrkel::{PublicKey, Signature};
@@ -334,6 +334,16 @@ impl AuthError {
     }
 }
 
+/// Allow-listed hotkeys with their decoded public keys.
+type AllowedKeys = BTreeMap<Hotkey, Option<PublicKey>>;
+
+fn decode_keys(allowed: &BTreeSet<Hotkey>) -> AllowedKeys {
+    allowed
+        .iter()
+        .map(|hotkey| (hotkey.clone(), PublicKey::from_bytes(hotkey.public_key()).ok()))
+        .collect()
+}
+
 /// Verifies signed headers against an [`AuthPolicy`] and remembers talkhead-v1 nonces.
 ///
 /// Cheap to share (`Arc<Authenticator>`): the only mutable state is the replay cache behind a `Mutex`
@@ -341,8 +351,9 @@ impl AuthError {
 pub struct Authenticator {
     policy: AuthPolicy,
     /// Allow-listed keys decoded once. `None` when the 32 bytes are not a valid Ristretto point: such a
-    /// hotkey is allowed by policy but no signature can ever verify for it.
-    keys: BTreeMap<Hotkey, Option<PublicKey>>,
+    /// hotkey is allowed by policy but no signature can ever verify for it. Replaced whole on a
+    /// configuration reload (the replay cache survives it).
+    keys: std::sync::RwLock<Arc<AllowedKeys>>,
     replay: Mutex<ReplayCache>,
 }
 
@@ -378,14 +389,21 @@ struct StrongHeaders<'a> {
 impl Authenticator {
     /// Builds an authenticator; allow-listed public keys are decoded here, once.
     pub fn new(policy: AuthPolicy) -> Authenticator {
-        let keys = policy
-            .allowed
-            .iter()
-            .map(|hotkey| (hotkey.clone(), PublicKey::from_bytes(hotkey.public_key()).ok()))
-            .collect();
+        let keys = std::sync::RwLock::new(Arc::new(decode_keys(&policy.allowed)));
         let ttl_secs = policy.max_skew_secs.saturating_mul(2) as f64;
         let replay = Mutex::new(ReplayCache::new(policy.replay_capacity, ttl_secs));
         Authenticator { policy, keys, replay }
+    }
+
+    /// Replace the allow-list (configuration reload). Requests already past the check finish under
+    /// the old list; nonces already seen stay seen.
+    pub fn set_allowed(&self, allowed: &BTreeSet<Hotkey>) {
+        let keys = Arc::new(decode_keys(allowed));
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+    }
+
+    fn allowed_keys(&self) -> Arc<AllowedKeys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The policy this authenticator enforces.
@@ -541,7 +559,7 @@ impl Authenticator {
             value: sanitize(text.as_bytes()),
             source,
         })?;
-        if !self.keys.contains_key(&hotkey) {
+        if !self.allowed_keys().contains_key(&hotkey) {
             return Err(AuthError::HotkeyNotAllowed { hotkey });
         }
         Ok(hotkey)
@@ -558,7 +576,8 @@ impl Authenticator {
             hotkey: hotkey.clone(),
             scheme,
         };
-        let public = self.keys.get(hotkey).and_then(Option::as_ref).ok_or_else(bad)?;
+        let keys = self.allowed_keys();
+        let public = keys.get(hotkey).and_then(Option::as_ref).ok_or_else(bad)?;
         // `from_bytes` also rejects signatures without the schnorrkel marker bit (pre-0.8 format),
         // which no current bittensor signer produces.
         let signature = Signature::from_bytes(signature).map_err(|_| bad())?;

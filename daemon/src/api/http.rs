@@ -65,7 +65,7 @@ impl Route {
 /// The gateway's shared state.
 pub struct Gateway {
     service: Service,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     prom: Arc<PromMetrics>,
     limits: HttpSettings,
     public_metrics: bool,
@@ -77,7 +77,7 @@ impl Gateway {
     /// Assemble a gateway.
     pub fn new(
         service: Service,
-        auth: Authenticator,
+        auth: Arc<Authenticator>,
         prom: Arc<PromMetrics>,
         limits: HttpSettings,
         public_metrics: bool,

@@ -155,6 +155,12 @@ pub struct RawGpu {
 pub struct RawAdmin {
     /// Path of the admin Unix socket.
     pub socket: Option<String>,
+    /// Group whose members may call every admin call.
+    pub group: Option<String>,
+    /// Group whose members may call the read-only admin calls.
+    pub read_group: Option<String>,
+    /// Permission bits of the socket file (octal string, e.g. "0660"), applied through the umask at bind.
+    pub socket_mode: Option<String>,
 }
 
 /// `[log]`

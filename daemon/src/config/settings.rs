@@ -59,6 +59,12 @@ pub mod defaults {
     pub const PULL_ATTEMPTS: i64 = 5;
     /// Admin socket.
     pub const ADMIN_SOCKET: &str = "/run/talkheadd/admin.sock";
+    /// Full-control admin group (created by the package's sysusers entry).
+    pub const ADMIN_GROUP: &str = "talkhead-admin";
+    /// Read-only admin group (the daemon's own group).
+    pub const ADMIN_READ_GROUP: &str = "talkhead";
+    /// Admin socket permissions: owner and group read/write, nothing for others.
+    pub const ADMIN_SOCKET_MODE: u32 = 0o660;
     /// Log level.
     pub const LOG_LEVEL: &str = "info";
     /// Haar cascade shipped by Debian's opencv-data.
@@ -219,10 +225,16 @@ pub struct AnalysisSettings {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
     /// Socket path.
     pub socket: PathBuf,
+    /// Group with full control (empty: root only).
+    pub group: String,
+    /// Group with read-only access (empty: none).
+    pub read_group: String,
+    /// Socket file permission bits (at most 0o666: never executable, never setuid).
+    pub socket_mode: u32,
 }
 
 /// Log output format.
@@ -301,12 +313,7 @@ impl Settings {
                     Some(_) => GpuMode::Virtual(v.int(raw.gpu.virtual_slots, 0, "gpu.virtual", 1, 64)),
                 },
             },
-            admin: AdminSettings {
-                socket: v.absolute_path(
-                    raw.admin.socket.as_deref().unwrap_or(defaults::ADMIN_SOCKET),
-                    "admin.socket",
-                ),
-            },
+            admin: v.admin(raw),
             scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
             container: v.container(raw.container.clone().unwrap_or_default()),
             analysis: v.analysis(raw),
@@ -465,13 +472,13 @@ impl Validator<'_> {
                 format!("directory {} is not accessible: {e}", dir.display()),
             ),
         }
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_file() {
-                self.problem(
-                    "store.path",
-                    format!("{} exists but is not a regular file", path.display()),
-                );
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && !meta.file_type().is_file()
+        {
+            self.problem(
+                "store.path",
+                format!("{} exists but is not a regular file", path.display()),
+            );
         }
     }
 
@@ -655,6 +662,48 @@ impl Validator<'_> {
         host.to_owned()
     }
 
+    fn admin(&mut self, raw: &RawConfig) -> AdminSettings {
+        let a = &raw.admin;
+        let group = |v: &mut Self, value: Option<&str>, default: &str, key: &str| {
+            let name = value.unwrap_or(default).to_owned();
+            if !name.is_empty() && !valid_group_name(&name) {
+                v.problem(key, format!("'{name}' is not a valid group name"));
+            }
+            name
+        };
+        let mode_text = a.socket_mode.as_deref().unwrap_or("");
+        let socket_mode = if mode_text.is_empty() {
+            defaults::ADMIN_SOCKET_MODE
+        } else {
+            match u32::from_str_radix(mode_text.trim_start_matches("0o"), 8) {
+                Ok(m) if m & !0o666 == 0 && m & 0o600 == 0o600 => m,
+                _ => {
+                    self.problem(
+                        "admin.socket_mode",
+                        format!(
+                            "'{mode_text}' must be octal permission bits within 0666 that include 0600 (e.g. \"0660\")"
+                        ),
+                    );
+                    defaults::ADMIN_SOCKET_MODE
+                }
+            }
+        };
+        AdminSettings {
+            socket: self.absolute_path(
+                a.socket.as_deref().unwrap_or(defaults::ADMIN_SOCKET),
+                "admin.socket",
+            ),
+            group: group(self, a.group.as_deref(), defaults::ADMIN_GROUP, "admin.group"),
+            read_group: group(
+                self,
+                a.read_group.as_deref(),
+                defaults::ADMIN_READ_GROUP,
+                "admin.read_group",
+            ),
+            socket_mode,
+        }
+    }
+
     fn absolute_path(&mut self, path: &str, key: &str) -> PathBuf {
         let p = PathBuf::from(path);
         if !p.is_absolute() {
@@ -730,6 +779,18 @@ fn default_work_dir(raw: &RawConfig) -> PathBuf {
     };
     // Bind mounts need an absolute source.
     std::path::absolute(&dir).unwrap_or(dir).join("jobs")
+}
+
+/// POSIX portable group names (as useradd accepts them).
+fn valid_group_name(name: &str) -> bool {
+    name.len() <= 32
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 fn valid_base_url(url: &str) -> bool {

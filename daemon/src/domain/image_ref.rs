@@ -91,19 +91,19 @@ impl ImageRef {
             }
             None => (name_and_tag, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(ImageRefError::BadTag(tag.to_owned()));
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(ImageRefError::BadTag(tag.to_owned()));
         }
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(ImageRefError::BadRepository(name.to_owned()));
         }
         let (registry, repository) = split_registry(name);
-        if let Some(registry) = registry {
-            if !valid_registry(registry) {
-                return Err(ImageRefError::BadRegistry(registry.to_owned()));
-            }
+        if let Some(registry) = registry
+            && !valid_registry(registry)
+        {
+            return Err(ImageRefError::BadRegistry(registry.to_owned()));
         }
         if !valid_repository(repository) {
             return Err(ImageRefError::BadRepository(repository.to_owned()));

@@ -300,10 +300,10 @@ impl EvaluationLoop {
     async fn challenge_set(&mut self) -> Result<Arc<ChallengeSet>, LoopError> {
         let store = self.store.clone();
         let round = blocking(move || store.round_state()).await?;
-        if let (Some(hash), Some(current)) = (&round.challenge_set_hash, &self.current) {
-            if current.hash() == hash {
-                return Ok(current.clone());
-            }
+        if let (Some(hash), Some(current)) = (&round.challenge_set_hash, &self.current)
+            && current.hash() == hash
+        {
+            return Ok(current.clone());
         }
         let set = match &round.challenge_set_hash {
             Some(hash) => {

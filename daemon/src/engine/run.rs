@@ -450,21 +450,21 @@ async fn run_container(
             req.slot.compute_capability.as_deref(),
         );
         for run in &mut runs {
-            if let Err(f) = &mut run.result {
-                if f.verdict == Verdict::Crashed || quota_exceeded {
-                    *f = failure.clone();
-                }
+            if let Err(f) = &mut run.result
+                && (f.verdict == Verdict::Crashed || quota_exceeded)
+            {
+                *f = failure.clone();
             }
         }
         return Err(Stop::Miner(failure));
     }
-    if let Some(warmup) = runs.iter().find(|r| !r.scored && r.result.is_err()) {
-        if let Err(f) = &warmup.result {
-            return Err(Stop::Miner(Failure::new(
-                f.verdict,
-                format!("warm-up {} failed: {}", warmup.id, f.reason),
-            )));
-        }
+    if let Some(warmup) = runs.iter().find(|r| !r.scored && r.result.is_err())
+        && let Err(f) = &warmup.result
+    {
+        return Err(Stop::Miner(Failure::new(
+            f.verdict,
+            format!("warm-up {} failed: {}", warmup.id, f.reason),
+        )));
     }
     Ok(runs)
 }

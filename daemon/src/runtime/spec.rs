@@ -691,10 +691,10 @@ fn audit_host(host: &Map<String, Value>) -> Result<Option<&str>, SpecError> {
     audit_tmpfs(get(host, H, "Tmpfs")?)?;
     audit_mounts(get(host, H, "Mounts")?)?;
 
-    if let Some(devices) = host.get("Devices") {
-        if !array(devices, "HostConfig.Devices")?.is_empty() {
-            return Err(violation("HostConfig.Devices", "must be empty"));
-        }
+    if let Some(devices) = host.get("Devices")
+        && !array(devices, "HostConfig.Devices")?.is_empty()
+    {
+        return Err(violation("HostConfig.Devices", "must be empty"));
     }
     let restart = as_object(get(host, H, "RestartPolicy")?, "HostConfig.RestartPolicy")?;
     only_keys(restart, "HostConfig.RestartPolicy", &["Name"])?;

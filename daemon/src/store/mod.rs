@@ -9,6 +9,7 @@
 //! own reads and writes, create directories, or block an async executor (calls are synchronous; the
 //! async caller runs them on a blocking thread).
 
+mod controls;
 mod error;
 mod registry;
 mod schema;
@@ -20,6 +21,7 @@ pub use crate::rounds::{
     DiscardReason, EvaluationTicket, MetricsRow, RankInput, ReevaluatePolicy, RoundCommit, StageOutcome,
     UpsertReport,
 };
+pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
 pub use error::StoreError;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 

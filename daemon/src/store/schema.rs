@@ -10,13 +10,13 @@ use heed::{Database, Env, RwTxn, WithoutTls};
 use std::path::Path;
 
 /// Schema version this binary writes.
-pub const CURRENT_VERSION: u64 = 1;
+pub const CURRENT_VERSION: u64 = 2;
 
 /// One migration step, run inside the opening write transaction (the last argument is the map size).
 type Migration = fn(&Env<WithoutTls>, &mut RwTxn, usize) -> Result<(), StoreError>;
 
 /// Migration steps: `MIGRATIONS[v]` turns version `v` into `v + 1`.
-const MIGRATIONS: [Migration; CURRENT_VERSION as usize] = [v0_to_v1];
+const MIGRATIONS: [Migration; CURRENT_VERSION as usize] = [v0_to_v1, v1_to_v2];
 
 /// Check the file's version (read-only), then migrate or initialise it and open every table, in one
 /// write transaction.
@@ -113,6 +113,13 @@ fn initialise(meta: MetaDb, wtxn: &mut RwTxn, map_size: usize) -> Result<(), Sto
 /// no round number, generation counter, run sequence or `runs` table. Initialise the missing keys from
 /// the data: round 1, the generation counter at the highest generation stored (so new generations
 /// stay unique), the run sequence after the highest run key if runs exist.
+/// v2 adds the `controls` table (operator blocks); [`Tables::create`] creates it empty, so there is
+/// nothing to convert. The version bump makes an older binary refuse the file instead of ignoring
+/// the blocks.
+fn v1_to_v2(_env: &Env<WithoutTls>, _wtxn: &mut RwTxn, _map_size: usize) -> Result<(), StoreError> {
+    Ok(())
+}
+
 fn v0_to_v1(env: &Env<WithoutTls>, wtxn: &mut RwTxn, map_size: usize) -> Result<(), StoreError> {
     let e = |op, table| tables::lmdb_err(op, table, None, map_size);
     let meta: MetaDb = env

@@ -9,6 +9,7 @@
 //! | `staged`      | hotkey                                | JSON `StagedResult`             |
 //! | `committed`   | hotkey                                | JSON `CommittedResult`          |
 //! | `runs`        | hotkey, 0x00, sequence (u64 BE)       | JSON `RunRecord`                |
+//! | `controls`    | `block/hotkey/…`, `block/digest/…`    | JSON `BlockRecord` (v2)         |
 //!
 //! Run keys sort by (hotkey, sequence), so one miner's history is a contiguous, time-ordered range; an
 //! SS58 hotkey never contains 0x00, so the separator makes prefixes unambiguous.
@@ -27,6 +28,7 @@ pub(crate) const SUBMISSIONS: &str = "submissions";
 pub(crate) const STAGED: &str = "staged";
 pub(crate) const COMMITTED: &str = "committed";
 pub(crate) const RUNS: &str = "runs";
+pub(crate) const CONTROLS: &str = "controls";
 
 /// Named databases the environment may hold (the tables above, with room for later schema versions).
 pub(crate) const MAX_DBS: u32 = 16;
@@ -46,6 +48,7 @@ pub(crate) type SubmissionsDb = Database<Str, SerdeJson<SubmissionRecord>>;
 pub(crate) type StagedDb = Database<Str, SerdeJson<StagedResult>>;
 pub(crate) type CommittedDb = Database<Str, SerdeJson<CommittedResult>>;
 pub(crate) type RunsDb = Database<Bytes, SerdeJson<RunRecord>>;
+pub(crate) type ControlsDb = Database<Str, SerdeJson<super::controls::BlockRecord>>;
 
 /// The part of a staged result that pending checks need; serde skips the metrics document.
 #[derive(Deserialize)]
@@ -158,6 +161,7 @@ pub(crate) struct Tables {
     pub(crate) staged: StagedDb,
     pub(crate) committed: CommittedDb,
     pub(crate) runs: RunsDb,
+    pub(crate) controls: ControlsDb,
     /// Reported by [`StoreError::Full`].
     pub(crate) map_size: usize,
 }
@@ -178,6 +182,7 @@ impl Tables {
             staged: env.create_database(wtxn, Some(STAGED)).map_err(e(STAGED))?,
             committed: env.create_database(wtxn, Some(COMMITTED)).map_err(e(COMMITTED))?,
             runs: env.create_database(wtxn, Some(RUNS)).map_err(e(RUNS))?,
+            controls: env.create_database(wtxn, Some(CONTROLS)).map_err(e(CONTROLS))?,
             map_size,
         })
     }

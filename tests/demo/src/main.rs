@@ -106,10 +106,11 @@ async fn main() -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{state}\"\n[auth]\nrequire_signature = false\npublic_metrics = true\n\
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{state}\"\n[admin]\nsocket = \"{admin}\"\n[auth]\nrequire_signature = false\npublic_metrics = true\n\
              [evaluation]\nchallenges_dir = \"{challenges}\"\nchallenge_timeout_secs = 10\nready_timeout_secs = 60\n[gpu]\nvirtual = 1\n\
              [container]\ncpus = 1.0\nmemory_bytes = 2147483648\nshm_bytes = 268435456\noutput_bytes = 268435456\n",
             state = dir.path().join("state.db").display(),
+            admin = dir.path().join("admin.sock").display(),
             challenges = challenges.display(),
         ),
     )?;

@@ -2,7 +2,10 @@
 //! is one decision against the store, run on a blocking thread so no LMDB transaction ever meets an
 //! `.await`.
 //!
-//! Surfaces parse, authenticate and map errors; they never reach into the store themselves.
+//! Surfaces parse, authenticate and map errors; they never reach into the store themselves. Errors map
+//! through one [`ErrorClass`] to both HTTP statuses and gRPC codes.
+
+pub mod admin;
 
 use crate::clock::Clock;
 use crate::domain::{Hotkey, Submission};
@@ -25,16 +28,67 @@ pub enum ServiceError {
     /// A response could not be serialised (a bug: every stored value is serialisable).
     #[error("could not serialise the response: {0}")]
     Render(#[from] sonic_rs::Error),
+    /// The caller's argument is malformed or refers to nothing that can exist.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation cannot be done in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A part of the daemon the operation needs is not running.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What kind of failure an error is, for every surface: the one mapping to HTTP statuses and gRPC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is wrong (HTTP 400, gRPC INVALID_ARGUMENT).
+    InvalidArgument,
+    /// Nothing by that name (404, NOT_FOUND).
+    NotFound,
+    /// Valid, but refused by a rule or the current state (422, FAILED_PRECONDITION).
+    FailedPrecondition,
+    /// Try again later (503, UNAVAILABLE).
+    Unavailable,
+    /// A bug (500, INTERNAL).
+    Internal,
+}
+
+impl ErrorClass {
+    /// The HTTP status.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorClass::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
+            ErrorClass::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
 
 impl ServiceError {
+    /// What kind of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ServiceError::Store(StoreError::SubmissionLimit { .. }) | ServiceError::FailedPrecondition(_) => {
+                ErrorClass::FailedPrecondition
+            }
+            ServiceError::Store(_) | ServiceError::Worker(_) | ServiceError::Unavailable(_) => {
+                ErrorClass::Unavailable
+            }
+            ServiceError::Render(_) => ErrorClass::Internal,
+            ServiceError::InvalidArgument(_) => ErrorClass::InvalidArgument,
+            ServiceError::NotFound(_) => ErrorClass::NotFound,
+        }
+    }
+
     /// HTTP status for this error.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ServiceError::Store(StoreError::SubmissionLimit { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            ServiceError::Store(_) | ServiceError::Worker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServiceError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.class().http_status()
     }
 
     /// Stable reason string.
@@ -43,6 +97,10 @@ impl ServiceError {
             ServiceError::Store(e) => e.reason(),
             ServiceError::Worker(_) => "internal_worker_failed",
             ServiceError::Render(_) => "internal_render_failed",
+            ServiceError::InvalidArgument(_) => "invalid_argument",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::FailedPrecondition(_) => "failed_precondition",
+            ServiceError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -57,6 +115,8 @@ pub struct Service {
     metrics_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
     /// Wakes the evaluation loop when submissions change.
     control: LoopControl,
+    /// The admin plane's context (process facts, events, reload); `None` in HTTP-only tests.
+    admin: Option<admin::AdminContext>,
 }
 
 /// One row of `GET /metrics` (the reference's `MinerMetricsResponse`).
@@ -97,6 +157,7 @@ impl Service {
             clock,
             metrics_cache: Arc::new(Mutex::new(None)),
             control,
+            admin: None,
         }
     }
 
