@@ -44,8 +44,10 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
     /// Extra keys for the harness's `[http]` table.
     pub http: String,
-    /// Extra keys for the harness's `[admin]` table (its `socket` is `<dir>/admin.sock`).
+    /// Extra keys for the harness's `[admin]` table.
     pub admin: String,
+    /// The admin socket (default `<dir>/admin.sock`).
+    pub admin_socket: Option<PathBuf>,
     /// Extra TOML tables.
     pub extra: String,
 }
@@ -56,8 +58,28 @@ impl Setup {
             dir: tempfile::tempdir().unwrap(),
             http: String::new(),
             admin: String::new(),
+            admin_socket: None,
             extra: extra.to_owned(),
         }
+    }
+}
+
+impl Setup {
+    /// Write `<dir>/talkheadd.toml` for a daemon listening on `port`; returns its path.
+    pub fn write_config(&self, port: u16) -> PathBuf {
+        let dir = self.dir.path();
+        let socket = self.admin_socket.clone().unwrap_or_else(|| dir.join("admin.sock"));
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"{}\"\n[admin]\nsocket = \"{}\"\n{}{}",
+            self.http,
+            dir.join("state.db").display(),
+            socket.display(),
+            self.admin,
+            self.extra
+        );
+        let config = dir.join("talkheadd.toml");
+        std::fs::write(&config, text).unwrap();
+        config
     }
 }
 
@@ -67,16 +89,7 @@ impl Daemon {
         let dir = setup.dir.path().to_path_buf();
         let state = dir.join("state.db");
         let port = free_port();
-        let config = dir.join("talkheadd.toml");
-        let text = format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"{}\"\n[admin]\nsocket = \"{}\"\n{}{}",
-            setup.http,
-            state.display(),
-            dir.join("admin.sock").display(),
-            setup.admin,
-            setup.extra
-        );
-        std::fs::write(&config, text).unwrap();
+        let config = setup.write_config(port);
         let mut cmd = Command::new(bin());
         cmd.arg("--config")
             .arg(&config)
