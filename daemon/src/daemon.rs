@@ -100,9 +100,14 @@ async fn evaluation_loop(
             Arc::new(VirtualInventory::new(n))
         }
         GpuMode::Nvml => {
-            return Err(DaemonError::Engine(
-                "NVML GPU support is not available in this build: set gpu.virtual = N to evaluate on N virtual slots".into(),
-            ));
+            let g = &settings.gpu;
+            let limits = crate::gpu::nvml::ProbeLimits {
+                max_temperature_c: g.max_temperature_c,
+            };
+            Arc::new(
+                crate::gpu::nvml::NvmlInventory::open(&g.devices, limits, g.vram_sample_hz)
+                    .map_err(|e| DaemonError::Engine(e.to_string()))?,
+            )
         }
     };
     let engine = Engine::connect(&settings.docker.host).await?;

@@ -10,6 +10,7 @@
 //! async caller runs them on a blocking thread).
 
 mod error;
+mod gpus;
 mod registry;
 mod schema;
 mod tables;
