@@ -291,7 +291,7 @@ fn urls_with_credentials_are_redacted() {
 }
 
 #[test]
-fn gpu_keys_select_devices_and_tune_health_and_print_back() {
+fn devices_and_health_keys_select_tune_and_print_back() {
     let f = Fixture::new();
     let path = f.file(
         "t.toml",
