@@ -125,10 +125,10 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
         bin: ctl_binary(public.path()),
         socket: public.path().join("admin.sock"),
     };
-    let r = d.request(
-        &HttpRequest::new("POST", "/update")
-            .body(update_body(&[(HK_A, image('a'), 1_700_000_000.0), (HK_B, image('b'), 1_700_000_100.0)])),
-    );
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&[
+        (HK_A, image('a'), 1_700_000_000.0),
+        (HK_B, image('b'), 1_700_000_100.0),
+    ])));
     assert_eq!(r.status, 200);
 
     // status
@@ -140,7 +140,10 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
     assert_eq!(s["paused"], false);
     assert_eq!(s["config_digest"].as_str().unwrap().len(), 64);
     let human = stdout(&ctl.run(&["status"]));
-    assert!(human.contains("round            1: 0/2 evaluated, 2 queued"), "{human}");
+    assert!(
+        human.contains("round            1: 0/2 evaluated, 2 queued"),
+        "{human}"
+    );
 
     // miners: the human table, exactly
     let miners = ctl.run(&["miners"]);
@@ -209,7 +212,11 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
     )
     .unwrap();
     let reload = json(&ctl.run(&["--json", "reload"]));
-    assert_eq!(reload["applied"], serde_json::json!(["auth.allowed_hotkeys"]), "{reload}");
+    assert_eq!(
+        reload["applied"],
+        serde_json::json!(["auth.allowed_hotkeys"]),
+        "{reload}"
+    );
     std::fs::write(&d.config, "[http]\nnot_a_key = 1\n").unwrap();
     let broken = ctl.run(&["reload"]);
     assert_eq!(code(&broken), 2, "{}", stderr(&broken));
@@ -227,7 +234,11 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
     drop(d);
     let gone = ctl.run(&["status"]);
     assert_eq!(code(&gone), 3);
-    assert!(stderr(&gone).contains("systemctl status talkheadd"), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("systemctl status talkheadd"),
+        "{}",
+        stderr(&gone)
+    );
 }
 
 #[test]
@@ -235,8 +246,16 @@ fn peer_credentials_decide_who_may_read_and_who_may_control() {
     require_root();
     // Groups every Debian system has: `adm` (4) controls, `nogroup` (65534) reads. The socket is
     // world-connectable here so that the refusal comes from the peer-credential check itself.
-    let adm = nix::unistd::Group::from_name("adm").unwrap().expect("group adm").gid.as_raw();
-    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().expect("group nogroup").gid.as_raw();
+    let adm = nix::unistd::Group::from_name("adm")
+        .unwrap()
+        .expect("group adm")
+        .gid
+        .as_raw();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .expect("group nogroup")
+        .gid
+        .as_raw();
     let public = public_dir();
     let d = daemon(
         public.path(),
@@ -260,9 +279,17 @@ fn peer_credentials_decide_who_may_read_and_who_may_control() {
         assert_eq!(code(&ok), 0, "{}", stderr(&ok));
         let denied = ctl.run_as(stranger, gid, &groups, &["pause"]);
         assert_eq!(code(&denied), 5, "{}", stderr(&denied));
-        assert!(stderr(&denied).contains("'adm' (admin.group)"), "{}", stderr(&denied));
+        assert!(
+            stderr(&denied).contains("'adm' (admin.group)"),
+            "{}",
+            stderr(&denied)
+        );
     }
-    assert_eq!(json(&ctl.run(&["--json", "status"]))["paused"], false, "nothing was paused");
+    assert_eq!(
+        json(&ctl.run(&["--json", "status"]))["paused"],
+        false,
+        "nothing was paused"
+    );
 
     // A member of the admin group controls.
     let pause = ctl.run_as(stranger, stranger, &[adm], &["pause"]);
@@ -288,7 +315,11 @@ fn the_default_socket_mode_keeps_strangers_out_at_the_file() {
     };
     let refused = ctl.run_as(54_321, 54_321, &[], &["status"]);
     assert_eq!(code(&refused), 5, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("permission denied"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("permission denied"),
+        "{}",
+        stderr(&refused)
+    );
     drop(d);
 }
 
@@ -305,7 +336,10 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another talkheadd is already serving the admin socket"), "{err}");
+    assert!(
+        err.contains("another talkheadd is already serving the admin socket"),
+        "{err}"
+    );
     // The first one is unharmed.
     assert_eq!(d.request(&HttpRequest::new("GET", "/healthz")).status, 200);
 }
@@ -321,7 +355,11 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pushed = rt
-        .block_on(images::build_and_push_miner_with(images::Behaviour::Good, &[], &fixtures))
+        .block_on(images::build_and_push_miner_with(
+            images::Behaviour::Good,
+            &[],
+            &fixtures,
+        ))
         .unwrap();
     let public = public_dir();
     let mut setup = Setup::new(&format!(
@@ -340,13 +378,26 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     };
     // Pause so that the watcher is attached before anything happens.
     assert_eq!(code(&ctl.run(&["pause"])), 0);
-    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&[(HK_A, pushed.reference.clone(), 1.0)])));
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&[(
+        HK_A,
+        pushed.reference.clone(),
+        1.0,
+    )])));
     assert_eq!(r.status, 200);
-    let after = json(&ctl.run(&["--json", "status"]))["last_event_seq"].as_u64().unwrap();
+    let after = json(&ctl.run(&["--json", "status"]))["last_event_seq"]
+        .as_u64()
+        .unwrap();
     // run_started, stage start/ready/challenges, 3 challenges, stage analysis, verdict, round_committed
     let total = 10;
     let watcher = Command::new(&ctl.bin)
-        .args(["--socket", ctl.socket.to_str().unwrap(), "--json", "watch", "--count", &total.to_string()])
+        .args([
+            "--socket",
+            ctl.socket.to_str().unwrap(),
+            "--json",
+            "watch",
+            "--count",
+            &total.to_string(),
+        ])
         .args(["--after", &after.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -392,23 +443,45 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
 
     // Disconnect after 4 events, then resume after the last one seen: the rest, exactly once.
     let first = Command::new(&ctl.bin)
-        .args(["--socket", ctl.socket.to_str().unwrap(), "--json", "watch", "--count", "4"])
+        .args([
+            "--socket",
+            ctl.socket.to_str().unwrap(),
+            "--json",
+            "watch",
+            "--count",
+            "4",
+        ])
         .args(["--after", &after.to_string()])
         .output()
         .unwrap();
     let first: Vec<u64> = String::from_utf8_lossy(&first.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(first, seqs[..4]);
     let rest = Command::new(&ctl.bin)
-        .args(["--socket", ctl.socket.to_str().unwrap(), "--json", "watch", "--count", "6"])
+        .args([
+            "--socket",
+            ctl.socket.to_str().unwrap(),
+            "--json",
+            "watch",
+            "--count",
+            "6",
+        ])
         .args(["--after", &first[3].to_string()])
         .output()
         .unwrap();
     let rest: Vec<u64> = String::from_utf8_lossy(&rest.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(rest, seqs[4..]);
 
@@ -416,5 +489,8 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     let scores = json(&ctl.run(&["--json", "scores"]));
     assert_eq!(scores["rows"][0]["hotkey"], HK_A);
     let metrics = d.request(&HttpRequest::new("GET", "/metrics")).json();
-    assert_eq!(scores["rows"][0]["final_score"], metrics[0]["metrics"]["final_score"]);
+    assert_eq!(
+        scores["rows"][0]["final_score"],
+        metrics[0]["metrics"]["final_score"]
+    );
 }

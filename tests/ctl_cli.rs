@@ -26,14 +26,31 @@ fn an_absent_daemon_exits_3_and_says_what_to_do() {
     let out = ctl().arg("--socket").arg(&socket).arg("status").output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot reach talkheadd at {}", socket.display())), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach talkheadd at {}", socket.display())),
+        "{err}"
+    );
     assert!(err.contains("systemctl status talkheadd"), "{err}");
     // A socket nobody serves (a crashed daemon's leftover) is the same.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let out = ctl().env("TALKHEAD_SOCKET", &socket).arg("runs").output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl()
+        .env("TALKHEAD_SOCKET", &socket)
+        .arg("runs")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `version` still answers for the client.
-    let out = ctl().arg("--socket").arg(&socket).arg("version").output().unwrap();
+    let out = ctl()
+        .arg("--socket")
+        .arg(&socket)
+        .arg("version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }

@@ -142,9 +142,15 @@ fn gpu_inventory(settings: &Settings) -> Result<(Arc<dyn GpuInventory>, String),
             );
             Ok((Arc::new(VirtualInventory::new(n)), format!("virtual ({n} slots)")))
         }
-        GpuMode::Nvml => Err(DaemonError::Engine(
-            "NVML GPU support is not available in this build: set gpu.virtual = N to evaluate on N virtual slots".into(),
-        )),
+        GpuMode::Nvml => {
+            let g = &settings.gpu;
+            let limits = crate::gpu::nvml::ProbeLimits {
+                max_temperature_c: g.max_temperature_c,
+            };
+            let inventory = crate::gpu::nvml::NvmlInventory::open(&g.devices, limits, g.vram_sample_hz)
+                .map_err(|e| DaemonError::Engine(e.to_string()))?;
+            Ok((Arc::new(inventory), "nvml".to_owned()))
+        }
     }
 }
 
@@ -256,11 +262,14 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         ),
         other => other?,
     };
-    let gpus = inventory.slots().into_iter().map(|s| (s.uuid, s.name)).collect();
+    let idle_board = crate::gpu::GpuBoard::new(inventory.describe());
     let evaluation = evaluation_loop(&settings, &store, &control, &events, inventory).await?;
-    let (evaluation, docker) = match evaluation {
-        Some((l, engine)) => (Some(l), Some(engine)),
-        None => (None, None),
+    let (evaluation, docker, gpus) = match evaluation {
+        Some((l, engine)) => {
+            let board = l.board();
+            (Some(l), Some(engine), board)
+        }
+        None => (None, None, idle_board),
     };
     let auth = Arc::new(Authenticator::new(AuthPolicy {
         allowed: settings.auth.allowed_hotkeys.clone(),

@@ -68,7 +68,10 @@ impl Setup {
     /// Write `<dir>/talkheadd.toml` for a daemon listening on `port`; returns its path.
     pub fn write_config(&self, port: u16) -> PathBuf {
         let dir = self.dir.path();
-        let socket = self.admin_socket.clone().unwrap_or_else(|| dir.join("admin.sock"));
+        let socket = self
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| dir.join("admin.sock"));
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"{}\"\n[admin]\nsocket = \"{}\"\n{}{}",
             self.http,

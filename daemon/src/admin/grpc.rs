@@ -300,20 +300,38 @@ impl pb::control_server::Control for ControlApi {
     }
 
     async fn drain_gpu(&self, req: Request<pb::GpuRequest>) -> Result<Response<pb::ControlResponse>, Status> {
-        let gpu = req.into_inner().gpu;
-        Err(Status::unimplemented(format!(
-            "draining GPU '{gpu}' is not available in this build"
-        )))
+        let (gpu, changed) = self
+            .service
+            .set_gpu_drained(&req.into_inner().gpu, true)
+            .await
+            .map_err(status_of)?;
+        Ok(control_response(
+            changed,
+            if changed {
+                format!("{gpu} drained: it finishes its current run and takes no new one")
+            } else {
+                format!("{gpu} was already drained")
+            },
+        ))
     }
 
     async fn undrain_gpu(
         &self,
         req: Request<pb::GpuRequest>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
-        let gpu = req.into_inner().gpu;
-        Err(Status::unimplemented(format!(
-            "undraining GPU '{gpu}' is not available in this build"
-        )))
+        let (gpu, changed) = self
+            .service
+            .set_gpu_drained(&req.into_inner().gpu, false)
+            .await
+            .map_err(status_of)?;
+        Ok(control_response(
+            changed,
+            if changed {
+                format!("{gpu} back in service")
+            } else {
+                format!("{gpu} was not drained")
+            },
+        ))
     }
 
     async fn block(&self, req: Request<pb::BlockRequest>) -> Result<Response<pb::ControlResponse>, Status> {

@@ -14,8 +14,8 @@ mod settings;
 pub use raw::RawConfig;
 pub use settings::{
     AdminSettings, AnalysisSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy,
-    EvaluationSettings, GpuMode, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings, StoreSettings,
-    defaults,
+    EvaluationSettings, GpuMode, GpuSelector, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings,
+    StoreSettings, defaults,
 };
 
 use std::collections::BTreeMap;
@@ -374,6 +374,24 @@ pub fn render_effective(settings: &Settings) -> String {
         GpuMode::Nvml => "# GPUs discovered through NVML\n".to_owned(),
         GpuMode::Virtual(n) => format!("virtual = {n}\n"),
     };
+    let devices: Vec<String> = s
+        .gpu
+        .devices
+        .iter()
+        .map(|d| match d {
+            GpuSelector::Index(i) => i.to_string(),
+            GpuSelector::Uuid(u) => quote(u),
+        })
+        .collect();
+    let gpu = format!(
+        "{gpu}devices = [{}]\nquarantine_after_faults = {}\nquarantine_secs = {}\nmax_temperature_c = {}\nvram_sample_hz = {}\nsame_model_per_round = {}\n",
+        devices.join(", "),
+        s.gpu.health.quarantine_after,
+        s.gpu.health.quarantine_secs,
+        s.gpu.max_temperature_c,
+        s.gpu.vram_sample_hz,
+        s.gpu.same_model_per_round
+    );
     let reevaluate = toml::Value::try_from(s.evaluation.reevaluate)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "\"all\"".to_owned());

@@ -147,6 +147,28 @@ pub struct RawGpu {
     /// Number of virtual GPU slots on a host without NVML.
     #[serde(rename = "virtual")]
     pub virtual_slots: Option<i64>,
+    /// GPUs the daemon may use, by NVML index or UUID (default: all).
+    pub devices: Option<Vec<RawGpuDevice>>,
+    /// Consecutive faults that quarantine a GPU.
+    pub quarantine_after_faults: Option<i64>,
+    /// Seconds a quarantined GPU waits before it is re-probed.
+    pub quarantine_secs: Option<i64>,
+    /// Temperature (°C) above which a GPU is faulty.
+    pub max_temperature_c: Option<i64>,
+    /// VRAM sampling rate when NVML accounting is not available (>= 50).
+    pub vram_sample_hz: Option<i64>,
+    /// Measure all miners of a round on one GPU model when the host has several.
+    pub same_model_per_round: Option<bool>,
+}
+
+/// One `gpu.devices` entry: an NVML index or a UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawGpuDevice {
+    /// NVML index.
+    Index(i64),
+    /// NVML UUID (`GPU-...`).
+    Uuid(String),
 }
 
 /// `[admin]`

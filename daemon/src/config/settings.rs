@@ -215,6 +215,34 @@ pub enum GpuMode {
 pub struct GpuSettings {
     /// Discovery mode.
     pub mode: GpuMode,
+    /// `gpu.devices`: the GPUs the daemon may use (empty: all).
+    pub devices: Vec<GpuSelector>,
+    /// When faults quarantine a GPU and for how long.
+    pub health: crate::gpu::health::HealthPolicy,
+    /// `gpu.max_temperature_c`.
+    pub max_temperature_c: u32,
+    /// `gpu.vram_sample_hz`.
+    pub vram_sample_hz: u32,
+    /// `gpu.same_model_per_round`.
+    pub same_model_per_round: bool,
+}
+
+/// One GPU named in `gpu.devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelector {
+    /// By NVML index.
+    Index(u32),
+    /// By NVML UUID.
+    Uuid(String),
+}
+
+impl std::fmt::Display for GpuSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuSelector::Index(i) => write!(f, "GPU index {i}"),
+            GpuSelector::Uuid(u) => write!(f, "GPU {u}"),
+        }
+    }
 }
 
 /// `[analysis]`
@@ -312,6 +340,22 @@ impl Settings {
                     None => GpuMode::Nvml,
                     Some(_) => GpuMode::Virtual(v.int(raw.gpu.virtual_slots, 0, "gpu.virtual", 1, 64)),
                 },
+                devices: v.gpu_devices(raw.gpu.devices.as_deref().unwrap_or(&[])),
+                health: crate::gpu::health::HealthPolicy {
+                    quarantine_after: v.int(
+                        raw.gpu.quarantine_after_faults,
+                        3,
+                        "gpu.quarantine_after_faults",
+                        1,
+                        1000,
+                    ),
+                    quarantine_secs: v
+                        .secs(raw.gpu.quarantine_secs, 600, "gpu.quarantine_secs", 86_400)
+                        .as_secs_f64(),
+                },
+                max_temperature_c: v.int(raw.gpu.max_temperature_c, 90, "gpu.max_temperature_c", 40, 120),
+                vram_sample_hz: v.int(raw.gpu.vram_sample_hz, 100, "gpu.vram_sample_hz", 50, 1000),
+                same_model_per_round: raw.gpu.same_model_per_round.unwrap_or(true),
             },
             admin: v.admin(raw),
             scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
@@ -600,6 +644,29 @@ impl Validator<'_> {
                 }
             },
         }
+    }
+
+    fn gpu_devices(&mut self, list: &[super::raw::RawGpuDevice]) -> Vec<GpuSelector> {
+        let mut out = Vec::new();
+        for d in list {
+            match d {
+                super::raw::RawGpuDevice::Index(i) => match u32::try_from(*i) {
+                    Ok(i) => out.push(GpuSelector::Index(i)),
+                    Err(_) => self.problem("gpu.devices", format!("{i} is not a GPU index")),
+                },
+                super::raw::RawGpuDevice::Uuid(u) if u.starts_with("GPU-") || u.starts_with("MIG-") => {
+                    out.push(GpuSelector::Uuid(u.clone()))
+                }
+                super::raw::RawGpuDevice::Uuid(u) => match u.parse::<u32>() {
+                    Ok(i) => out.push(GpuSelector::Index(i)),
+                    Err(_) => self.problem(
+                        "gpu.devices",
+                        format!("{u:?} is neither an index nor a GPU-... UUID"),
+                    ),
+                },
+            }
+        }
+        out
     }
 
     fn registries(&mut self, list: &[String]) -> Vec<String> {

@@ -289,3 +289,43 @@ fn urls_with_credentials_are_redacted() {
         "unix:///var/run/docker.sock"
     );
 }
+
+#[test]
+fn devices_and_health_keys_select_tune_and_print_back() {
+    let f = Fixture::new();
+    let path = f.file(
+        "t.toml",
+        &format!(
+            "{}[gpu]\ndevices = [0, \"GPU-12345678-90ab-cdef-1234-567890abcdef\", \"3\"]\nquarantine_after_faults = 2\n\
+             quarantine_secs = 30\nmax_temperature_c = 85\nvram_sample_hz = 200\nsame_model_per_round = false\n",
+            f.state()
+        ),
+    );
+    let s = f.load(&path).unwrap().settings;
+    assert_eq!(
+        s.gpu.devices,
+        vec![
+            GpuSelector::Index(0),
+            GpuSelector::Uuid("GPU-12345678-90ab-cdef-1234-567890abcdef".into()),
+            GpuSelector::Index(3)
+        ]
+    );
+    assert_eq!(s.gpu.health.quarantine_after, 2);
+    assert_eq!(s.gpu.health.quarantine_secs, 30.0);
+    assert_eq!((s.gpu.max_temperature_c, s.gpu.vram_sample_hz), (85, 200));
+    assert!(!s.gpu.same_model_per_round);
+    let rendered = render_effective(&s);
+    let again = f.load(&f.file("rendered.toml", &rendered)).unwrap().settings;
+    assert_eq!(again.gpu.devices, s.gpu.devices);
+
+    let bad = f.file(
+        "bad.toml",
+        &format!("{}[gpu]\ndevices = [\"all\"]\nvram_sample_hz = 10\n", f.state()),
+    );
+    let keys: Vec<String> = problems(f.load(&bad).unwrap_err())
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert!(keys.contains(&"gpu.devices".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"gpu.vram_sample_hz".to_owned()), "{keys:?}");
+}

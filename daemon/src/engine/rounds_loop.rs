@@ -5,21 +5,29 @@
 //! recorded in the store, so a restarted daemon resumes the round on exactly the same challenges.
 //! Infrastructure failures put the miner on a capped backoff and are recorded in its history, never
 //! staged as a score.
+//!
+//! One run task per GPU slot: pending miners are placed on free slots ([`crate::gpu::placement`]), N
+//! slots evaluate N miners at once, and the round commits only when every run has finished. Drained
+//! (store) and quarantined (health) slots finish their current run and take no new one.
 
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
 use crate::challenges::{ChallengeError, ChallengeSet, Limits, SubnetApiSource, load_directory};
 use crate::domain::Verdict;
 use crate::events::EventKind;
-use crate::gpu::GpuInventory;
+use crate::gpu::health::{Fault, GpuHealth, Health, Transition};
+use crate::gpu::placement::{SlotView, choose_model, place};
+use crate::gpu::vram::VramMeter;
+use crate::gpu::{GpuBoard, GpuInventory, GpuSlot, GpuState, ProbeResult};
 use crate::rounds::{EvaluationTicket, StageOutcome, ranker};
 use crate::runtime::pull::backoff;
 use crate::store::{RunRecord, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -66,6 +74,27 @@ impl LoopControl {
     }
 }
 
+/// One GPU slot as the loop sees it.
+struct SlotRuntime {
+    slot: GpuSlot,
+    health: GpuHealth,
+    drained: bool,
+    /// The run it is executing: (run id, hotkey).
+    busy: Option<(String, String)>,
+}
+
+/// What a finished run task hands back to the loop.
+struct Finished {
+    slot: usize,
+    hotkey: String,
+    /// `Some(reason)` for an infrastructure failure (the miner backs off and is retried).
+    infra: Option<String>,
+    /// A GPU fault seen during the run.
+    gpu_fault: Option<Fault>,
+    /// Store errors while recording the result.
+    recorded: Result<(), LoopError>,
+}
+
 /// The loop and what it owns.
 pub struct EvaluationLoop {
     env: Arc<RunEnv>,
@@ -76,7 +105,13 @@ pub struct EvaluationLoop {
     sets_dir: PathBuf,
     current: Option<Arc<ChallengeSet>>,
     backoff_until: HashMap<String, (u32, Instant)>,
-    run_seq: AtomicU64,
+    run_seq: Arc<AtomicU64>,
+    slots: Vec<SlotRuntime>,
+    board: GpuBoard,
+    meter: Arc<dyn VramMeter>,
+    /// The GPU model the open round is measured on (`gpu.same_model_per_round`).
+    round_model: Option<(u64, String)>,
+    tasks: JoinSet<Finished>,
 }
 
 impl EvaluationLoop {
@@ -89,6 +124,19 @@ impl EvaluationLoop {
         control: LoopControl,
     ) -> EvaluationLoop {
         let sets_dir = env.settings.evaluation.work_dir.with_file_name("challenge-sets");
+        let policy = env.settings.gpu.health;
+        let slots = inventory
+            .slots()
+            .into_iter()
+            .map(|slot| SlotRuntime {
+                slot,
+                health: GpuHealth::new(policy),
+                drained: false,
+                busy: None,
+            })
+            .collect();
+        let board = GpuBoard::new(inventory.describe());
+        let meter = inventory.vram_meter();
         EvaluationLoop {
             env,
             store,
@@ -98,14 +146,28 @@ impl EvaluationLoop {
             sets_dir,
             current: None,
             backoff_until: HashMap::new(),
-            run_seq: AtomicU64::new(0),
+            run_seq: Arc::new(AtomicU64::new(0)),
+            slots,
+            board,
+            meter,
+            round_model: None,
+            tasks: JoinSet::new(),
         }
     }
 
-    /// Run until `shutdown`.
+    /// The shared per-GPU status board (for `status` and the admin plane).
+    pub fn board(&self) -> GpuBoard {
+        self.board.clone()
+    }
+
+    /// Run until `shutdown`; runs in flight see the cancellation, kill their containers and are
+    /// awaited before this returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(slots = self.inventory.slots().len(), analyzer = %self.env.analyzer.describe(), "evaluation loop started");
+        tracing::info!(slots = self.slots.len(), real_gpus = self.inventory.is_real(), analyzer = %self.env.analyzer.describe(), "evaluation loop started");
         while !shutdown.is_cancelled() {
+            while let Some(done) = self.tasks.try_join_next() {
+                self.finish(done);
+            }
             let wait = match self.step(&shutdown).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => continue,
@@ -114,32 +176,201 @@ impl EvaluationLoop {
                     Duration::from_secs(5)
                 }
             };
+            let busy = !self.tasks.is_empty();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.control.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
+                Some(done) = self.tasks.join_next(), if busy => self.finish(done),
             }
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            self.finish(done);
         }
         tracing::info!("evaluation loop stopped");
     }
 
-    /// One decision. `Ok(None)`: go again at once; `Ok(Some(d))`: idle up to `d` or until woken.
+    /// Book-keeping after a run task ended: free its slot, back the miner off on an infrastructure
+    /// failure, feed the GPU's health.
+    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // A panicking run task: free nothing we cannot identify; the slot stays busy until
+                // restart would be worse, so free every slot whose task is gone.
+                tracing::error!(error = %e, "a run task failed");
+                return;
+            }
+        };
+        let now_unix = self.env.clock.now_unix();
+        if let Err(e) = &done.recorded {
+            tracing::error!(hotkey = %done.hotkey, error = %e, "recording the run failed");
+        }
+        match &done.infra {
+            None => {
+                self.backoff_until.remove(&done.hotkey);
+            }
+            Some(reason) => {
+                let attempts = self.backoff_until.get(&done.hotkey).map_or(1, |(a, _)| a + 1);
+                let wait = backoff(attempts, MAX_INFRA_BACKOFF);
+                self.backoff_until
+                    .insert(done.hotkey.clone(), (attempts, Instant::now() + wait));
+                tracing::warn!(hotkey = %done.hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
+            }
+        }
+        let Some(rt) = self.slots.get_mut(done.slot) else {
+            return;
+        };
+        rt.busy = None;
+        let transition = match &done.gpu_fault {
+            Some(fault) => {
+                tracing::warn!(gpu = %rt.slot.uuid, %fault, "GPU fault during a run");
+                rt.health.fault(fault, now_unix)
+            }
+            None if done.infra.is_none() => rt.health.clean(now_unix),
+            None => None,
+        };
+        let uuid = rt.slot.uuid.clone();
+        self.note_health(done.slot, transition, done.gpu_fault.as_ref());
+        self.refresh_board(&uuid);
+    }
+
+    /// Publish a health transition and mirror the slot on the board.
+    fn note_health(&mut self, slot: usize, transition: Option<Transition>, fault: Option<&Fault>) {
+        let Some(rt) = self.slots.get(slot) else { return };
+        let uuid = rt.slot.uuid.clone();
+        let faults = match rt.health.state() {
+            Health::Healthy { faults } => *faults,
+            Health::Quarantined { .. } => self.env.settings.gpu.health.quarantine_after,
+        };
+        self.board.update(&uuid, |g| {
+            g.faults = faults;
+            if let Some(f) = fault {
+                g.last_fault = Some(f.to_string());
+            }
+        });
+        match transition {
+            Some(Transition::Quarantined { reason }) => {
+                tracing::error!(gpu = %uuid, %reason, "GPU quarantined");
+                self.env.events.publish(EventKind::GpuStateChanged {
+                    gpu: uuid,
+                    state: "quarantined".into(),
+                    reason: Some(reason),
+                });
+            }
+            Some(Transition::Returned) => {
+                tracing::info!(gpu = %uuid, "GPU re-probed clean: back in service");
+                self.env.events.publish(EventKind::GpuStateChanged {
+                    gpu: uuid,
+                    state: "available".into(),
+                    reason: Some("re-probed clean after quarantine".into()),
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Recompute one GPU's board state from the slot.
+    fn refresh_board(&self, uuid: &str) {
+        let Some(rt) = self.slots.iter().find(|s| s.slot.uuid == uuid) else {
+            return;
+        };
+        let finishing = rt.busy.as_ref().map(|(r, _)| r.clone());
+        let state = match (rt.health.state(), rt.drained, &finishing) {
+            (Health::Quarantined { reason, until }, _, _) => GpuState::Quarantined {
+                reason: reason.clone(),
+                until: *until,
+                finishing,
+            },
+            (_, true, _) => GpuState::Drained { finishing },
+            (_, false, Some(run_id)) => GpuState::Busy {
+                run_id: run_id.clone(),
+            },
+            (_, false, None) => GpuState::Available,
+        };
+        self.board.update(uuid, |g| g.state = state);
+    }
+
+    /// Apply the operator's drain set; re-probe quarantined GPUs whose time is up.
+    async fn refresh_slots(&mut self) -> Result<(), LoopError> {
+        let store = self.store.clone();
+        let drained = blocking(move || store.drained_gpus()).await?;
+        let now_unix = self.env.clock.now_unix();
+        for i in 0..self.slots.len() {
+            let Some(rt) = self.slots.get_mut(i) else { continue };
+            let uuid = rt.slot.uuid.clone();
+            let now_drained = drained.contains(&uuid);
+            if now_drained != rt.drained {
+                rt.drained = now_drained;
+                let state = if now_drained { "drained" } else { "available" };
+                tracing::info!(gpu = %uuid, state, "GPU drain state changed by the operator");
+                self.env.events.publish(EventKind::GpuStateChanged {
+                    gpu: uuid.clone(),
+                    state: state.into(),
+                    reason: Some(
+                        if now_drained {
+                            "drained by the operator"
+                        } else {
+                            "undrained by the operator"
+                        }
+                        .into(),
+                    ),
+                });
+            }
+            let due = self
+                .slots
+                .get(i)
+                .is_some_and(|rt| rt.busy.is_none() && rt.health.due_for_probe(now_unix));
+            if due {
+                let transition = match self.inventory.probe(&uuid) {
+                    ProbeResult::Healthy => self.slots.get_mut(i).and_then(|rt| rt.health.clean(now_unix)),
+                    ProbeResult::Fault(f) => {
+                        tracing::warn!(gpu = %uuid, fault = %f, "quarantined GPU still faulty");
+                        self.slots.get_mut(i).and_then(|rt| rt.health.fault(&f, now_unix))
+                    }
+                };
+                self.note_health(i, transition, None);
+            }
+            self.refresh_board(&uuid);
+        }
+        Ok(())
+    }
+
+    /// The model this round is measured on, when `gpu.same_model_per_round` pins one.
+    fn model_for(&mut self, round: u64, views: &[SlotView<'_>]) -> Option<String> {
+        if !self.env.settings.gpu.same_model_per_round {
+            return None;
+        }
+        let pinned = self
+            .round_model
+            .as_ref()
+            .filter(|(r, m)| *r == round && views.iter().any(|v| v.in_service && v.model == m))
+            .map(|(_, m)| m.clone());
+        let model = pinned.or_else(|| choose_model(views).map(str::to_owned))?;
+        if self
+            .round_model
+            .as_ref()
+            .is_none_or(|(r, m)| *r != round || *m != model)
+        {
+            tracing::info!(round, model = %model, "round measured on one GPU model");
+            self.round_model = Some((round, model.clone()));
+        }
+        Some(model)
+    }
+
+    /// One decision. `Ok(None)`: go again at once; `Ok(Some(d))`: idle up to `d`, until woken or
+    /// until a run finishes.
     async fn step(&mut self, shutdown: &CancellationToken) -> Result<Option<Duration>, LoopError> {
         if self.control.is_paused() {
             return Ok(Some(IDLE_RECHECK));
         }
+        self.refresh_slots().await?;
         let store = self.store.clone();
         let pending = blocking(move || store.pending()).await?;
-        let now = Instant::now();
-        let ready: Vec<&EvaluationTicket> = pending
-            .iter()
-            .filter(|t| {
-                self.backoff_until
-                    .get(t.hotkey.as_str())
-                    .is_none_or(|(_, until)| *until <= now)
-            })
-            .collect();
         if pending.is_empty() {
+            if !self.tasks.is_empty() {
+                return Ok(Some(IDLE_RECHECK));
+            }
             let store = self.store.clone();
             let epsilon = self.env.settings.scoring.tie_epsilon;
             let policy = self.env.settings.evaluation.reevaluate;
@@ -164,12 +395,33 @@ impl EvaluationLoop {
             }
             return Ok(Some(IDLE_RECHECK));
         }
-        let Some(ticket) = ready.first().map(|t| (*t).clone()) else {
-            let next = self.backoff_until.values().map(|(_, until)| *until).min();
+        let now = Instant::now();
+        let running: HashSet<&str> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref().map(|(_, h)| h.as_str()))
+            .collect();
+        let ready: Vec<EvaluationTicket> = pending
+            .iter()
+            .filter(|t| !running.contains(t.hotkey.as_str()))
+            .filter(|t| {
+                self.backoff_until
+                    .get(t.hotkey.as_str())
+                    .is_none_or(|(_, until)| *until <= now)
+            })
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            let next = self
+                .backoff_until
+                .values()
+                .map(|(_, until)| *until)
+                .filter(|u| *u > now)
+                .min();
             return Ok(Some(next.map_or(IDLE_RECHECK, |t| {
                 t.saturating_duration_since(now).max(Duration::from_millis(100))
             })));
-        };
+        }
         let set = match self.challenge_set().await {
             Ok(set) => set,
             Err(LoopError::Challenges(e)) => {
@@ -180,119 +432,87 @@ impl EvaluationLoop {
             }
             Err(e) => return Err(e),
         };
-        let Some(slot) = self.inventory.slots().into_iter().next() else {
-            tracing::warn!("no GPU slot available");
-            return Ok(Some(IDLE_RECHECK));
-        };
-        let run_id = self.next_run_id();
-        crate::systemd::status(&format!(
-            "round {}: evaluating {} ({} pending)",
-            ticket.round,
-            ticket.hotkey,
-            pending.len()
-        ));
-        let span = tracing::info_span!("run", run_id = %run_id, hotkey = %ticket.hotkey, gpu = %slot.uuid);
-        let started_at = self.env.clock.now_unix();
-        let req = RunRequest {
-            run_id: run_id.clone(),
-            ticket: &ticket,
-            challenges: &set,
-            slot: &slot,
-        };
-        // Everything the run logs carries run_id, hotkey and gpu.
-        self.env.events.publish(EventKind::RunStarted {
-            run_id: run_id.clone(),
-            hotkey: ticket.hotkey.to_string(),
-            image: ticket.image_ref.to_string(),
-            gpu: slot.uuid.clone(),
-            round: ticket.round,
-            challenges: u32::try_from(
-                self.env.settings.evaluation.warmup_count + self.env.settings.evaluation.scoring_count,
-            )
-            .unwrap_or(u32::MAX),
-        });
-        let (outcome, report) = async {
-            tracing::info!(image = %ticket.image_ref, "evaluation started");
-            run_evaluation(&self.env, req, shutdown).await
+        let round = ready.first().map_or(0, |t| t.round);
+        // Owned: placing needs `&mut self` (the round's model) while the views are alive.
+        let owned_views: Vec<(String, bool, bool)> = self
+            .slots
+            .iter()
+            .map(|s| {
+                (
+                    s.slot.name.clone(),
+                    !s.drained && s.health.usable(),
+                    s.busy.is_some(),
+                )
+            })
+            .collect();
+        let views: Vec<SlotView<'_>> = owned_views
+            .iter()
+            .map(|(m, s, b)| SlotView {
+                model: m.as_str(),
+                in_service: *s,
+                busy: *b,
+            })
+            .collect();
+        let model = self.model_for(round, &views);
+        let placements = place(ready.len(), &views, model.as_deref());
+        if placements.is_empty() && self.tasks.is_empty() {
+            tracing::warn!(
+                pending = pending.len(),
+                "no GPU slot in service (drained or quarantined)"
+            );
         }
-        .instrument(span)
-        .await;
-        let finished_at = self.env.clock.now_unix();
-        let mut record = RunRecord {
-            run_id: run_id.clone(),
-            hotkey: ticket.hotkey.clone(),
-            image_ref: ticket.image_ref.to_string(),
-            generation: ticket.generation,
-            round: ticket.round,
-            verdict: Verdict::InfraError,
-            reason: None,
-            stage_times: report.stage_times.clone(),
-            metrics: None,
-            started_at,
-            finished_at,
-            log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
-        };
-        self.env.events.publish(EventKind::Verdict {
-            run_id: run_id.clone(),
-            hotkey: ticket.hotkey.to_string(),
-            verdict: match &outcome {
-                RunOutcome::Result(m) => m.verdict.to_string(),
-                RunOutcome::Infra(_) => Verdict::InfraError.to_string(),
-            },
-            reason: match &outcome {
-                RunOutcome::Result(m) => m.error.clone(),
-                RunOutcome::Infra(r) => Some(r.clone()),
-            },
-            score: match &outcome {
-                RunOutcome::Result(m) => Some(m.final_score),
-                RunOutcome::Infra(_) => None,
-            },
-        });
-        match outcome {
-            RunOutcome::Result(metrics) => {
-                self.backoff_until.remove(ticket.hotkey.as_str());
-                record.verdict = metrics.verdict;
-                record.reason = metrics.error.clone();
-                record.metrics = Some((*metrics).clone());
-                let verdict = metrics.verdict;
-                let store = self.store.clone();
-                let t = ticket.clone();
-                let staged = blocking(move || {
-                    let outcome = store.stage_result(&t, *metrics)?;
-                    store.record_run(&record)?;
-                    Ok(outcome)
-                })
-                .await?;
-                match staged {
-                    StageOutcome::Staged => {
-                        tracing::info!(run_id = %run_id, hotkey = %ticket.hotkey, %verdict, "result staged")
-                    }
-                    StageOutcome::Discarded { reason } => {
-                        tracing::info!(run_id = %run_id, hotkey = %ticket.hotkey, reason = reason.as_str(), "result discarded: the submission changed during the run")
-                    }
-                }
+        for p in placements {
+            let (Some(ticket), Some(rt)) = (ready.get(p.ticket), self.slots.get(p.slot)) else {
+                continue;
+            };
+            let uuid = rt.slot.uuid.clone();
+            if let ProbeResult::Fault(f) = self.inventory.probe(&uuid) {
+                tracing::warn!(gpu = %uuid, fault = %f, "GPU failed its pre-run probe");
+                let now_unix = self.env.clock.now_unix();
+                let t = self
+                    .slots
+                    .get_mut(p.slot)
+                    .and_then(|rt| rt.health.fault(&f, now_unix));
+                self.note_health(p.slot, t, Some(&f));
+                self.refresh_board(&uuid);
+                continue;
             }
-            RunOutcome::Infra(reason) => {
-                let attempts = self
-                    .backoff_until
-                    .get(ticket.hotkey.as_str())
-                    .map_or(1, |(a, _)| a + 1);
-                let wait = backoff(attempts, MAX_INFRA_BACKOFF);
-                self.backoff_until
-                    .insert(ticket.hotkey.to_string(), (attempts, Instant::now() + wait));
-                tracing::warn!(run_id = %run_id, hotkey = %ticket.hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
-                record.reason = Some(reason);
-                let store = self.store.clone();
-                blocking(move || store.record_run(&record)).await?;
-            }
+            self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
         }
-        Ok(None)
+        Ok(Some(IDLE_RECHECK))
     }
 
-    fn next_run_id(&self) -> String {
-        let seq = self.run_seq.fetch_add(1, Ordering::SeqCst);
-        let millis = (self.env.clock.now_unix() * 1000.0) as u64;
-        format!("run-{millis:x}-{seq}")
+    /// Start one evaluation on `slot` in its own task.
+    fn dispatch(
+        &mut self,
+        slot: usize,
+        ticket: EvaluationTicket,
+        set: Arc<ChallengeSet>,
+        pending: usize,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(rt) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let run_id = next_run_id(&self.run_seq, self.env.clock.as_ref());
+        rt.busy = Some((run_id.clone(), ticket.hotkey.to_string()));
+        let gpu = rt.slot.clone();
+        crate::systemd::status(&format!(
+            "round {}: evaluating {} on {} ({} pending)",
+            ticket.round, ticket.hotkey, gpu.uuid, pending
+        ));
+        let (env, store, meter, cancel) = (
+            self.env.clone(),
+            self.store.clone(),
+            self.meter.clone(),
+            shutdown.clone(),
+        );
+        self.tasks.spawn(run_task(
+            env, store, meter, slot, gpu, ticket, set, run_id, cancel,
+        ));
+        if let Some(uuid) = self.slots.get(slot).map(|s| s.slot.uuid.clone()) {
+            self.refresh_board(&uuid);
+        }
     }
 
     /// The open round's challenge set: the one in memory, the persisted one, or a fresh one recorded
@@ -344,6 +564,130 @@ impl EvaluationLoop {
         let set = Arc::new(set);
         self.current = Some(set.clone());
         Ok(set)
+    }
+}
+
+fn next_run_id(seq: &AtomicU64, clock: &dyn crate::clock::Clock) -> String {
+    let seq = seq.fetch_add(1, Ordering::SeqCst);
+    let millis = (clock.now_unix() * 1000.0) as u64;
+    format!("run-{millis:x}-{seq}")
+}
+
+/// One evaluation, from `RunStarted` to its recorded result; runs concurrently with the other slots.
+#[allow(clippy::too_many_arguments)]
+async fn run_task(
+    env: Arc<RunEnv>,
+    store: Store,
+    meter: Arc<dyn VramMeter>,
+    slot_index: usize,
+    slot: GpuSlot,
+    ticket: EvaluationTicket,
+    set: Arc<ChallengeSet>,
+    run_id: String,
+    shutdown: CancellationToken,
+) -> Finished {
+    let span = tracing::info_span!("run", run_id = %run_id, hotkey = %ticket.hotkey, gpu = %slot.uuid);
+    let started_at = env.clock.now_unix();
+    env.events.publish(EventKind::RunStarted {
+        run_id: run_id.clone(),
+        hotkey: ticket.hotkey.to_string(),
+        image: ticket.image_ref.to_string(),
+        gpu: slot.uuid.clone(),
+        round: ticket.round,
+        challenges: u32::try_from(
+            env.settings.evaluation.warmup_count + env.settings.evaluation.scoring_count,
+        )
+        .unwrap_or(u32::MAX),
+    });
+    let req = RunRequest {
+        run_id: run_id.clone(),
+        ticket: &ticket,
+        challenges: &set,
+        slot: &slot,
+        meter: meter.as_ref(),
+    };
+    // Everything the run logs carries run_id, hotkey and gpu.
+    let (outcome, report) = async {
+        tracing::info!(image = %ticket.image_ref, "evaluation started");
+        run_evaluation(&env, req, &shutdown).await
+    }
+    .instrument(span)
+    .await;
+    let finished_at = env.clock.now_unix();
+    let mut record = RunRecord {
+        run_id: run_id.clone(),
+        hotkey: ticket.hotkey.clone(),
+        image_ref: ticket.image_ref.to_string(),
+        generation: ticket.generation,
+        round: ticket.round,
+        verdict: Verdict::InfraError,
+        reason: None,
+        stage_times: report.stage_times.clone(),
+        metrics: None,
+        started_at,
+        finished_at,
+        log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
+    };
+    env.events.publish(EventKind::Verdict {
+        run_id: run_id.clone(),
+        hotkey: ticket.hotkey.to_string(),
+        verdict: match &outcome {
+            RunOutcome::Result(m) => m.verdict.to_string(),
+            RunOutcome::Infra(_) => Verdict::InfraError.to_string(),
+        },
+        reason: match &outcome {
+            RunOutcome::Result(m) => m.error.clone(),
+            RunOutcome::Infra(r) => Some(r.clone()),
+        },
+        score: match &outcome {
+            RunOutcome::Result(m) => Some(m.final_score),
+            RunOutcome::Infra(_) => None,
+        },
+    });
+    let hotkey = ticket.hotkey.to_string();
+    let gpu_fault = report.gpu_fault.clone();
+    match outcome {
+        RunOutcome::Result(metrics) => {
+            record.verdict = metrics.verdict;
+            record.reason = metrics.error.clone();
+            record.metrics = Some((*metrics).clone());
+            let verdict = metrics.verdict;
+            let t = ticket.clone();
+            let staged = blocking(move || {
+                let outcome = store.stage_result(&t, *metrics)?;
+                store.record_run(&record)?;
+                Ok(outcome)
+            })
+            .await;
+            match &staged {
+                Ok(StageOutcome::Staged) => {
+                    tracing::info!(run_id = %run_id, hotkey = %hotkey, gpu = %slot.uuid, %verdict, "result staged")
+                }
+                Ok(StageOutcome::Discarded { reason }) => {
+                    tracing::info!(run_id = %run_id, hotkey = %hotkey, reason = reason.as_str(), "result discarded: the submission changed during the run")
+                }
+                Err(_) => {}
+            }
+            Finished {
+                slot: slot_index,
+                hotkey,
+                infra: None,
+                gpu_fault,
+                recorded: staged.map(|_| ()),
+            }
+        }
+        RunOutcome::Infra(reason) => {
+            tracing::warn!(run_id = %run_id, hotkey = %hotkey, %reason, "run ended in an infrastructure failure");
+            record.reason = Some(reason.clone());
+            let recorded = blocking(move || store.record_run(&record)).await;
+            Finished {
+                slot: slot_index,
+                hotkey,
+                infra: Some(reason),
+                gpu_fault,
+                recorded,
+            }
+        }
     }
 }
 

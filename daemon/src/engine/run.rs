@@ -15,6 +15,9 @@ use crate::domain::metrics::{ChallengeMetrics, GpuIdentity, MeasurementProvenanc
 use crate::domain::{EvaluationMetrics, Verdict};
 use crate::events::{EventBus, EventKind};
 use crate::gpu::GpuSlot;
+use crate::gpu::cgroup::ContainerProcs;
+use crate::gpu::health::Fault;
+use crate::gpu::vram::{VramMeter, VramReading, VramSession, weakest};
 use crate::rounds::EvaluationTicket;
 use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
 use crate::runtime::pull::{PullFailure, backoff};
@@ -105,6 +108,8 @@ pub struct RunRequest<'a> {
     pub challenges: &'a ChallengeSet,
     /// Where it runs.
     pub slot: &'a GpuSlot,
+    /// How its peak VRAM is measured.
+    pub meter: &'a dyn VramMeter,
 }
 
 /// How a run ended.
@@ -123,6 +128,10 @@ pub struct RunReport {
     pub stage_times: BTreeMap<String, f64>,
     /// The container's log tail.
     pub log_tail: String,
+    /// A GPU fault seen during the run (the run is then an infrastructure failure).
+    pub gpu_fault: Option<Fault>,
+    /// Provenance of each scored challenge's VRAM figure.
+    pub vram_sources: Vec<MeasurementSource>,
 }
 
 /// The reason given to challenges the container was no longer alive to answer; the container's own
@@ -139,6 +148,8 @@ struct ChallengeRun {
     result: Result<Option<PathBuf>, Failure>,
     /// The container stopped before answering it.
     container_stopped: bool,
+    /// Peak VRAM while it ran (scored challenges only).
+    vram: VramReading,
 }
 
 /// Run one evaluation.
@@ -338,6 +349,7 @@ async fn run_container(
     let result = async {
         enter_stage(env, req, "start");
         env.engine.start(&id).await?;
+        let mut vram = start_vram(env, req, &id).await;
         enter_stage(env, req, "ready");
         let ready_started = Instant::now();
         let ready = wait_output(
@@ -390,10 +402,13 @@ async fn run_container(
                     seconds: None,
                     result: Err(Failure::new(Verdict::Crashed, CONTAINER_STOPPED)),
                     container_stopped: true,
+                    vram: VramReading::UNAVAILABLE,
                 });
                 continue;
             }
-            let run = run_challenge(
+            // Each scored challenge's peak is its own: drop what earlier challenges left.
+            let _ = vram.take_peak();
+            let mut run = run_challenge(
                 env,
                 job,
                 &mut watcher,
@@ -403,6 +418,15 @@ async fn run_container(
                 cancel,
             )
             .await?;
+            if is_scored {
+                run.vram = vram.take_peak();
+            }
+            if let Some(fault) = vram.take_fault() {
+                // The timing was taken on a faulty or throttled GPU: not the miner's doing.
+                let why = format!("GPU {} fault during challenge {}: {fault}", req.slot.uuid, run.id);
+                report.gpu_fault = Some(fault);
+                return Err(Stop::Infra(why));
+            }
             env.events.publish(EventKind::ChallengeFinished {
                 run_id: req.run_id.clone(),
                 index: u32::try_from(runs.len() + 1).unwrap_or(u32::MAX),
@@ -467,6 +491,32 @@ async fn run_container(
         )));
     }
     Ok(runs)
+}
+
+/// Resolve the container's processes (its cgroup, from the init PID Docker reports) and start the
+/// slot's VRAM meter on them. Virtual slots skip the lookup.
+async fn start_vram(env: &RunEnv, req: &RunRequest<'_>, id: &str) -> Box<dyn VramSession> {
+    let procs = if req.meter.measures() {
+        let pid = env
+            .engine
+            .client()
+            .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.state?.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        match pid.map(ContainerProcs::resolve) {
+            Some(Ok(p)) => Some(p),
+            other => {
+                tracing::warn!(run_id = %req.run_id, ?other, "cannot map the container to host PIDs; VRAM unavailable");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    req.meter.start(&req.slot.uuid, procs)
 }
 
 /// Kills and removes the container when dropped without `remove` (e.g. on an early `?`).
@@ -608,6 +658,7 @@ async fn run_challenge(
         seconds,
         result,
         container_stopped,
+        vram: VramReading::UNAVAILABLE,
     })
 }
 
@@ -655,9 +706,11 @@ async fn analyse_and_score(
     for challenge in scored {
         let id = challenge.id().to_string();
         let run = runs.iter().find(|r| r.scored && r.id == id);
+        let vram = run.map_or(VramReading::UNAVAILABLE, |r| r.vram);
+        report.vram_sources.push(vram.source);
         let measurement = Measurement {
             inference_time_sec: run.and_then(|r| r.seconds),
-            peak_vram_gb: None,
+            peak_vram_gb: vram.gib(),
         };
         let failure = match run.map(|r| &r.result) {
             None => Some(Failure::new(
@@ -699,7 +752,7 @@ async fn analyse_and_score(
                 f.verdict,
                 &f.reason,
                 measurement.inference_time_sec,
-                None,
+                measurement.peak_vram_gb,
             ));
             outcomes.push(ChallengeOutcome::failed(measurement));
         }
@@ -752,7 +805,7 @@ fn base_metrics(
     });
     m.measurement = Some(MeasurementProvenance {
         time: MeasurementSource::HostClock,
-        vram: MeasurementSource::Unavailable,
+        vram: weakest(report.vram_sources.iter().copied()),
     });
     m
 }

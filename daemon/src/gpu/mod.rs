@@ -1,8 +1,22 @@
 //! GPUs the daemon may place evaluations on, behind [`GpuInventory`] so that hosts without NVML (and
-//! tests) use virtual slots. Only the virtual inventory exists so far; the NVML one (pinning by UUID,
-//! VRAM measurement, health) is the GPU issue's.
+//! tests) use virtual slots. Owns discovery ([`nvml`], [`VirtualInventory`]), the pure placement of
+//! miners on slots ([`placement`]), the pure health state machine ([`health`]), host-side peak-VRAM
+//! measurement ([`vram`], [`cgroup`]) and the shared per-GPU status board ([`board`]) that `status`
+//! and the admin plane read. It never runs containers: the engine does, on the slot placed here.
+
+pub mod board;
+pub mod cgroup;
+pub mod health;
+pub mod nvml;
+pub mod placement;
+pub mod vram;
 
 use crate::runtime::spec::GpuAssignment;
+use serde::Serialize;
+use std::sync::Arc;
+use vram::{UnavailableMeter, VramMeter};
+
+pub use board::{GpuBoard, GpuState, GpuStatus};
 
 /// One place an evaluation can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,12 +31,55 @@ pub struct GpuSlot {
     pub compute_capability: Option<String>,
 }
 
+/// What the inventory knows about one GPU, for `status` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuInfo {
+    /// NVML index (slot number for virtual slots).
+    pub index: u32,
+    /// NVML UUID, or `virtual-N`.
+    pub uuid: String,
+    /// Marketing name.
+    pub name: String,
+    /// Total memory in bytes, when known.
+    pub memory_total_bytes: Option<u64>,
+    /// Compute capability (`major.minor`), when known.
+    pub compute_capability: Option<String>,
+    /// Driver version, when known.
+    pub driver_version: Option<String>,
+    /// CUDA version the driver supports (`major.minor`), when known.
+    pub cuda_version: Option<String>,
+    /// PCI bus id, when known.
+    pub pci_bus_id: Option<String>,
+    /// True for a virtual slot (no GPU reaches the container; VRAM is not measured).
+    pub is_virtual: bool,
+}
+
+/// What a health probe of one GPU saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// Nothing wrong.
+    Healthy,
+    /// A fault; the health state machine decides what it means.
+    Fault(health::Fault),
+}
+
 /// The GPUs available for evaluations.
 pub trait GpuInventory: Send + Sync {
-    /// Every usable slot, in placement order.
+    /// Every usable slot (after `gpu.devices` selection), in placement order.
     fn slots(&self) -> Vec<GpuSlot>;
     /// Whether the slots are real GPUs (false: VRAM cannot be measured).
     fn is_real(&self) -> bool;
+    /// One entry per usable slot, in the same order as [`GpuInventory::slots`].
+    fn describe(&self) -> Vec<GpuInfo>;
+    /// The peak-VRAM meter for runs on these slots.
+    fn vram_meter(&self) -> Arc<dyn VramMeter> {
+        Arc::new(UnavailableMeter)
+    }
+    /// Check one idle GPU before it takes a run (XID/ECC events, throttling, temperature, foreign
+    /// processes). Virtual slots are always healthy.
+    fn probe(&self, _uuid: &str) -> ProbeResult {
+        ProbeResult::Healthy
+    }
 }
 
 /// `gpu.virtual = N`: N slots on a host without NVML.
@@ -38,13 +95,16 @@ impl VirtualInventory {
     }
 }
 
+/// The name virtual slots report.
+pub const VIRTUAL_NAME: &str = "virtual GPU slot";
+
 impl GpuInventory for VirtualInventory {
     fn slots(&self) -> Vec<GpuSlot> {
         (0..self.slots)
             .map(|slot| GpuSlot {
                 assignment: GpuAssignment::Virtual { slot },
                 uuid: format!("virtual-{slot}"),
-                name: "virtual GPU slot".to_owned(),
+                name: VIRTUAL_NAME.to_owned(),
                 compute_capability: None,
             })
             .collect()
@@ -52,5 +112,40 @@ impl GpuInventory for VirtualInventory {
 
     fn is_real(&self) -> bool {
         false
+    }
+
+    fn describe(&self) -> Vec<GpuInfo> {
+        (0..self.slots)
+            .map(|slot| GpuInfo {
+                index: slot,
+                uuid: format!("virtual-{slot}"),
+                name: VIRTUAL_NAME.to_owned(),
+                memory_total_bytes: None,
+                compute_capability: None,
+                driver_version: None,
+                cuda_version: None,
+                pci_bus_id: None,
+                is_virtual: true,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_inventory_describes_every_slot_in_order() {
+        let inv = VirtualInventory::new(3);
+        let slots = inv.slots();
+        let info = inv.describe();
+        assert_eq!(slots.len(), 3);
+        assert!(!inv.is_real());
+        for (s, i) in slots.iter().zip(&info) {
+            assert_eq!(s.uuid, i.uuid);
+            assert!(i.is_virtual);
+        }
+        assert_eq!(inv.probe("virtual-0"), ProbeResult::Healthy);
     }
 }

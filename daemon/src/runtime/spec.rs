@@ -310,6 +310,10 @@ pub fn build(input: &RunSpecInput<'_>) -> Result<ContainerSpec, SpecError> {
         }
         GpuAssignment::Virtual { .. } => None,
     };
+    let slot_label = match &input.gpu {
+        GpuAssignment::Nvidia { uuid } => uuid.clone(),
+        GpuAssignment::Virtual { slot } => format!("{VIRTUAL_SLOT_PREFIX}{slot}"),
+    };
     let input_dir = dir_arg("input_dir", input.input_dir)?;
     let output_dir = dir_arg("output_dir", input.output_dir)?;
     if nested(input_dir, output_dir) {
@@ -395,7 +399,7 @@ pub fn build(input: &RunSpecInput<'_>) -> Result<ContainerSpec, SpecError> {
         image: Some(input.image.pinned()),
         user: Some(format!("{uid}:{gid}")),
         working_dir: Some("/".to_owned()),
-        env: Some(daemon_env(gpu_uuid)),
+        env: Some(daemon_env(gpu_uuid, &slot_label)),
         labels: Some(HashMap::from([
             (LABEL_RUN.to_owned(), input.run_id.to_owned()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
@@ -418,9 +422,15 @@ pub fn build(input: &RunSpecInput<'_>) -> Result<ContainerSpec, SpecError> {
     })
 }
 
+/// The environment variable naming the run's slot (the GPU UUID, or `virtual-N`): informational for
+/// the miner, and what lets tests prove each container sees only its own slot.
+pub const SLOT_ENV: &str = "TALKHEAD_GPU_SLOT";
+/// Prefix of virtual slot labels.
+const VIRTUAL_SLOT_PREFIX: &str = "virtual-";
+
 /// The environment the daemon imposes. Container `Env` overrides the image's, so an image that sets
 /// `NVIDIA_VISIBLE_DEVICES=all` or `LD_PRELOAD` gets these values instead.
-fn daemon_env(gpu_uuid: Option<&str>) -> Vec<String> {
+fn daemon_env(gpu_uuid: Option<&str>, slot_label: &str) -> Vec<String> {
     let mut env: Vec<String> = CACHE_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.push("LD_PRELOAD=".to_owned());
     match gpu_uuid {
@@ -435,6 +445,7 @@ fn daemon_env(gpu_uuid: Option<&str>) -> Vec<String> {
         }
     }
     env.push(format!("NVIDIA_DRIVER_CAPABILITIES={NVIDIA_DRIVER_CAPABILITIES}"));
+    env.push(format!("{SLOT_ENV}={slot_label}"));
     env
 }
 
@@ -872,7 +883,20 @@ fn audit_env(value: &Value, gpu_uuid: Option<&str>) -> Result<(), SpecError> {
     if vars.get("LD_PRELOAD") != Some(&"") {
         return Err(violation("Env.LD_PRELOAD", "must be set and empty"));
     }
-    if env != daemon_env(gpu_uuid) {
+    let slot_label = vars.get(SLOT_ENV).copied().unwrap_or_default();
+    let label_ok = match gpu_uuid {
+        Some(uuid) => slot_label == uuid,
+        None => slot_label
+            .strip_prefix(VIRTUAL_SLOT_PREFIX)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+    };
+    if !label_ok {
+        return Err(violation(
+            "Env.TALKHEAD_GPU_SLOT",
+            "must name the assigned GPU, or virtual-N without one",
+        ));
+    }
+    if env != daemon_env(gpu_uuid, slot_label) {
         return Err(violation("Env", "must be exactly the daemon's environment"));
     }
     Ok(())

@@ -48,7 +48,7 @@ fn host(body: &mut ContainerCreateBody) -> &mut HostConfig {
 }
 
 /// The expected body, shared by both snapshots; only the GPU parts differ.
-fn expected_json(device_requests: Value, gpu_env: [&str; 2]) -> Value {
+fn expected_json(device_requests: Value, gpu_env: [&str; 3]) -> Value {
     json!({
         "Image": format!("localhost:5000/talkhead/demo@sha256:{DIGEST}"),
         "User": "65534:65534",
@@ -61,7 +61,8 @@ fn expected_json(device_requests: Value, gpu_env: [&str; 2]) -> Value {
             "LD_PRELOAD=",
             gpu_env[0],
             gpu_env[1],
-            "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+            gpu_env[2]
         ],
         "Labels": { "talkhead.run": "run-0001", "talkhead.managed": "true" },
         "Healthcheck": { "Test": ["NONE"] },
@@ -132,6 +133,7 @@ fn snapshot_nvidia() {
         [
             "NVIDIA_VISIBLE_DEVICES=GPU-12345678-90ab-cdef-1234-567890abcdef",
             "CUDA_VISIBLE_DEVICES=0",
+            "TALKHEAD_GPU_SLOT=GPU-12345678-90ab-cdef-1234-567890abcdef",
         ],
     );
     assert_eq!(serde_json::to_value(&spec.body).unwrap(), expected);
@@ -143,7 +145,11 @@ fn snapshot_virtual() {
     assert_eq!(spec.name, "talkhead-run-0001");
     let expected = expected_json(
         json!([]),
-        ["NVIDIA_VISIBLE_DEVICES=void", "CUDA_VISIBLE_DEVICES="],
+        [
+            "NVIDIA_VISIBLE_DEVICES=void",
+            "CUDA_VISIBLE_DEVICES=",
+            "TALKHEAD_GPU_SLOT=virtual-3",
+        ],
     );
     assert_eq!(serde_json::to_value(&spec.body).unwrap(), expected);
 }

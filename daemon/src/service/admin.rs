@@ -5,6 +5,7 @@
 use super::{Service, ServiceError};
 use crate::domain::{Hotkey, Verdict};
 use crate::events::ActiveRun;
+use crate::gpu::GpuState;
 use crate::rounds::{rank_input, ranker};
 use crate::store::{BlockRecord, BlockTarget, MetricsRow, MinerView, ReevaluateOutcome, RunRecord};
 use std::sync::Arc;
@@ -18,8 +19,8 @@ pub struct RuntimeInfo {
     pub config_digest: String,
     /// `nvml`, `virtual (N slots)`.
     pub gpu_backend: String,
-    /// GPUs the daemon may use: (id, model name).
-    pub gpus: Vec<(String, String)>,
+    /// The GPUs the daemon may use and where each stands.
+    pub gpus: crate::gpu::GpuBoard,
     /// The Docker engine, when an evaluation loop runs.
     pub docker: Option<crate::runtime::Engine>,
     /// Tie epsilon of the winner selection.
@@ -204,13 +205,21 @@ impl Service {
         let gpus = admin
             .runtime
             .gpus
-            .iter()
-            .map(|(id, name)| GpuStatus {
-                id: id.clone(),
-                name: name.clone(),
-                state: "available".into(),
-                reason: None,
-                current: board.iter().find(|r| &r.gpu == id).cloned(),
+            .snapshot()
+            .into_iter()
+            .map(|g| {
+                let reason = match &g.state {
+                    GpuState::Quarantined { reason, .. } => Some(reason.clone()),
+                    GpuState::Drained { finishing: Some(run) } => Some(format!("finishing {run}")),
+                    _ => g.last_fault.clone(),
+                };
+                GpuStatus {
+                    current: board.iter().find(|r| r.gpu == g.info.uuid).cloned(),
+                    id: g.info.uuid,
+                    name: g.info.name,
+                    state: g.state.name().to_owned(),
+                    reason,
+                }
             })
             .collect();
         Ok(StatusReport {
@@ -363,6 +372,37 @@ impl Service {
             self.control.wake();
         }
         Ok(outcome)
+    }
+
+    /// Drain (`true`) or undrain a GPU given by UUID, `virtual-N` or index; `Ok((uuid, changed))`.
+    pub async fn set_gpu_drained(&self, gpu: &str, drained: bool) -> Result<(String, bool), ServiceError> {
+        let gpus = self.admin()?.runtime.gpus.snapshot();
+        let wanted = gpu.trim();
+        let uuid = gpus
+            .iter()
+            .find(|g| g.info.uuid == wanted || g.info.index.to_string() == wanted)
+            .map(|g| g.info.uuid.clone())
+            .ok_or_else(|| {
+                let known: Vec<String> = gpus
+                    .iter()
+                    .map(|g| format!("{} ({})", g.info.uuid, g.info.index))
+                    .collect();
+                ServiceError::NotFound(format!(
+                    "no GPU '{wanted}' in use by this daemon; known: {}",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?;
+        let id = uuid.clone();
+        let changed = self
+            .blocking(move |s| Ok(s.set_gpu_drained(&id, drained)?))
+            .await?;
+        // The loop reads the drain set on every step: wake it so the change takes effect now.
+        self.control.wake();
+        Ok((uuid, changed))
     }
 
     /// Pause evaluation; `false` if it already was.

@@ -11,6 +11,7 @@
 
 mod controls;
 mod error;
+mod gpus;
 mod registry;
 mod schema;
 mod tables;

@@ -458,7 +458,12 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
             let env: BTreeMap<String, String> = std::env::vars_os()
                 .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
                 .collect();
-            for key in ["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "LD_PRELOAD"] {
+            for key in [
+                "NVIDIA_VISIBLE_DEVICES",
+                "CUDA_VISIBLE_DEVICES",
+                "LD_PRELOAD",
+                "TALKHEAD_GPU_SLOT",
+            ] {
                 log(format_args!(
                     "env {key}={}",
                     env.get(key).map_or("<unset>", String::as_str)

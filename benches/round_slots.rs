@@ -1,0 +1,89 @@
+//! Whole-daemon bench: the wall time of one round of 8 instantly answering miners on 1 versus 4
+//! virtual GPU slots (the real daemon, the real Docker engine, images pulled from the local registry
+//! by digest), from `POST /update` to "round 1 committed". Not criterion: one round takes tens of
+//! seconds, so each configuration runs `ROUND_SLOTS_REPEAT` times (default 1) and every figure is
+//! printed. Needs what the engine tests need (`tests/setup.sh`).
+//!
+//!     cargo bench -p talkheadd --bench round_slots
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/images.rs"]
+mod images;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MINERS: usize = 8;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/challenges")
+        .canonicalize()
+        .unwrap()
+}
+
+fn round(refs: &[String], slots: u32, seed: u8) -> Duration {
+    let setup = Setup::new("");
+    let extra = format!(
+        "[auth]\nrequire_signature = false\n\
+         [evaluation]\nchallenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 30\n\
+         work_dir = \"{}\"\n[gpu]\nvirtual = {slots}\n\
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
+         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
+        fixtures().display(),
+        setup.dir.path().join("jobs").display()
+    );
+    let setup = Setup { extra, ..setup };
+    let mut d = Daemon::start(&setup);
+    let signers: Vec<Signer> = (0..MINERS).map(|i| Signer::from_seed(seed + i as u8)).collect();
+    let rows: Vec<(&str, String, f64)> = signers
+        .iter()
+        .zip(refs)
+        .enumerate()
+        .map(|(i, (s, r))| (s.hotkey.as_str(), r.clone(), 1000.0 + i as f64))
+        .collect();
+    let started = Instant::now();
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
+    assert_eq!(r.status, 200);
+    d.wait_for_within("round 1 committed", Duration::from_secs(1800));
+    let took = started.elapsed();
+    assert!(d.stop().success());
+    took
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter that names neither configuration skips this bench.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refs: Vec<String> = rt.block_on(async {
+        let mut refs = Vec::new();
+        for i in 0..MINERS {
+            // Distinct digests (no duplicate verdicts); a delay of i ms is "instant".
+            let delay = i.to_string();
+            let pushed = images::build_and_push_miner_with(
+                images::Behaviour::Good,
+                &[("delay_ms", &delay)],
+                &fixtures(),
+            )
+            .await
+            .unwrap();
+            refs.push(pushed.reference);
+        }
+        refs
+    });
+    let repeat: usize = std::env::var("ROUND_SLOTS_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("round of {MINERS} instantly answering miners, host with {cpus} CPUs");
+    for slots in [1u32, 4] {
+        for i in 0..repeat {
+            let took = round(&refs, slots, 200 + (i as u8) * 20);
+            println!("round_slots/{slots}_slots: {:.1} s", took.as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Several virtual GPU slots evaluating in parallel against the real Docker engine: the runs of a
+//! round overlap (proved from the recorded start and finish times, not by sleeping), each container
+//! sees only its own slot's assignment (`TALKHEAD_GPU_SLOT`, no GPU device), every run records the
+//! slot it used, and a drained slot takes no run.
+//!
+//! Needs dockerd, the registry on 127.0.0.1:5000, ffmpeg and opencv-data (`tests/setup.sh`). No GPU:
+//! these names must not contain the GPU-test prefix the test command skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/images.rs"]
+mod images;
+
+use common::*;
+use images::Behaviour;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use talkheadd::domain::Hotkey;
+use talkheadd::store::{RunRecord, Store, StoreOptions};
+
+/// The tests share the host's Docker engine: one at a time.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const ROUND_LIMIT: Duration = Duration::from_secs(900);
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/challenges")
+        .canonicalize()
+        .unwrap()
+}
+
+fn config(dir: &Path, slots: u32) -> String {
+    format!(
+        "[auth]\nrequire_signature = false\n\
+         [evaluation]\nchallenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 20\n\
+         pull_timeout_secs = 120\nwork_dir = \"{}\"\n\
+         [docker]\npull_attempts = 2\n[gpu]\nvirtual = {slots}\n\
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
+         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
+        fixtures().display(),
+        dir.join("jobs").display()
+    )
+}
+
+/// `n` distinct images (distinct digests, so no duplicate verdicts) that report their environment
+/// and take `delay_ms` per challenge.
+fn images(n: usize, delay_ms: u32) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut refs = Vec::new();
+        for i in 0..n {
+            let delay = (delay_ms + i as u32).to_string();
+            let pushed =
+                images::build_and_push_miner_with(Behaviour::GpuEnv, &[("delay_ms", &delay)], &fixtures())
+                    .await
+                    .unwrap();
+            refs.push(pushed.reference);
+        }
+        refs
+    })
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        map_size_bytes: 64 << 20,
+        history_per_miner: 20,
+        max_submissions: 100,
+    }
+}
+
+/// The runs of round 1 (round 2 starts at once, re-evaluating everyone, and is cut short by the stop).
+fn runs(state: &Path, hotkeys: &[String]) -> Vec<RunRecord> {
+    let store = Store::open(state, opts()).unwrap();
+    let mut out = Vec::new();
+    for h in hotkeys {
+        out.extend(
+            store
+                .runs_for(&Hotkey::parse(h).unwrap(), 20)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.round == 1),
+        );
+    }
+    store.close().unwrap();
+    out
+}
+
+fn submit_all(d: &Daemon, signers: &[Signer], refs: &[String]) {
+    let rows: Vec<(&str, String, f64)> = signers
+        .iter()
+        .zip(refs)
+        .enumerate()
+        .map(|(i, (s, r))| (s.hotkey.as_str(), r.clone(), 1000.0 + i as f64))
+        .collect();
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn slot_of(run: &RunRecord) -> String {
+    run.metrics
+        .as_ref()
+        .and_then(|m| m.gpu.as_ref())
+        .map(|g| g.uuid.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn virtual_slots_run_a_round_concurrently_and_each_container_sees_only_its_slot() {
+    let _engine = ENGINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let refs = images(4, 400);
+    let setup = Setup::new("");
+    let setup = Setup {
+        extra: config(setup.dir.path(), 4),
+        ..setup
+    };
+    let mut d = Daemon::start(&setup);
+    let signers: Vec<Signer> = (0..4).map(|i| Signer::from_seed(150 + i)).collect();
+    submit_all(&d, &signers, &refs);
+    d.wait_for_within("round 1 committed", ROUND_LIMIT);
+    let state = d.state.clone();
+    assert!(d.stop().success());
+
+    let hotkeys: Vec<String> = signers.iter().map(|s| s.hotkey.clone()).collect();
+    let runs = runs(&state, &hotkeys);
+    let summary: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.hotkey.to_string(),
+                r.verdict.to_string(),
+                r.reason.clone(),
+                r.started_at,
+                r.finished_at,
+            )
+        })
+        .collect();
+    assert_eq!(runs.len(), 4, "one run per miner: {summary:#?}");
+    let slots: BTreeSet<String> = runs.iter().map(slot_of).collect();
+    assert_eq!(
+        slots,
+        (0..4).map(|i| format!("virtual-{i}")).collect::<BTreeSet<_>>(),
+        "each miner on its own slot"
+    );
+    for run in &runs {
+        assert_eq!(run.verdict.to_string(), "ok", "{run:#?}");
+        let slot = slot_of(run);
+        let tail = run.log_tail.clone().unwrap_or_default();
+        assert!(
+            tail.contains(&format!("env TALKHEAD_GPU_SLOT={slot}")),
+            "{slot}: {tail}"
+        );
+        assert!(tail.contains("env NVIDIA_VISIBLE_DEVICES=void"), "{tail}");
+        for other in slots.iter().filter(|s| **s != slot) {
+            assert!(!tail.contains(&format!("={other}")), "{slot} saw {other}: {tail}");
+        }
+        let m = run.metrics.as_ref().unwrap();
+        let vram = m.measurement.as_ref().map(|p| p.vram);
+        assert_eq!(
+            vram,
+            Some(talkheadd::domain::metrics::MeasurementSource::Unavailable)
+        );
+        assert!(m.efficiency.vram_missing, "virtual slots flag VRAM as missing");
+    }
+    // All four were in flight at once: the last start precedes the first finish.
+    let last_start = runs.iter().map(|r| r.started_at).fold(f64::MIN, f64::max);
+    let first_finish = runs.iter().map(|r| r.finished_at).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_finish,
+        "runs did not overlap: last start {last_start}, first finish {first_finish}: {:?}",
+        runs.iter()
+            .map(|r| (r.started_at, r.finished_at))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn virtual_slots_a_drained_slot_takes_no_run() {
+    let _engine = ENGINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let refs = images(2, 100);
+    let setup = Setup::new("");
+    let setup = Setup {
+        extra: config(setup.dir.path(), 2),
+        ..setup
+    };
+    // Drain virtual-1 before the daemon starts: the drain is persisted in the store.
+    let state = setup.dir.path().join("state.db");
+    let store = Store::open(&state, opts()).unwrap();
+    assert!(store.set_gpu_drained("virtual-1", true).unwrap());
+    store.close().unwrap();
+
+    let mut d = Daemon::start(&setup);
+    assert_eq!(d.state, state, "the harness's state path");
+    let signers: Vec<Signer> = (0..2).map(|i| Signer::from_seed(160 + i)).collect();
+    submit_all(&d, &signers, &refs);
+    d.wait_for_within("round 1 committed", ROUND_LIMIT);
+    assert!(d.stop().success());
+    let hotkeys: Vec<String> = signers.iter().map(|s| s.hotkey.clone()).collect();
+    let runs = runs(&state, &hotkeys);
+    let summary: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            (
+                slot_of(r),
+                r.verdict.to_string(),
+                r.reason.clone(),
+                r.started_at,
+                r.finished_at,
+            )
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "{summary:#?}");
+    for run in &runs {
+        assert_eq!(slot_of(run), "virtual-0", "{run:#?}");
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    assert!(
+        a.finished_at <= b.started_at || b.finished_at <= a.started_at,
+        "one slot in service: runs must not overlap"
+    );
+}
