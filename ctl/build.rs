@@ -1,5 +1,5 @@
 //! Generates talkheadctl's man page and shell completions from the CLI definition at build time, into
-//! `OUT_DIR` and `<target>/assets/` (where the Debian package picks them up).
+//! `OUT_DIR` and `<target>/assets/ctl/` (where packaging/build-assets.sh collects them for the .deb).
 
 #[path = "src/cli.rs"]
 #[allow(dead_code)]
@@ -15,9 +15,9 @@ fn main() -> std::io::Result<()> {
         PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| std::io::Error::other("OUT_DIR unset"))?);
     let assets = out.join("assets");
     generate(&assets)?;
-    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: publish a copy at <target>/assets.
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: publish a copy at <target>/assets/ctl.
     if let Some(target) = out.ancestors().nth(4) {
-        generate(&target.join("assets"))?;
+        generate(&target.join("assets").join("ctl"))?;
     }
     Ok(())
 }

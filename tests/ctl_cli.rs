@@ -57,9 +57,9 @@ fn an_absent_daemon_exits_3_and_says_what_to_do() {
 
 #[test]
 fn the_build_generated_the_man_page_and_completions() {
-    // OUT_DIR of the build script is not visible here; its copy under <target>/assets is.
+    // OUT_DIR of the build script is not visible here; its copy under <target>/assets/ctl is.
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_talkheadctl"));
-    let assets = exe.ancestors().nth(2).unwrap().join("assets");
+    let assets = exe.ancestors().nth(2).unwrap().join("assets/ctl");
     let man = std::fs::read_to_string(assets.join("man/talkheadctl.1")).unwrap();
     assert!(man.contains(".TH talkheadctl"), "{man}");
     assert!(man.contains("watch"));

@@ -35,7 +35,7 @@ fn fixtures() -> PathBuf {
 fn config(dir: &Path, slots: u32) -> String {
     format!(
         "[auth]\nrequire_signature = false\n\
-         [evaluation]\nchallenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 20\n\
+         [evaluation]\nchallenges_dir = \"{}\"\nwarmup_count = 1\nscoring_count = 2\nready_timeout_secs = 60\nchallenge_timeout_secs = 20\n\
          pull_timeout_secs = 120\nwork_dir = \"{}\"\n\
          [docker]\npull_attempts = 2\n[gpu]\nvirtual = {slots}\n\
          [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\

@@ -250,7 +250,16 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         let p = policy.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         p.read.gid.or(p.control.gid)
     };
-    let admin_listener = admin::socket::bind(&settings.admin.socket, settings.admin.socket_mode, socket_gid)?;
+    let (admin_listener, admin_from_systemd) = match systemd::take_unix_listener(systemd::ADMIN_FD_NAME) {
+        Some(listener) => {
+            tracing::info!("admin socket passed by systemd (socket activation)");
+            (listener, true)
+        }
+        None => (
+            admin::socket::bind(&settings.admin.socket, settings.admin.socket_mode, socket_gid)?,
+            false,
+        ),
+    };
 
     let control = LoopControl::default();
     let events = EventBus::new(Arc::new(SystemClock));
@@ -307,12 +316,20 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         settings.auth.public_metrics,
     ));
 
-    let listener = TcpListener::bind(settings.http.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: settings.http.listen,
-            source,
-        })?;
+    let listen_error = |source| DaemonError::Listen {
+        addr: settings.http.listen,
+        source,
+    };
+    // Optionally socket-activated too (FileDescriptorName=http); otherwise bound here.
+    let listener = match systemd::take_tcp_listener("http") {
+        Some(std_listener) => {
+            std_listener.set_nonblocking(true).map_err(listen_error)?;
+            TcpListener::from_std(std_listener).map_err(listen_error)?
+        }
+        None => TcpListener::bind(settings.http.listen)
+            .await
+            .map_err(listen_error)?,
+    };
     let local = listener.local_addr().map_err(|source| DaemonError::Listen {
         addr: settings.http.listen,
         source,
@@ -325,6 +342,10 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(Arc::clone(&gateway).serve(listener, shutdown.clone(), HTTP_DRAIN));
     let evaluator = evaluation.map(|l| tokio::spawn(l.run(shutdown.clone())));
+    // With an evaluation loop the watchdog is fed from its tick; without one, from here.
+    let mut api_only_watchdog = systemd::watchdog_interval()
+        .filter(|_| evaluator.is_none())
+        .map(tokio::time::interval);
     let admin_server = tokio::spawn(admin::serve(
         admin_listener,
         service.clone(),
@@ -340,6 +361,9 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = async { match api_only_watchdog.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } } => {
+                systemd::watchdog();
+            }
             _ = sighup.recv() => {
                 let reload = reload.clone();
                 match tokio::task::spawn_blocking(move || reload.apply()).await {
@@ -360,8 +384,11 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         Ok(Err(e)) => tracing::error!(error = %e, "admin server failed"),
         Err(e) => tracing::error!(error = %e, "admin server task failed"),
     }
-    // Nobody else may bind the path while we shut down; remove it so the next start finds no stale file.
-    let _ = std::fs::remove_file(&settings.admin.socket);
+    // A socket we bound ourselves is removed so the next start finds no stale file; systemd's stays
+    // (it keeps queueing connections and starts us again).
+    if !admin_from_systemd {
+        let _ = std::fs::remove_file(&settings.admin.socket);
+    }
     if let Some(evaluator) = evaluator {
         // A run in flight sees the cancellation, kills its container and returns an infrastructure
         // outcome: nothing is staged for it and it re-runs after restart.

@@ -164,7 +164,13 @@ impl EvaluationLoop {
     /// awaited before this returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(slots = self.slots.len(), real_gpus = self.inventory.is_real(), analyzer = %self.env.analyzer.describe(), "evaluation loop started");
+        // The watchdog is fed from this tick: if the scheduler wedges (a step that never returns),
+        // systemd stops hearing from it and restarts the daemon.
+        let watchdog = crate::systemd::watchdog_interval();
         while !shutdown.is_cancelled() {
+            if watchdog.is_some() {
+                crate::systemd::watchdog();
+            }
             while let Some(done) = self.tasks.try_join_next() {
                 self.finish(done);
             }
@@ -177,6 +183,7 @@ impl EvaluationLoop {
                 }
             };
             let busy = !self.tasks.is_empty();
+            let wait = watchdog.map_or(wait, |w| wait.min(w));
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.control.wake.notified() => {}
@@ -586,7 +593,19 @@ async fn run_task(
     run_id: String,
     shutdown: CancellationToken,
 ) -> Finished {
-    let span = tracing::info_span!("run", run_id = %run_id, hotkey = %ticket.hotkey, gpu = %slot.uuid);
+    // Field names are the journald contract (logging::JOURNAL_FIELDS): RUN_ID, MINER_HOTKEY, GPU_UUID,
+    // ROUND, IMAGE_DIGEST, VERDICT.
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run_id,
+        miner_hotkey = %ticket.hotkey,
+        gpu_uuid = %slot.uuid,
+        round = ticket.round
+    );
+    let blocked = {
+        let (store, hotkey, image) = (store.clone(), ticket.hotkey.clone(), ticket.image_ref.clone());
+        blocking(move || store.blocking_rule(&hotkey, &image)).await
+    };
     let started_at = env.clock.now_unix();
     env.events.publish(EventKind::RunStarted {
         run_id: run_id.clone(),
@@ -606,12 +625,28 @@ async fn run_task(
         slot: &slot,
         meter: meter.as_ref(),
     };
-    // Everything the run logs carries run_id, hotkey and gpu.
+    // Everything the run logs carries run_id, miner_hotkey, gpu_uuid and round.
     let (outcome, report) = async {
-        tracing::info!(image = %ticket.image_ref, "evaluation started");
+        if let Ok(Some(rule)) = &blocked {
+            // An operator block: the image is never pulled or run.
+            tracing::info!(image_digest = %ticket.image_ref.digest(), "submission blocked by the operator");
+            let metrics = crate::domain::EvaluationMetrics::failed(
+                Verdict::ImageRejected,
+                format!("blocked by the operator: {}", rule.reason),
+                ticket.image_ref.as_str(),
+                ticket.submit_time,
+                env.clock.now_unix(),
+                u32::try_from(env.settings.evaluation.scoring_count).unwrap_or(u32::MAX),
+            );
+            return (
+                RunOutcome::Result(Box::new(metrics)),
+                super::run::RunReport::default(),
+            );
+        }
+        tracing::info!(image_digest = %ticket.image_ref.digest(), "evaluation started");
         run_evaluation(&env, req, &shutdown).await
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
     let finished_at = env.clock.now_unix();
     let mut record = RunRecord {
@@ -661,10 +696,10 @@ async fn run_task(
             .await;
             match &staged {
                 Ok(StageOutcome::Staged) => {
-                    tracing::info!(run_id = %run_id, hotkey = %hotkey, gpu = %slot.uuid, %verdict, "result staged")
+                    span.in_scope(|| tracing::info!(%verdict, "result staged"))
                 }
                 Ok(StageOutcome::Discarded { reason }) => {
-                    tracing::info!(run_id = %run_id, hotkey = %hotkey, reason = reason.as_str(), "result discarded: the submission changed during the run")
+                    span.in_scope(|| tracing::info!(%verdict, reason = reason.as_str(), "result discarded: the submission changed during the run"))
                 }
                 Err(_) => {}
             }
@@ -677,7 +712,7 @@ async fn run_task(
             }
         }
         RunOutcome::Infra(reason) => {
-            tracing::warn!(run_id = %run_id, hotkey = %hotkey, %reason, "run ended in an infrastructure failure");
+            span.in_scope(|| tracing::warn!(verdict = %Verdict::InfraError, %reason, "run ended in an infrastructure failure"));
             record.reason = Some(reason.clone());
             let recorded = blocking(move || store.record_run(&record)).await;
             Finished {
