@@ -159,7 +159,7 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
     let list = json(&ctl.run(&["--json", "miners", "--state", "pending"]));
     assert_eq!(list["miners"].as_array().unwrap().len(), 2);
     let none = json(&ctl.run(&["--json", "miners", "--state", "committed"]));
-    assert!(none["miners"].as_array().map_or(true, Vec::is_empty), "{none}");
+    assert!(none["miners"].as_array().is_none_or(Vec::is_empty), "{none}");
     assert_eq!(code(&ctl.run(&["miners", "--verdict", "not_a_verdict"])), 2);
 
     // one miner; unknown and malformed hotkeys
@@ -172,7 +172,7 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
 
     // runs: none yet; an unknown run is "not found"
     let runs = json(&ctl.run(&["--json", "runs"]));
-    assert!(runs["runs"].as_array().map_or(true, Vec::is_empty));
+    assert!(runs["runs"].as_array().is_none_or(Vec::is_empty));
     assert_eq!(code(&ctl.run(&["run", "run-nope"])), 4);
 
     // scores: nothing committed yet

@@ -287,10 +287,9 @@ impl GpuInventory for NvmlInventory {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(uuid)
+            && let Some(code) = codes.last()
         {
-            if let Some(code) = codes.last() {
-                return ProbeResult::Fault(Fault::Xid { code: *code });
-            }
+            return ProbeResult::Fault(Fault::Xid { code: *code });
         }
         let d = match self.nvml.device_by_uuid(uuid) {
             Ok(d) => d,
@@ -303,18 +302,18 @@ impl GpuInventory for NvmlInventory {
         if let Ok(ecc) = d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
             let mut seen = self.ecc_seen.lock().unwrap_or_else(PoisonError::into_inner);
             let before = seen.insert(uuid.to_owned(), ecc);
-            if let Some(before) = before {
-                if ecc > before {
-                    return ProbeResult::Fault(Fault::Ecc {
-                        new_errors: ecc - before,
-                    });
-                }
+            if let Some(before) = before
+                && ecc > before
+            {
+                return ProbeResult::Fault(Fault::Ecc {
+                    new_errors: ecc - before,
+                });
             }
         }
-        if let Ok(t) = d.temperature(TemperatureSensor::Gpu) {
-            if t > self.limits.max_temperature_c {
-                return ProbeResult::Fault(Fault::Temperature { celsius: t });
-            }
+        if let Ok(t) = d.temperature(TemperatureSensor::Gpu)
+            && t > self.limits.max_temperature_c
+        {
+            return ProbeResult::Fault(Fault::Temperature { celsius: t });
         }
         if let Some(reasons) = d.current_throttle_reasons().ok().and_then(bad_throttle) {
             return ProbeResult::Fault(Fault::Throttled { reasons });
@@ -363,10 +362,10 @@ impl VramMeter for NvmlMeter {
                 let mut sample = |pids: &BTreeSet<u32>| -> Result<u64, Fault> {
                     n += 1;
                     // Throttling is checked ~4 times a second, not every sample.
-                    if n % 25 == 0 {
-                        if let Some(reasons) = d.current_throttle_reasons().ok().and_then(bad_throttle) {
-                            return Err(Fault::Throttled { reasons });
-                        }
+                    if n.is_multiple_of(25)
+                        && let Some(reasons) = d.current_throttle_reasons().ok().and_then(bad_throttle)
+                    {
+                        return Err(Fault::Throttled { reasons });
                     }
                     let list = d.running_compute_processes().map_err(|e| Fault::ProbeFailed {
                         detail: e.to_string(),

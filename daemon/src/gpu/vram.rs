@@ -204,14 +204,14 @@ impl SampledSession {
 impl VramSession for SampledSession {
     fn take_peak(&mut self) -> VramReading {
         let (peak, samples) = self.shared.take();
-        if let Some(max) = self.accounting.as_ref().and_then(|a| a(&self.shared.seen())) {
-            if max > 0 {
-                return VramReading {
-                    // Accounting maxima are per process lifetime: never below what was sampled.
-                    peak_bytes: Some(max.max(peak)),
-                    source: MeasurementSource::Accounting,
-                };
-            }
+        if let Some(max) = self.accounting.as_ref().and_then(|a| a(&self.shared.seen()))
+            && max > 0
+        {
+            return VramReading {
+                // Accounting maxima are per process lifetime: never below what was sampled.
+                peak_bytes: Some(max.max(peak)),
+                source: MeasurementSource::Accounting,
+            };
         }
         // As the reference: no sample above zero means no figure (never a free zero).
         if samples > 0 && peak > 0 {
@@ -271,7 +271,7 @@ mod tests {
                         reasons: "hw_thermal".into(),
                     })
                 } else {
-                    Ok(if n % 2 == 0 { 2 << 30 } else { 1 << 30 })
+                    Ok(if n.is_multiple_of(2) { 2 << 30 } else { 1 << 30 })
                 }
             };
             run_sampler(&s2, None, Duration::from_millis(1), &mut sample);
