@@ -109,18 +109,20 @@ fn require_root() {
 }
 
 /// A daemon serving the API only, its socket in a public directory.
-fn daemon(socket_dir: &Path, admin: &str) -> Daemon {
+/// The daemon and the setup whose directory it lives in (kept alive as long as the daemon).
+fn daemon(socket_dir: &Path, admin: &str) -> (Setup, Daemon) {
     let mut setup = Setup::new("[auth]\nrequire_signature = false\n");
     setup.admin = admin.to_owned();
     setup.admin_socket = Some(socket_dir.join("admin.sock"));
-    Daemon::start(&setup)
+    let d = Daemon::start(&setup);
+    (setup, d)
 }
 
 #[test]
 fn every_call_works_for_root_with_tables_json_and_exit_codes() {
     require_root();
     let public = public_dir();
-    let d = daemon(public.path(), "");
+    let (_setup, d) = daemon(public.path(), "");
     let ctl = Ctl {
         bin: ctl_binary(public.path()),
         socket: public.path().join("admin.sock"),
@@ -257,7 +259,7 @@ fn peer_credentials_decide_who_may_read_and_who_may_control() {
         .gid
         .as_raw();
     let public = public_dir();
-    let d = daemon(
+    let (_setup, d) = daemon(
         public.path(),
         "group = \"adm\"\nread_group = \"nogroup\"\nsocket_mode = \"0666\"\n",
     );
@@ -305,7 +307,7 @@ fn peer_credentials_decide_who_may_read_and_who_may_control() {
 fn the_default_socket_mode_keeps_strangers_out_at_the_file() {
     require_root();
     let public = public_dir();
-    let d = daemon(public.path(), "");
+    let (_setup, d) = daemon(public.path(), "");
     let socket = public.path().join("admin.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "the socket is created 0660 through the umask");
@@ -326,7 +328,7 @@ fn the_default_socket_mode_keeps_strangers_out_at_the_file() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let public = public_dir();
-    let d = daemon(public.path(), "");
+    let (_setup, d) = daemon(public.path(), "");
     let mut setup = Setup::new("[auth]\nrequire_signature = false\n");
     setup.admin_socket = Some(public.path().join("admin.sock"));
     let out = Command::new(bin())
@@ -366,7 +368,7 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
         "[auth]\nrequire_signature = false\n\
          [evaluation]\nchallenges_dir = \"{}\"\nwarmup_count = 1\nscoring_count = 2\nready_timeout_secs = 30\n\
          challenge_timeout_secs = 10\nwork_dir = \"{}\"\n[gpu]\nvirtual = 1\n\
-         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\noutput_bytes = 67108864\n",
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\nvar_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
         fixtures.display(),
         public.path().join("jobs").display()
     ));

@@ -129,14 +129,23 @@ fn check_and_print_config_on_a_good_file() {
 }
 
 #[test]
-fn starts_on_embedded_defaults_without_any_configuration_file() {
+fn embedded_defaults_need_nvml_or_virtual_slots() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut cmd = Command::new(bin());
     // No --config and no file at the default path: embedded defaults, with the reference's PORT variable
     // choosing a free port (the default 8000 may be taken on a shared machine).
     assert!(!std::path::Path::new(talkheadd::config::DEFAULT_CONFIG_PATH).exists());
+    let mut cmd = Command::new(bin());
     cmd.current_dir(dir.path()).env("PORT", port.to_string());
+    if nvml_wrapper::Nvml::init().is_err() {
+        // No NVML here: refusing is the contract (exit 78), naming both ways out.
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("NVML") && err.contains("gpu.virtual"), "{err}");
+        assert!(!dir.path().join("state.db-lock").exists() || dir.path().join("state.db").is_file());
+        return;
+    }
     let state = dir.path().join("state.db");
     let mut d = Daemon::spawn(
         &mut cmd,
@@ -155,6 +164,39 @@ fn starts_on_embedded_defaults_without_any_configuration_file() {
     let r = d.request(&HttpRequest::new("GET", "/healthz"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
+    // The reference's default state file, in the working directory.
+    assert!(state.is_file(), "state.db not created in the working directory");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn embedded_defaults_with_virtual_slots_serve_the_api() {
+    // The same embedded defaults plus the one key a GPU-less host needs, as a drop-in-free file.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("only-gpu.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gpu]\nvirtual = 1\n[admin]\nsocket = \"{}\"\n",
+            dir.path().join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(dir.path())
+        .env("PORT", port.to_string())
+        .arg("--config")
+        .arg(&config);
+    let state = dir.path().join("state.db");
+    let mut d = Daemon::spawn(&mut cmd, dir.path().to_path_buf(), state.clone(), config, port);
+    d.notifications.retain(|n| n.contains("READY=1"));
+    assert!(
+        d.notifications[0].contains(&format!("127.0.0.1:{port}")),
+        "{:?}",
+        d.notifications
+    );
+    assert_eq!(d.request(&HttpRequest::new("GET", "/healthz")).status, 200);
     // The reference's default state file, in the working directory.
     assert!(state.is_file(), "state.db not created in the working directory");
     assert!(d.stop().success());

@@ -243,6 +243,10 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
         tracing::info!("auth.public_metrics = true: GET /metrics is served without a signature");
     }
 
+    // GPUs before anything is bound: a host without NVML and without gpu.virtual is a configuration
+    // error (exit 78) even when no challenge source is set yet, so the mistake shows at install time.
+    let (inventory, gpu_backend) = gpu_inventory(&settings)?;
+
     // The admin socket first: binding sets the process umask for an instant, before any other thread
     // of ours creates files.
     let policy: SharedPolicy = Arc::new(std::sync::RwLock::new(AdminPolicy::resolve(&settings.admin)));
@@ -263,14 +267,6 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
 
     let control = LoopControl::default();
     let events = EventBus::new(Arc::new(SystemClock));
-    // Without a challenge source nothing is evaluated, so a host without GPUs may serve the API alone.
-    let (inventory, gpu_backend) = match gpu_inventory(&settings) {
-        Err(_) if matches!(settings.evaluation.challenges, ChallengeSource::Unconfigured) => (
-            Arc::new(VirtualInventory::new(0)) as Arc<dyn GpuInventory>,
-            "not configured (no challenge source)".to_owned(),
-        ),
-        other => other?,
-    };
     let idle_board = crate::gpu::GpuBoard::new(inventory.describe());
     let evaluation = evaluation_loop(&settings, &store, &control, &events, inventory).await?;
     let (evaluation, docker, gpus) = match evaluation {

@@ -80,6 +80,12 @@ impl Setup {
             self.admin,
             self.extra
         );
+        // Test hosts have no NVML: one virtual slot unless the test chose its own [gpu].
+        let text = if self.extra.contains("[gpu]") {
+            text
+        } else {
+            text + "[gpu]\nvirtual = 1\n"
+        };
         let config = dir.join("talkheadd.toml");
         std::fs::write(&config, text).unwrap();
         config
