@@ -486,6 +486,29 @@ impl EvaluationLoop {
             }
             self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
         }
+        let gpus: Vec<(&str, &str)> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let state = if s.busy.is_some() {
+                    "busy"
+                } else if s.drained {
+                    "drained"
+                } else if !s.health.usable() {
+                    "quarantined"
+                } else {
+                    "idle"
+                };
+                (s.slot.uuid.as_str(), state)
+            })
+            .collect();
+        let running = self.slots.iter().filter(|s| s.busy.is_some()).count();
+        crate::systemd::status(&status_line(
+            round,
+            pending.len().saturating_sub(running),
+            running,
+            &gpus,
+        ));
         Ok(Some(IDLE_RECHECK))
     }
 
@@ -504,10 +527,7 @@ impl EvaluationLoop {
         let run_id = next_run_id(&self.run_seq, self.env.clock.as_ref());
         rt.busy = Some((run_id.clone(), ticket.hotkey.to_string()));
         let gpu = rt.slot.clone();
-        crate::systemd::status(&format!(
-            "round {}: evaluating {} on {} ({} pending)",
-            ticket.round, ticket.hotkey, gpu.uuid, pending
-        ));
+        tracing::debug!(pending, gpu = %gpu.uuid, "dispatching");
         let (env, store, meter, cancel) = (
             self.env.clone(),
             self.store.clone(),
@@ -572,6 +592,24 @@ impl EvaluationLoop {
         self.current = Some(set.clone());
         Ok(set)
     }
+}
+
+/// The one-line `systemctl status` summary: `round 12: 3 queued, 2 running; GPU-a busy, GPU-b idle`.
+fn status_line(round: u64, queued: usize, running: usize, gpus: &[(&str, &str)]) -> String {
+    let gpus: Vec<String> = gpus.iter().map(|(id, state)| format!("{id} {state}")).collect();
+    format!(
+        "round {round}: {queued} queued, {running} running; {}",
+        gpus.join(", ")
+    )
+}
+
+#[cfg(test)]
+#[test]
+fn the_status_line_names_the_round_queue_and_every_gpu() {
+    assert_eq!(
+        status_line(12, 3, 2, &[("virtual-0", "busy"), ("virtual-1", "drained")]),
+        "round 12: 3 queued, 2 running; virtual-0 busy, virtual-1 drained"
+    );
 }
 
 fn next_run_id(seq: &AtomicU64, clock: &dyn crate::clock::Clock) -> String {
