@@ -495,4 +495,28 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
         scores["rows"][0]["final_score"],
         metrics[0]["metrics"]["final_score"]
     );
+
+    // A second hotkey submitting the same digest later is a duplicate (first_wins, the default): it
+    // is settled without a container and the original keeps its score.
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&[(
+        HK_B,
+        pushed.reference.clone(),
+        2.0,
+    )])));
+    assert_eq!(r.status, 200);
+    d.wait_for_within("round 2 committed", std::time::Duration::from_secs(180));
+    let b = json(&ctl.run(&["--json", "miner", HK_B]));
+    assert_eq!(b["summary"]["verdict"], "duplicate", "{b}");
+    let committed: serde_json::Value =
+        serde_json::from_str(b["committed_metrics_json"].as_str().unwrap()).unwrap();
+    assert!(committed["error"].as_str().unwrap().contains(HK_A), "{committed}");
+    assert!(
+        b["runs"][0]["stage_seconds"]
+            .as_object()
+            .map_or(true, |m| m.is_empty()),
+        "no container ran: {b}"
+    );
+    let scores = json(&ctl.run(&["--json", "scores"]));
+    assert_eq!(scores["rows"][0]["hotkey"], HK_A);
+    assert_eq!(scores["rows"][0]["verdict"], "ok");
 }

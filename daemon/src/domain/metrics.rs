@@ -46,6 +46,10 @@ pub struct EvaluationMetrics {
     /// Where the time and VRAM figures come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<MeasurementProvenance>,
+    /// Under `evaluation.duplicates = "share"`: the hotkey whose evaluation of the same image digest
+    /// these metrics are a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 /// One scored challenge. Successful entries carry the component scores; failed ones carry `error`.
@@ -199,6 +203,7 @@ impl EvaluationMetrics {
             stage_times: BTreeMap::new(),
             gpu: None,
             measurement: None,
+            duplicate_of: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! failed ([`verdicts`]), assembles their metrics ([`metrics`]), and drives the store's round semantics
 //! ([`rounds_loop`]).
 
+pub mod duplicates;
 pub mod metrics;
 pub mod rounds_loop;
 pub mod run;

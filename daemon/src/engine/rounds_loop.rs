@@ -10,6 +10,7 @@
 //! slots evaluate N miners at once, and the round commits only when every run has finished. Drained
 //! (store) and quarantined (health) slots finish their current run and take no new one.
 
+use super::duplicates::DuplicateAction;
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
 use crate::challenges::{ChallengeError, ChallengeSet, Limits, SubnetApiSource, load_directory};
 use crate::domain::Verdict;
@@ -418,6 +419,11 @@ impl EvaluationLoop {
             })
             .cloned()
             .collect();
+        let ready = match self.settle_duplicates(ready).await? {
+            Some(ready) => ready,
+            // Some were settled without running: the pending set changed, look again at once.
+            None => return Ok(None),
+        };
         if ready.is_empty() {
             let next = self
                 .backoff_until
@@ -510,6 +516,74 @@ impl EvaluationLoop {
             &gpus,
         ));
         Ok(Some(IDLE_RECHECK))
+    }
+
+    /// Apply `evaluation.duplicates` to the ready tickets: stage `duplicate` (first_wins) or a copy of the
+    /// original's result (share) without running anything. `None` when something was staged; otherwise
+    /// the tickets still to run (a share copy waiting for its original is held back).
+    async fn settle_duplicates(
+        &mut self,
+        ready: Vec<EvaluationTicket>,
+    ) -> Result<Option<Vec<EvaluationTicket>>, LoopError> {
+        let store = self.store.clone();
+        let miners = blocking(move || store.miners()).await?;
+        let policy = self.env.settings.evaluation.duplicates;
+        let scoring_count = u32::try_from(self.env.settings.evaluation.scoring_count).unwrap_or(u32::MAX);
+        let now = self.env.clock.now_unix();
+        let mut to_run = Vec::new();
+        let mut settled = false;
+        for ticket in ready {
+            let metrics = match super::duplicates::plan(policy, &miners, &ticket, scoring_count, now) {
+                DuplicateAction::Run => {
+                    to_run.push(ticket);
+                    continue;
+                }
+                DuplicateAction::Wait { original } => {
+                    tracing::debug!(hotkey = %ticket.hotkey, %original, "waiting for the original of a shared digest");
+                    continue;
+                }
+                DuplicateAction::Reject(m) | DuplicateAction::Copy(m) => m,
+            };
+            let run_id = next_run_id(&self.run_seq, self.env.clock.as_ref());
+            let mut metrics = *metrics;
+            metrics.run_id.clone_from(&run_id);
+            let record = RunRecord {
+                run_id: run_id.clone(),
+                hotkey: ticket.hotkey.clone(),
+                image_ref: ticket.image_ref.to_string(),
+                generation: ticket.generation,
+                round: ticket.round,
+                verdict: metrics.verdict,
+                reason: metrics.error.clone(),
+                stage_times: Default::default(),
+                metrics: Some(metrics.clone()),
+                started_at: now,
+                finished_at: now,
+                log_tail: None,
+            };
+            self.env.events.publish(EventKind::Verdict {
+                run_id,
+                hotkey: ticket.hotkey.to_string(),
+                verdict: metrics.verdict.to_string(),
+                reason: metrics.error.clone(),
+                score: Some(metrics.final_score),
+            });
+            tracing::info!(
+                miner_hotkey = %ticket.hotkey,
+                image_digest = %ticket.image_ref.digest(),
+                verdict = %metrics.verdict,
+                duplicate_of = metrics.duplicate_of.as_deref().unwrap_or("-"),
+                "duplicate image digest settled without a run"
+            );
+            let store = self.store.clone();
+            blocking(move || {
+                store.stage_result(&ticket, metrics)?;
+                store.record_run(&record)
+            })
+            .await?;
+            settled = true;
+        }
+        Ok((!settled).then_some(to_run))
     }
 
     /// Start one evaluation on `slot` in its own task.
