@@ -4,16 +4,19 @@
 # whose name contains "gpu_", so only GPU tests may use that string).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Seconds per phase, for keeping CI well inside its limit.
+phase() { echo "== [$(( SECONDS / 60 ))m$(( SECONDS % 60 ))s] $*" >&2; }
 tests/setup.sh
-echo "== cargo fmt --check" >&2
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy" >&2
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test" >&2
+phase "cargo test"
 cargo test --workspace --locked -- --skip gpu_
-echo "== systemd units: systemd-analyze verify and the exposure threshold" >&2
+phase "systemd units: systemd-analyze verify and the exposure threshold"
 tests/systemd_checks.sh
-echo "== Debian package: build from the binaries the tests just built, lintian, install, run, purge" >&2
+phase "Debian package: build from the binaries the tests just built, lintian, install, run, purge"
 # The release package is `cargo deb -p talkheadd` (packaging/README.md); CI packages the debug build it
 # already has, so the packaging and installation are checked without a second 15-minute compile.
 DEB_PROFILE=dev SKIP_BUILD=1 tests/package.sh
+phase "all checks passed"
