@@ -519,4 +519,30 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     let scores = json(&ctl.run(&["--json", "scores"]));
     assert_eq!(scores["rows"][0]["hotkey"], HK_A);
     assert_eq!(scores["rows"][0]["verdict"], "ok");
+
+    // An operator block: the next evaluation of HK_A is image_rejected with the operator's reason,
+    // without pulling or running the image. Rounds follow each other at once (reevaluate = "all"), so
+    // the run of the round under way may predate the block: look at the next two commits.
+    assert_eq!(code(&ctl.run(&["block", HK_A, "--reason", "weights copied"])), 0);
+    let rejected = (3..=4).any(|round| {
+        d.wait_for_within(
+            &format!("round {round} committed"),
+            std::time::Duration::from_secs(180),
+        );
+        let a = json(&ctl.run(&["--json", "miner", HK_A]));
+        a["summary"]["verdict"] == "image_rejected"
+    });
+    assert!(rejected, "HK_A was not rejected after the block");
+    let run =
+        &json(&ctl.run(&["--json", "runs", "--hotkey", HK_A, "--verdict", "image_rejected"]))["runs"][0];
+    assert!(
+        run["reason"].as_str().unwrap().contains("weights copied"),
+        "{run}"
+    );
+    assert!(
+        run["stage_seconds"]
+            .as_object()
+            .map_or(true, |m| !m.contains_key("pull")),
+        "nothing pulled: {run}"
+    );
 }
