@@ -513,7 +513,7 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     assert!(
         b["runs"][0]["stage_seconds"]
             .as_object()
-            .map_or(true, |m| m.is_empty()),
+            .is_none_or(|m| m.is_empty()),
         "no container ran: {b}"
     );
     let scores = json(&ctl.run(&["--json", "scores"]));
@@ -542,7 +542,7 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     assert!(
         run["stage_seconds"]
             .as_object()
-            .map_or(true, |m| !m.contains_key("pull")),
+            .is_none_or(|m| !m.contains_key("pull")),
         "nothing pulled: {run}"
     );
 }
