@@ -546,3 +546,48 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
         "nothing pulled: {run}"
     );
 }
+
+/// Under systemd the admin socket comes from `talkheadd.socket` (LISTEN_FDS, name `admin`): the daemon
+/// serves on it and never binds `admin.socket` itself. `systemd-socket-activate` plays systemd's part.
+#[test]
+fn a_socket_passed_by_systemd_is_served_instead_of_binding_one() {
+    let public = public_dir();
+    let activated = public.path().join("activated.sock");
+    let mut setup = Setup::new("[auth]\nrequire_signature = false\n");
+    let configured = public.path().join("configured.sock");
+    setup.admin_socket = Some(configured.clone());
+    let config = setup.write_config(free_port());
+    let mut launcher = Command::new("systemd-socket-activate")
+        .arg(format!("--listen={}", activated.display()))
+        .arg("--fdname=admin")
+        .arg(bin())
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd; tests/setup.sh installs it)");
+    // It says when it listens; then the first connection starts the daemon (it execs in place, so
+    // killing the launcher's pid stops the daemon).
+    let mut stderr = std::io::BufReader::new(launcher.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Listening on") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "systemd-socket-activate ended before listening"
+        );
+    }
+    let ctl = Ctl {
+        bin: ctl_binary(public.path()),
+        socket: activated.clone(),
+    };
+    let status = ctl.run(&["--json", "status"]);
+    let _ = launcher.kill();
+    let _ = launcher.wait();
+    assert_eq!(json(&status)["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        !configured.exists(),
+        "admin.socket must not be bound when systemd passes one"
+    );
+}

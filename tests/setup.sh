@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 need_pkgs=()
-for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates; do
+# systemd: systemd-socket-activate and systemd-analyze (socket activation test, unit checks); util-linux: setpriv.
+for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates systemd util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
