@@ -5,6 +5,10 @@
 //! printed. Needs what the engine tests need (`tests/setup.sh`).
 //!
 //!     cargo bench -p talkheadd --bench round_slots
+//!
+//! `ROUND_SLOTS_DELAY_MS=N` makes every miner take N ms per challenge (a miner whose time is GPU
+//! inference rather than the host's analysis); `ROUND_SLOTS_SCORED=K` evaluates 1 warm-up + K scored
+//! challenges instead of the default 2 + 5.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -26,11 +30,18 @@ fn fixtures() -> PathBuf {
         .unwrap()
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn round(refs: &[String], slots: u32, seed: u8) -> Duration {
     let setup = Setup::new("");
+    let counts = env_u64("ROUND_SLOTS_SCORED")
+        .map(|k| format!("warmup_count = 1\nscoring_count = {k}\n"))
+        .unwrap_or_default();
     let extra = format!(
         "[auth]\nrequire_signature = false\n\
-         [evaluation]\nchallenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 30\n\
+         [evaluation]\n{counts}challenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 30\n\
          work_dir = \"{}\"\n[gpu]\nvirtual = {slots}\n\
          [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
          var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
@@ -62,7 +73,7 @@ fn main() {
         let mut refs = Vec::new();
         for i in 0..MINERS {
             // Distinct digests (no duplicate verdicts); a delay of i ms is "instant".
-            let delay = i.to_string();
+            let delay = (env_u64("ROUND_SLOTS_DELAY_MS").unwrap_or(0) + i as u64).to_string();
             let pushed = images::build_and_push_miner_with(
                 images::Behaviour::Good,
                 &[("delay_ms", &delay)],
@@ -79,7 +90,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("round of {MINERS} instantly answering miners, host with {cpus} CPUs");
+    println!(
+        "round of {MINERS} miners taking {} ms per challenge, host with {cpus} CPUs",
+        env_u64("ROUND_SLOTS_DELAY_MS").unwrap_or(0)
+    );
     for slots in [1u32, 4] {
         for i in 0..repeat {
             let took = round(&refs, slots, 200 + (i as u8) * 20);
