@@ -13,9 +13,9 @@ phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "cargo test"
 cargo test --workspace --locked -- --skip gpu_
-phase "systemd units: systemd-analyze verify and the exposure threshold"
-tests/systemd_checks.sh
 phase "Debian package: build from the binaries the tests just built, lintian, install, run, purge"
+# package.sh also runs tests/systemd_checks.sh --installed: systemd-analyze verify and the exposure
+# threshold on the units as installed.
 # The release package is `cargo deb -p talkheadd` (packaging/README.md); CI packages the debug build it
 # already has, so the packaging and installation are checked without a second 15-minute compile.
 DEB_PROFILE=dev SKIP_BUILD=1 tests/package.sh
