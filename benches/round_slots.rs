@@ -18,17 +18,9 @@ mod common;
 mod images;
 
 use common::*;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const MINERS: usize = 8;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/challenges")
-        .canonicalize()
-        .unwrap()
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

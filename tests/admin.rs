@@ -63,6 +63,27 @@ impl Ctl {
             .unwrap()
     }
 
+    /// Sequence numbers of the `count` events after `after`, from `watch --json` (which then exits).
+    fn watch_seqs(&self, after: u64, count: u64) -> Vec<u64> {
+        let out = self.run(&[
+            "--json",
+            "watch",
+            "--after",
+            &after.to_string(),
+            "--count",
+            &count.to_string(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     /// Run as `uid:gid` with exactly the supplementary `groups`.
     fn run_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
         let mut cmd = Command::new("setpriv");
@@ -351,10 +372,7 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
 #[test]
 fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     require_root();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/challenges")
-        .canonicalize()
-        .unwrap();
+    let fixtures = fixtures();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pushed = rt
         .block_on(images::build_and_push_miner_with(
@@ -444,47 +462,9 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
     d.wait_for("round 1 committed");
 
     // Disconnect after 4 events, then resume after the last one seen: the rest, exactly once.
-    let first = Command::new(&ctl.bin)
-        .args([
-            "--socket",
-            ctl.socket.to_str().unwrap(),
-            "--json",
-            "watch",
-            "--count",
-            "4",
-        ])
-        .args(["--after", &after.to_string()])
-        .output()
-        .unwrap();
-    let first: Vec<u64> = String::from_utf8_lossy(&first.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let first = ctl.watch_seqs(after, 4);
     assert_eq!(first, seqs[..4]);
-    let rest = Command::new(&ctl.bin)
-        .args([
-            "--socket",
-            ctl.socket.to_str().unwrap(),
-            "--json",
-            "watch",
-            "--count",
-            "6",
-        ])
-        .args(["--after", &first[3].to_string()])
-        .output()
-        .unwrap();
-    let rest: Vec<u64> = String::from_utf8_lossy(&rest.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let rest = ctl.watch_seqs(first[3], 6);
     assert_eq!(rest, seqs[4..]);
 
     // And the committed ranking matches /metrics.

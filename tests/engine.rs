@@ -14,7 +14,7 @@ mod images;
 use common::*;
 use images::Behaviour;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use talkheadd::domain::Hotkey;
 use talkheadd::store::{Store, StoreOptions};
@@ -28,13 +28,6 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 
 /// Longest a whole round of the test miners may take.
 const ROUND_LIMIT: Duration = Duration::from_secs(900);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/challenges")
-        .canonicalize()
-        .unwrap()
-}
 
 fn engine_config(dir: &Path) -> String {
     format!(

@@ -15,7 +15,7 @@ mod images;
 use common::*;
 use images::Behaviour;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use talkheadd::domain::Hotkey;
 use talkheadd::store::{RunRecord, Store, StoreOptions};
@@ -24,13 +24,6 @@ use talkheadd::store::{RunRecord, Store, StoreOptions};
 static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const ROUND_LIMIT: Duration = Duration::from_secs(900);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/challenges")
-        .canonicalize()
-        .unwrap()
-}
 
 fn config(dir: &Path, slots: u32) -> String {
     format!(

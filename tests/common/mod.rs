@@ -19,6 +19,14 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_talkheadd")
 }
 
+/// The seven real challenges in `../shared/fixtures/challenges` (beside the project root).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/challenges")
+        .canonicalize()
+        .unwrap()
+}
+
 /// A loopback port nobody is listening on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
