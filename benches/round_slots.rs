@@ -43,12 +43,7 @@ fn round(refs: &[String], slots: u32, seed: u8) -> Duration {
     let setup = Setup { extra, ..setup };
     let mut d = Daemon::start(&setup);
     let signers: Vec<Signer> = (0..MINERS).map(|i| Signer::from_seed(seed + i as u8)).collect();
-    let rows: Vec<(&str, String, f64)> = signers
-        .iter()
-        .zip(refs)
-        .enumerate()
-        .map(|(i, (s, r))| (s.hotkey.as_str(), r.clone(), 1000.0 + i as f64))
-        .collect();
+    let rows = numbered_submissions(&signers, refs);
     let started = Instant::now();
     let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
     assert_eq!(r.status, 200);

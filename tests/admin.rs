@@ -51,16 +51,20 @@ struct Ctl {
 }
 
 impl Ctl {
-    /// Run as root.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--socket")
+    /// `cmd` pointed at this daemon, without colour, with `args`; run to completion.
+    fn output(&self, cmd: &mut Command, args: &[&str]) -> Output {
+        cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--color")
             .arg("never")
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Run as root.
+    fn run(&self, args: &[&str]) -> Output {
+        self.output(&mut Command::new(&self.bin), args)
     }
 
     /// Sequence numbers of the `count` events after `after`, from `watch --json` (which then exits).
@@ -94,14 +98,8 @@ impl Ctl {
             let list: Vec<String> = groups.iter().map(u32::to_string).collect();
             cmd.arg(format!("--groups={}", list.join(",")));
         }
-        cmd.arg(&self.bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--color")
-            .arg("never")
-            .args(args)
-            .output()
-            .unwrap()
+        cmd.arg(&self.bin);
+        self.output(&mut cmd, args)
     }
 }
 

@@ -82,12 +82,7 @@ fn runs(state: &Path, hotkeys: &[String]) -> Vec<RunRecord> {
 }
 
 fn submit_all(d: &Daemon, signers: &[Signer], refs: &[String]) {
-    let rows: Vec<(&str, String, f64)> = signers
-        .iter()
-        .zip(refs)
-        .enumerate()
-        .map(|(i, (s, r))| (s.hotkey.as_str(), r.clone(), 1000.0 + i as f64))
-        .collect();
+    let rows = numbered_submissions(signers, refs);
     let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }

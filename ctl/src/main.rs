@@ -46,6 +46,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--json`: the message as JSON; otherwise the human rendering of it.
+fn emit<T: Serialize>(
+    json_mode: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<String, Failure> {
+    if json_mode { json(value) } else { Ok(human(value)) }
+}
+
 fn json<T: Serialize>(value: &T) -> Result<String, Failure> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
@@ -81,10 +90,7 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&s);
-            }
-            Ok(status_text(&s, style))
+            emit(cli.json, &s, |s| status_text(s, style))
         }
         Command::Miners { state, verdict } => {
             let r = c
@@ -96,29 +102,28 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&r);
-            }
-            Ok(table(
-                &["hotkey", "state", "verdict", "score", "submitted", "image"],
-                r.miners
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.hotkey.clone(),
-                            if m.blocked {
-                                format!("{} (blocked)", m.state)
-                            } else {
-                                m.state.clone()
-                            },
-                            style.verdict(&m.verdict),
-                            score(m.score),
-                            timestamp(m.submit_time),
-                            m.image_ref.clone(),
-                        ]
-                    })
-                    .collect(),
-            ))
+            emit(cli.json, &r, |r| {
+                table(
+                    &["hotkey", "state", "verdict", "score", "submitted", "image"],
+                    r.miners
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.hotkey.clone(),
+                                if m.blocked {
+                                    format!("{} (blocked)", m.state)
+                                } else {
+                                    m.state.clone()
+                                },
+                                style.verdict(&m.verdict),
+                                score(m.score),
+                                timestamp(m.submit_time),
+                                m.image_ref.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
         }
         Command::Miner { hotkey, runs } => {
             let m = c
@@ -130,10 +135,7 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&m);
-            }
-            Ok(miner_text(&m, style))
+            emit(cli.json, &m, |m| miner_text(m, style))
         }
         Command::Runs {
             hotkey,
@@ -150,10 +152,7 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&r);
-            }
-            Ok(runs_table(&r.runs, style))
+            emit(cli.json, &r, |r| runs_table(&r.runs, style))
         }
         Command::Run { id } => {
             let r = c
@@ -162,10 +161,7 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&r);
-            }
-            Ok(run_text(&r, style))
+            emit(cli.json, &r, |r| run_text(r, style))
         }
         Command::Scores => {
             let s = c
@@ -174,27 +170,26 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&s);
-            }
-            let mut out = format!("metrics_version {}\n", s.metrics_version);
-            out += &table(
-                &["rank", "hotkey", "score", "verdict", "submitted", "image"],
-                s.rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.rank.to_string(),
-                            r.hotkey.clone(),
-                            format!("{:.4}", r.final_score),
-                            style.verdict(&r.verdict),
-                            timestamp(r.submit_time),
-                            r.image_ref.clone(),
-                        ]
-                    })
-                    .collect(),
-            );
-            Ok(out)
+            emit(cli.json, &s, |s| {
+                let mut out = format!("metrics_version {}\n", s.metrics_version);
+                out += &table(
+                    &["rank", "hotkey", "score", "verdict", "submitted", "image"],
+                    s.rows
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.rank.to_string(),
+                                r.hotkey.clone(),
+                                format!("{:.4}", r.final_score),
+                                style.verdict(&r.verdict),
+                                timestamp(r.submit_time),
+                                r.image_ref.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+                out
+            })
         }
         Command::Blocks => {
             let r = c
@@ -203,23 +198,22 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&r);
-            }
-            Ok(table(
-                &["kind", "value", "since", "reason"],
-                r.blocks
-                    .iter()
-                    .map(|b| {
-                        vec![
-                            b.kind.clone(),
-                            b.value.clone(),
-                            timestamp(b.since_unix),
-                            b.reason.clone(),
-                        ]
-                    })
-                    .collect(),
-            ))
+            emit(cli.json, &r, |r| {
+                table(
+                    &["kind", "value", "since", "reason"],
+                    r.blocks
+                        .iter()
+                        .map(|b| {
+                            vec![
+                                b.kind.clone(),
+                                b.value.clone(),
+                                timestamp(b.since_unix),
+                                b.reason.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
         }
         Command::Watch { after, count } => watch::run(&mut c, *after, *count, cli.json, style).await,
         Command::Pause => control(cli, c.control.pause(pb::PauseRequest {}).await.map_err(grpc)?),
@@ -266,30 +260,26 @@ async fn run(cli: &Cli, style: Style) -> Result<String, Failure> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            if cli.json {
-                return json(&r);
-            }
-            let list = |v: &[String]| {
-                if v.is_empty() {
-                    "none".to_owned()
-                } else {
-                    v.join(", ")
-                }
-            };
-            Ok(pairs(&[
-                ("applied", list(&r.applied)),
-                ("needs restart", list(&r.needs_restart)),
-            ]))
+            emit(cli.json, &r, |r| {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                pairs(&[
+                    ("applied", list(&r.applied)),
+                    ("needs restart", list(&r.needs_restart)),
+                ])
+            })
         }
     }
 }
 
 fn control(cli: &Cli, r: tonic::Response<pb::ControlResponse>) -> Result<String, Failure> {
     let r = r.into_inner();
-    if cli.json {
-        return json(&r);
-    }
-    Ok(format!("{}\n", r.message))
+    emit(cli.json, &r, |r| format!("{}\n", r.message))
 }
 
 fn status_text(s: &pb::Status, style: Style) -> String {

@@ -421,6 +421,16 @@ pub const DIGEST_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 pub const DIGEST_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 /// A JSON `/update` body.
+/// One submission per signer with the image of the same index, submitted at 1000 + index.
+pub fn numbered_submissions<'a>(signers: &'a [Signer], refs: &[String]) -> Vec<(&'a str, String, f64)> {
+    signers
+        .iter()
+        .zip(refs)
+        .enumerate()
+        .map(|(i, (s, r))| (s.hotkey.as_str(), r.clone(), 1000.0 + i as f64))
+        .collect()
+}
+
 pub fn update_body(items: &[(&str, String, f64)]) -> Vec<u8> {
     let rows: Vec<serde_json::Value> = items
         .iter()

@@ -75,8 +75,21 @@ pub struct ControlApi {
     pub service: Service,
 }
 
-fn opt_text(text: &str) -> Option<&str> {
-    Some(text.trim()).filter(|t| !t.is_empty())
+/// An optional filter argument: empty means "no filter", anything else must parse.
+fn optional<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, ServiceError>) -> Result<Option<T>, Status> {
+    Some(text.trim())
+        .filter(|t| !t.is_empty())
+        .map(parse)
+        .transpose()
+        .map_err(status_of)
+}
+
+/// A requested count: 0 means `default`, anything else is capped at [`MAX_RUNS`].
+fn count_or(requested: u32, default: usize) -> usize {
+    match requested {
+        0 => default,
+        n => (n as usize).min(MAX_RUNS),
+    }
 }
 
 #[tonic::async_trait]
@@ -91,14 +104,8 @@ impl pb::read_server::Read for ReadApi {
         req: Request<pb::ListMinersRequest>,
     ) -> Result<Response<pb::ListMinersResponse>, Status> {
         let r = req.into_inner();
-        let state = opt_text(&r.state)
-            .map(MinerStateFilter::parse)
-            .transpose()
-            .map_err(status_of)?;
-        let verdict = opt_text(&r.verdict)
-            .map(ops::parse_verdict)
-            .transpose()
-            .map_err(status_of)?;
+        let state = optional(&r.state, MinerStateFilter::parse)?;
+        let verdict = optional(&r.verdict, ops::parse_verdict)?;
         let miners = self
             .service
             .list_miners(state, verdict)
@@ -115,10 +122,7 @@ impl pb::read_server::Read for ReadApi {
     async fn get_miner(&self, req: Request<pb::GetMinerRequest>) -> Result<Response<pb::Miner>, Status> {
         let r = req.into_inner();
         let hotkey = ops::parse_hotkey(r.hotkey.trim()).map_err(status_of)?;
-        let runs = match r.runs {
-            0 => DEFAULT_MINER_RUNS,
-            n => (n as usize).min(MAX_RUNS),
-        };
+        let runs = count_or(r.runs, DEFAULT_MINER_RUNS);
         let (m, blocked, history) = self.service.miner(hotkey, runs).await.map_err(status_of)?;
         let json = |v: Option<&crate::domain::EvaluationMetrics>| {
             v.and_then(|m| serde_json::to_string(m).ok()).unwrap_or_default()
@@ -140,18 +144,9 @@ impl pb::read_server::Read for ReadApi {
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let r = req.into_inner();
-        let hotkey = opt_text(&r.hotkey)
-            .map(ops::parse_hotkey)
-            .transpose()
-            .map_err(status_of)?;
-        let verdict = opt_text(&r.verdict)
-            .map(ops::parse_verdict)
-            .transpose()
-            .map_err(status_of)?;
-        let limit = match r.limit {
-            0 => DEFAULT_RUNS,
-            n => (n as usize).min(MAX_RUNS),
-        };
+        let hotkey = optional(&r.hotkey, ops::parse_hotkey)?;
+        let verdict = optional(&r.verdict, ops::parse_verdict)?;
+        let limit = count_or(r.limit, DEFAULT_RUNS);
         let runs = self
             .service
             .list_runs(hotkey, verdict, limit)
