@@ -1,13 +1,21 @@
 //! Serialising `GET /metrics` for 1,024 miners × 5 scored challenges (target: under 5 ms). The gateway
 //! caches the body per `metrics_version`, so this is the cost paid once per committed change.
+//!
+//! Two figures: `metrics_body_1024_miners_x5` renders decoded rows held in memory (every number
+//! re-encoded); `metrics_body_from_store_1024_miners_x5` is what the gateway really does after a
+//! commit: one LMDB read transaction on a real store file, each miner's stored metrics JSON copied
+//! verbatim into the body ([`talkheadd::store::Store::with_metrics_json`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use talkheadd::domain::metrics::{ChallengeMetrics, EfficiencyMetrics};
-use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Verdict};
-use talkheadd::store::MetricsRow;
+use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Submission, Verdict};
+use talkheadd::rounds::ReevaluatePolicy;
+use talkheadd::store::{MetricsRow, Store, StoreOptions};
+
+const MINERS: usize = 1024;
 
 fn efficiency(i: f64) -> EfficiencyMetrics {
     EfficiencyMetrics {
@@ -73,12 +81,59 @@ fn rows(n: usize) -> Vec<MetricsRow> {
         .collect()
 }
 
+/// A real store file holding `rows` as one committed round.
+fn committed_store(rows: &[MetricsRow], dir: &std::path::Path) -> Store {
+    let store = Store::open(&dir.join("state.db"), StoreOptions::default()).unwrap();
+    let batch: Vec<Submission> = rows
+        .iter()
+        .map(|r| Submission {
+            hotkey: r.hotkey.clone(),
+            image_ref: r.image_ref.clone(),
+            submit_time: r.submit_time,
+        })
+        .collect();
+    store.upsert_submissions(&batch, 1.8e9).unwrap();
+    for ticket in store.pending().unwrap() {
+        let row = rows.iter().find(|r| r.hotkey == ticket.hotkey).unwrap();
+        let mut metrics = row.metrics.clone();
+        metrics.round = ticket.round;
+        store.stage_result(&ticket, metrics).unwrap();
+    }
+    let identity = |inputs: &[talkheadd::store::RankInput<'_>]| (0..inputs.len()).collect();
+    let commit = store
+        .commit_round_if_complete(&ReevaluatePolicy::All, &identity)
+        .unwrap();
+    assert!(commit.is_some(), "the round must commit");
+    store
+}
+
 fn bench(c: &mut Criterion) {
-    let rows = rows(1024);
+    let rows = rows(MINERS);
     let size = talkheadd::service::render_metrics_body(&rows).unwrap().len();
-    println!("metrics body for 1024 miners x 5 challenges: {size} bytes");
+    println!("metrics body for {MINERS} miners x 5 challenges: {size} bytes");
     c.bench_function("metrics_body_1024_miners_x5", |b| {
         b.iter(|| talkheadd::service::render_metrics_body(black_box(&rows)).unwrap())
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = committed_store(&rows, dir.path());
+    let served = |store: &Store| {
+        store
+            .with_metrics_json(|_, rows| talkheadd::service::render_metrics_body(rows).unwrap())
+            .unwrap()
+    };
+    // The served body says exactly what rendering the same store's decoded rows says.
+    let decoded = talkheadd::service::render_metrics_body(&store.metrics_view().unwrap().rows).unwrap();
+    let as_value = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    let body = served(&store);
+    assert_eq!(as_value(&body), as_value(&decoded));
+    println!(
+        "served from the store: {} bytes (decoded and re-rendered: {} bytes)",
+        body.len(),
+        decoded.len()
+    );
+    c.bench_function("metrics_body_from_store_1024_miners_x5", |b| {
+        b.iter(|| served(black_box(&store)))
     });
 }
 

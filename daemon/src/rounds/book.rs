@@ -178,7 +178,7 @@ impl RoundBook {
 }
 
 /// The `/metrics` order: (submit_time, hotkey).
-pub(crate) fn sort_metrics_rows(rows: &mut [MetricsRow]) {
+pub(crate) fn sort_metrics_rows<M>(rows: &mut [MetricsRow<M>]) {
     rows.sort_by(|a, b| {
         a.submit_time
             .total_cmp(&b.submit_time)

@@ -279,9 +279,11 @@ pub struct RoundCommit {
     pub reevaluate_next: Vec<Hotkey>,
 }
 
-/// One row of `GET /metrics`.
+/// One row of `GET /metrics`. `M` is the committed metrics: decoded ([`EvaluationMetrics`], for the
+/// rules and the admin plane) or the stored JSON text itself (for serving `/metrics` without decoding
+/// and re-encoding megabytes of numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRow {
+pub struct MetricsRow<M = EvaluationMetrics> {
     /// The miner.
     pub hotkey: Hotkey,
     /// Its current image (always the one the metrics were computed for).
@@ -289,7 +291,7 @@ pub struct MetricsRow {
     /// Its current submission time.
     pub submit_time: f64,
     /// The committed metrics, unchanged.
-    pub metrics: EvaluationMetrics,
+    pub metrics: M,
     /// True when the miner is carried over this round (metrics from an earlier round, not re-evaluated).
     pub carried_over: bool,
 }

@@ -8,12 +8,12 @@
 pub mod admin;
 
 use crate::clock::Clock;
-use crate::domain::{Hotkey, Submission};
+use crate::domain::Submission;
 use crate::engine::rounds_loop::LoopControl;
-use crate::store::{MetricsRow, Store, StoreError, SubmissionCounts, UpsertReport};
+use crate::store::{MetricsRow, Store, StoreError, StoredJson, SubmissionCounts, UpsertReport};
 use bytes::Bytes;
 use hyper::StatusCode;
-use serde::Serialize;
+
 use std::sync::{Arc, Mutex};
 
 /// Why an operation failed.
@@ -119,34 +119,54 @@ pub struct Service {
     admin: Option<admin::AdminContext>,
 }
 
-/// One row of `GET /metrics` (the reference's `MinerMetricsResponse`).
-#[derive(Serialize)]
-struct MetricsRowBody<'a> {
-    hotkey: &'a Hotkey,
-    image_ref: &'a str,
-    submit_time: f64,
-    metrics: &'a crate::domain::EvaluationMetrics,
-    /// Additive: true when the result was carried over from an earlier round (`top_k` policy).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    carried_over: bool,
+/// Something that can write itself as a `/metrics` row's `metrics` JSON.
+pub trait MetricsJson {
+    /// Append the JSON document to `out`.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error>;
 }
 
-/// Serialise `/metrics` rows in the reference's shape (sonic-rs: the same serde impls, SIMD string
-/// and number writing; this body is megabytes for a full subnet).
-pub fn render_metrics_body(rows: &[MetricsRow]) -> Result<Vec<u8>, sonic_rs::Error> {
-    sonic_rs::to_vec(&row_bodies(rows))
+impl MetricsJson for crate::domain::EvaluationMetrics {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
+        sonic_rs::to_writer(out, self)
+    }
 }
 
-fn row_bodies(rows: &[MetricsRow]) -> Vec<MetricsRowBody<'_>> {
-    rows.iter()
-        .map(|r| MetricsRowBody {
-            hotkey: &r.hotkey,
-            image_ref: r.image_ref.as_str(),
-            submit_time: r.submit_time,
-            metrics: &r.metrics,
-            carried_over: r.carried_over,
-        })
-        .collect()
+impl MetricsJson for StoredJson<'_> {
+    /// Verbatim: the text is what the store itself wrote when the round committed.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
+        out.extend_from_slice(self.as_str().as_bytes());
+        Ok(())
+    }
+}
+
+/// Serialise `/metrics` rows in the reference's shape (`MinerMetricsResponse`: `hotkey`, `image_ref`,
+/// `submit_time`, `metrics`, plus the additive `carried_over` when true). The gateway passes each
+/// miner's metrics as the JSON text stored at commit ([`Store::with_metrics_json`]), copied verbatim,
+/// so a body for 1,024 miners costs a copy of the text, not a parse and re-encoding of every number;
+/// decoded metrics are written with sonic-rs (the same serde impls as the store's serde_json).
+pub fn render_metrics_body<M: MetricsJson>(rows: &[MetricsRow<M>]) -> Result<Vec<u8>, sonic_rs::Error> {
+    // ~2.5 KiB per miner with 5 challenges: one allocation instead of a dozen doublings of megabytes.
+    let mut out = Vec::with_capacity(64 + rows.len() * 2560);
+    out.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"hotkey\":");
+        sonic_rs::to_writer(&mut out, row.hotkey.as_str())?;
+        out.extend_from_slice(b",\"image_ref\":");
+        sonic_rs::to_writer(&mut out, row.image_ref.as_str())?;
+        out.extend_from_slice(b",\"submit_time\":");
+        sonic_rs::to_writer(&mut out, &row.submit_time)?;
+        out.extend_from_slice(b",\"metrics\":");
+        row.metrics.write_json(&mut out)?;
+        if row.carried_over {
+            out.extend_from_slice(b",\"carried_over\":true");
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 impl Service {
@@ -209,9 +229,9 @@ impl Service {
         }
         let (version, body) = self
             .blocking(|s| {
-                let view = s.metrics_view()?;
-                let body = render_metrics_body(&view.rows)?;
-                Ok((view.metrics_version, Bytes::from(body)))
+                let (version, body) =
+                    s.with_metrics_json(|version, rows| (version, render_metrics_body(rows)))?;
+                Ok((version, Bytes::from(body?)))
             })
             .await?;
         if let Ok(mut cache) = self.metrics_cache.lock() {
@@ -246,16 +266,43 @@ impl Service {
 mod tests {
     use super::*;
     use crate::domain::{EvaluationMetrics, Hotkey, ImageRef, Verdict};
+    use crate::rounds::ReevaluatePolicy;
+    use crate::store::{RankInput, StoreOptions};
+    use serde::Serialize;
 
-    #[test]
-    fn the_metrics_body_is_exactly_what_serde_json_would_write() {
+    /// The reference's `MinerMetricsResponse`, serialised by serde_json: what the body must say.
+    #[derive(Serialize)]
+    struct ReferenceRow<'a> {
+        hotkey: &'a Hotkey,
+        image_ref: &'a str,
+        submit_time: f64,
+        metrics: &'a EvaluationMetrics,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        carried_over: bool,
+    }
+
+    fn reference_body(rows: &[MetricsRow]) -> serde_json::Value {
+        let rows: Vec<ReferenceRow<'_>> = rows
+            .iter()
+            .map(|r| ReferenceRow {
+                hotkey: &r.hotkey,
+                image_ref: r.image_ref.as_str(),
+                submit_time: r.submit_time,
+                metrics: &r.metrics,
+                carried_over: r.carried_over,
+            })
+            .collect();
+        serde_json::from_slice(&serde_json::to_vec(&rows).unwrap()).unwrap()
+    }
+
+    fn tricky_rows() -> Vec<MetricsRow> {
         let image = ImageRef::parse(&format!("r.example/m@sha256:{}", "a".repeat(64))).unwrap();
         let mut metrics = EvaluationMetrics::failed(Verdict::Ok, "", image.as_str(), 1.5, 2.25, 5);
         metrics.error = Some("quote \" and \\ and \u{1} and é".into());
         metrics.final_score = 0.123_456_789;
         metrics.efficiency.inference_time_sec = Some(f64::NAN);
         metrics.stage_times.insert("pull".into(), 1e-7);
-        let rows = vec![
+        vec![
             MetricsRow {
                 hotkey: Hotkey::from_public_key([3; 32]),
                 image_ref: image.clone(),
@@ -270,16 +317,58 @@ mod tests {
                 metrics,
                 carried_over: false,
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn the_metrics_body_says_exactly_what_serde_json_would_write() {
+        let rows = tricky_rows();
         let ours: serde_json::Value = serde_json::from_slice(&render_metrics_body(&rows).unwrap()).unwrap();
-        let reference: serde_json::Value =
-            serde_json::from_slice(&serde_json::to_vec(&row_bodies(&rows)).unwrap()).unwrap();
-        assert_eq!(ours, reference);
+        assert_eq!(ours, reference_body(&rows));
         assert_eq!(
             ours[0]["metrics"]["efficiency"]["inference_time_sec"],
             serde_json::Value::Null
         );
         assert_eq!(ours[0]["carried_over"], true);
         assert!(ours[1].get("carried_over").is_none());
+        assert_eq!(render_metrics_body::<EvaluationMetrics>(&[]).unwrap(), b"[]");
+    }
+
+    #[test]
+    fn the_body_served_from_stored_json_equals_the_decoded_rows_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db"), StoreOptions::default()).unwrap();
+        let mut rows = tricky_rows();
+        rows[0].carried_over = false;
+        let batch: Vec<Submission> = rows
+            .iter()
+            .map(|r| Submission {
+                hotkey: r.hotkey.clone(),
+                image_ref: r.image_ref.clone(),
+                submit_time: r.submit_time,
+            })
+            .collect();
+        store.upsert_submissions(&batch, 10.0).unwrap();
+        for ticket in store.pending().unwrap() {
+            let row = rows.iter_mut().find(|r| r.hotkey == ticket.hotkey).unwrap();
+            row.metrics.round = ticket.round;
+            store.stage_result(&ticket, row.metrics.clone()).unwrap();
+        }
+        let in_order = |inputs: &[RankInput<'_>]| (0..inputs.len()).collect();
+        assert!(
+            store
+                .commit_round_if_complete(&ReevaluatePolicy::All, &in_order)
+                .unwrap()
+                .is_some()
+        );
+
+        let decoded = store.metrics_view().unwrap();
+        let (version, served) = store
+            .with_metrics_json(|v, rows| (v, render_metrics_body(rows).unwrap()))
+            .unwrap();
+        assert_eq!(version, decoded.metrics_version);
+        assert_eq!(served, render_metrics_body(&decoded.rows).unwrap());
+        let served: serde_json::Value = serde_json::from_slice(&served).unwrap();
+        assert_eq!(served, reference_body(&rows));
     }
 }

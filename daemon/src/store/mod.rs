@@ -97,6 +97,18 @@ impl StoreOptions {
     }
 }
 
+/// A JSON document exactly as the store holds it, serialised verbatim (no re-encoding). Only text the
+/// store itself wrote is wrapped in this, so it is known to be valid JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredJson<'t>(&'t str);
+
+impl StoredJson<'_> {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0
+    }
+}
+
 /// `GET /metrics` as stored: its ETag counter and the rows with committed metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsView {
@@ -477,34 +489,70 @@ impl Store {
 
     /// What `GET /metrics` serves: miners with committed metrics, sorted by (submit_time, hotkey).
     pub fn metrics_view(&self) -> Result<MetricsView, StoreError> {
-        let t = self.t();
         let rtxn = self.rtxn()?;
-        let metrics_version = t.metrics_version(&rtxn)?;
+        let (metrics_version, rows) = self.metrics_rows(&rtxn, |bytes| {
+            let c = <tables::CommittedCodec as heed::BytesDecode>::bytes_decode(bytes)?;
+            Ok((c.generation, c.carried, c.metrics))
+        })?;
+        Ok(MetricsView {
+            metrics_version,
+            rows,
+        })
+    }
+
+    /// The same rows as [`Self::metrics_view`], each miner's metrics left as the JSON text stored at
+    /// commit time (borrowed from the memory map, never decoded or scanned), handed to `render` inside
+    /// one read transaction. Serving `/metrics` this way copies the stored text instead of parsing and
+    /// re-encoding ~100,000 numbers per 1,024 miners.
+    pub fn with_metrics_json<R>(
+        &self,
+        render: impl FnOnce(u64, &[MetricsRow<StoredJson<'_>>]) -> R,
+    ) -> Result<R, StoreError> {
+        let rtxn = self.rtxn()?;
+        let (version, rows) = self.metrics_rows(&rtxn, |bytes| {
+            let (header, metrics) = tables::CommittedCodec::split(bytes)?;
+            let header: crate::rounds::CommittedHeader = serde_json::from_slice(header)?;
+            let metrics = std::str::from_utf8(metrics)?;
+            Ok((header.generation, header.carried, StoredJson(metrics)))
+        })?;
+        Ok(render(version, &rows))
+    }
+
+    /// Rows of miners with committed metrics whose submission is unchanged since, sorted by
+    /// (submit_time, hotkey); `decode` turns a stored committed record into (generation, carried,
+    /// metrics).
+    fn metrics_rows<'t, M>(
+        &self,
+        rtxn: &'t RoTxn<'_, WithoutTls>,
+        decode: impl Fn(&'t [u8]) -> Result<(u64, bool, M), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<(u64, Vec<MetricsRow<M>>), StoreError> {
+        let t = self.t();
+        let metrics_version = t.metrics_version(rtxn)?;
         let mut rows = Vec::new();
-        for item in t.committed.iter(&rtxn).map_err(t.err("iter", COMMITTED, None))? {
-            let (h, c) = item.map_err(t.err("iter", COMMITTED, None))?;
+        let committed = t.committed.remap_data_type::<heed::types::Bytes>();
+        for item in committed.iter(rtxn).map_err(t.err("iter", COMMITTED, None))? {
+            let (h, bytes) = item.map_err(t.err("iter", COMMITTED, None))?;
+            let (generation, carried, metrics) =
+                decode(bytes).map_err(|e| t.err("decode", COMMITTED, Some(h))(heed::Error::Decoding(e)))?;
             let record = t
                 .submissions
-                .get(&rtxn, h)
+                .get(rtxn, h)
                 .map_err(t.err("get", SUBMISSIONS, Some(h)))?;
             // Never serve metrics of another image: the rules keep these consistent, so a mismatch
             // is a bug to log, not a row to show.
             match record {
-                Some(r) if r.generation == c.generation => rows.push(MetricsRow {
+                Some(r) if r.generation == generation => rows.push(MetricsRow {
                     hotkey: r.hotkey,
                     image_ref: r.image_ref,
                     submit_time: r.submit_time,
-                    metrics: c.metrics,
-                    carried_over: c.carried,
+                    metrics,
+                    carried_over: carried,
                 }),
                 _ => tracing::warn!(hotkey = h, "committed result without matching submission skipped"),
             }
         }
         sort_metrics_rows(&mut rows);
-        Ok(MetricsView {
-            metrics_version,
-            rows,
-        })
+        Ok((metrics_version, rows))
     }
 
     /// The ETag counter alone (one key read).

@@ -5,18 +5,19 @@
 
 use super::StoreError;
 use super::tables::{self, MetaDb, RunsDb, SubmissionsDb, Tables, meta_key};
-use heed::types::{Bytes, DecodeIgnore};
+use crate::rounds::CommittedResult;
+use heed::types::{Bytes, DecodeIgnore, SerdeJson, Str};
 use heed::{Database, Env, RwTxn, WithoutTls};
 use std::path::Path;
 
 /// Schema version this binary writes.
-pub const CURRENT_VERSION: u64 = 2;
+pub const CURRENT_VERSION: u64 = 3;
 
 /// One migration step, run inside the opening write transaction (the last argument is the map size).
 type Migration = fn(&Env<WithoutTls>, &mut RwTxn, usize) -> Result<(), StoreError>;
 
 /// Migration steps: `MIGRATIONS[v]` turns version `v` into `v + 1`.
-const MIGRATIONS: [Migration; CURRENT_VERSION as usize] = [v0_to_v1, v1_to_v2];
+const MIGRATIONS: [Migration; CURRENT_VERSION as usize] = [v0_to_v1, v1_to_v2, v2_to_v3];
 
 /// Check the file's version (read-only), then migrate or initialise it and open every table, in one
 /// write transaction.
@@ -117,6 +118,34 @@ fn initialise(meta: MetaDb, wtxn: &mut RwTxn, map_size: usize) -> Result<(), Sto
 /// nothing to convert. The version bump makes an older binary refuse the file instead of ignoring
 /// the blocks.
 fn v1_to_v2(_env: &Env<WithoutTls>, _wtxn: &mut RwTxn, _map_size: usize) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// v3 stores each committed result as its header's JSON, a newline and its metrics' JSON
+/// ([`tables::CommittedCodec`]) instead of one JSON document, so `/metrics` can copy the metrics text
+/// without decoding it: re-encode every committed record, unchanged in content.
+fn v2_to_v3(env: &Env<WithoutTls>, wtxn: &mut RwTxn, map_size: usize) -> Result<(), StoreError> {
+    let e = |op| tables::lmdb_err(op, tables::COMMITTED, None, map_size);
+    let old: Option<Database<Str, SerdeJson<CommittedResult>>> = env
+        .open_database(wtxn, Some(tables::COMMITTED))
+        .map_err(e("open_database"))?;
+    let Some(old) = old else {
+        return Ok(());
+    };
+    let mut records = Vec::new();
+    for item in old.iter(wtxn).map_err(e("iter"))? {
+        let (hotkey, record) = item.map_err(e("iter"))?;
+        records.push((hotkey.to_owned(), record));
+    }
+    let new = old.remap_data_type::<tables::CommittedCodec>();
+    for (hotkey, record) in &records {
+        new.put(wtxn, hotkey, record).map_err(tables::lmdb_err(
+            "put",
+            tables::COMMITTED,
+            Some(hotkey),
+            map_size,
+        ))?;
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! | `meta`        | key name (str)                        | u64 big-endian / f64 bits / str |
 //! | `submissions` | hotkey                                | JSON `SubmissionRecord`         |
 //! | `staged`      | hotkey                                | JSON `StagedResult`             |
-//! | `committed`   | hotkey                                | JSON `CommittedResult`          |
+//! | `committed`   | hotkey                                | header JSON, `\n`, metrics JSON (v3) |
 //! | `runs`        | hotkey, 0x00, sequence (u64 BE)       | JSON `RunRecord`                |
 //! | `controls`    | `block/hotkey/…`, `block/digest/…`    | JSON `BlockRecord` (v2)         |
 //!
@@ -46,9 +46,67 @@ pub(crate) mod meta_key {
 pub(crate) type MetaDb = Database<Str, Bytes>;
 pub(crate) type SubmissionsDb = Database<Str, SerdeJson<SubmissionRecord>>;
 pub(crate) type StagedDb = Database<Str, SerdeJson<StagedResult>>;
-pub(crate) type CommittedDb = Database<Str, SerdeJson<CommittedResult>>;
+pub(crate) type CommittedDb = Database<Str, CommittedCodec>;
 pub(crate) type RunsDb = Database<Bytes, SerdeJson<RunRecord>>;
 pub(crate) type ControlsDb = Database<Str, SerdeJson<super::controls::BlockRecord>>;
+
+/// A committed result on disk (v3): its [`CommittedHeader`] as JSON, a newline, then its metrics as
+/// JSON. Compact JSON never contains a raw newline, so the split is unambiguous; the header decodes
+/// without scanning the metrics, and `/metrics` copies the metrics text without decoding it.
+pub(crate) struct CommittedCodec;
+
+impl CommittedCodec {
+    /// The header's and the metrics' JSON text of an encoded record.
+    pub(crate) fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), heed::BoxedError> {
+        let at = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("committed record without its header separator")?;
+        Ok((&bytes[..at], &bytes[at + 1..]))
+    }
+
+    /// The header alone.
+    pub(crate) fn header(bytes: &[u8]) -> Result<CommittedHeader, heed::BoxedError> {
+        Ok(serde_json::from_slice(Self::split(bytes)?.0)?)
+    }
+}
+
+impl<'a> heed::BytesEncode<'a> for CommittedCodec {
+    type EItem = CommittedResult;
+
+    fn bytes_encode(item: &'a CommittedResult) -> Result<std::borrow::Cow<'a, [u8]>, heed::BoxedError> {
+        let mut out = serde_json::to_vec(&item.header())?;
+        out.push(b'\n');
+        serde_json::to_writer(&mut out, &item.metrics)?;
+        Ok(std::borrow::Cow::Owned(out))
+    }
+}
+
+impl<'a> heed::BytesDecode<'a> for CommittedCodec {
+    type DItem = CommittedResult;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<CommittedResult, heed::BoxedError> {
+        let (header, metrics) = Self::split(bytes)?;
+        let header: CommittedHeader = serde_json::from_slice(header)?;
+        Ok(CommittedResult {
+            generation: header.generation,
+            evaluated_round: header.evaluated_round,
+            carried: header.carried,
+            metrics: serde_json::from_slice(metrics)?,
+        })
+    }
+}
+
+/// [`CommittedCodec`]'s header alone (the metrics text is not read).
+pub(crate) struct CommittedHeaderCodec;
+
+impl heed::BytesDecode<'_> for CommittedHeaderCodec {
+    type DItem = CommittedHeader;
+
+    fn bytes_decode(bytes: &[u8]) -> Result<CommittedHeader, heed::BoxedError> {
+        CommittedCodec::header(bytes)
+    }
+}
 
 /// The part of a staged result that pending checks need; serde skips the metrics document.
 #[derive(Deserialize)]
@@ -288,7 +346,7 @@ impl Tables {
             .map(|s| s.generation);
         let committed = self
             .committed
-            .remap_data_type::<SerdeJson<CommittedHeader>>()
+            .remap_data_type::<CommittedHeaderCodec>()
             .get(txn, h)
             .map_err(self.err("get", COMMITTED, Some(h)))?;
         Ok(MinerSnapshot {

@@ -8,6 +8,7 @@ use crate::rounds::testkit::{
     HOTKEYS, LIMIT, Op, SCORES, TIMES, hotkey, image, metrics, op, policy, rank, sub, topk, verdict,
 };
 use crate::rounds::{CommittedResult, RoundBook, SubmissionRecord};
+use crate::service::render_metrics_body;
 use heed::types::{Bytes, SerdeJson, Str};
 use proptest::prelude::*;
 use std::path::PathBuf;
@@ -625,6 +626,12 @@ proptest! {
             }
             let view = store.metrics_view().unwrap();
             prop_assert_eq!(view.metrics_version, book.counters().metrics_version);
+            // The /metrics body served from the stored JSON is byte-for-byte the decoded rows' body.
+            let (json_version, served) = store
+                .with_metrics_json(|v, rows| (v, render_metrics_body(rows).unwrap()))
+                .unwrap();
+            prop_assert_eq!(json_version, view.metrics_version);
+            prop_assert_eq!(served, render_metrics_body(&view.rows).unwrap());
             prop_assert_eq!(view.rows, book.metrics_rows());
             prop_assert_eq!(store.pending().unwrap(), book.pending());
             let state = store.round_state().unwrap();
