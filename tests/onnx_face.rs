@@ -148,16 +148,17 @@ fn the_detector_sees_rgb_not_bgr() {
 fn arcface_similarity_between_reference_and_frames() {
     let backend = backend();
     let identity = ArcFaceIdentity::new(backend.clone());
-    let red = Some([255, 0, 0]);
-    let reference = frame(255, 255, red);
+    // A "person" is a (G, B) colour over the whole frame; the face block adds red only.
+    let person = |g: u8, b: u8| frame(g, b, Some([255, g, b]));
+    let reference = person(255, 255);
     // The test recogniser's embedding is (mean G, mean B) of the aligned crop, normalised as ArcFace
-    // input: the crop lies inside the uniform (G, B) background, so a (255, 255) face embeds as
-    // (1, 1), (255, 0) as (1, −1), (255, 128) as (1, 0.5/127.5).
+    // input: the crop lies inside the frame, so a (255, 255) person embeds as (1, 1), (255, 0) as
+    // (1, −1), (255, 128) as (1, 0.5/127.5).
     let frames = vec![
-        frame(255, 255, red),
-        frame(255, 255, red),
-        frame(255, 0, red),
-        frame(255, 128, red),
+        person(255, 255),
+        person(255, 255),
+        person(255, 0),
+        person(255, 128),
         frame(255, 255, None),
     ];
     let faces = track_largest(backend.as_ref(), &frames);
@@ -194,13 +195,13 @@ fn arcface_similarity_between_reference_and_frames() {
 fn the_analysis_reports_insightface_identity_and_detect_ratio() {
     let backend = backend();
     let identity = ArcFaceIdentity::new(backend.clone());
-    let red = Some([255, 0, 0]);
-    let reference = frame(255, 255, red);
+    let person = |g: u8, b: u8| frame(g, b, Some([255, g, b]));
+    let reference = person(255, 255);
     let frames: Vec<Frame> = (0..8)
         .map(|i| match i {
-            3 => frame(255, 0, red),
+            3 => person(255, 0),
             7 => frame(255, 255, None),
-            _ => frame(255, 255, red),
+            _ => person(255, 255),
         })
         .collect();
     let audio = vec![0.0f32; 16_000];

@@ -782,7 +782,7 @@ impl Validator<'_> {
             32,
             4096,
         );
-        if det_size % 32 != 0 {
+        if !det_size.is_multiple_of(32) {
             self.problem(
                 "analysis.face.det_size",
                 format!("{det_size} is not a multiple of 32 (SCRFD's largest stride)"),

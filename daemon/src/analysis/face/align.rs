@@ -213,8 +213,8 @@ mod tests {
             close(t.a, 1.5) && close(t.b, 0.0) && close(t.tx, 0.0) && close(t.ty, 0.0),
             "{t:?}"
         );
-        // A mirror image cannot be matched by a similarity (no reflection): the best is scale 0 in the
-        // mirrored axis' favour, here a = 0, b = 0 for a pure x-mirror of a symmetric plus → degenerate.
+        // No reflection: for the plus mirrored left-right, Σ(x·u + y·v) = −1 − 1 + 1 + 1 = 0 and
+        // Σ(x·v − y·u) = 0, so the best similarity is the zero map, which has no inverse.
         let mirrored = src.map(|[x, y]| [-x, y]);
         let t = estimate_similarity(&src, &mirrored).unwrap();
         assert!(close(t.a, 0.0) && close(t.b, 0.0));

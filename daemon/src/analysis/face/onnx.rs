@@ -137,6 +137,24 @@ fn f32_dims(ty: &ValueType) -> Option<Vec<i64>> {
 /// Faces per recogniser call when the model takes any batch size (80 frames → 6 calls; bounds memory).
 const DYNAMIC_BATCH: usize = 16;
 
+/// The name and `[N, H, W]` (`-1` where dynamic) of a model's one `N×3×H×W` float input, after
+/// checking that it has `outputs` outputs; the error says what `model` should look like.
+fn image_input(session: &Session, model: &str, outputs: usize) -> Result<(String, [i64; 3]), String> {
+    let [input] = session.inputs() else {
+        return Err(format!("{} inputs, {model} has 1", session.inputs().len()));
+    };
+    let Some(&[n, 3, h, w]) = f32_dims(input.dtype()).as_deref() else {
+        return Err(format!("input is not an N×3×H×W float tensor ({model})"));
+    };
+    if session.outputs().len() != outputs {
+        return Err(format!(
+            "{} outputs, {model} has {outputs}",
+            session.outputs().len()
+        ));
+    }
+    Ok((input.name().to_owned(), [n, h, w]))
+}
+
 /// SCRFD + ArcFace through ONNX Runtime. Each session runs one call at a time (a mutex per session):
 /// with several analyses in flight they queue rather than multiply the threads in use.
 pub struct OnnxFaceBackend {
@@ -174,59 +192,31 @@ impl OnnxFaceBackend {
             reason,
         };
         let detector = open_session(&config.detector_model, threads).map_err(det_err)?;
-        let (det_input, det_size) = match detector.inputs() {
-            [input] => match f32_dims(input.dtype()).as_deref() {
-                Some(&[_, 3, h, w]) => {
-                    let side = i64::from(config.det_size);
-                    let (h, w) = (if h > 0 { h } else { side }, if w > 0 { w } else { side });
-                    let fits = |v: i64| v % 32 == 0 && (32..=4096).contains(&v);
-                    if !(fits(h) && fits(w)) {
-                        return Err(det_err(format!("input size {w}x{h} is not a multiple of 32")));
-                    }
-                    (input.name().to_owned(), (w as u32, h as u32))
-                }
-                _ => {
-                    return Err(det_err(
-                        "input is not an N×3×H×W float tensor (SCRFD det_10g)".into(),
-                    ));
-                }
-            },
-            inputs => return Err(det_err(format!("{} inputs, SCRFD has 1", inputs.len()))),
-        };
-        if detector.outputs().len() != 9 {
-            return Err(det_err(format!(
-                "{} outputs: SCRFD with keypoints (det_10g) has 9 (scores, boxes, keypoints × strides 8/16/32)",
-                detector.outputs().len()
-            )));
+        let (det_input, [_, h, w]) = image_input(&detector, "SCRFD det_10g", 9).map_err(det_err)?;
+        let side = i64::from(config.det_size);
+        let (h, w) = (if h > 0 { h } else { side }, if w > 0 { w } else { side });
+        let fits = |v: i64| v % 32 == 0 && (32..=4096).contains(&v);
+        if !(fits(h) && fits(w)) {
+            return Err(det_err(format!("input size {w}x{h} is not a multiple of 32")));
         }
+        let det_size = (w as u32, h as u32);
 
         let rec_err = |reason: String| OnnxLoadError::Recognizer {
             path: config.recognizer_model.clone(),
             reason,
         };
         let recognizer = open_session(&config.recognizer_model, threads).map_err(rec_err)?;
+        let (rec_input, [n, h, w]) = image_input(&recognizer, "ArcFace", 1).map_err(rec_err)?;
         let side = i64::from(ARCFACE_SIDE);
-        let (rec_input, rec_batch, rec_fixed_batch) = match recognizer.inputs() {
-            [input] => match f32_dims(input.dtype()).as_deref() {
-                Some(&[n, 3, h, w]) if (h == side || h < 0) && (w == side || w < 0) => {
-                    let fixed = n > 0;
-                    let batch = if fixed { n as usize } else { DYNAMIC_BATCH };
-                    (input.name().to_owned(), batch, fixed)
-                }
-                _ => {
-                    return Err(rec_err(
-                        "input is not an N×3×112×112 float tensor (ArcFace)".into(),
-                    ));
-                }
-            },
-            inputs => return Err(rec_err(format!("{} inputs, ArcFace has 1", inputs.len()))),
-        };
-        if recognizer.outputs().len() != 1 {
-            return Err(rec_err(format!(
-                "{} outputs, ArcFace has 1 (the embedding)",
-                recognizer.outputs().len()
-            )));
+        if !((h == side || h < 0) && (w == side || w < 0)) {
+            return Err(rec_err(format!("input is {w}x{h}, ArcFace takes 112x112")));
         }
+        let rec_fixed_batch = n > 0;
+        let rec_batch = if rec_fixed_batch {
+            n as usize
+        } else {
+            DYNAMIC_BATCH
+        };
         Ok(OnnxFaceBackend {
             detector: Mutex::new(detector),
             det_input,

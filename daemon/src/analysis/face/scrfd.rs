@@ -187,8 +187,7 @@ pub fn decode(
         }
         let s = o.stride as f32;
         for (a, &score) in o.scores.iter().enumerate() {
-            // NaN never passes.
-            if !(score >= threshold) {
+            if score.is_nan() || score < threshold {
                 continue;
             }
             let cell = a / ANCHORS_PER_CELL;
