@@ -6,7 +6,11 @@
 #   - Docker's engine from Debian's docker.io (dockerd is started if none is running) and a local registry
 #     from Debian's docker-registry on 127.0.0.1:5000, for the container tests;
 #   - a Python virtual environment in .venv with bittensor-wallet (the signing library validators use) for
-#     the signature interoperability tests.
+#     the signature interoperability tests;
+#   - for the onnx face backend test (tests/onnx_face.rs): a virtual environment in
+#     /opt/talkhead-test/onnx-venv with `onnx` (writes the test models) and `onnxruntime` (its wheel
+#     carries libonnxruntime.so), and in $TALKHEAD_ONNX_TEST_DIR (default /opt/talkhead-test/onnx) the
+#     two generated models and a link to the library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,4 +59,18 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bittensor_wallet' 
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check 'bittensor-wallet>=4,<5'
 fi
+# The onnx face backend test: models with det_10g/w600k_r50 signatures and the ONNX Runtime library.
+# onnxruntime 1.28 is the release `ort` 2.0.0-rc.13 (Cargo.toml) is written against.
+onnx_venv=/opt/talkhead-test/onnx-venv
+onnx_dir=${TALKHEAD_ONNX_TEST_DIR:-/opt/talkhead-test/onnx}
+if ! "$onnx_venv/bin/python" -c 'import onnx, onnxruntime; assert onnxruntime.__version__ == "1.28.0"' 2>/dev/null; then
+  log "installing onnx and onnxruntime into $onnx_venv"
+  mkdir -p "$(dirname "$onnx_venv")"
+  python3 -m venv "$onnx_venv"
+  "$onnx_venv/bin/pip" install --quiet --disable-pip-version-check 'onnx==1.20.1' 'onnxruntime==1.28.0'
+fi
+# Always regenerated (a second): the models follow tests/onnx/make_models.py as it is now.
+"$onnx_venv/bin/python" tests/onnx/make_models.py "$onnx_dir"
+ort_lib=$("$onnx_venv/bin/python" -c 'import glob, os, onnxruntime; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')
+ln -sfn "$ort_lib" "$onnx_dir/libonnxruntime.so"
 log "ready"

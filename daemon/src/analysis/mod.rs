@@ -65,25 +65,39 @@ pub trait Analyzer: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The analyser the daemon uses with this configuration: sandboxed decode, the builtin Haar face
-/// detector from `analysis.face_cascade`, no ASR.
+/// The analyser the daemon uses with this configuration: sandboxed decode, the face backend of
+/// `[analysis.face]` (the builtin Haar detector with the histogram identity, or SCRFD + ArcFace through
+/// ONNX Runtime), no ASR. A backend that cannot load is an error naming its key (exit 78).
 pub async fn default_analyzer(
     settings: &crate::config::Settings,
 ) -> Result<std::sync::Arc<dyn Analyzer>, String> {
-    let cascade = &settings.analysis.face_cascade;
-    let detector = face::HaarDetector::from_opencv_xml(cascade).map_err(|e| {
-        format!(
-            "analysis.face_cascade {}: {e} (install Debian's opencv-data)",
-            cascade.display()
-        )
-    })?;
+    use crate::config::FaceBackend;
+    use std::sync::Arc;
+    let face = &settings.analysis.face;
     let limits = decode::DecodeLimits::default();
+    let analyzer = match &face.backend {
+        FaceBackend::Builtin => {
+            let detector = face::HaarDetector::from_opencv_xml(&face.cascade).map_err(|e| {
+                format!(
+                    "analysis.face.cascade {}: {e} (install Debian's opencv-data)",
+                    face.cascade.display()
+                )
+            })?;
+            pipeline::MediaAnalyzer::new(limits.clone(), Arc::new(detector), "haar")
+        }
+        FaceBackend::Onnx(config) => {
+            let config = config.clone();
+            let backend = tokio::task::spawn_blocking(move || face::OnnxFaceBackend::load(&config))
+                .await
+                .map_err(|e| format!("loading the onnx face backend: {e}"))?
+                .map_err(|e| e.to_string())?;
+            let backend = Arc::new(backend);
+            pipeline::MediaAnalyzer::new(limits.clone(), backend.clone(), "scrfd")
+                .with_identity(Arc::new(face::ArcFaceIdentity::new(backend)))
+        }
+    };
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;
-    Ok(std::sync::Arc::new(pipeline::MediaAnalyzer::new(
-        limits,
-        std::sync::Arc::new(detector),
-        "haar",
-    )))
+    Ok(Arc::new(analyzer))
 }

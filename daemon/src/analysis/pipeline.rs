@@ -3,7 +3,7 @@
 //! a blocking thread. Owns the glue and the mapping of failures: a bad file is the miner's
 //! `bad_output`, anything wrong on the host is infrastructure.
 
-use super::components::{self, Frame, Media};
+use super::components::{self, AnalysisOptions, Frame, HistogramIdentity, IdentityBackend, Media};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
@@ -17,6 +17,7 @@ pub struct MediaAnalyzer {
     limits: DecodeLimits,
     detector: Arc<dyn FaceDetector + Send + Sync>,
     detector_name: String,
+    identity: Arc<dyn IdentityBackend + Send + Sync>,
 }
 
 impl MediaAnalyzer {
@@ -30,7 +31,15 @@ impl MediaAnalyzer {
             limits,
             detector,
             detector_name: detector_name.to_owned(),
+            identity: Arc::new(HistogramIdentity),
         }
+    }
+
+    /// The same analyser with another identity backend (the default is the reference's
+    /// `fallback_histogram`; the `onnx` face backend brings ArcFace).
+    pub fn with_identity(mut self, identity: Arc<dyn IdentityBackend + Send + Sync>) -> Self {
+        self.identity = identity;
+        self
     }
 }
 
@@ -54,6 +63,7 @@ impl Analyzer for MediaAnalyzer {
             let source_audio = decode_wav_mono_16k(challenge.audio()).map_err(AnalysisFailure::Infra)?;
             let transcript = challenge.text().map(str::to_owned);
             let detector = Arc::clone(&self.detector);
+            let identity = Arc::clone(&self.identity);
             let (frames, fps, video_audio) = (decoded.frames, decoded.fps, decoded.audio);
             let analysis = tokio::task::spawn_blocking(move || {
                 let media = Media {
@@ -63,7 +73,14 @@ impl Analyzer for MediaAnalyzer {
                     source_audio: &source_audio,
                     reference_face: &face,
                 };
-                components::analyse(&media, detector.as_ref(), transcript.as_deref(), None)
+                components::analyse_with(
+                    &media,
+                    detector.as_ref(),
+                    identity.as_ref(),
+                    transcript.as_deref(),
+                    None,
+                    &AnalysisOptions::default(),
+                )
             })
             .await
             .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))?;
@@ -79,8 +96,9 @@ impl Analyzer for MediaAnalyzer {
 
     fn describe(&self) -> String {
         format!(
-            "ffmpeg decode + builtin components ({} face detector, no ASR)",
-            self.detector_name
+            "ffmpeg decode + builtin components ({} face detector, {} identity, no ASR)",
+            self.detector_name,
+            self.identity.name()
         )
     }
 }

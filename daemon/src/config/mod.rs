@@ -14,8 +14,8 @@ mod settings;
 pub use raw::RawConfig;
 pub use settings::{
     AdminSettings, AnalysisSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy,
-    EvaluationSettings, GpuMode, GpuSelector, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings,
-    StoreSettings, defaults,
+    EvaluationSettings, FaceBackend, FaceSettings, GpuMode, GpuSelector, GpuSettings, HttpSettings,
+    LogFormat, LogSettings, Settings, StoreSettings, defaults,
 };
 
 use std::collections::BTreeMap;
@@ -419,7 +419,7 @@ pub fn render_effective(settings: &Settings) -> String {
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
-         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis]\nface_backend = \"builtin\"\nface_cascade = {fc}\nasr_backend = \"none\"\n\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis]\nasr_backend = \"none\"\n\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -460,9 +460,27 @@ pub fn render_effective(settings: &Settings) -> String {
         ag = quote(&s.admin.group),
         arg = quote(&s.admin.read_group),
         asm = s.admin.socket_mode,
-        fc = quote(&s.analysis.face_cascade.display().to_string()),
+        face = render_face(&s.analysis.face),
         lvl = quote(&s.log.level),
     )
+}
+
+/// The `[analysis.face]` table of [`render_effective`].
+fn render_face(face: &FaceSettings) -> String {
+    let cascade = quote(&face.cascade.display().to_string());
+    match &face.backend {
+        FaceBackend::Builtin => format!("[analysis.face]\nbackend = \"builtin\"\ncascade = {cascade}\n"),
+        FaceBackend::Onnx(o) => format!(
+            "[analysis.face]\nbackend = \"onnx\"\ncascade = {cascade}\ndetector_model = {}\nrecognizer_model = {}\n\
+             onnxruntime_library = {}\nthreads = {}\ndet_size = {}\ndet_threshold = {}\n",
+            quote(&o.detector_model.display().to_string()),
+            quote(&o.recognizer_model.display().to_string()),
+            quote(&o.onnxruntime_library.display().to_string()),
+            o.threads,
+            o.det_size,
+            toml::Value::Float(o.det_threshold),
+        ),
+    }
 }
 
 fn quote(s: &str) -> String {

@@ -40,12 +40,36 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAnalysis {
-    /// Face backend: `builtin` (Haar cascade).
+    /// Old name of `analysis.face.backend` (still accepted).
     pub face_backend: Option<String>,
-    /// OpenCV Haar cascade XML for the builtin backend.
+    /// Old name of `analysis.face.cascade` (still accepted).
     pub face_cascade: Option<String>,
     /// Speech backend: `none`.
     pub asr_backend: Option<String>,
+    /// `[analysis.face]`: the face detector and identity backend.
+    pub face: RawFace,
+}
+
+/// `[analysis.face]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFace {
+    /// `builtin` (Haar cascade, histogram identity) or `onnx` (SCRFD + ArcFace).
+    pub backend: Option<String>,
+    /// OpenCV Haar cascade XML for the builtin backend.
+    pub cascade: Option<String>,
+    /// SCRFD detector model (`det_10g.onnx`) for the onnx backend.
+    pub detector_model: Option<String>,
+    /// ArcFace recogniser model (`w600k_r50.onnx`) for the onnx backend.
+    pub recognizer_model: Option<String>,
+    /// The ONNX Runtime shared library for the onnx backend.
+    pub onnxruntime_library: Option<String>,
+    /// Intra-op threads per ONNX session.
+    pub threads: Option<i64>,
+    /// Detector input side when the model's is dynamic.
+    pub det_size: Option<i64>,
+    /// Detection score threshold.
+    pub det_threshold: Option<f64>,
 }
 
 /// `[http]`

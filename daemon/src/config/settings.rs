@@ -69,6 +69,12 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     /// Haar cascade shipped by Debian's opencv-data.
     pub const FACE_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
+    /// Intra-op threads per ONNX session: analysis runs beside miners and must not starve the host.
+    pub const FACE_THREADS: i64 = 2;
+    /// SCRFD input side (the reference's `det_size`).
+    pub const FACE_DET_SIZE: i64 = crate::analysis::face::scrfd::DEFAULT_INPUT_SIDE as i64;
+    /// SCRFD score threshold (the reference's `det_thresh`).
+    pub const FACE_DET_THRESHOLD: f64 = crate::analysis::face::scrfd::SCORE_THRESHOLD as f64;
 }
 
 /// Everything the daemon is configured with.
@@ -248,8 +254,26 @@ impl std::fmt::Display for GpuSelector {
 /// `[analysis]`
 #[derive(Debug, Clone)]
 pub struct AnalysisSettings {
-    /// The builtin detector's Haar cascade.
-    pub face_cascade: PathBuf,
+    /// `[analysis.face]`: face detection and identity.
+    pub face: FaceSettings,
+}
+
+/// `[analysis.face]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceSettings {
+    /// Which backend detects faces and measures identity.
+    pub backend: FaceBackend,
+    /// The builtin detector's Haar cascade (used by `builtin`).
+    pub cascade: PathBuf,
+}
+
+/// `analysis.face.backend`
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaceBackend {
+    /// Haar cascade detector, `fallback_histogram` identity.
+    Builtin,
+    /// InsightFace SCRFD + ArcFace through ONNX Runtime, `insightface` identity.
+    Onnx(crate::analysis::face::OnnxFaceConfig),
 }
 
 /// `[admin]`
@@ -686,23 +710,98 @@ impl Validator<'_> {
 
     fn analysis(&mut self, raw: &RawConfig) -> AnalysisSettings {
         let a = &raw.analysis;
-        if let Some(b) = a.face_backend.as_deref().filter(|b| *b != "builtin") {
-            self.problem(
-                "analysis.face_backend",
-                format!("'{b}' is not available in this build (only builtin)"),
-            );
-        }
+        let face = self.face(a);
         if let Some(b) = a.asr_backend.as_deref().filter(|b| *b != "none") {
             self.problem(
                 "analysis.asr_backend",
                 format!("'{b}' is not available in this build (only none)"),
             );
         }
-        AnalysisSettings {
-            face_cascade: self.absolute_path(
-                a.face_cascade.as_deref().unwrap_or(defaults::FACE_CASCADE),
-                "analysis.face_cascade",
-            ),
+        AnalysisSettings { face }
+    }
+
+    /// `[analysis.face]`, with the old flat `analysis.face_backend` / `face_cascade` still accepted.
+    fn face(&mut self, a: &super::raw::RawAnalysis) -> FaceSettings {
+        let f = &a.face;
+        let mut either = |new: &Option<String>, old: &Option<String>, new_key: &str, old_key: &str| {
+            if new.is_some() && old.is_some() {
+                self.problem(old_key, format!("set {new_key} only ({old_key} is its old name)"));
+            }
+            new.clone().or_else(|| old.clone())
+        };
+        let backend = either(
+            &f.backend,
+            &a.face_backend,
+            "analysis.face.backend",
+            "analysis.face_backend",
+        );
+        let cascade = either(
+            &f.cascade,
+            &a.face_cascade,
+            "analysis.face.cascade",
+            "analysis.face_cascade",
+        );
+        let cascade_key = if f.cascade.is_none() && a.face_cascade.is_some() {
+            "analysis.face_cascade"
+        } else {
+            "analysis.face.cascade"
+        };
+        let cascade = self.absolute_path(cascade.as_deref().unwrap_or(defaults::FACE_CASCADE), cascade_key);
+        let backend = match backend.as_deref().unwrap_or("builtin") {
+            "builtin" => FaceBackend::Builtin,
+            "onnx" => FaceBackend::Onnx(self.onnx_face(f)),
+            other => {
+                let key = if f.backend.is_some() {
+                    "analysis.face.backend"
+                } else {
+                    "analysis.face_backend"
+                };
+                self.problem(key, format!("'{other}' is not builtin or onnx"));
+                FaceBackend::Builtin
+            }
+        };
+        FaceSettings { backend, cascade }
+    }
+
+    fn onnx_face(&mut self, f: &super::raw::RawFace) -> crate::analysis::face::OnnxFaceConfig {
+        let mut required = |value: &Option<String>, key: &str| match value.as_deref() {
+            Some(path) => self.absolute_path(path, key),
+            None => {
+                self.problem(key, "required when analysis.face.backend = \"onnx\"");
+                PathBuf::new()
+            }
+        };
+        let onnxruntime_library = required(&f.onnxruntime_library, "analysis.face.onnxruntime_library");
+        let detector_model = required(&f.detector_model, "analysis.face.detector_model");
+        let recognizer_model = required(&f.recognizer_model, "analysis.face.recognizer_model");
+        let threads = self.int(f.threads, defaults::FACE_THREADS, "analysis.face.threads", 1, 64);
+        let det_size: u32 = self.int(
+            f.det_size,
+            defaults::FACE_DET_SIZE,
+            "analysis.face.det_size",
+            32,
+            4096,
+        );
+        if !det_size.is_multiple_of(32) {
+            self.problem(
+                "analysis.face.det_size",
+                format!("{det_size} is not a multiple of 32 (SCRFD's largest stride)"),
+            );
+        }
+        let det_threshold = f.det_threshold.unwrap_or(defaults::FACE_DET_THRESHOLD);
+        if !(det_threshold > 0.0 && det_threshold < 1.0) {
+            self.problem(
+                "analysis.face.det_threshold",
+                format!("must be between 0 and 1, exclusive (got {det_threshold})"),
+            );
+        }
+        crate::analysis::face::OnnxFaceConfig {
+            onnxruntime_library,
+            detector_model,
+            recognizer_model,
+            threads,
+            det_size,
+            det_threshold,
         }
     }
 

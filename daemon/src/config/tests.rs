@@ -329,3 +329,80 @@ fn devices_and_health_keys_select_tune_and_print_back() {
     assert!(keys.contains(&"gpu.devices".to_owned()), "{keys:?}");
     assert!(keys.contains(&"gpu.vram_sample_hz".to_owned()), "{keys:?}");
 }
+
+#[test]
+fn the_onnx_face_backend_takes_its_files_and_prints_back() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}[analysis.face]\nbackend = \"onnx\"\ndetector_model = \"/m/det_10g.onnx\"\n\
+         recognizer_model = \"/m/w600k_r50.onnx\"\nonnxruntime_library = \"/usr/lib/libonnxruntime.so\"\n\
+         threads = 1\ndet_threshold = 0.6\n",
+        f.state()
+    );
+    let s = f.load(&f.file("t.toml", &text)).unwrap().settings;
+    let FaceBackend::Onnx(o) = &s.analysis.face.backend else {
+        panic!("expected onnx, got {:?}", s.analysis.face.backend)
+    };
+    assert_eq!(o.detector_model, PathBuf::from("/m/det_10g.onnx"));
+    assert_eq!(o.recognizer_model, PathBuf::from("/m/w600k_r50.onnx"));
+    assert_eq!(o.onnxruntime_library, PathBuf::from("/usr/lib/libonnxruntime.so"));
+    assert_eq!((o.threads, o.det_size, o.det_threshold), (1, 640, 0.6));
+    let rendered = render_effective(&s);
+    assert!(
+        rendered.contains("[analysis.face]\nbackend = \"onnx\""),
+        "{rendered}"
+    );
+    let again = f.load(&f.file("rendered.toml", &rendered)).unwrap().settings;
+    assert_eq!(again.analysis.face, s.analysis.face);
+    // The default is the builtin backend with Debian's cascade.
+    let s = f.load(&f.file("d.toml", &f.state())).unwrap().settings;
+    assert_eq!(s.analysis.face.backend, FaceBackend::Builtin);
+    assert_eq!(s.analysis.face.cascade, PathBuf::from(defaults::FACE_CASCADE));
+}
+
+#[test]
+fn onnx_face_problems_name_their_keys() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}[analysis.face]\nbackend = \"onnx\"\ndetector_model = \"det.onnx\"\nthreads = 0\n\
+         det_size = 100\ndet_threshold = 1.5\n",
+        f.state()
+    );
+    let p = problems(f.load(&f.file("t.toml", &text)).unwrap_err());
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "analysis.face.detector_model",
+        "analysis.face.recognizer_model",
+        "analysis.face.onnxruntime_library",
+        "analysis.face.threads",
+        "analysis.face.det_size",
+        "analysis.face.det_threshold",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let text = format!("{}[analysis.face]\nbackend = \"yunet\"\n", f.state());
+    let p = problems(f.load(&f.file("b.toml", &text)).unwrap_err());
+    assert_eq!(p[0].key, "analysis.face.backend");
+    assert!(
+        p[0].problem.contains("'yunet' is not builtin or onnx"),
+        "{}",
+        p[0].problem
+    );
+}
+
+#[test]
+fn the_old_flat_face_keys_still_work_but_not_beside_the_new_ones() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}[analysis]\nface_backend = \"builtin\"\nface_cascade = \"/c/haar.xml\"\n",
+        f.state()
+    );
+    let s = f.load(&f.file("t.toml", &text)).unwrap().settings;
+    assert_eq!(s.analysis.face.cascade, PathBuf::from("/c/haar.xml"));
+    let text = format!(
+        "{}[analysis]\nface_cascade = \"/c/haar.xml\"\n[analysis.face]\ncascade = \"/d/haar.xml\"\n",
+        f.state()
+    );
+    let p = problems(f.load(&f.file("both.toml", &text)).unwrap_err());
+    assert_eq!(p[0].key, "analysis.face_cascade");
+}

@@ -76,6 +76,10 @@ pub struct FaceBox {
     /// Detector-specific confidence, higher is better (Haar: the group's neighbour count); only
     /// comparable within one detector.
     pub score: f32,
+    /// The five face landmarks (eyes, nose, mouth corners, `[x, y]` in the same pixels as the box)
+    /// when the detector finds them (SCRFD does, Haar does not); what ArcFace alignment needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<[[f32; 2]; 5]>,
 }
 
 /// Knobs of the analysis that are not reference constants.

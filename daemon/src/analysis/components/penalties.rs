@@ -271,6 +271,7 @@ mod tests {
                 x2,
                 y2,
                 score: 1.0,
+                landmarks: None,
             })
         };
         let boxes = [fb(100.0, 100.0, 200.0, 200.0), fb(1.0, 100.0, 200.0, 200.0), None];

@@ -18,6 +18,7 @@ impl FaceDetector for Boxer {
             x2: self.2 * w,
             y2: self.3 * h,
             score: 1.0,
+            landmarks: None,
         }]
     }
     fn name(&self) -> &'static str {

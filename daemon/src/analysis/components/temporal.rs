@@ -83,6 +83,7 @@ mod tests {
             x2: x + 10.0,
             y2: y + 10.0,
             score: 1.0,
+            landmarks: None,
         })
     }
 

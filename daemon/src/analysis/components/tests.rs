@@ -62,6 +62,7 @@ fn face_box() -> FaceBox {
         x2: 96.0,
         y2: 112.0,
         score: 1.0,
+        landmarks: None,
     }
 }
 
@@ -528,6 +529,7 @@ fn offscreen_and_face_size() {
         x2: 64.0,
         y2: 112.0,
         score: 1.0,
+        landmarks: None,
     };
     let a = run(&talking_frames(&env), &audio, &audio, &Stub(edge));
     assert_eq!(a.debug.penalties.offscreen, 1.0);
@@ -540,6 +542,7 @@ fn offscreen_and_face_size() {
         x2: 68.0,
         y2: 68.0,
         score: 1.0,
+        landmarks: None,
     };
     let b = run(&talking_frames(&env), &audio, &audio, &Stub(tiny));
     assert!((b.debug.video.face_size - 0.0390625).abs() < 1e-9);

@@ -295,6 +295,7 @@ impl HaarDetector {
                 x2: ((x + w) * sx) as f32,
                 y2: ((y + h) * sy) as f32,
                 score: n as f32,
+                landmarks: None,
             })
             .collect()
     }

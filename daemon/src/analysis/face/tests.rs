@@ -70,6 +70,7 @@ fn fb(x1: f32, y1: f32, x2: f32, y2: f32) -> FaceBox {
         x2,
         y2,
         score: 1.0,
+        landmarks: None,
     }
 }
 
@@ -241,6 +242,7 @@ fn haar_near_search_agrees_with_the_full_search() {
             x2: full.x2 + d,
             y2: full.y2 - d,
             score: 0.0,
+            landmarks: None,
         };
         let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
         let tol = 0.12 * full.width();
@@ -255,6 +257,7 @@ fn haar_near_search_agrees_with_the_full_search() {
             x2: 60.0,
             y2: 60.0,
             score: 0.0,
+            landmarks: None,
         };
         assert!(det.detect_near(f, &corner).is_empty(), "{name}");
     }
