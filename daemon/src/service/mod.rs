@@ -10,7 +10,7 @@ pub mod admin;
 use crate::clock::Clock;
 use crate::domain::Submission;
 use crate::engine::rounds_loop::LoopControl;
-use crate::store::{MetricsRow, Store, StoreError, StoredJson, SubmissionCounts, UpsertReport};
+use crate::store::{MetricsRow, Store, StoreError, StoredMetricsRow, SubmissionCounts, UpsertReport};
 use bytes::Bytes;
 use hyper::StatusCode;
 
@@ -119,32 +119,64 @@ pub struct Service {
     admin: Option<admin::AdminContext>,
 }
 
-/// Something that can write itself as a `/metrics` row's `metrics` JSON.
-pub trait MetricsJson {
-    /// Append the JSON document to `out`.
-    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error>;
+/// A `/metrics` row, decoded ([`MetricsRow`]) or as stored ([`StoredMetricsRow`]).
+pub trait MetricsBodyRow {
+    /// The miner's SS58 address.
+    fn hotkey(&self) -> &str;
+    /// Its image reference.
+    fn image_ref(&self) -> &str;
+    /// Its submission time.
+    fn submit_time(&self) -> f64;
+    /// Whether its metrics were carried over from an earlier round.
+    fn carried_over(&self) -> bool;
+    /// Append its metrics' JSON document to `out`.
+    fn write_metrics(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error>;
 }
 
-impl MetricsJson for crate::domain::EvaluationMetrics {
-    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
-        sonic_rs::to_writer(out, self)
+impl MetricsBodyRow for MetricsRow {
+    fn hotkey(&self) -> &str {
+        self.hotkey.as_str()
+    }
+    fn image_ref(&self) -> &str {
+        self.image_ref.as_str()
+    }
+    fn submit_time(&self) -> f64 {
+        self.submit_time
+    }
+    fn carried_over(&self) -> bool {
+        self.carried_over
+    }
+    fn write_metrics(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
+        sonic_rs::to_writer(out, &self.metrics)
     }
 }
 
-impl MetricsJson for StoredJson<'_> {
+impl MetricsBodyRow for StoredMetricsRow<'_> {
+    fn hotkey(&self) -> &str {
+        &self.hotkey
+    }
+    fn image_ref(&self) -> &str {
+        &self.image_ref
+    }
+    fn submit_time(&self) -> f64 {
+        self.submit_time
+    }
+    fn carried_over(&self) -> bool {
+        self.carried_over
+    }
     /// Verbatim: the text is what the store itself wrote when the round committed.
-    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
-        out.extend_from_slice(self.as_str().as_bytes());
+    fn write_metrics(&self, out: &mut Vec<u8>) -> Result<(), sonic_rs::Error> {
+        out.extend_from_slice(self.metrics.as_bytes());
         Ok(())
     }
 }
 
 /// Serialise `/metrics` rows in the reference's shape (`MinerMetricsResponse`: `hotkey`, `image_ref`,
-/// `submit_time`, `metrics`, plus the additive `carried_over` when true). The gateway passes each
-/// miner's metrics as the JSON text stored at commit ([`Store::with_metrics_json`]), copied verbatim,
-/// so a body for 1,024 miners costs a copy of the text, not a parse and re-encoding of every number;
-/// decoded metrics are written with sonic-rs (the same serde impls as the store's serde_json).
-pub fn render_metrics_body<M: MetricsJson>(rows: &[MetricsRow<M>]) -> Result<Vec<u8>, sonic_rs::Error> {
+/// `submit_time`, `metrics`, plus the additive `carried_over` when true). The gateway passes the rows
+/// as stored ([`Store::with_metrics_json`]), each miner's metrics JSON copied verbatim, so a body for
+/// 1,024 miners costs a copy of the text, not a parse and re-encoding of every number; decoded
+/// metrics are written with sonic-rs (the same serde impls as the store's serde_json).
+pub fn render_metrics_body<R: MetricsBodyRow>(rows: &[R]) -> Result<Vec<u8>, sonic_rs::Error> {
     // ~2.5 KiB per miner with 5 challenges: one allocation instead of a dozen doublings of megabytes.
     let mut out = Vec::with_capacity(64 + rows.len() * 2560);
     out.push(b'[');
@@ -153,14 +185,14 @@ pub fn render_metrics_body<M: MetricsJson>(rows: &[MetricsRow<M>]) -> Result<Vec
             out.push(b',');
         }
         out.extend_from_slice(b"{\"hotkey\":");
-        sonic_rs::to_writer(&mut out, row.hotkey.as_str())?;
+        sonic_rs::to_writer(&mut out, row.hotkey())?;
         out.extend_from_slice(b",\"image_ref\":");
-        sonic_rs::to_writer(&mut out, row.image_ref.as_str())?;
+        sonic_rs::to_writer(&mut out, row.image_ref())?;
         out.extend_from_slice(b",\"submit_time\":");
-        sonic_rs::to_writer(&mut out, &row.submit_time)?;
+        sonic_rs::to_writer(&mut out, &row.submit_time())?;
         out.extend_from_slice(b",\"metrics\":");
-        row.metrics.write_json(&mut out)?;
-        if row.carried_over {
+        row.write_metrics(&mut out)?;
+        if row.carried_over() {
             out.extend_from_slice(b",\"carried_over\":true");
         }
         out.push(b'}');
@@ -331,7 +363,7 @@ mod tests {
         );
         assert_eq!(ours[0]["carried_over"], true);
         assert!(ours[1].get("carried_over").is_none());
-        assert_eq!(render_metrics_body::<EvaluationMetrics>(&[]).unwrap(), b"[]");
+        assert_eq!(render_metrics_body::<MetricsRow>(&[]).unwrap(), b"[]");
     }
 
     #[test]

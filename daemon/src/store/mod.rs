@@ -97,16 +97,31 @@ impl StoreOptions {
     }
 }
 
-/// A JSON document exactly as the store holds it, serialised verbatim (no re-encoding). Only text the
-/// store itself wrote is wrapped in this, so it is known to be valid JSON.
+/// A JSON document exactly as the store wrote it, to be copied verbatim (no re-encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredJson<'t>(&'t str);
+pub struct StoredJson<'t>(&'t [u8]);
 
 impl StoredJson<'_> {
     /// The JSON text.
-    pub fn as_str(&self) -> &str {
+    pub fn as_bytes(&self) -> &[u8] {
         self.0
     }
+}
+
+/// A `/metrics` row as the store holds it ([`Store::with_metrics_json`]): the fields of
+/// [`MetricsRow`], borrowed from the memory map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMetricsRow<'t> {
+    /// The miner's SS58 address.
+    pub hotkey: std::borrow::Cow<'t, str>,
+    /// Its current image reference.
+    pub image_ref: std::borrow::Cow<'t, str>,
+    /// Its current submission time.
+    pub submit_time: f64,
+    /// The committed metrics' JSON.
+    pub metrics: StoredJson<'t>,
+    /// See [`MetricsRow::carried_over`].
+    pub carried_over: bool,
 }
 
 /// `GET /metrics` as stored: its ETag counter and the rows with committed metrics.
@@ -490,68 +505,95 @@ impl Store {
     /// What `GET /metrics` serves: miners with committed metrics, sorted by (submit_time, hotkey).
     pub fn metrics_view(&self) -> Result<MetricsView, StoreError> {
         let rtxn = self.rtxn()?;
-        let (metrics_version, rows) = self.metrics_rows(&rtxn, |bytes| {
-            let c = <tables::CommittedCodec as heed::BytesDecode>::bytes_decode(bytes)?;
-            Ok((c.generation, c.carried, c.metrics))
+        let (metrics_version, mut rows) = self.committed_rows(&rtxn, |committed, submission| {
+            let c = <tables::CommittedCodec as heed::BytesDecode>::bytes_decode(committed)?;
+            let r: crate::rounds::SubmissionRecord = serde_json::from_slice(submission)?;
+            Ok((r.generation == c.generation).then_some(MetricsRow {
+                hotkey: r.hotkey,
+                image_ref: r.image_ref,
+                submit_time: r.submit_time,
+                metrics: c.metrics,
+                carried_over: c.carried,
+            }))
         })?;
+        sort_metrics_rows(&mut rows);
         Ok(MetricsView {
             metrics_version,
             rows,
         })
     }
 
-    /// The same rows as [`Self::metrics_view`], each miner's metrics left as the JSON text stored at
-    /// commit time (borrowed from the memory map, never decoded or scanned), handed to `render` inside
-    /// one read transaction. Serving `/metrics` this way copies the stored text instead of parsing and
-    /// re-encoding ~100,000 numbers per 1,024 miners.
+    /// The same rows as [`Self::metrics_view`] as the store holds them: strings and each miner's
+    /// metrics JSON text borrowed from the memory map (never decoded, scanned or re-validated: the
+    /// store wrote them), handed to `render` inside one read transaction. Serving `/metrics` this way
+    /// copies the stored text instead of parsing and re-encoding ~100,000 numbers per 1,024 miners.
     pub fn with_metrics_json<R>(
         &self,
-        render: impl FnOnce(u64, &[MetricsRow<StoredJson<'_>>]) -> R,
+        render: impl FnOnce(u64, &[StoredMetricsRow<'_>]) -> R,
     ) -> Result<R, StoreError> {
+        /// The fields of a stored `SubmissionRecord` a row needs, borrowed (no SS58 or reference
+        /// re-validation: both were validated before they were stored).
+        #[derive(Deserialize)]
+        struct SubmissionJson<'a> {
+            #[serde(borrow)]
+            hotkey: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            image_ref: std::borrow::Cow<'a, str>,
+            submit_time: f64,
+            generation: u64,
+        }
         let rtxn = self.rtxn()?;
-        let (version, rows) = self.metrics_rows(&rtxn, |bytes| {
-            let (header, metrics) = tables::CommittedCodec::split(bytes)?;
+        let (version, mut rows) = self.committed_rows(&rtxn, |committed, submission| {
+            let (header, metrics) = tables::CommittedCodec::split(committed)?;
             let header: crate::rounds::CommittedHeader = serde_json::from_slice(header)?;
-            let metrics = std::str::from_utf8(metrics)?;
-            Ok((header.generation, header.carried, StoredJson(metrics)))
+            let r: SubmissionJson<'_> = serde_json::from_slice(submission)?;
+            Ok((r.generation == header.generation).then_some(StoredMetricsRow {
+                hotkey: r.hotkey,
+                image_ref: r.image_ref,
+                submit_time: r.submit_time,
+                metrics: StoredJson(metrics),
+                carried_over: header.carried,
+            }))
         })?;
+        // The order of `sort_metrics_rows`: a hotkey's address orders it.
+        rows.sort_by(|a, b| {
+            a.submit_time
+                .total_cmp(&b.submit_time)
+                .then_with(|| a.hotkey.cmp(&b.hotkey))
+        });
         Ok(render(version, &rows))
     }
 
-    /// Rows of miners with committed metrics whose submission is unchanged since, sorted by
-    /// (submit_time, hotkey); `decode` turns a stored committed record into (generation, carried,
-    /// metrics).
-    fn metrics_rows<'t, M>(
+    /// One row per committed result whose submission is unchanged since, unsorted: `row` gets the
+    /// stored committed record and submission record and returns `None` when their generations
+    /// differ.
+    fn committed_rows<'t, R>(
         &self,
         rtxn: &'t RoTxn<'_, WithoutTls>,
-        decode: impl Fn(&'t [u8]) -> Result<(u64, bool, M), Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Result<(u64, Vec<MetricsRow<M>>), StoreError> {
+        row: impl Fn(&'t [u8], &'t [u8]) -> Result<Option<R>, heed::BoxedError>,
+    ) -> Result<(u64, Vec<R>), StoreError> {
         let t = self.t();
         let metrics_version = t.metrics_version(rtxn)?;
         let mut rows = Vec::new();
         let committed = t.committed.remap_data_type::<heed::types::Bytes>();
+        let submissions = t.submissions.remap_data_type::<heed::types::Bytes>();
         for item in committed.iter(rtxn).map_err(t.err("iter", COMMITTED, None))? {
             let (h, bytes) = item.map_err(t.err("iter", COMMITTED, None))?;
-            let (generation, carried, metrics) =
-                decode(bytes).map_err(|e| t.err("decode", COMMITTED, Some(h))(heed::Error::Decoding(e)))?;
-            let record = t
-                .submissions
+            let submission = submissions
                 .get(rtxn, h)
                 .map_err(t.err("get", SUBMISSIONS, Some(h)))?;
-            // Never serve metrics of another image: the rules keep these consistent, so a mismatch
-            // is a bug to log, not a row to show.
-            match record {
-                Some(r) if r.generation == generation => rows.push(MetricsRow {
-                    hotkey: r.hotkey,
-                    image_ref: r.image_ref,
-                    submit_time: r.submit_time,
-                    metrics,
-                    carried_over: carried,
-                }),
-                _ => tracing::warn!(hotkey = h, "committed result without matching submission skipped"),
+            let built = match submission {
+                Some(submission) => row(bytes, submission)
+                    .map_err(|e| t.err("decode", COMMITTED, Some(h))(heed::Error::Decoding(e)))?,
+                None => None,
+            };
+            match built {
+                Some(r) => rows.push(r),
+                // Never serve metrics of another image: the rules keep these consistent, so a
+                // mismatch is a bug to log, not a row to show.
+                None => tracing::warn!(hotkey = h, "committed result without matching submission skipped"),
             }
         }
-        sort_metrics_rows(&mut rows);
         Ok((metrics_version, rows))
     }
 
