@@ -10,8 +10,11 @@
 //! slots evaluate N miners at once, and the round commits only when every run has finished. Drained
 //! (store) and quarantined (health) slots finish their current run and take no new one.
 
+use super::calibration::{self, Calibration};
 use super::duplicates::DuplicateAction;
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
+use super::tasks::{Ended, Held, RunTasks};
+use super::verdicts::one_line;
 use crate::challenges::{ChallengeError, ChallengeSet, Limits, SubnetApiSource, load_directory};
 use crate::domain::Verdict;
 use crate::events::EventKind;
@@ -28,7 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -84,10 +86,24 @@ struct SlotRuntime {
     busy: Option<(String, String)>,
 }
 
+/// What the loop needs to account for a run task that ended without a result (it panicked).
+#[derive(Debug, Clone, PartialEq)]
+enum Lost {
+    /// A miner's evaluation.
+    Miner {
+        ticket: EvaluationTicket,
+        /// Unix time the run was dispatched.
+        started_at: f64,
+    },
+    /// A calibration run.
+    Calibration(Calibration),
+}
+
 /// What a finished run task hands back to the loop.
 struct Finished {
     slot: usize,
-    hotkey: String,
+    /// The miner evaluated; `None` for a calibration run (no miner to back off or clear).
+    hotkey: Option<String>,
     /// `Some(reason)` for an infrastructure failure (the miner backs off and is retried).
     infra: Option<String>,
     /// A GPU fault seen during the run.
@@ -112,7 +128,9 @@ pub struct EvaluationLoop {
     meter: Arc<dyn VramMeter>,
     /// The GPU model the open round is measured on (`gpu.same_model_per_round`).
     round_model: Option<(u64, String)>,
-    tasks: JoinSet<Finished>,
+    /// The round whose calibrations are tracked, and the GPUs that have had theirs (stored or running).
+    calibrated: (u64, HashSet<String>),
+    tasks: RunTasks<Finished, Lost>,
 }
 
 impl EvaluationLoop {
@@ -152,7 +170,8 @@ impl EvaluationLoop {
             board,
             meter,
             round_model: None,
-            tasks: JoinSet::new(),
+            calibrated: (0, HashSet::new()),
+            tasks: RunTasks::default(),
         }
     }
 
@@ -172,8 +191,8 @@ impl EvaluationLoop {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
             }
-            while let Some(done) = self.tasks.try_join_next() {
-                self.finish(done);
+            while let Some(ended) = self.tasks.try_next() {
+                self.ended(ended).await;
             }
             let wait = match self.step(&shutdown).await {
                 Ok(Some(wait)) => wait,
@@ -189,41 +208,112 @@ impl EvaluationLoop {
                 () = shutdown.cancelled() => break,
                 () = self.control.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
-                Some(done) = self.tasks.join_next(), if busy => self.finish(done),
+                Some(ended) = self.tasks.next(), if busy => self.ended(ended).await,
             }
         }
-        while let Some(done) = self.tasks.join_next().await {
-            self.finish(done);
+        while let Some(ended) = self.tasks.next().await {
+            self.ended(ended).await;
         }
         tracing::info!("evaluation loop stopped");
     }
 
-    /// Book-keeping after a run task ended: free its slot, back the miner off on an infrastructure
-    /// failure, feed the GPU's health.
-    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // A panicking run task: free nothing we cannot identify; the slot stays busy until
-                // restart would be worse, so free every slot whose task is gone.
-                tracing::error!(error = %e, "a run task failed");
-                return;
+    /// A run task ended: with its result, or lost (it panicked), in which case the run it held is
+    /// recorded as an `infra_error` (a bug of ours, never the miner's fault) and its slot is freed the
+    /// same way as after any infrastructure failure.
+    async fn ended(&mut self, ended: Ended<Finished, Lost>) {
+        let done = match ended {
+            Ended::Returned(done) => done,
+            Ended::Lost { held, reason } => self.lost(held, reason).await,
+        };
+        self.finish(done);
+    }
+
+    /// Record a lost run as `infra_error` and tell watchers, so the history shows what happened.
+    async fn lost(&mut self, held: Held<Lost>, reason: String) -> Finished {
+        let reason = one_line(&reason);
+        let Held { slot, run_id, key } = held;
+        let (ticket, started_at) = match key {
+            Lost::Miner { ticket, started_at } => (ticket, started_at),
+            Lost::Calibration(c) => {
+                tracing::error!(run_id = %run_id, gpu_uuid = %c.slot.uuid, %reason, "a calibration task ended without a result; its GPU slot is freed");
+                let outcome = RunOutcome::Infra(reason.clone());
+                let record = calibration::record(&c, &outcome, self.env.clock.now_unix());
+                let store = self.store.clone();
+                let recorded = blocking(move || store.record_calibration(&record)).await;
+                return Finished {
+                    slot,
+                    hotkey: None,
+                    infra: Some(reason),
+                    gpu_fault: None,
+                    recorded,
+                };
             }
         };
-        let now_unix = self.env.clock.now_unix();
-        if let Err(e) = &done.recorded {
-            tracing::error!(hotkey = %done.hotkey, error = %e, "recording the run failed");
+        let gpu = self
+            .slots
+            .get(slot)
+            .map(|s| s.slot.uuid.clone())
+            .unwrap_or_default();
+        tracing::error!(
+            run_id = %run_id,
+            miner_hotkey = %ticket.hotkey,
+            gpu_uuid = %gpu,
+            verdict = %Verdict::InfraError,
+            %reason,
+            "a run task ended without a result; its GPU slot is freed and the miner will be retried"
+        );
+        self.env.events.publish(EventKind::Verdict {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            verdict: Verdict::InfraError.to_string(),
+            reason: Some(reason.clone()),
+            score: None,
+        });
+        let record = RunRecord {
+            run_id,
+            hotkey: ticket.hotkey.clone(),
+            image_ref: ticket.image_ref.to_string(),
+            generation: ticket.generation,
+            round: ticket.round,
+            verdict: Verdict::InfraError,
+            reason: Some(reason.clone()),
+            stage_times: Default::default(),
+            metrics: None,
+            started_at,
+            finished_at: self.env.clock.now_unix(),
+            log_tail: None,
+            notes: Vec::new(),
+        };
+        let store = self.store.clone();
+        let recorded = blocking(move || store.record_run(&record)).await;
+        Finished {
+            slot,
+            hotkey: Some(ticket.hotkey.to_string()),
+            infra: Some(reason),
+            gpu_fault: None,
+            recorded,
         }
-        match &done.infra {
-            None => {
-                self.backoff_until.remove(&done.hotkey);
+    }
+
+    /// Book-keeping after a run task ended: free its slot, back the miner off on an infrastructure
+    /// failure, feed the GPU's health.
+    fn finish(&mut self, done: Finished) {
+        let now_unix = self.env.clock.now_unix();
+        let hotkey = done.hotkey.as_deref().unwrap_or(calibration::CALIBRATION);
+        if let Err(e) = &done.recorded {
+            tracing::error!(%hotkey, error = %e, "recording the run failed");
+        }
+        match (&done.infra, &done.hotkey) {
+            (_, None) => {}
+            (None, Some(hotkey)) => {
+                self.backoff_until.remove(hotkey);
             }
-            Some(reason) => {
-                let attempts = self.backoff_until.get(&done.hotkey).map_or(1, |(a, _)| a + 1);
+            (Some(reason), Some(hotkey)) => {
+                let attempts = self.backoff_until.get(hotkey).map_or(1, |(a, _)| a + 1);
                 let wait = backoff(attempts, MAX_INFRA_BACKOFF);
                 self.backoff_until
-                    .insert(done.hotkey.clone(), (attempts, Instant::now() + wait));
-                tracing::warn!(hotkey = %done.hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
+                    .insert(hotkey.clone(), (attempts, Instant::now() + wait));
+                tracing::warn!(%hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
             }
         }
         let Some(rt) = self.slots.get_mut(done.slot) else {
@@ -446,6 +536,7 @@ impl EvaluationLoop {
             Err(e) => return Err(e),
         };
         let round = ready.first().map_or(0, |t| t.round);
+        self.calibrate(round, &set, shutdown).await?;
         // Owned: placing needs `&mut self` (the round's model) while the views are alive.
         let owned_views: Vec<(String, bool, bool)> = self
             .slots
@@ -475,19 +566,10 @@ impl EvaluationLoop {
             );
         }
         for p in placements {
-            let (Some(ticket), Some(rt)) = (ready.get(p.ticket), self.slots.get(p.slot)) else {
+            let Some(ticket) = ready.get(p.ticket) else {
                 continue;
             };
-            let uuid = rt.slot.uuid.clone();
-            if let ProbeResult::Fault(f) = self.inventory.probe(&uuid) {
-                tracing::warn!(gpu = %uuid, fault = %f, "GPU failed its pre-run probe");
-                let now_unix = self.env.clock.now_unix();
-                let t = self
-                    .slots
-                    .get_mut(p.slot)
-                    .and_then(|rt| rt.health.fault(&f, now_unix));
-                self.note_health(p.slot, t, Some(&f));
-                self.refresh_board(&uuid);
+            if !self.passes_probe(p.slot) {
                 continue;
             }
             self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
@@ -560,6 +642,7 @@ impl EvaluationLoop {
                 started_at: now,
                 finished_at: now,
                 log_tail: None,
+                notes: Vec::new(),
             };
             self.env.events.publish(EventKind::Verdict {
                 run_id,
@@ -586,6 +669,102 @@ impl EvaluationLoop {
         Ok((!settled).then_some(to_run))
     }
 
+    /// Check an idle GPU before it takes a run; a fault feeds its health and the run is not started.
+    fn passes_probe(&mut self, slot: usize) -> bool {
+        let Some(uuid) = self.slots.get(slot).map(|rt| rt.slot.uuid.clone()) else {
+            return false;
+        };
+        let ProbeResult::Fault(f) = self.inventory.probe(&uuid) else {
+            return true;
+        };
+        tracing::warn!(gpu = %uuid, fault = %f, "GPU failed its pre-run probe");
+        let now_unix = self.env.clock.now_unix();
+        let t = self
+            .slots
+            .get_mut(slot)
+            .and_then(|rt| rt.health.fault(&f, now_unix));
+        self.note_health(slot, t, Some(&f));
+        self.refresh_board(&uuid);
+        false
+    }
+
+    /// With `gpu.calibration_image` set, start the round's calibration on every free GPU in service
+    /// that has not had it yet (after a restart, those stored for the round count as done). Each takes
+    /// a slot like a miner's run, so a GPU is never shared; miners are placed on the slots left.
+    async fn calibrate(
+        &mut self,
+        round: u64,
+        set: &Arc<ChallengeSet>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LoopError> {
+        let Some(image) = self.env.settings.gpu.calibration_image.clone() else {
+            return Ok(());
+        };
+        if self.calibrated.0 != round {
+            let store = self.store.clone();
+            let stored = blocking(move || store.calibrations(Some(round))).await?;
+            self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
+        }
+        for slot in 0..self.slots.len() {
+            let due = self.slots.get(slot).is_some_and(|rt| {
+                rt.busy.is_none()
+                    && !rt.drained
+                    && rt.health.usable()
+                    && !self.calibrated.1.contains(&rt.slot.uuid)
+            });
+            if !due || !self.passes_probe(slot) {
+                continue;
+            }
+            let Some(rt) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            let run_id = format!(
+                "{}{}",
+                calibration::RUN_ID_PREFIX,
+                next_run_id(&self.run_seq, self.env.clock.as_ref())
+            );
+            rt.busy = Some((run_id.clone(), calibration::CALIBRATION.to_owned()));
+            self.calibrated.1.insert(rt.slot.uuid.clone());
+            let c = Calibration {
+                run_id: run_id.clone(),
+                round,
+                image: image.clone(),
+                slot: rt.slot.clone(),
+            };
+            let uuid = c.slot.uuid.clone();
+            let held = Held {
+                slot,
+                run_id,
+                key: Lost::Calibration(c.clone()),
+            };
+            let (env, store, meter, set, cancel) = (
+                self.env.clone(),
+                self.store.clone(),
+                self.meter.clone(),
+                set.clone(),
+                shutdown.clone(),
+            );
+            self.tasks.spawn(held, async move {
+                let done = calibration::run(&env, meter.as_ref(), &c, &set, &cancel).await;
+                let recorded = match done.record {
+                    Some(record) => blocking(move || store.record_calibration(&record)).await,
+                    None => Ok(()),
+                };
+                Finished {
+                    slot,
+                    hotkey: None,
+                    infra: done
+                        .infra
+                        .then(|| "calibration infrastructure failure".to_owned()),
+                    gpu_fault: done.gpu_fault,
+                    recorded,
+                }
+            });
+            self.refresh_board(&uuid);
+        }
+        Ok(())
+    }
+
     /// Start one evaluation on `slot` in its own task.
     fn dispatch(
         &mut self,
@@ -608,9 +787,18 @@ impl EvaluationLoop {
             self.meter.clone(),
             shutdown.clone(),
         );
-        self.tasks.spawn(run_task(
-            env, store, meter, slot, gpu, ticket, set, run_id, cancel,
-        ));
+        let held = Held {
+            slot,
+            run_id: run_id.clone(),
+            key: Lost::Miner {
+                ticket: ticket.clone(),
+                started_at: self.env.clock.now_unix(),
+            },
+        };
+        self.tasks.spawn(
+            held,
+            run_task(env, store, meter, slot, gpu, ticket, set, run_id, cancel),
+        );
         if let Some(uuid) = self.slots.get(slot).map(|s| s.slot.uuid.clone()) {
             self.refresh_board(&uuid);
         }
@@ -774,6 +962,7 @@ async fn run_task(
         started_at,
         finished_at,
         log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
+        notes: report.notes.clone(),
     };
     env.events.publish(EventKind::Verdict {
         run_id: run_id.clone(),
@@ -817,7 +1006,7 @@ async fn run_task(
             }
             Finished {
                 slot: slot_index,
-                hotkey,
+                hotkey: Some(hotkey),
                 infra: None,
                 gpu_fault,
                 recorded: staged.map(|_| ()),
@@ -829,7 +1018,7 @@ async fn run_task(
             let recorded = blocking(move || store.record_run(&record)).await;
             Finished {
                 slot: slot_index,
-                hotkey,
+                hotkey: Some(hotkey),
                 infra: Some(reason),
                 gpu_fault,
                 recorded,
