@@ -47,6 +47,8 @@ pub struct Calibration {
     pub image: ImageRef,
     /// The slot it runs on.
     pub slot: GpuSlot,
+    /// Unix time it was dispatched.
+    pub started_at: f64,
 }
 
 /// How a calibration ended, for the loop's book-keeping of the slot.
@@ -128,6 +130,7 @@ pub fn record(c: &Calibration, outcome: &RunOutcome, finished_at: f64) -> Calibr
         seconds,
         challenge_seconds,
         reason,
+        started_at: c.started_at,
         finished_at,
     }
 }
@@ -154,6 +157,7 @@ mod tests {
             round: 7,
             image,
             slot: VirtualInventory::new(1).slots().remove(0),
+            started_at: 4.0,
         }
     }
 

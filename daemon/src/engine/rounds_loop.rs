@@ -82,8 +82,18 @@ struct SlotRuntime {
     slot: GpuSlot,
     health: GpuHealth,
     drained: bool,
-    /// The run it is executing: (run id, hotkey).
-    busy: Option<(String, String)>,
+    /// The run it is executing.
+    busy: Option<Busy>,
+}
+
+/// A run occupying a slot.
+struct Busy {
+    run_id: String,
+    /// The miner, or [`calibration::CALIBRATION`].
+    hotkey: String,
+    /// The image's digest: every run removes its image when it ends, so two runs of one digest
+    /// (a calibration image on several GPUs, a miner who submitted it) never overlap.
+    digest: String,
 }
 
 /// What the loop needs to account for a run task that ended without a result (it panicked).
@@ -373,7 +383,7 @@ impl EvaluationLoop {
         let Some(rt) = self.slots.iter().find(|s| s.slot.uuid == uuid) else {
             return;
         };
-        let finishing = rt.busy.as_ref().map(|(r, _)| r.clone());
+        let finishing = rt.busy.as_ref().map(|b| b.run_id.clone());
         let state = match (rt.health.state(), rt.drained, &finishing) {
             (Health::Quarantined { reason, until }, _, _) => GpuState::Quarantined {
                 reason: reason.clone(),
@@ -466,6 +476,15 @@ impl EvaluationLoop {
         let store = self.store.clone();
         let pending = blocking(move || store.pending()).await?;
         if pending.is_empty() {
+            // A GPU that was busy (or shared the calibration image) while miners were placed has its
+            // calibration now, before the round commits.
+            if self.tasks.is_empty()
+                && let Some(set) = self.current.clone()
+            {
+                let store = self.store.clone();
+                let round = blocking(move || store.round_state()).await?.number;
+                self.calibrate(round, &set, shutdown).await?;
+            }
             if !self.tasks.is_empty() {
                 return Ok(Some(IDLE_RECHECK));
             }
@@ -497,7 +516,7 @@ impl EvaluationLoop {
         let running: HashSet<&str> = self
             .slots
             .iter()
-            .filter_map(|s| s.busy.as_ref().map(|(_, h)| h.as_str()))
+            .filter_map(|s| s.busy.as_ref().map(|b| b.hotkey.as_str()))
             .collect();
         let ready: Vec<EvaluationTicket> = pending
             .iter()
@@ -537,6 +556,16 @@ impl EvaluationLoop {
         };
         let round = ready.first().map_or(0, |t| t.round);
         self.calibrate(round, &set, shutdown).await?;
+        // One run per image digest at a time (see `Busy::digest`), calibrations included.
+        let mut digests: HashSet<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref().map(|b| b.digest.clone()))
+            .collect();
+        let ready: Vec<EvaluationTicket> = ready
+            .into_iter()
+            .filter(|t| digests.insert(t.image_ref.digest()))
+            .collect();
         // Owned: placing needs `&mut self` (the round's model) while the views are alive.
         let owned_views: Vec<(String, bool, bool)> = self
             .slots
@@ -706,12 +735,18 @@ impl EvaluationLoop {
             self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
         }
         for slot in 0..self.slots.len() {
-            let due = self.slots.get(slot).is_some_and(|rt| {
-                rt.busy.is_none()
-                    && !rt.drained
-                    && rt.health.usable()
-                    && !self.calibrated.1.contains(&rt.slot.uuid)
-            });
+            let digest = image.digest().to_string();
+            let image_busy = self
+                .slots
+                .iter()
+                .any(|s| s.busy.as_ref().is_some_and(|b| b.digest == digest));
+            let due = !image_busy
+                && self.slots.get(slot).is_some_and(|rt| {
+                    rt.busy.is_none()
+                        && !rt.drained
+                        && rt.health.usable()
+                        && !self.calibrated.1.contains(&rt.slot.uuid)
+                });
             if !due || !self.passes_probe(slot) {
                 continue;
             }
@@ -723,13 +758,18 @@ impl EvaluationLoop {
                 calibration::RUN_ID_PREFIX,
                 next_run_id(&self.run_seq, self.env.clock.as_ref())
             );
-            rt.busy = Some((run_id.clone(), calibration::CALIBRATION.to_owned()));
+            rt.busy = Some(Busy {
+                run_id: run_id.clone(),
+                hotkey: calibration::CALIBRATION.to_owned(),
+                digest: image.digest().to_string(),
+            });
             self.calibrated.1.insert(rt.slot.uuid.clone());
             let c = Calibration {
                 run_id: run_id.clone(),
                 round,
                 image: image.clone(),
                 slot: rt.slot.clone(),
+                started_at: self.env.clock.now_unix(),
             };
             let uuid = c.slot.uuid.clone();
             let held = Held {
@@ -778,7 +818,11 @@ impl EvaluationLoop {
             return;
         };
         let run_id = next_run_id(&self.run_seq, self.env.clock.as_ref());
-        rt.busy = Some((run_id.clone(), ticket.hotkey.to_string()));
+        rt.busy = Some(Busy {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            digest: ticket.image_ref.digest().to_string(),
+        });
         let gpu = rt.slot.clone();
         tracing::debug!(pending, gpu = %gpu.uuid, "dispatching");
         let (env, store, meter, cancel) = (

@@ -390,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn without_gpu_facts_nothing_is_refused() {
+    fn without_facts_about_the_card_nothing_is_refused() {
         let c = check(&env(&["NVIDIA_REQUIRE_CUDA=cuda>=99.0"]), &GpuFacts::default());
         assert!(matches!(c, Compatibility::Undecided { .. }), "{c:?}");
     }

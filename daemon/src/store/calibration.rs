@@ -36,6 +36,8 @@ pub struct CalibrationRecord {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Unix time it was dispatched.
+    pub started_at: f64,
     /// Unix time it finished.
     pub finished_at: f64,
 }
@@ -110,6 +112,7 @@ mod tests {
             seconds: Some(1.5),
             challenge_seconds: vec![1.0, 2.0],
             reason: None,
+            started_at: 8.0,
             finished_at: 10.0,
         }
     }
