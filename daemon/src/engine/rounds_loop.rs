@@ -8,7 +8,10 @@
 //!
 //! One run task per GPU slot: pending miners are placed on free slots ([`crate::gpu::placement`]), N
 //! slots evaluate N miners at once, and the round commits only when every run has finished. Drained
-//! (store) and quarantined (health) slots finish their current run and take no new one.
+//! (store) and quarantined (health) slots finish their current run and take no new one. With
+//! `gpu.calibration_image`, each slot in service first takes the round's calibration
+//! ([`super::calibration`]) when it is free; a run task that panics still frees its slot
+//! ([`super::tasks`]), its run recorded as `infra_error`.
 
 use super::calibration::{self, Calibration};
 use super::duplicates::DuplicateAction;
@@ -734,8 +737,8 @@ impl EvaluationLoop {
             let stored = blocking(move || store.calibrations(Some(round))).await?;
             self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
         }
+        let digest = image.digest();
         for slot in 0..self.slots.len() {
-            let digest = image.digest().to_string();
             let image_busy = self
                 .slots
                 .iter()
@@ -761,7 +764,7 @@ impl EvaluationLoop {
             rt.busy = Some(Busy {
                 run_id: run_id.clone(),
                 hotkey: calibration::CALIBRATION.to_owned(),
-                digest: image.digest().to_string(),
+                digest: digest.clone(),
             });
             self.calibrated.1.insert(rt.slot.uuid.clone());
             let c = Calibration {
@@ -821,7 +824,7 @@ impl EvaluationLoop {
         rt.busy = Some(Busy {
             run_id: run_id.clone(),
             hotkey: ticket.hotkey.to_string(),
-            digest: ticket.image_ref.digest().to_string(),
+            digest: ticket.image_ref.digest(),
         });
         let gpu = rt.slot.clone();
         tracing::debug!(pending, gpu = %gpu.uuid, "dispatching");
@@ -1123,4 +1126,109 @@ async fn blocking_challenges(
         .await
         .map_err(|e| LoopError::Internal(e.to_string()))?
         .map_err(LoopError::Challenges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigLocation, load};
+    use crate::domain::{Hotkey, ImageRef};
+    use crate::gpu::VirtualInventory;
+    use crate::store::StoreOptions;
+
+    /// The loop with the real Docker engine, analyser and LMDB store, on one virtual slot. Docker is
+    /// only connected to: nothing runs in it.
+    async fn one_slot_loop(dir: &Path) -> EvaluationLoop {
+        let config = dir.join("t.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n",
+                dir.join("state.db").display()
+            ),
+        )
+        .unwrap();
+        let settings = Arc::new(
+            load(&ConfigLocation::Explicit(config), &|_| None)
+                .unwrap()
+                .settings,
+        );
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let env = Arc::new(RunEnv {
+            engine: crate::runtime::Engine::connect(&settings.docker.host)
+                .await
+                .unwrap(),
+            analyzer: crate::analysis::default_analyzer(&settings).await.unwrap(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            container_user: super::super::run::ContainerUser::resolve(&settings.container.user),
+            events: crate::events::EventBus::new(clock),
+        });
+        let store = Store::open(
+            &dir.join("state.db"),
+            StoreOptions {
+                map_size_bytes: 16 << 20,
+                history_per_miner: 5,
+                max_submissions: 10,
+            },
+        )
+        .unwrap();
+        EvaluationLoop::new(
+            env,
+            store,
+            Source::Directory(dir.to_path_buf()),
+            Arc::new(VirtualInventory::new(1)),
+            LoopControl::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_run_task_that_panics_frees_its_slot_and_is_recorded_as_infra_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lp = one_slot_loop(dir.path()).await;
+        let ticket = EvaluationTicket {
+            hotkey: Hotkey::from_public_key([7; 32]),
+            image_ref: ImageRef::parse(&format!("127.0.0.1:5000/m@sha256:{}", "c".repeat(64))).unwrap(),
+            generation: 1,
+            submit_time: 1.0,
+            round: 1,
+        };
+        // What `dispatch` does, with a task that panics in place of `run_task`.
+        let Some(rt) = lp.slots.get_mut(0) else {
+            panic!("one slot")
+        };
+        rt.busy = Some(Busy {
+            run_id: "run-1".into(),
+            hotkey: ticket.hotkey.to_string(),
+            digest: ticket.image_ref.digest(),
+        });
+        let held = Held {
+            slot: 0,
+            run_id: "run-1".into(),
+            key: Lost::Miner {
+                ticket: ticket.clone(),
+                started_at: 5.0,
+            },
+        };
+        lp.tasks.spawn(held, async { panic!("index out of bounds") });
+        lp.refresh_board("virtual-0");
+        assert_eq!(lp.board.snapshot()[0].state.name(), "busy");
+
+        let ended = lp.tasks.next().await.unwrap();
+        lp.ended(ended).await;
+
+        assert!(lp.slots[0].busy.is_none(), "the slot is free again");
+        assert_eq!(lp.board.snapshot()[0].state, GpuState::Available);
+        assert!(
+            lp.backoff_until.contains_key(ticket.hotkey.as_str()),
+            "retried later, like any infrastructure failure"
+        );
+        let runs = lp.store.runs_for(&ticket.hotkey, 5).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:#?}");
+        assert_eq!(runs[0].verdict, Verdict::InfraError, "never the miner's fault");
+        assert_eq!(runs[0].run_id, "run-1");
+        assert_eq!(runs[0].started_at, 5.0);
+        let reason = runs[0].reason.clone().unwrap_or_default();
+        assert!(reason.contains("panicked: index out of bounds"), "{reason}");
+    }
 }
