@@ -317,7 +317,16 @@ fn status_text(s: &pb::Status, style: Style) -> String {
     if !s.gpus.is_empty() {
         out.push('\n');
         out += &table(
-            &["gpu", "model", "state", "run", "miner", "stage", "progress"],
+            &[
+                "gpu",
+                "model",
+                "state",
+                "run",
+                "miner",
+                "stage",
+                "progress",
+                "calibration",
+            ],
             s.gpus
                 .iter()
                 .map(|g| {
@@ -336,12 +345,22 @@ fn status_text(s: &pb::Status, style: Style) -> String {
                         run.map_or("-".into(), |r| {
                             format!("{}/{}", r.challenges_done, r.challenges_total)
                         }),
+                        g.last_calibration.as_ref().map_or("-".into(), calibration_cell),
                     ]
                 })
                 .collect(),
         );
     }
     out
+}
+
+/// `round 3: 1.52 s`, or `round 3: crashed` for a calibration that failed.
+fn calibration_cell(c: &pb::Calibration) -> String {
+    if c.verdict == "ok" {
+        format!("round {}: {:.2} s", c.round, c.seconds)
+    } else {
+        format!("round {}: {}", c.round, c.verdict)
+    }
 }
 
 fn miner_text(m: &pb::Miner, style: Style) -> String {
@@ -467,4 +486,24 @@ fn run_text(r: &pb::Run, style: Style) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+#[test]
+fn a_calibration_shows_its_round_and_time_or_why_it_failed() {
+    let ok = pb::Calibration {
+        round: 3,
+        verdict: "ok".into(),
+        seconds: 1.516,
+        reason: String::new(),
+        finished_unix: 1.0,
+    };
+    assert_eq!(calibration_cell(&ok), "round 3: 1.52 s");
+    let failed = pb::Calibration {
+        verdict: "crashed".into(),
+        seconds: 0.0,
+        reason: "exited with code 3".into(),
+        ..ok
+    };
+    assert_eq!(calibration_cell(&failed), "round 3: crashed");
 }

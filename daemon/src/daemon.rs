@@ -140,7 +140,9 @@ fn gpu_inventory(settings: &Settings) -> Result<(Arc<dyn GpuInventory>, String),
                 slots = n,
                 "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
             );
-            Ok((Arc::new(VirtualInventory::new(n)), format!("virtual ({n} slots)")))
+            let inventory =
+                VirtualInventory::new(n).with_cuda_version(settings.gpu.virtual_cuda_version.clone());
+            Ok((Arc::new(inventory), format!("virtual ({n} slots)")))
         }
         GpuMode::Nvml => {
             let g = &settings.gpu;

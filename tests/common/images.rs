@@ -497,7 +497,9 @@ pub async fn build_and_push_miner(behaviour: Behaviour, challenges_dir: &Path) -
 }
 
 /// [`build_and_push_miner`] with extra `/miner.conf` options (`("delay_ms", "500")`,
-/// `("startup_delay_ms", "…")`, `("ready", "never")`, `("error", "…")`, …), and the timings.
+/// `("startup_delay_ms", "…")`, `("ready", "never")`, `("error", "…")`, …), and the timings. An option
+/// named `env.NAME` is an `ENV NAME="value"` line of the image instead (e.g. a declared
+/// `NVIDIA_REQUIRE_CUDA`).
 pub async fn build_and_push_miner_with(
     behaviour: Behaviour,
     options: &[(&str, &str)],
@@ -524,7 +526,7 @@ async fn build_push_uncached(
 ) -> Result<PushedMiner> {
     for (key, value) in options {
         ensure!(
-            !key.is_empty() && !key.contains(['=', '\n', ' ']) && !value.contains('\n'),
+            !key.is_empty() && !key.contains(['=', '\n', ' ']) && !value.contains(['\n', '"', '\\']),
             "bad miner option {key:?}={value:?}"
         );
     }
@@ -652,6 +654,9 @@ async fn push_and_resolve(docker: &Docker, repository: &str, tag: &str) -> Resul
     Ok(from_registry)
 }
 
+/// Options with this prefix are image environment variables, not `/miner.conf` lines.
+const IMAGE_ENV_OPTION: &str = "env.";
+
 /// The in-memory build context: `Dockerfile`, `miner`, `miner.conf` and `videos/<sha256>.mp4`.
 fn build_context(
     behaviour: Behaviour,
@@ -665,6 +670,13 @@ fn build_context(
     }
     for (name, value) in behaviour.image_env() {
         dockerfile.push_str(&format!("ENV {name}={value}\n"));
+    }
+    let (image_env, options): (Vec<_>, Vec<_>) = options
+        .iter()
+        .partition(|(key, _)| key.starts_with(IMAGE_ENV_OPTION));
+    for (key, value) in image_env {
+        let name = &key[IMAGE_ENV_OPTION.len()..];
+        dockerfile.push_str(&format!("ENV {name}=\"{value}\"\n"));
     }
     dockerfile.push_str(&format!(
         "LABEL talkhead.test-miner.behaviour=\"{}\"\nENTRYPOINT [\"/miner\"]\n",

@@ -117,6 +117,12 @@ impl Daemon {
         Daemon::spawn(&mut cmd, dir, state, config, port)
     }
 
+    /// The daemon's process id (the round_slots bench reads its CPU time from `/proc`).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Spawn a prepared command, owning its NOTIFY_SOCKET, and wait for READY=1.
     pub fn spawn(cmd: &mut Command, dir: PathBuf, state: PathBuf, config: PathBuf, port: u16) -> Daemon {
         let socket_path = dir.join(format!("notify-{port}.sock"));

@@ -387,6 +387,13 @@ fn status_to_pb(s: StatusReport) -> pb::Status {
                     challenges_total: r.challenges_total,
                     started_unix: r.started_at,
                 }),
+                last_calibration: g.last_calibration.map(|c| pb::Calibration {
+                    round: c.round,
+                    verdict: c.verdict.to_string(),
+                    seconds: c.seconds.unwrap_or(0.0),
+                    reason: c.reason.unwrap_or_default(),
+                    finished_unix: c.finished_at,
+                }),
             })
             .collect(),
         queue_length: s.queue_length,

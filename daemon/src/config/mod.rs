@@ -383,14 +383,26 @@ pub fn render_effective(settings: &Settings) -> String {
             GpuSelector::Uuid(u) => quote(u),
         })
         .collect();
+    let optional = |key: &str, value: Option<&str>| match value {
+        Some(v) => format!("{key} = {}\n", quote(v)),
+        None => format!("# {key} unset\n"),
+    };
     let gpu = format!(
-        "{gpu}devices = [{}]\nquarantine_after_faults = {}\nquarantine_secs = {}\nmax_temperature_c = {}\nvram_sample_hz = {}\nsame_model_per_round = {}\n",
+        "{gpu}devices = [{}]\nquarantine_after_faults = {}\nquarantine_secs = {}\nmax_temperature_c = {}\nvram_sample_hz = {}\nsame_model_per_round = {}\n{}{}",
         devices.join(", "),
         s.gpu.health.quarantine_after,
         s.gpu.health.quarantine_secs,
         s.gpu.max_temperature_c,
         s.gpu.vram_sample_hz,
-        s.gpu.same_model_per_round
+        s.gpu.same_model_per_round,
+        optional("virtual_cuda_version", s.gpu.virtual_cuda_version.as_deref()),
+        optional(
+            "calibration_image",
+            s.gpu
+                .calibration_image
+                .as_ref()
+                .map(crate::domain::ImageRef::as_str)
+        ),
     );
     let reevaluate = toml::Value::try_from(s.evaluation.reevaluate)
         .map(|v| v.to_string())

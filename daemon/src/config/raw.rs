@@ -183,6 +183,10 @@ pub struct RawGpu {
     pub vram_sample_hz: Option<i64>,
     /// Measure all miners of a round on one GPU model when the host has several.
     pub same_model_per_round: Option<bool>,
+    /// The driver CUDA version virtual slots claim (`major.minor`), for the images' CUDA requirements.
+    pub virtual_cuda_version: Option<String>,
+    /// Digest-pinned reference image evaluated on each GPU once per round (calibration).
+    pub calibration_image: Option<String>,
 }
 
 /// One `gpu.devices` entry: an NVML index or a UUID.

@@ -231,6 +231,10 @@ pub struct GpuSettings {
     pub vram_sample_hz: u32,
     /// `gpu.same_model_per_round`.
     pub same_model_per_round: bool,
+    /// `gpu.virtual_cuda_version`: the driver CUDA version virtual slots claim (`None`: unknown).
+    pub virtual_cuda_version: Option<String>,
+    /// `gpu.calibration_image`: the reference image evaluated on each GPU once per round.
+    pub calibration_image: Option<crate::domain::ImageRef>,
 }
 
 /// One GPU named in `gpu.devices`.
@@ -380,6 +384,8 @@ impl Settings {
                 max_temperature_c: v.int(raw.gpu.max_temperature_c, 90, "gpu.max_temperature_c", 40, 120),
                 vram_sample_hz: v.int(raw.gpu.vram_sample_hz, 100, "gpu.vram_sample_hz", 50, 1000),
                 same_model_per_round: raw.gpu.same_model_per_round.unwrap_or(true),
+                virtual_cuda_version: v.cuda_version(raw.gpu.virtual_cuda_version.as_deref()),
+                calibration_image: v.calibration_image(raw.gpu.calibration_image.as_deref()),
             },
             admin: v.admin(raw),
             scoring: v.scoring(raw.scoring.clone().unwrap_or_default()),
@@ -691,6 +697,36 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    fn cuda_version(&mut self, version: Option<&str>) -> Option<String> {
+        let version = version?;
+        let mut parts = version.split('.');
+        let ok = matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(major), Some(minor), None)
+                if [major, minor].iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+        );
+        if ok {
+            Some(version.to_owned())
+        } else {
+            self.problem(
+                "gpu.virtual_cuda_version",
+                format!("{version:?} is not a CUDA version major.minor (e.g. \"12.4\")"),
+            );
+            None
+        }
+    }
+
+    /// Validated like the images of `POST /update`: pinned by digest, the tag ignored.
+    fn calibration_image(&mut self, image: Option<&str>) -> Option<crate::domain::ImageRef> {
+        match crate::domain::ImageRef::parse(image?) {
+            Ok(image) => Some(image),
+            Err(e) => {
+                self.problem("gpu.calibration_image", e.to_string());
+                None
+            }
+        }
     }
 
     fn registries(&mut self, list: &[String]) -> Vec<String> {

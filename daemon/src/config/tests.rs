@@ -406,3 +406,48 @@ fn the_old_flat_face_keys_still_work_but_not_beside_the_new_ones() {
     let p = problems(f.load(&f.file("both.toml", &text)).unwrap_err());
     assert_eq!(p[0].key, "analysis.face_cascade");
 }
+
+#[test]
+fn virtual_cuda_version_and_calibration_image_are_validated_and_print_back() {
+    let f = Fixture::new();
+    let image = format!("127.0.0.1:5000/calib/ref:v1@sha256:{}", "ab".repeat(32));
+    let path = f.file(
+        "t.toml",
+        &format!(
+            "{}[gpu]\nvirtual = 2\nvirtual_cuda_version = \"12.4\"\ncalibration_image = \"{image}\"\n",
+            f.state()
+        ),
+    );
+    let s = f.load(&path).unwrap().settings;
+    assert_eq!(s.gpu.virtual_cuda_version.as_deref(), Some("12.4"));
+    assert_eq!(
+        s.gpu.calibration_image.as_ref().map(|i| i.as_str()),
+        Some(image.as_str())
+    );
+    let again = f
+        .load(&f.file("rendered.toml", &render_effective(&s)))
+        .unwrap()
+        .settings;
+    assert_eq!(again.gpu.virtual_cuda_version, s.gpu.virtual_cuda_version);
+    assert_eq!(again.gpu.calibration_image, s.gpu.calibration_image);
+
+    // Unset by default; an unpinned image or a non-version is refused, naming the key.
+    let plain = f.load(&f.file("plain.toml", &f.state())).unwrap().settings;
+    assert_eq!(
+        (plain.gpu.virtual_cuda_version, plain.gpu.calibration_image),
+        (None, None)
+    );
+    let bad = f.file(
+        "bad.toml",
+        &format!(
+            "{}[gpu]\nvirtual_cuda_version = \"12.4.1x\"\ncalibration_image = \"ref:latest\"\n",
+            f.state()
+        ),
+    );
+    let keys: Vec<String> = problems(f.load(&bad).unwrap_err())
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert!(keys.contains(&"gpu.virtual_cuda_version".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"gpu.calibration_image".to_owned()), "{keys:?}");
+}

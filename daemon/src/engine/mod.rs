@@ -1,9 +1,12 @@
 //! The evaluation engine: runs miner images through the file protocol ([`run`]), classifies how they
 //! failed ([`verdicts`]), assembles their metrics ([`metrics`]), and drives the store's round semantics
-//! ([`rounds_loop`]).
+//! ([`rounds_loop`]) with one run task per GPU slot ([`tasks`]: whatever way a task ends, its slot is
+//! freed).
 
+pub mod calibration;
 pub mod duplicates;
 pub mod metrics;
 pub mod rounds_loop;
 pub mod run;
+pub mod tasks;
 pub mod verdicts;

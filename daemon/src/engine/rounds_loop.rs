@@ -8,10 +8,16 @@
 //!
 //! One run task per GPU slot: pending miners are placed on free slots ([`crate::gpu::placement`]), N
 //! slots evaluate N miners at once, and the round commits only when every run has finished. Drained
-//! (store) and quarantined (health) slots finish their current run and take no new one.
+//! (store) and quarantined (health) slots finish their current run and take no new one. With
+//! `gpu.calibration_image`, each slot in service first takes the round's calibration
+//! ([`super::calibration`]) when it is free; a run task that panics still frees its slot
+//! ([`super::tasks`]), its run recorded as `infra_error`.
 
+use super::calibration::{self, Calibration};
 use super::duplicates::DuplicateAction;
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
+use super::tasks::{Ended, Held, RunTasks};
+use super::verdicts::one_line;
 use crate::challenges::{ChallengeError, ChallengeSet, Limits, SubnetApiSource, load_directory};
 use crate::domain::Verdict;
 use crate::events::EventKind;
@@ -28,7 +34,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -80,14 +85,38 @@ struct SlotRuntime {
     slot: GpuSlot,
     health: GpuHealth,
     drained: bool,
-    /// The run it is executing: (run id, hotkey).
-    busy: Option<(String, String)>,
+    /// The run it is executing.
+    busy: Option<Busy>,
+}
+
+/// A run occupying a slot.
+struct Busy {
+    run_id: String,
+    /// The miner, or [`calibration::CALIBRATION`].
+    hotkey: String,
+    /// The image's digest: every run removes its image when it ends, so two runs of one digest
+    /// (a calibration image on several GPUs, a miner who submitted it) never overlap.
+    digest: String,
+}
+
+/// What the loop needs to account for a run task that ended without a result (it panicked).
+#[derive(Debug, Clone, PartialEq)]
+enum Lost {
+    /// A miner's evaluation.
+    Miner {
+        ticket: EvaluationTicket,
+        /// Unix time the run was dispatched.
+        started_at: f64,
+    },
+    /// A calibration run.
+    Calibration(Calibration),
 }
 
 /// What a finished run task hands back to the loop.
 struct Finished {
     slot: usize,
-    hotkey: String,
+    /// The miner evaluated; `None` for a calibration run (no miner to back off or clear).
+    hotkey: Option<String>,
     /// `Some(reason)` for an infrastructure failure (the miner backs off and is retried).
     infra: Option<String>,
     /// A GPU fault seen during the run.
@@ -112,7 +141,9 @@ pub struct EvaluationLoop {
     meter: Arc<dyn VramMeter>,
     /// The GPU model the open round is measured on (`gpu.same_model_per_round`).
     round_model: Option<(u64, String)>,
-    tasks: JoinSet<Finished>,
+    /// The round whose calibrations are tracked, and the GPUs that have had theirs (stored or running).
+    calibrated: (u64, HashSet<String>),
+    tasks: RunTasks<Finished, Lost>,
 }
 
 impl EvaluationLoop {
@@ -152,7 +183,8 @@ impl EvaluationLoop {
             board,
             meter,
             round_model: None,
-            tasks: JoinSet::new(),
+            calibrated: (0, HashSet::new()),
+            tasks: RunTasks::default(),
         }
     }
 
@@ -172,8 +204,8 @@ impl EvaluationLoop {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
             }
-            while let Some(done) = self.tasks.try_join_next() {
-                self.finish(done);
+            while let Some(ended) = self.tasks.try_next() {
+                self.ended(ended).await;
             }
             let wait = match self.step(&shutdown).await {
                 Ok(Some(wait)) => wait,
@@ -189,41 +221,112 @@ impl EvaluationLoop {
                 () = shutdown.cancelled() => break,
                 () = self.control.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
-                Some(done) = self.tasks.join_next(), if busy => self.finish(done),
+                Some(ended) = self.tasks.next(), if busy => self.ended(ended).await,
             }
         }
-        while let Some(done) = self.tasks.join_next().await {
-            self.finish(done);
+        while let Some(ended) = self.tasks.next().await {
+            self.ended(ended).await;
         }
         tracing::info!("evaluation loop stopped");
     }
 
-    /// Book-keeping after a run task ended: free its slot, back the miner off on an infrastructure
-    /// failure, feed the GPU's health.
-    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // A panicking run task: free nothing we cannot identify; the slot stays busy until
-                // restart would be worse, so free every slot whose task is gone.
-                tracing::error!(error = %e, "a run task failed");
-                return;
+    /// A run task ended: with its result, or lost (it panicked), in which case the run it held is
+    /// recorded as an `infra_error` (a bug of ours, never the miner's fault) and its slot is freed the
+    /// same way as after any infrastructure failure.
+    async fn ended(&mut self, ended: Ended<Finished, Lost>) {
+        let done = match ended {
+            Ended::Returned(done) => done,
+            Ended::Lost { held, reason } => self.lost(held, reason).await,
+        };
+        self.finish(done);
+    }
+
+    /// Record a lost run as `infra_error` and tell watchers, so the history shows what happened.
+    async fn lost(&mut self, held: Held<Lost>, reason: String) -> Finished {
+        let reason = one_line(&reason);
+        let Held { slot, run_id, key } = held;
+        let (ticket, started_at) = match key {
+            Lost::Miner { ticket, started_at } => (ticket, started_at),
+            Lost::Calibration(c) => {
+                tracing::error!(run_id = %run_id, gpu_uuid = %c.slot.uuid, %reason, "a calibration task ended without a result; its GPU slot is freed");
+                let outcome = RunOutcome::Infra(reason.clone());
+                let record = calibration::record(&c, &outcome, self.env.clock.now_unix());
+                let store = self.store.clone();
+                let recorded = blocking(move || store.record_calibration(&record)).await;
+                return Finished {
+                    slot,
+                    hotkey: None,
+                    infra: Some(reason),
+                    gpu_fault: None,
+                    recorded,
+                };
             }
         };
-        let now_unix = self.env.clock.now_unix();
-        if let Err(e) = &done.recorded {
-            tracing::error!(hotkey = %done.hotkey, error = %e, "recording the run failed");
+        let gpu = self
+            .slots
+            .get(slot)
+            .map(|s| s.slot.uuid.clone())
+            .unwrap_or_default();
+        tracing::error!(
+            run_id = %run_id,
+            miner_hotkey = %ticket.hotkey,
+            gpu_uuid = %gpu,
+            verdict = %Verdict::InfraError,
+            %reason,
+            "a run task ended without a result; its GPU slot is freed and the miner will be retried"
+        );
+        self.env.events.publish(EventKind::Verdict {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            verdict: Verdict::InfraError.to_string(),
+            reason: Some(reason.clone()),
+            score: None,
+        });
+        let record = RunRecord {
+            run_id,
+            hotkey: ticket.hotkey.clone(),
+            image_ref: ticket.image_ref.to_string(),
+            generation: ticket.generation,
+            round: ticket.round,
+            verdict: Verdict::InfraError,
+            reason: Some(reason.clone()),
+            stage_times: Default::default(),
+            metrics: None,
+            started_at,
+            finished_at: self.env.clock.now_unix(),
+            log_tail: None,
+            notes: Vec::new(),
+        };
+        let store = self.store.clone();
+        let recorded = blocking(move || store.record_run(&record)).await;
+        Finished {
+            slot,
+            hotkey: Some(ticket.hotkey.to_string()),
+            infra: Some(reason),
+            gpu_fault: None,
+            recorded,
         }
-        match &done.infra {
-            None => {
-                self.backoff_until.remove(&done.hotkey);
+    }
+
+    /// Book-keeping after a run task ended: free its slot, back the miner off on an infrastructure
+    /// failure, feed the GPU's health.
+    fn finish(&mut self, done: Finished) {
+        let now_unix = self.env.clock.now_unix();
+        let hotkey = done.hotkey.as_deref().unwrap_or(calibration::CALIBRATION);
+        if let Err(e) = &done.recorded {
+            tracing::error!(%hotkey, error = %e, "recording the run failed");
+        }
+        match (&done.infra, &done.hotkey) {
+            (_, None) => {}
+            (None, Some(hotkey)) => {
+                self.backoff_until.remove(hotkey);
             }
-            Some(reason) => {
-                let attempts = self.backoff_until.get(&done.hotkey).map_or(1, |(a, _)| a + 1);
+            (Some(reason), Some(hotkey)) => {
+                let attempts = self.backoff_until.get(hotkey).map_or(1, |(a, _)| a + 1);
                 let wait = backoff(attempts, MAX_INFRA_BACKOFF);
                 self.backoff_until
-                    .insert(done.hotkey.clone(), (attempts, Instant::now() + wait));
-                tracing::warn!(hotkey = %done.hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
+                    .insert(hotkey.clone(), (attempts, Instant::now() + wait));
+                tracing::warn!(%hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
             }
         }
         let Some(rt) = self.slots.get_mut(done.slot) else {
@@ -283,7 +386,7 @@ impl EvaluationLoop {
         let Some(rt) = self.slots.iter().find(|s| s.slot.uuid == uuid) else {
             return;
         };
-        let finishing = rt.busy.as_ref().map(|(r, _)| r.clone());
+        let finishing = rt.busy.as_ref().map(|b| b.run_id.clone());
         let state = match (rt.health.state(), rt.drained, &finishing) {
             (Health::Quarantined { reason, until }, _, _) => GpuState::Quarantined {
                 reason: reason.clone(),
@@ -376,6 +479,15 @@ impl EvaluationLoop {
         let store = self.store.clone();
         let pending = blocking(move || store.pending()).await?;
         if pending.is_empty() {
+            // A GPU that was busy (or shared the calibration image) while miners were placed has its
+            // calibration now, before the round commits.
+            if self.tasks.is_empty()
+                && let Some(set) = self.current.clone()
+            {
+                let store = self.store.clone();
+                let round = blocking(move || store.round_state()).await?.number;
+                self.calibrate(round, &set, shutdown).await?;
+            }
             if !self.tasks.is_empty() {
                 return Ok(Some(IDLE_RECHECK));
             }
@@ -407,7 +519,7 @@ impl EvaluationLoop {
         let running: HashSet<&str> = self
             .slots
             .iter()
-            .filter_map(|s| s.busy.as_ref().map(|(_, h)| h.as_str()))
+            .filter_map(|s| s.busy.as_ref().map(|b| b.hotkey.as_str()))
             .collect();
         let ready: Vec<EvaluationTicket> = pending
             .iter()
@@ -446,6 +558,17 @@ impl EvaluationLoop {
             Err(e) => return Err(e),
         };
         let round = ready.first().map_or(0, |t| t.round);
+        self.calibrate(round, &set, shutdown).await?;
+        // One run per image digest at a time (see `Busy::digest`), calibrations included.
+        let mut digests: HashSet<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref().map(|b| b.digest.clone()))
+            .collect();
+        let ready: Vec<EvaluationTicket> = ready
+            .into_iter()
+            .filter(|t| digests.insert(t.image_ref.digest()))
+            .collect();
         // Owned: placing needs `&mut self` (the round's model) while the views are alive.
         let owned_views: Vec<(String, bool, bool)> = self
             .slots
@@ -475,19 +598,10 @@ impl EvaluationLoop {
             );
         }
         for p in placements {
-            let (Some(ticket), Some(rt)) = (ready.get(p.ticket), self.slots.get(p.slot)) else {
+            let Some(ticket) = ready.get(p.ticket) else {
                 continue;
             };
-            let uuid = rt.slot.uuid.clone();
-            if let ProbeResult::Fault(f) = self.inventory.probe(&uuid) {
-                tracing::warn!(gpu = %uuid, fault = %f, "GPU failed its pre-run probe");
-                let now_unix = self.env.clock.now_unix();
-                let t = self
-                    .slots
-                    .get_mut(p.slot)
-                    .and_then(|rt| rt.health.fault(&f, now_unix));
-                self.note_health(p.slot, t, Some(&f));
-                self.refresh_board(&uuid);
+            if !self.passes_probe(p.slot) {
                 continue;
             }
             self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
@@ -560,6 +674,7 @@ impl EvaluationLoop {
                 started_at: now,
                 finished_at: now,
                 log_tail: None,
+                notes: Vec::new(),
             };
             self.env.events.publish(EventKind::Verdict {
                 run_id,
@@ -586,6 +701,113 @@ impl EvaluationLoop {
         Ok((!settled).then_some(to_run))
     }
 
+    /// Check an idle GPU before it takes a run; a fault feeds its health and the run is not started.
+    fn passes_probe(&mut self, slot: usize) -> bool {
+        let Some(uuid) = self.slots.get(slot).map(|rt| rt.slot.uuid.clone()) else {
+            return false;
+        };
+        let ProbeResult::Fault(f) = self.inventory.probe(&uuid) else {
+            return true;
+        };
+        tracing::warn!(gpu = %uuid, fault = %f, "GPU failed its pre-run probe");
+        let now_unix = self.env.clock.now_unix();
+        let t = self
+            .slots
+            .get_mut(slot)
+            .and_then(|rt| rt.health.fault(&f, now_unix));
+        self.note_health(slot, t, Some(&f));
+        self.refresh_board(&uuid);
+        false
+    }
+
+    /// With `gpu.calibration_image` set, start the round's calibration on every free GPU in service
+    /// that has not had it yet (after a restart, those stored for the round count as done). Each takes
+    /// a slot like a miner's run, so a GPU is never shared; miners are placed on the slots left.
+    async fn calibrate(
+        &mut self,
+        round: u64,
+        set: &Arc<ChallengeSet>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LoopError> {
+        let Some(image) = self.env.settings.gpu.calibration_image.clone() else {
+            return Ok(());
+        };
+        if self.calibrated.0 != round {
+            let store = self.store.clone();
+            let stored = blocking(move || store.calibrations(Some(round))).await?;
+            self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
+        }
+        let digest = image.digest();
+        for slot in 0..self.slots.len() {
+            let image_busy = self
+                .slots
+                .iter()
+                .any(|s| s.busy.as_ref().is_some_and(|b| b.digest == digest));
+            let due = !image_busy
+                && self.slots.get(slot).is_some_and(|rt| {
+                    rt.busy.is_none()
+                        && !rt.drained
+                        && rt.health.usable()
+                        && !self.calibrated.1.contains(&rt.slot.uuid)
+                });
+            if !due || !self.passes_probe(slot) {
+                continue;
+            }
+            let Some(rt) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            let run_id = format!(
+                "{}{}",
+                calibration::RUN_ID_PREFIX,
+                next_run_id(&self.run_seq, self.env.clock.as_ref())
+            );
+            rt.busy = Some(Busy {
+                run_id: run_id.clone(),
+                hotkey: calibration::CALIBRATION.to_owned(),
+                digest: digest.clone(),
+            });
+            self.calibrated.1.insert(rt.slot.uuid.clone());
+            let c = Calibration {
+                run_id: run_id.clone(),
+                round,
+                image: image.clone(),
+                slot: rt.slot.clone(),
+                started_at: self.env.clock.now_unix(),
+            };
+            let uuid = c.slot.uuid.clone();
+            let held = Held {
+                slot,
+                run_id,
+                key: Lost::Calibration(c.clone()),
+            };
+            let (env, store, meter, set, cancel) = (
+                self.env.clone(),
+                self.store.clone(),
+                self.meter.clone(),
+                set.clone(),
+                shutdown.clone(),
+            );
+            self.tasks.spawn(held, async move {
+                let done = calibration::run(&env, meter.as_ref(), &c, &set, &cancel).await;
+                let recorded = match done.record {
+                    Some(record) => blocking(move || store.record_calibration(&record)).await,
+                    None => Ok(()),
+                };
+                Finished {
+                    slot,
+                    hotkey: None,
+                    infra: done
+                        .infra
+                        .then(|| "calibration infrastructure failure".to_owned()),
+                    gpu_fault: done.gpu_fault,
+                    recorded,
+                }
+            });
+            self.refresh_board(&uuid);
+        }
+        Ok(())
+    }
+
     /// Start one evaluation on `slot` in its own task.
     fn dispatch(
         &mut self,
@@ -599,7 +821,11 @@ impl EvaluationLoop {
             return;
         };
         let run_id = next_run_id(&self.run_seq, self.env.clock.as_ref());
-        rt.busy = Some((run_id.clone(), ticket.hotkey.to_string()));
+        rt.busy = Some(Busy {
+            run_id: run_id.clone(),
+            hotkey: ticket.hotkey.to_string(),
+            digest: ticket.image_ref.digest(),
+        });
         let gpu = rt.slot.clone();
         tracing::debug!(pending, gpu = %gpu.uuid, "dispatching");
         let (env, store, meter, cancel) = (
@@ -608,9 +834,18 @@ impl EvaluationLoop {
             self.meter.clone(),
             shutdown.clone(),
         );
-        self.tasks.spawn(run_task(
-            env, store, meter, slot, gpu, ticket, set, run_id, cancel,
-        ));
+        let held = Held {
+            slot,
+            run_id: run_id.clone(),
+            key: Lost::Miner {
+                ticket: ticket.clone(),
+                started_at: self.env.clock.now_unix(),
+            },
+        };
+        self.tasks.spawn(
+            held,
+            run_task(env, store, meter, slot, gpu, ticket, set, run_id, cancel),
+        );
         if let Some(uuid) = self.slots.get(slot).map(|s| s.slot.uuid.clone()) {
             self.refresh_board(&uuid);
         }
@@ -774,6 +1009,7 @@ async fn run_task(
         started_at,
         finished_at,
         log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
+        notes: report.notes.clone(),
     };
     env.events.publish(EventKind::Verdict {
         run_id: run_id.clone(),
@@ -817,7 +1053,7 @@ async fn run_task(
             }
             Finished {
                 slot: slot_index,
-                hotkey,
+                hotkey: Some(hotkey),
                 infra: None,
                 gpu_fault,
                 recorded: staged.map(|_| ()),
@@ -829,7 +1065,7 @@ async fn run_task(
             let recorded = blocking(move || store.record_run(&record)).await;
             Finished {
                 slot: slot_index,
-                hotkey,
+                hotkey: Some(hotkey),
                 infra: Some(reason),
                 gpu_fault,
                 recorded,
@@ -890,4 +1126,109 @@ async fn blocking_challenges(
         .await
         .map_err(|e| LoopError::Internal(e.to_string()))?
         .map_err(LoopError::Challenges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigLocation, load};
+    use crate::domain::{Hotkey, ImageRef};
+    use crate::gpu::VirtualInventory;
+    use crate::store::StoreOptions;
+
+    /// The loop with the real Docker engine, analyser and LMDB store, on one virtual slot. Docker is
+    /// only connected to: nothing runs in it.
+    async fn one_slot_loop(dir: &Path) -> EvaluationLoop {
+        let config = dir.join("t.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n",
+                dir.join("state.db").display()
+            ),
+        )
+        .unwrap();
+        let settings = Arc::new(
+            load(&ConfigLocation::Explicit(config), &|_| None)
+                .unwrap()
+                .settings,
+        );
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let env = Arc::new(RunEnv {
+            engine: crate::runtime::Engine::connect(&settings.docker.host)
+                .await
+                .unwrap(),
+            analyzer: crate::analysis::default_analyzer(&settings).await.unwrap(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            container_user: super::super::run::ContainerUser::resolve(&settings.container.user),
+            events: crate::events::EventBus::new(clock),
+        });
+        let store = Store::open(
+            &dir.join("state.db"),
+            StoreOptions {
+                map_size_bytes: 16 << 20,
+                history_per_miner: 5,
+                max_submissions: 10,
+            },
+        )
+        .unwrap();
+        EvaluationLoop::new(
+            env,
+            store,
+            Source::Directory(dir.to_path_buf()),
+            Arc::new(VirtualInventory::new(1)),
+            LoopControl::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_run_task_that_panics_frees_its_slot_and_is_recorded_as_infra_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lp = one_slot_loop(dir.path()).await;
+        let ticket = EvaluationTicket {
+            hotkey: Hotkey::from_public_key([7; 32]),
+            image_ref: ImageRef::parse(&format!("127.0.0.1:5000/m@sha256:{}", "c".repeat(64))).unwrap(),
+            generation: 1,
+            submit_time: 1.0,
+            round: 1,
+        };
+        // What `dispatch` does, with a task that panics in place of `run_task`.
+        let Some(rt) = lp.slots.get_mut(0) else {
+            panic!("one slot")
+        };
+        rt.busy = Some(Busy {
+            run_id: "run-1".into(),
+            hotkey: ticket.hotkey.to_string(),
+            digest: ticket.image_ref.digest(),
+        });
+        let held = Held {
+            slot: 0,
+            run_id: "run-1".into(),
+            key: Lost::Miner {
+                ticket: ticket.clone(),
+                started_at: 5.0,
+            },
+        };
+        lp.tasks.spawn(held, async { panic!("index out of bounds") });
+        lp.refresh_board("virtual-0");
+        assert_eq!(lp.board.snapshot()[0].state.name(), "busy");
+
+        let ended = lp.tasks.next().await.unwrap();
+        lp.ended(ended).await;
+
+        assert!(lp.slots[0].busy.is_none(), "the slot is free again");
+        assert_eq!(lp.board.snapshot()[0].state, GpuState::Available);
+        assert!(
+            lp.backoff_until.contains_key(ticket.hotkey.as_str()),
+            "retried later, like any infrastructure failure"
+        );
+        let runs = lp.store.runs_for(&ticket.hotkey, 5).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:#?}");
+        assert_eq!(runs[0].verdict, Verdict::InfraError, "never the miner's fault");
+        assert_eq!(runs[0].run_id, "run-1");
+        assert_eq!(runs[0].started_at, 5.0);
+        let reason = runs[0].reason.clone().unwrap_or_default();
+        assert!(reason.contains("panicked: index out of bounds"), "{reason}");
+    }
 }

@@ -16,6 +16,7 @@ use crate::domain::{EvaluationMetrics, Verdict};
 use crate::events::{EventBus, EventKind};
 use crate::gpu::GpuSlot;
 use crate::gpu::cgroup::ContainerProcs;
+use crate::gpu::cuda_requirement::{self, Compatibility};
 use crate::gpu::health::Fault;
 use crate::gpu::vram::{VramMeter, VramReading, VramSession, weakest};
 use crate::rounds::EvaluationTicket;
@@ -132,6 +133,9 @@ pub struct RunReport {
     pub gpu_fault: Option<Fault>,
     /// Provenance of each scored challenge's VRAM figure.
     pub vram_sources: Vec<MeasurementSource>,
+    /// What the run record should say beyond the verdict (e.g. an image CUDA requirement that could not
+    /// be read).
+    pub notes: Vec<String>,
 }
 
 /// The reason given to challenges the container was no longer alive to answer; the container's own
@@ -232,6 +236,11 @@ async fn evaluate(
         )));
     }
 
+    if let Some(failure) = check_cuda_requirement(req, &image, report) {
+        let _ = env.engine.remove_image(&req.ticket.image_ref).await;
+        return Err(Stop::Miner(failure));
+    }
+
     let job = JobDir::create(
         &s.evaluation.work_dir,
         &req.run_id,
@@ -251,6 +260,32 @@ async fn evaluate(
         tracing::warn!(run_id = %req.run_id, error = %e, "could not remove the miner image");
     }
     analysed
+}
+
+/// The image's declared CUDA requirement against the slot's GPU, before any container exists: a
+/// certain mismatch is the miner's `gpu_arch_unsupported`; a declaration that cannot be read or decided
+/// lets the run go on and is noted in the run record.
+fn check_cuda_requirement(
+    req: &RunRequest<'_>,
+    image: &PulledImage,
+    report: &mut RunReport,
+) -> Option<Failure> {
+    let note = match cuda_requirement::check(&image.env, &req.slot.facts()) {
+        Compatibility::Undeclared | Compatibility::Satisfied => return None,
+        Compatibility::Unsatisfied { reason } => {
+            return Some(Failure::new(
+                Verdict::GpuArchUnsupported,
+                format!("GPU {}: {reason}", req.slot.uuid),
+            ));
+        }
+        Compatibility::Malformed { why } => {
+            format!("CUDA requirement unknown (malformed, not trusted): {why}")
+        }
+        Compatibility::Undecided { why } => format!("CUDA requirement undecided: {why}"),
+    };
+    tracing::warn!(run_id = %req.run_id, gpu = %req.slot.uuid, note = %note, "image CUDA requirement not checked");
+    report.notes.push(one_line(&note));
+    None
 }
 
 /// Pull with bounded retries for infrastructure failures; a miner failure stops at once.
@@ -412,8 +447,8 @@ async fn run_container(
                 env,
                 job,
                 &mut watcher,
-                challenge,
-                is_scored,
+                (challenge, is_scored),
+                req.slot.compute_capability.as_deref(),
                 exited.clone(),
                 cancel,
             )
@@ -609,8 +644,8 @@ async fn run_challenge(
     env: &RunEnv,
     job: &JobDir,
     watcher: &mut OutputWatcher,
-    challenge: &Challenge,
-    scored: bool,
+    (challenge, scored): (&Challenge, bool),
+    compute_capability: Option<&str>,
     exited: watch::Receiver<bool>,
     cancel: &CancellationToken,
 ) -> Result<ChallengeRun, Stop> {
@@ -634,7 +669,7 @@ async fn run_challenge(
     let (seconds, result) = match waited {
         Wait::Seen(t1) => (
             Some(t1.saturating_duration_since(t0).as_secs_f64()),
-            read_result(job, &json_name, &video_name, scored),
+            read_result(job, &json_name, &video_name, scored, compute_capability),
         ),
         Wait::TimedOut => (
             Some(timeout.as_secs_f64()),
@@ -668,6 +703,7 @@ fn read_result(
     json_name: &str,
     video_name: &str,
     scored: bool,
+    compute_capability: Option<&str>,
 ) -> Result<Option<PathBuf>, Failure> {
     let bad = |reason: String| Failure::new(Verdict::BadOutput, reason);
     let bytes = job
@@ -680,7 +716,7 @@ fn read_result(
             .get("error")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("no error given");
-        return Err(gpu_failure(error, None)
+        return Err(gpu_failure(error, compute_capability)
             .unwrap_or_else(|| bad(format!("the miner reported failure: {}", one_line(error)))));
     }
     if !scored {

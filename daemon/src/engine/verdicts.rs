@@ -51,17 +51,37 @@ pub fn gpu_failure(text: &str, compute_capability: Option<&str>) -> Option<Failu
             "the miner ran out of GPU memory (CUDA out of memory)",
         ));
     }
-    let sm = lower.find("cuda capability sm_").map(|i| &lower[i..]);
+    let sm = lower
+        .find("cuda capability sm_")
+        .map(|i| &lower[i + "cuda capability sm_".len()..]);
     if ARCH_UNSUPPORTED.iter().any(|p| lower.contains(p)) || sm.is_some_and(|s| s.contains("not compatible"))
     {
-        let gpu =
-            compute_capability.map_or_else(|| "this GPU".to_owned(), |cc| format!("compute capability {cc}"));
+        // The inventory's figure when there is one; else what the framework said it saw (`sm_120`).
+        let gpu = match (compute_capability, sm.and_then(capability_of_sm)) {
+            (Some(cc), _) => format!("compute capability {cc}"),
+            (None, Some(cc)) => format!("compute capability {cc} (as the miner's log reports it)"),
+            (None, None) => "this GPU".to_owned(),
+        };
         return Some(Failure::new(
             Verdict::GpuArchUnsupported,
             format!("the image's CUDA build has no kernels for {gpu}"),
         ));
     }
     None
+}
+
+/// `120…` → `12.0`, `86…` → `8.6`: the digits after `sm_`, the last one the minor version.
+fn capability_of_sm(after_sm: &str) -> Option<String> {
+    let digits: String = after_sm
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(4)
+        .collect();
+    if digits.len() < 2 {
+        return None;
+    }
+    let (major, minor) = digits.split_at(digits.len() - 1);
+    Some(format!("{major}.{minor}"))
 }
 
 /// Classify a container that stopped (or had to be stopped) before the run finished.
@@ -169,9 +189,24 @@ mod tests {
         assert_eq!(f.verdict, Verdict::GpuArchUnsupported);
         assert!(f.reason.contains("compute capability 12.0"), "{}", f.reason);
         let warn = "NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation.";
+        let from_log = gpu_failure(warn, None).unwrap();
+        assert_eq!(from_log.verdict, Verdict::GpuArchUnsupported);
+        assert!(
+            from_log.reason.contains("compute capability 12.0"),
+            "{}",
+            from_log.reason
+        );
+        // The inventory's figure wins over the log's.
+        let known = container_failure(&exited(1), warn, false, Some("12.0"));
+        assert_eq!(known.verdict, Verdict::GpuArchUnsupported);
+        assert!(
+            known.reason.ends_with("no kernels for compute capability 12.0"),
+            "{}",
+            known.reason
+        );
         assert_eq!(
-            gpu_failure(warn, None).map(|f| f.verdict),
-            Some(Verdict::GpuArchUnsupported)
+            gpu_failure("CUDA capability sm_86 is not compatible", None).map(|f| f.reason),
+            Some("the image's CUDA build has no kernels for compute capability 8.6 (as the miner's log reports it)".to_owned())
         );
         assert_eq!(gpu_failure("all good", None), None);
     }

@@ -1,11 +1,13 @@
 //! GPUs the daemon may place evaluations on, behind [`GpuInventory`] so that hosts without NVML (and
 //! tests) use virtual slots. Owns discovery ([`nvml`], [`VirtualInventory`]), the pure placement of
-//! miners on slots ([`placement`]), the pure health state machine ([`health`]), host-side peak-VRAM
+//! miners on slots ([`placement`]), the pure check of an image's CUDA requirement against a GPU
+//! ([`cuda_requirement`]), the pure health state machine ([`health`]), host-side peak-VRAM
 //! measurement ([`vram`], [`cgroup`]) and the shared per-GPU status board ([`board`]) that `status`
 //! and the admin plane read. It never runs containers: the engine does, on the slot placed here.
 
 pub mod board;
 pub mod cgroup;
+pub mod cuda_requirement;
 pub mod health;
 pub mod nvml;
 pub mod placement;
@@ -29,6 +31,21 @@ pub struct GpuSlot {
     pub name: String,
     /// Compute capability (`major.minor`), when known.
     pub compute_capability: Option<String>,
+    /// CUDA version the driver supports (`major.minor`), when known (virtual slots: `gpu.virtual_cuda_version`).
+    pub cuda_version: Option<String>,
+    /// Driver version, when known.
+    pub driver_version: Option<String>,
+}
+
+impl GpuSlot {
+    /// What the CUDA requirement check knows about this slot.
+    pub fn facts(&self) -> cuda_requirement::GpuFacts<'_> {
+        cuda_requirement::GpuFacts {
+            cuda_version: self.cuda_version.as_deref(),
+            driver_version: self.driver_version.as_deref(),
+            compute_capability: self.compute_capability.as_deref(),
+        }
+    }
 }
 
 /// What the inventory knows about one GPU, for `status` and the logs.
@@ -86,12 +103,23 @@ pub trait GpuInventory: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct VirtualInventory {
     slots: u32,
+    cuda_version: Option<String>,
 }
 
 impl VirtualInventory {
     /// N virtual slots.
     pub fn new(slots: u32) -> VirtualInventory {
-        VirtualInventory { slots }
+        VirtualInventory {
+            slots,
+            cuda_version: None,
+        }
+    }
+
+    /// Slots that claim a driver CUDA version (`gpu.virtual_cuda_version`), so that the images' CUDA
+    /// requirements are checked on hosts without a GPU (CI) as they would be on one.
+    pub fn with_cuda_version(mut self, cuda_version: Option<String>) -> VirtualInventory {
+        self.cuda_version = cuda_version;
+        self
     }
 }
 
@@ -106,6 +134,8 @@ impl GpuInventory for VirtualInventory {
                 uuid: format!("virtual-{slot}"),
                 name: VIRTUAL_NAME.to_owned(),
                 compute_capability: None,
+                cuda_version: self.cuda_version.clone(),
+                driver_version: None,
             })
             .collect()
     }
@@ -123,7 +153,7 @@ impl GpuInventory for VirtualInventory {
                 memory_total_bytes: None,
                 compute_capability: None,
                 driver_version: None,
-                cuda_version: None,
+                cuda_version: self.cuda_version.clone(),
                 pci_bus_id: None,
                 is_virtual: true,
             })

@@ -261,6 +261,8 @@ impl GpuInventory for NvmlInventory {
                 uuid: g.uuid.clone(),
                 name: g.name.clone(),
                 compute_capability: g.compute_capability.clone(),
+                cuda_version: g.cuda_version.clone(),
+                driver_version: g.driver_version.clone(),
             })
             .collect()
     }

@@ -63,6 +63,8 @@ pub struct GpuStatus {
     pub reason: Option<String>,
     /// What it runs now.
     pub current: Option<ActiveRun>,
+    /// Its latest calibration, if any.
+    pub last_calibration: Option<crate::store::CalibrationRecord>,
 }
 
 /// The daemon at a glance.
@@ -185,7 +187,7 @@ impl Service {
     /// The daemon at a glance.
     pub async fn status(&self) -> Result<StatusReport, ServiceError> {
         let admin = self.admin()?.clone();
-        let (counts, round, staged_now) = self
+        let (counts, round, staged_now, calibrations) = self
             .blocking(|s| {
                 let round = s.round_state()?;
                 let miners = s.miners()?;
@@ -193,7 +195,7 @@ impl Service {
                     .iter()
                     .filter(|m| miner_state(m) == MinerStateFilter::Staged)
                     .count() as u64;
-                Ok((s.counts()?, round, staged_now))
+                Ok((s.counts()?, round, staged_now, s.calibrations(None)?))
             })
             .await?;
         let docker = match &admin.runtime.docker {
@@ -215,6 +217,12 @@ impl Service {
                 };
                 GpuStatus {
                     current: board.iter().find(|r| r.gpu == g.info.uuid).cloned(),
+                    // Oldest first: the last one of this GPU is its latest.
+                    last_calibration: calibrations
+                        .iter()
+                        .rev()
+                        .find(|c| c.gpu_uuid == g.info.uuid)
+                        .cloned(),
                     id: g.info.uuid,
                     name: g.info.name,
                     state: g.state.name().to_owned(),

@@ -9,6 +9,7 @@
 //! own reads and writes, create directories, or block an async executor (calls are synchronous; the
 //! async caller runs them on a blocking thread).
 
+mod calibration;
 mod controls;
 mod error;
 mod gpus;
@@ -22,6 +23,7 @@ pub use crate::rounds::{
     DiscardReason, EvaluationTicket, MetricsRow, RankInput, ReevaluatePolicy, RoundCommit, StageOutcome,
     UpsertReport,
 };
+pub use calibration::{CalibrationRecord, KEPT_CALIBRATIONS};
 pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
 pub use error::StoreError;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -161,6 +163,10 @@ pub struct RunRecord {
     /// The last lines the container wrote (bounded), for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<String>,
+    /// What operators should know beyond the verdict (e.g. an image CUDA requirement that could not be
+    /// read and was not trusted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Result of [`Store::remove_submissions`].

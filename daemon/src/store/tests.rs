@@ -72,6 +72,11 @@ fn run(h: u8, n: u64) -> RunRecord {
         started_at: n as f64,
         finished_at: n as f64 + 1.0,
         log_tail: Some(format!("log of run {n}")),
+        notes: if n == 1 {
+            vec!["a note survives the round trip".to_owned()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

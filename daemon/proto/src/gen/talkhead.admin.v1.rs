@@ -60,6 +60,27 @@ pub struct Gpu {
     /// What it is running now, if anything.
     #[prost(message, optional, tag = "5")]
     pub current: ::core::option::Option<ActiveRun>,
+    /// Its latest calibration (gpu.calibration_image), if any.
+    #[prost(message, optional, tag = "6")]
+    pub last_calibration: ::core::option::Option<Calibration>,
+}
+/// The reference image's run on one GPU in one round.
+#[derive(serde::Serialize)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Calibration {
+    #[prost(uint64, tag = "1")]
+    pub round: u64,
+    /// "ok", or the verdict it failed with.
+    #[prost(string, tag = "2")]
+    pub verdict: ::prost::alloc::string::String,
+    /// Mean host-measured seconds per scored challenge; 0 when it failed.
+    #[prost(double, tag = "3")]
+    pub seconds: f64,
+    /// Why it failed, when it did.
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(double, tag = "5")]
+    pub finished_unix: f64,
 }
 #[derive(serde::Serialize)]
 #[derive(Clone, PartialEq, ::prost::Message)]
