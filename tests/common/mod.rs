@@ -27,6 +27,15 @@ pub fn fixtures() -> PathBuf {
         .unwrap()
 }
 
+/// A finished command's stdout then stderr, for assertion messages and matching.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A loopback port nobody is listening on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

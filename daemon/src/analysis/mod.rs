@@ -7,10 +7,12 @@
 pub mod components;
 pub mod decode;
 pub mod face;
+pub mod offline;
 pub mod pipeline;
 
 use crate::challenges::Challenge;
-use crate::scoring::ChallengeComponents;
+use crate::domain::metrics::ChallengeDebug;
+use crate::scoring::{ChallengeComponents, QualityScore};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -31,10 +33,36 @@ pub struct AnalysisInput<'a> {
 pub struct ChallengeAnalysis {
     /// Inputs of the quality formula.
     pub components: ChallengeComponents,
-    /// Backend names, intermediate values (`sync_c`, `face_detect_ratio`...), for `/metrics` debug.
-    pub debug: serde_json::Value,
-    /// Seconds the analysis took.
+    /// Backend names, intermediate values (`sync_c`, `face_detect_ratio`...), every detail.
+    pub debug: components::AnalysisDebug,
+    /// Speech recogniser behind the WER (`none` when WER is unavailable by configuration).
+    pub asr_backend: &'static str,
+    /// Seconds the analysis took (decode included).
     pub analysis_secs: f64,
+}
+
+impl ChallengeAnalysis {
+    /// The WER to report: `None` when it could not be measured (never the audio-match stand-in that
+    /// `components.wer` carries for the scoring core).
+    pub fn reported_wer(&self) -> Option<f64> {
+        self.debug.wer
+    }
+
+    /// The `/metrics` entry's `debug` object, given how the components were scored. Values are the
+    /// ones the gates saw (clamped, finite), so the object explains the score.
+    pub fn metrics_debug(&self, quality: &QualityScore) -> ChallengeDebug {
+        let c = &quality.components;
+        ChallengeDebug {
+            sync_c: c.sync_c,
+            sync_d: c.sync_d,
+            face_detect_ratio: c.face_detect_ratio,
+            identity_mode: c.identity_mode,
+            face_detect_gate_applied: quality.gates_applied.face_detect,
+            face_backend: self.debug.detector.to_owned(),
+            asr_backend: self.asr_backend.to_owned(),
+            analysis_time_sec: self.analysis_secs,
+        }
+    }
 }
 
 /// Why an output could not be analysed.

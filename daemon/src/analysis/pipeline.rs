@@ -67,11 +67,10 @@ impl Analyzer for MediaAnalyzer {
             })
             .await
             .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))?;
-            let debug = serde_json::to_value(&analysis.debug)
-                .map_err(|e| AnalysisFailure::Infra(format!("analysis debug: {e}")))?;
             Ok(ChallengeAnalysis {
                 components: analysis.components,
-                debug,
+                debug: analysis.debug,
+                asr_backend: "none",
                 analysis_secs: started.elapsed().as_secs_f64(),
             })
         })
