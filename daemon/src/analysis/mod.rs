@@ -7,6 +7,7 @@
 pub mod components;
 pub mod decode;
 pub mod face;
+pub mod mp4;
 pub mod offline;
 pub mod pipeline;
 
