@@ -1,5 +1,6 @@
-//! Criterion benches of the sandboxed decoder (`talkheadd::analysis::decode`) on the clip:
-//! 5 s, 512×512, 25 fps H.264 with AAC audio, generated once into a temporary directory.
+//! Criterion benches of the media analysis on the clip: 5 s, 512×512, 25 fps H.264 with AAC
+//! audio (the first fixture face, gently turning, over a tone), generated once into a temporary
+//! directory.
 //!
 //! Owns the figures of the media issue's bench: `ffmpeg decode alone` (ffmpeg decoding both streams
 //! to `-f null`, no sandbox, no conversion: the floor of this pipeline), `analysis (builtin) end to
@@ -21,23 +22,25 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "../tests/common/media.rs"]
+mod media;
 use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
 use talkheadd::analysis::{AnalysisInput, default_analyzer};
 use talkheadd::challenges::{Challenge, ChallengeId, Limits};
 use talkheadd::config::{self, ConfigLocation};
 
+/// The fixture face, gently turning (so that every frame differs and is decoded as such), over a 440 Hz
+/// tone: a talking-head-shaped clip, where the face detector follows one face as in production.
 fn make_clip(dir: &Path) -> PathBuf {
     let out = dir.join("clip.mp4");
-    let status = Command::new("ffmpeg")
-        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=512x512:rate=25:duration=5"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=5"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg must be installed");
-    assert!(status.success(), "generating the bench clip failed");
+    let tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=5"];
+    media::face_clip(&fixture_face(), &tone, true, 5.0, &out);
     out
+}
+
+fn fixture_face() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges/challenge-0/face.png")
 }
 
 /// A challenge matching the clip: the first fixture face and 5 s of the clip's own tone as WAV.
@@ -59,11 +62,9 @@ fn make_challenge(dir: &Path) -> Challenge {
         .status()
         .unwrap();
     assert!(status.success());
-    let face =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges/challenge-0/face.png");
     Challenge::new(
         ChallengeId::from_index(0),
-        std::fs::read(face).unwrap(),
+        std::fs::read(fixture_face()).unwrap(),
         std::fs::read(wav).unwrap(),
         None,
         &Limits::default(),

@@ -42,33 +42,14 @@ impl Case {
         // `-shortest` overshoots with a looped image; the audio's own length is exact.
         let wav = hound::WavReader::open(self.challenge.join("audio.wav")).unwrap();
         let seconds = f64::from(wav.duration()) / f64::from(wav.spec().sample_rate);
-        let status = Command::new("ffmpeg")
-            .args([
-                "-y",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-nostdin",
-                "-loop",
-                "1",
-                "-i",
-            ])
-            .arg(self.challenge.join("face.png"))
-            .arg("-i")
-            .arg(self.challenge.join("audio.wav"))
-            .args([
-                "-vf",
-                "scale=512:512,format=yuv420p",
-                "-r",
-                "25",
-                "-c:v",
-                "libx264",
-            ])
-            .args(["-c:a", "aac", "-t", &format!("{seconds:.3}")])
-            .arg(&out)
-            .status()
-            .expect("ffmpeg must be installed (tests/setup.sh)");
-        assert!(status.success(), "ffmpeg could not make the test clip");
+        let audio = self.challenge.join("audio.wav");
+        media::face_clip(
+            &self.challenge.join("face.png"),
+            &["-i", audio.to_str().unwrap()],
+            false,
+            seconds,
+            &out,
+        );
         out
     }
 
