@@ -4,6 +4,7 @@
 //! container's reach, after the container is dead so analysis never competes with a timed miner) and
 //! the challenge, and gets components or a `bad_output` reason back.
 
+pub mod asr;
 pub mod components;
 pub mod decode;
 pub mod face;
@@ -95,7 +96,7 @@ pub trait Analyzer: Send + Sync {
 }
 
 /// The analyser the daemon uses with this configuration: sandboxed decode, the builtin Haar face
-/// detector from `analysis.face_cascade`, no ASR.
+/// detector from `analysis.face_cascade`, the speech backend of `[analysis.asr]`.
 pub async fn default_analyzer(
     settings: &crate::config::Settings,
 ) -> Result<std::sync::Arc<dyn Analyzer>, String> {
@@ -110,9 +111,8 @@ pub async fn default_analyzer(
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;
-    Ok(std::sync::Arc::new(pipeline::MediaAnalyzer::new(
-        limits,
-        std::sync::Arc::new(detector),
-        "haar",
-    )))
+    let asr = asr::from_settings(&settings.analysis.asr)?;
+    Ok(std::sync::Arc::new(
+        pipeline::MediaAnalyzer::new(limits, std::sync::Arc::new(detector), "haar").with_asr(asr),
+    ))
 }

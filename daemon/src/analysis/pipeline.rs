@@ -1,8 +1,9 @@
 //! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]), decoding of the
-//! challenge's reference face and source audio, then the native components ([`super::components`]) on
-//! a blocking thread. Owns the glue and the mapping of failures: a bad file is the miner's
+//! challenge's reference face and source audio, then, on a blocking thread, the speech recogniser when
+//! one is configured ([`super::asr`]) and the native components ([`super::components`]). Owns the glue and the mapping of failures: a bad file is the miner's
 //! `bad_output`, anything wrong on the host is infrastructure.
 
+use super::asr::{self, SpeechRecognizer};
 use super::components::{self, Frame, Media};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
@@ -17,6 +18,7 @@ pub struct MediaAnalyzer {
     limits: DecodeLimits,
     detector: Arc<dyn FaceDetector + Send + Sync>,
     detector_name: String,
+    asr: Option<Arc<dyn SpeechRecognizer>>,
 }
 
 impl MediaAnalyzer {
@@ -30,7 +32,19 @@ impl MediaAnalyzer {
             limits,
             detector,
             detector_name: detector_name.to_owned(),
+            asr: None,
         }
+    }
+
+    /// The same analyser with a speech recogniser behind the WER (`None`: no ASR).
+    #[must_use]
+    pub fn with_asr(mut self, asr: Option<Arc<dyn SpeechRecognizer>>) -> Self {
+        self.asr = asr;
+        self
+    }
+
+    fn asr_name(&self) -> &'static str {
+        self.asr.as_ref().map_or("none", |a| a.name())
     }
 }
 
@@ -54,8 +68,16 @@ impl Analyzer for MediaAnalyzer {
             let source_audio = decode_wav_mono_16k(challenge.audio()).map_err(AnalysisFailure::Infra)?;
             let transcript = challenge.text().map(str::to_owned);
             let detector = Arc::clone(&self.detector);
+            let recogniser = self.asr.clone();
             let (frames, fps, video_audio) = (decoded.frames, decoded.fps, decoded.audio);
             let analysis = tokio::task::spawn_blocking(move || {
+                let (reference, hypothesis) = asr::transcripts(
+                    recogniser.as_deref(),
+                    transcript.as_deref(),
+                    &source_audio,
+                    &video_audio,
+                )
+                .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
                 let media = Media {
                     frames: &frames,
                     fps,
@@ -63,14 +85,19 @@ impl Analyzer for MediaAnalyzer {
                     source_audio: &source_audio,
                     reference_face: &face,
                 };
-                components::analyse(&media, detector.as_ref(), transcript.as_deref(), None)
+                Ok(components::analyse(
+                    &media,
+                    detector.as_ref(),
+                    reference.as_deref(),
+                    hypothesis.as_deref(),
+                ))
             })
             .await
-            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))?;
+            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
             Ok(ChallengeAnalysis {
                 components: analysis.components,
                 debug: analysis.debug,
-                asr_backend: "none",
+                asr_backend: self.asr_name(),
                 analysis_secs: started.elapsed().as_secs_f64(),
             })
         })
@@ -78,8 +105,9 @@ impl Analyzer for MediaAnalyzer {
 
     fn describe(&self) -> String {
         format!(
-            "ffmpeg decode + builtin components ({} face detector, no ASR)",
-            self.detector_name
+            "ffmpeg decode + builtin components ({} face detector, {} speech recogniser)",
+            self.detector_name,
+            self.asr_name()
         )
     }
 }

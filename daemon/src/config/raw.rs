@@ -44,8 +44,18 @@ pub struct RawAnalysis {
     pub face_backend: Option<String>,
     /// OpenCV Haar cascade XML for the builtin backend.
     pub face_cascade: Option<String>,
-    /// Speech backend: `none`.
-    pub asr_backend: Option<String>,
+    /// `[analysis.asr]`: the speech backend.
+    pub asr: RawAsr,
+}
+
+/// `[analysis.asr]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAsr {
+    /// `none` or `whisper`.
+    pub backend: Option<String>,
+    /// The ggml model file of `whisper`.
+    pub model: Option<String>,
 }
 
 /// `[http]`
