@@ -1,10 +1,15 @@
-//! Criterion benches of the sandboxed decoder (`talkheadd::analysis::decode`) on the clip:
-//! 5 s, 512×512, 25 fps H.264 with AAC audio, generated once into a temporary directory.
+//! Criterion benches of the media analysis on the clip: 5 s, 512×512, 25 fps H.264 with AAC
+//! audio (the first fixture face, gently turning, over a tone), generated once into a temporary
+//! directory.
 //!
-//! Owns the decode figures of the analysis bench: `ffmpeg_floor` (ffmpeg alone decoding both streams
-//! to `-f null`, no sandbox, no conversion: the floor of this pipeline), `probe`, `decode` (80 RGB
-//! frames + mono 16 kHz audio, two concurrent sandboxed runs) and `probe_and_decode`. Needs Debian's
-//! ffmpeg/ffprobe and util-linux prlimit; must not touch anything outside its temporary directory.
+//! Owns the figures of the media issue's bench: `ffmpeg decode alone` (ffmpeg decoding both streams
+//! to `-f null`, no sandbox, no conversion: the floor of this pipeline), `analysis (builtin) end to
+//! end` (what the engine runs per challenge: the daemon's analyser from the embedded configuration
+//! with virtual GPUs, i.e. header check, sandboxed decode of 80 RGB frames + mono 16 kHz audio, the
+//! builtin Haar detector and every component), and the parts: `probe` (for a plain MP4, the
+//! in-process header reading), `decode` (one sandboxed ffmpeg run) and `probe_and_decode`. Needs
+//! Debian's ffmpeg/ffprobe, opencv-data and util-linux prlimit, and the fixtures beside the project
+//! (`../shared/fixtures`); must not touch anything outside its temporary directory.
 //!
 //! Register in `daemon/Cargo.toml` with `[[bench]] name = "decode"`, `path = "../benches/decode.rs"`,
 //! `harness = false`.
@@ -17,25 +22,65 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
 
+#[path = "../tests/common/media.rs"]
+mod media;
+use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
+use talkheadd::analysis::{AnalysisInput, default_analyzer};
+use talkheadd::challenges::{Challenge, ChallengeId, Limits};
+use talkheadd::config::{self, ConfigLocation};
+
+/// The fixture face, gently turning (so that every frame differs and is decoded as such), over a 440 Hz
+/// tone: a talking-head-shaped clip, where the face detector follows one face as in production.
 fn make_clip(dir: &Path) -> PathBuf {
     let out = dir.join("clip.mp4");
+    let tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=5"];
+    media::face_clip(&fixture_face(), &tone, true, 5.0, &out);
+    out
+}
+
+fn fixture_face() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges/challenge-0/face.png")
+}
+
+/// A challenge matching the clip: the first fixture face and 5 s of the clip's own tone as WAV.
+fn make_challenge(dir: &Path) -> Challenge {
+    let wav = dir.join("audio.wav");
     let status = Command::new("ffmpeg")
         .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=512x512:rate=25:duration=5"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=5"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
-        .arg(&out)
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=5",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+        ])
+        .arg(&wav)
         .status()
-        .expect("ffmpeg must be installed");
-    assert!(status.success(), "generating the bench clip failed");
-    out
+        .unwrap();
+    assert!(status.success());
+    Challenge::new(
+        ChallengeId::from_index(0),
+        std::fs::read(fixture_face()).unwrap(),
+        std::fs::read(wav).unwrap(),
+        None,
+        &Limits::default(),
+    )
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
     let clip = make_clip(dir.path());
+    let challenge = make_challenge(dir.path());
+    let config_file = dir.path().join("talkheadd.toml");
+    std::fs::write(&config_file, "[gpu]\nvirtual = 1\n").unwrap();
+    let settings = config::load(&ConfigLocation::Explicit(config_file), &|_| None)
+        .unwrap()
+        .settings;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,11 +88,17 @@ fn bench(c: &mut Criterion) {
     let limits = DecodeLimits::default();
     let expectation = Expectation::new(5.0, 5.0);
     let info = rt.block_on(probe(&clip, &limits)).unwrap();
+    let analyzer = rt.block_on(default_analyzer(&settings)).unwrap();
+    let input = AnalysisInput {
+        video: &clip,
+        challenge: &challenge,
+        max_seconds: 5.0,
+    };
 
     let mut group = c.benchmark_group("decode_5s_512x512_25fps");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(15));
-    group.bench_function("ffmpeg_floor", |b| {
+    group.bench_function("ffmpeg decode alone", |b| {
         b.iter(|| {
             let status = Command::new("ffmpeg")
                 .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
@@ -57,6 +108,9 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
             assert!(status.success());
         });
+    });
+    group.bench_function("analysis (builtin) end to end", |b| {
+        b.iter(|| rt.block_on(analyzer.analyse(black_box(input))).unwrap());
     });
     group.bench_function("probe", |b| {
         b.iter(|| rt.block_on(probe(black_box(&clip), &limits)).unwrap());

@@ -5,14 +5,18 @@
 //! re-encoded); `metrics_body_from_store_1024_miners_x5` is what the gateway really does after a
 //! commit: one LMDB read transaction on a real store file, each miner's stored metrics JSON copied
 //! verbatim into the body ([`talkheadd::store::Store::with_metrics_json`]).
+//!
+//! `metrics_body_1024_miners_x5_without_debug` is the in-memory shape before each entry got its
+//! `debug` object, measured in the same run so that the cost of `debug` is read under the same load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use talkheadd::domain::metrics::{ChallengeMetrics, EfficiencyMetrics};
+use talkheadd::domain::metrics::{ChallengeDebug, ChallengeMetrics, EfficiencyMetrics};
 use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Submission, Verdict};
 use talkheadd::rounds::ReevaluatePolicy;
+use talkheadd::scoring::IdentityMode;
 use talkheadd::store::{MetricsRow, Store, StoreOptions};
 
 const MINERS: usize = 1024;
@@ -68,6 +72,16 @@ fn rows(n: usize) -> Vec<MetricsRow> {
                     peak_vram_gb: None,
                     inference_time_sec: None,
                     error: None,
+                    debug: Some(ChallengeDebug {
+                        sync_c: 0.71,
+                        sync_d: 0.12,
+                        face_detect_ratio: 0.9875,
+                        identity_mode: IdentityMode::FallbackHistogram,
+                        face_detect_gate_applied: false,
+                        face_backend: "haar".to_owned(),
+                        asr_backend: "none".to_owned(),
+                        analysis_time_sec: 0.412 + f / 1e4,
+                    }),
                 })
                 .collect();
             MetricsRow {
@@ -113,6 +127,17 @@ fn bench(c: &mut Criterion) {
     println!("metrics body for {MINERS} miners x 5 challenges: {size} bytes");
     c.bench_function("metrics_body_1024_miners_x5", |b| {
         b.iter(|| talkheadd::service::render_metrics_body(black_box(&rows)).unwrap())
+    });
+    let mut bare = rows.clone();
+    for row in &mut bare {
+        for entry in &mut row.metrics.challenge_metrics {
+            entry.debug = None;
+        }
+    }
+    let size = talkheadd::service::render_metrics_body(&bare).unwrap().len();
+    println!("the same without debug: {size} bytes");
+    c.bench_function("metrics_body_1024_miners_x5_without_debug", |b| {
+        b.iter(|| talkheadd::service::render_metrics_body(black_box(&bare)).unwrap())
     });
 
     let dir = tempfile::tempdir().unwrap();

@@ -20,14 +20,6 @@ fn talkheadd(args: &[&str], dir: &std::path::Path) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn version_names_the_package_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,8 +70,13 @@ fn bad_configurations_exit_78_naming_file_key_and_problem() {
             vec!["--config", path.to_str().unwrap(), "check-config"],
         ] {
             let out = talkheadd(&args, dir.path());
-            assert_eq!(out.status.code(), Some(78), "{name} {args:?}: {}", text(&out));
-            let t = text(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(78),
+                "{name} {args:?}: {}",
+                output_text(&out)
+            );
+            let t = output_text(&out);
             assert!(t.contains(path.to_str().unwrap()), "{name}: file not named: {t}");
             assert!(t.contains(expected), "{name}: expected '{expected}' in: {t}");
         }
@@ -98,9 +95,9 @@ fn bad_configurations_exit_78_naming_file_key_and_problem() {
     );
     assert_eq!(out.status.code(), Some(78));
     assert!(
-        text(&out).contains("absent.toml: cannot read configuration file"),
+        output_text(&out).contains("absent.toml: cannot read configuration file"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -114,8 +111,8 @@ fn check_and_print_config_on_a_good_file() {
     )
     .unwrap();
     let out = talkheadd(&["--config", path.to_str().unwrap(), "check-config"], dir.path());
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("configuration OK"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("configuration OK"));
     let out = talkheadd(&["--config", path.to_str().unwrap(), "print-config"], dir.path());
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);

@@ -157,6 +157,21 @@ fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
             );
         }
     }
+    // Each scored entry says how it was analysed, and how long that took, after the miner was timed.
+    let good = &metrics[&signers[0].hotkey];
+    for entry in good["challenge_metrics"].as_array().unwrap() {
+        let debug = &entry["debug"];
+        assert_eq!(debug["face_backend"], "haar", "{entry}");
+        assert_eq!(debug["asr_backend"], "none", "{entry}");
+        assert_eq!(debug["identity_mode"], "fallback_histogram", "{entry}");
+        assert!(
+            debug["sync_c"].is_f64() && debug["face_detect_gate_applied"].is_boolean(),
+            "{entry}"
+        );
+        let took = debug["analysis_time_sec"].as_f64().unwrap();
+        let stage = &good["stage_times"][format!("analysis:{}", entry["challenge_id"].as_str().unwrap())];
+        assert!(took > 0.0 && stage.as_f64() == Some(took), "{entry} vs {stage}");
+    }
     let score = |b: usize| metrics[&signers[b].hotkey]["final_score"].as_f64().unwrap();
     assert!(
         score(0) > 0.0,

@@ -2,7 +2,7 @@
 # Installs what talkheadd's build, tests and demo need on a fresh Debian machine (run as root), and starts
 # the services they use. Idempotent: safe to run again; it skips what is already there.
 #
-#   - build tools and ffmpeg (media analysis), from Debian;
+#   - build tools (cmake for the optional whisper feature) and ffmpeg (media analysis), from Debian;
 #   - Docker's engine from Debian's docker.io (dockerd is started if none is running) and a local registry
 #     from Debian's docker-registry on 127.0.0.1:5000, for the container tests;
 #   - a Python virtual environment in .venv with bittensor-wallet (the signing library validators use) for
@@ -17,8 +17,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 need_pkgs=()
-# systemd: systemd-socket-activate and systemd-analyze (socket activation test, unit checks); util-linux: setpriv.
-for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates systemd util-linux; do
+# systemd: systemd-socket-activate and systemd-analyze (socket activation test, unit checks); util-linux: setpriv;
+# cmake: builds whisper.cpp for the optional `whisper` feature (cargo check -p talkheadd --features whisper).
+for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates systemd util-linux cmake; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

@@ -1,7 +1,8 @@
 //! `talkheadd`: the binary edge. Parses the command line, loads configuration (exit 78 on any problem),
-//! and either runs the daemon or answers `check-config` / `print-config` / `--version`.
+//! and either runs the daemon or answers `check-config` / `print-config` / `analyze` / `--version`.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 configuration error; `analyze` adds 65
+//! (the video is `bad_output`) and 66 (the face, audio or transcript given is unusable).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +28,28 @@ enum Command {
     CheckConfig,
     /// Print the effective configuration, every default filled in and secrets redacted.
     PrintConfig,
+    /// Score one output video offline with the configured analysis backends: prints its components
+    /// (exit 0), or its bad_output reason (exit 65); 66 when --face/--audio/--text is unusable.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AnalyzeArgs {
+    /// The output video to analyse.
+    #[arg(long, value_name = "PATH")]
+    video: PathBuf,
+    /// The challenge's reference face (PNG or JPEG).
+    #[arg(long, value_name = "PATH")]
+    face: PathBuf,
+    /// The challenge's audio (PCM WAV).
+    #[arg(long, value_name = "PATH")]
+    audio: PathBuf,
+    /// The challenge's transcript (text.txt), for the WER.
+    #[arg(long, value_name = "PATH")]
+    text: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +83,7 @@ fn main() -> ExitCode {
             print!("{}", config::render_effective(&loaded.settings));
             ExitCode::SUCCESS
         }
+        Command::Analyze(args) => analyze(&loaded.settings, args),
         Command::Run => {
             talkheadd::logging::init(&loaded.settings.log);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "talkheadd starting");
@@ -78,6 +102,50 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
+        }
+    }
+}
+
+/// `talkheadd analyze`: the daemon's analyser on one file (see `talkheadd::analysis::offline`).
+fn analyze(settings: &talkheadd::config::Settings, args: AnalyzeArgs) -> ExitCode {
+    use talkheadd::analysis::offline::{self, OfflineError, OfflineRequest};
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("talkheadd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = OfflineRequest {
+        video: args.video,
+        face: args.face,
+        audio: args.audio,
+        text: args.text,
+    };
+    let result = runtime.block_on(async {
+        let analyzer = talkheadd::analysis::default_analyzer(settings)
+            .await
+            .map_err(OfflineError::Host)?;
+        offline::analyse_file(analyzer.as_ref(), settings, &request).await
+    });
+    match result {
+        Ok(report) if args.json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", report.to_table());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json
+                && let OfflineError::BadOutput { reason, detail } = &e
+            {
+                let body = serde_json::json!({ "bad_output": { "reason": reason, "detail": detail } });
+                println!("{body}");
+            }
+            eprintln!("talkheadd: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod media;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +27,15 @@ pub fn fixtures() -> PathBuf {
         .join("../../shared/fixtures/challenges")
         .canonicalize()
         .unwrap()
+}
+
+/// A finished command's stdout then stderr, for assertion messages and matching.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A loopback port nobody is listening on right now.

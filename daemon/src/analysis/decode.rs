@@ -5,15 +5,20 @@
 //! ([`ProbeInfo`]), the frames the reference samples (up to 80, evenly spaced, **RGB** order) and the
 //! soundtrack as mono 16 kHz `f32` ([`Decoded`]); or into one specific [`BadOutputReason`].
 //!
-//! How: Debian's `ffprobe`/`ffmpeg` run as child processes under util-linux `prlimit` (address space,
+//! How: the header of a plain MP4 is read in-process by a bounded box parser ([`super::mp4`]) that
+//! hands ffprobe's fields to the same validation; any other file is probed by ffprobe. Debian's
+//! `ffprobe`/`ffmpeg` run as child processes under util-linux `prlimit` (address space,
 //! CPU seconds, written file size, 64 descriptors, no core dumps), with a wall-clock deadline after which
 //! the child is killed, an empty environment (only `PATH`), stdin closed, a private empty working
 //! directory, and the input passed as `file:<absolute path>` with `-protocol_whitelist file`, a
 //! demuxer whitelist (MP4/MOV and Matroska/WebM: no playlist or concat demuxer can make the tool read
 //! another file) and a decoder whitelist (only mainstream decoders are ever opened, also while
 //! probing). The header is validated before anything is decoded, so a declared 100000×100000 picture
-//! or an hours-long stream is refused without a frame being allocated. The decode is then one ffmpeg
-//! run with two outputs: RGB frames on stdout, audio into a file of the private directory. Everything
+//! or an hours-long stream is refused without a frame being allocated, and the decoder itself is
+//! given `-max_pixels`, so a stream whose pictures are larger than its container says is refused by
+//! the decoder. The decode is then one ffmpeg run with two outputs: RGB frames on stdout (only the
+//! sampled ones, chosen by ffmpeg's `select` filter, plus two sentinels that keep the truncation and
+//! overflow checks exact), audio into a file of the private directory. Everything
 //! the tools produce is bounded: the probe's JSON and the frames are read through bounded sinks (never
 //! more than one frame buffered beyond those kept; at most the declared frame count plus a slack),
 //! the audio file is capped by `RLIMIT_FSIZE` at `max_duration_secs` of samples (every other run may
@@ -522,7 +527,9 @@ pub struct Decoded {
     pub fps: f64,
     /// Frame count the samples were spread over (the reference's `total`).
     pub total_frames: usize,
-    /// Frames the decoder actually produced.
+    /// Frames the decoder produced, counted up to the declared count (the decoder only sends the
+    /// frames it is asked for; see `FramePlan`): the declared count for a complete stream, less for a
+    /// stream cut within the slack.
     pub decoded_frames: usize,
     /// The soundtrack, mono, [`AUDIO_SAMPLE_RATE`] Hz, `f32` in [-1, 1].
     pub audio: Vec<f32>,
@@ -604,6 +611,19 @@ pub async fn check_tools(limits: &DecodeLimits) -> Result<(), DecodeError> {
 pub async fn probe(path: &Path, limits: &DecodeLimits) -> Result<ProbeInfo, DecodeError> {
     let started = std::time::Instant::now();
     let file = InputFile::check(path, limits)?;
+    // The plain MP4 case is read here (a few KiB of box headers) rather than by starting ffprobe,
+    // whose start-up alone costs as much CPU as decoding the clip; everything else goes to ffprobe.
+    let json = match file.mp4_header() {
+        Some(json) => json,
+        None => ffprobe_json(&file, limits).await?,
+    };
+    let mut info = validate_header(&json, file.len, limits)?;
+    info.probe_secs = started.elapsed().as_secs_f64();
+    Ok(info)
+}
+
+/// ffprobe's description of the input (the fields of [`PROBE_ENTRIES`]), or why it has none.
+async fn ffprobe_json(file: &InputFile, limits: &DecodeLimits) -> Result<Value, DecodeError> {
     let scratch = ScratchDir::new()?;
     let args: Vec<OsString> = vec![
         "-hide_banner".into(),
@@ -639,15 +659,12 @@ pub async fn probe(path: &Path, limits: &DecodeLimits) -> Result<ProbeInfo, Deco
     if !matches!(done.exit, Exit::Success) {
         return Err(classify_probe_failure(&done, &file.path));
     }
-    let json: Value = serde_json::from_slice(&sink.bytes).map_err(|e| {
+    serde_json::from_slice(&sink.bytes).map_err(|e| {
         bad(
             BadOutputReason::NotAVideo,
             format!("ffprobe gave no usable description: {e}"),
         )
-    })?;
-    let mut info = validate_header(&json, file.len, limits)?;
-    info.probe_secs = started.elapsed().as_secs_f64();
-    Ok(info)
+    })
 }
 
 /// Decodes a probed output: samples frames exactly as the reference (see [`sample_indices`]) as RGB
@@ -1012,10 +1029,13 @@ async fn decode_streams(
     wanted: &[usize],
 ) -> Result<Streams, DecodeError> {
     let (width, height) = (info.video.width, info.video.height);
+    let total = info.total_frames.max(wanted.len());
+    let slack = frame_slack(total, info.frame_count_declared);
+    let plan = FramePlan::new(wanted, total, slack);
     let audio_path = scratch.join("audio.f32");
     let mut audio_url = OsString::from("file:");
     audio_url.push(audio_path.as_os_str());
-    let mut args = input_args(file, limits.threads);
+    let mut args = input_args(file, limits);
     args.extend(
         [
             "-map".to_owned(),
@@ -1023,10 +1043,11 @@ async fn decode_streams(
             "-an".to_owned(),
             "-sn".to_owned(),
             "-dn".to_owned(),
-            // A mid-stream size change is scaled back to the declared size: every frame has the
-            // same byte length, and the declared size (already validated) bounds it.
+            // Only the planned frames are converted and cross the pipe (see FramePlan). A mid-stream
+            // size change is scaled back to the declared size: every frame has the same byte length,
+            // and the declared size (already validated) bounds it.
             "-vf".to_owned(),
-            format!("scale={width}:{height},format=rgb24"),
+            format!("{},scale={width}:{height},format=rgb24", plan.select_filter()),
             // One output frame per decoded frame, no duplication or dropping: indices are decoded
             // frame numbers, as cv2 reads them.
             "-fps_mode".to_owned(),
@@ -1062,9 +1083,7 @@ async fn decode_streams(
         1 << 40
     };
 
-    let total = info.total_frames.max(wanted.len());
-    let slack = frame_slack(total, info.frame_count_declared);
-    let mut sink = FrameSink::new(width, height, frame_bytes, wanted, total + slack);
+    let mut sink = FrameSink::new(width, height, frame_bytes, &plan);
     let deadline = Instant::now() + limits.decode_timeout;
     let run = RunSpec {
         program: &limits.tools.ffmpeg,
@@ -1149,7 +1168,7 @@ fn frame_slack(total: usize, declared: bool) -> usize {
     }
 }
 
-fn input_args(file: &InputFile, threads: u32) -> Vec<OsString> {
+fn input_args(file: &InputFile, limits: &DecodeLimits) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-nostdin",
         "-hide_banner",
@@ -1160,7 +1179,11 @@ fn input_args(file: &InputFile, threads: u32) -> Vec<OsString> {
     ]
     .map(OsString::from)
     .to_vec();
-    args.push(threads.max(1).to_string().into());
+    args.push(limits.threads.max(1).to_string().into());
+    // The decoder refuses pictures above the pixel limit whatever the container declared (the header
+    // was validated from the container's own numbers when ffprobe was not asked).
+    args.push("-max_pixels".into());
+    args.push(limits.max_pixels.min(i32::MAX as u64).max(1).to_string().into());
     args.extend(
         [
             "-protocol_whitelist",
@@ -1212,6 +1235,22 @@ impl InputFile {
         let mut url = OsString::from("file:");
         url.push(path.as_os_str());
         Ok(InputFile { path, url, len })
+    }
+
+    /// [`super::mp4::describe`] of the file, opened without following a symlink; `None` when the
+    /// file is not a plain MP4 (or changed under us): ffprobe is asked then.
+    fn mp4_header(&self) -> Option<Value> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&self.path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.file_type().is_file() || meta.len() != self.len {
+            return None;
+        }
+        super::mp4::describe(&file, self.len)
     }
 }
 
@@ -1298,31 +1337,77 @@ impl Sink for BoundedBytes {
     }
 }
 
-/// Assembles raw RGB frames, keeps the wanted indices, reuses one buffer for the others.
-struct FrameSink<'w> {
+/// Which decoded frames ffmpeg's `select` filter lets through, so that only those are converted to
+/// RGB and cross the pipe (80 of a 5 s clip's 125, not all of them), while the two checks that used
+/// to need every frame still hold: frame `total − slack − 1` is always sent (its absence is
+/// `truncated`), and every frame from `total + slack` on is sent (its presence is
+/// `decoder_output_too_large`). The last declared frame is sent too, so a complete decode reports its
+/// full count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FramePlan {
+    /// Decoded frame numbers sent below `limit`, ascending, each with whether it is kept.
+    sent: Vec<(usize, bool)>,
+    /// The first frame number that is one too many (`total + slack`).
+    limit: usize,
+}
+
+impl FramePlan {
+    fn new(wanted: &[usize], total: usize, slack: usize) -> FramePlan {
+        let limit = total + slack;
+        let mut sent: std::collections::BTreeMap<usize, bool> = wanted
+            .iter()
+            .filter(|&&i| i < limit)
+            .map(|&i| (i, true))
+            .collect();
+        for sentinel in [total.saturating_sub(slack + 1), total.saturating_sub(1)] {
+            sent.entry(sentinel).or_insert(false);
+        }
+        FramePlan {
+            sent: sent.into_iter().collect(),
+            limit,
+        }
+    }
+
+    /// The `select` filter (commas escaped for the filtergraph parser).
+    fn select_filter(&self) -> String {
+        let mut expr = String::from("select=");
+        for (n, _) in &self.sent {
+            expr.push_str(&format!("eq(n\\,{n})+"));
+        }
+        expr.push_str(&format!("gte(n\\,{})", self.limit));
+        expr
+    }
+}
+
+/// Assembles the raw RGB frames of a [`FramePlan`], keeps the wanted ones, reuses one buffer for the
+/// others.
+struct FrameSink<'p> {
     width: u32,
     height: u32,
-    wanted: &'w [usize],
-    max_frames: usize,
+    plan: &'p FramePlan,
     current: Vec<u8>,
     filled: usize,
+    /// Frames received so far.
+    received: usize,
+    /// Decoded frames, as far as the frames received show (the last one's number + 1).
     decoded: usize,
     kept: Vec<Frame>,
     kept_indices: Vec<usize>,
 }
 
-impl<'w> FrameSink<'w> {
-    fn new(width: u32, height: u32, frame_bytes: usize, wanted: &'w [usize], max_frames: usize) -> Self {
+impl<'p> FrameSink<'p> {
+    fn new(width: u32, height: u32, frame_bytes: usize, plan: &'p FramePlan) -> Self {
+        let wanted = plan.sent.iter().filter(|(_, keep)| *keep).count();
         FrameSink {
             width,
             height,
-            wanted,
-            max_frames,
+            plan,
             current: vec![0; frame_bytes.max(1)],
             filled: 0,
+            received: 0,
             decoded: 0,
-            kept: Vec::with_capacity(wanted.len()),
-            kept_indices: Vec::with_capacity(wanted.len()),
+            kept: Vec::with_capacity(wanted),
+            kept_indices: Vec::with_capacity(wanted),
         }
     }
 }
@@ -1337,16 +1422,17 @@ impl Sink for FrameSink<'_> {
         if self.filled < self.current.len() {
             return Ok(());
         }
-        let index = self.decoded;
-        self.decoded += 1;
         self.filled = 0;
-        if self.decoded > self.max_frames {
+        let Some(&(index, keep)) = self.plan.sent.get(self.received) else {
+            // Only frames from `limit` on are sent beyond the plan.
             return Err(BadOutput::new(
                 BadOutputReason::DecoderOutputTooLarge,
-                format!("more than {} frames decoded", self.max_frames),
+                format!("more than {} frames decoded", self.plan.limit),
             ));
-        }
-        if self.wanted.get(self.kept.len()) == Some(&index) {
+        };
+        self.received += 1;
+        self.decoded = index + 1;
+        if keep {
             let fresh = vec![0; self.current.len()];
             let rgb = std::mem::replace(&mut self.current, fresh);
             self.kept.push(Frame {

@@ -46,6 +46,19 @@ fn av_clip(dir: &TempDir, name: &str, size: &str, rate: u32, seconds: f64, extra
     ffmpeg(dir, name, &args)
 }
 
+/// Output options of a quick H.264 + AAC encode.
+const FAST_H264_AAC: [&str; 6] = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"];
+
+/// A file made from lavfi `sources` (one `-f lavfi -i` each) with the output options `options`.
+fn lavfi(dir: &TempDir, name: &str, sources: &[&str], options: &[&str]) -> PathBuf {
+    let mut args = Vec::new();
+    for source in sources {
+        args.extend_from_slice(&["-f", "lavfi", "-i", source]);
+    }
+    args.extend_from_slice(options);
+    ffmpeg(dir, name, &args)
+}
+
 /// A cheap 64×64 clip with audio.
 fn small_clip(dir: &TempDir, name: &str, seconds: f64) -> PathBuf {
     av_clip(dir, name, "64x64", 25, seconds, &["-preset", "ultrafast"])
@@ -554,12 +567,14 @@ async fn absurd_frame_rate() {
 async fn decoder_timeouts() {
     let dir = TempDir::new().unwrap();
     let path = small_clip(&dir, "clip.mp4", 2.0);
+    // Matroska: probed by ffprobe (a plain MP4's header is read in-process, with nothing to time out).
+    let mkv = small_clip(&dir, "clip.mkv", 2.0);
     let quick_probe = DecodeLimits {
         probe_timeout: Duration::from_millis(1),
         ..DecodeLimits::default()
     };
     assert_eq!(
-        probe_reason(&path, &quick_probe).await,
+        probe_reason(&mkv, &quick_probe).await,
         BadOutputReason::DecoderTimeout
     );
 
@@ -677,23 +692,11 @@ async fn containers_outside_the_whitelist() {
 #[tokio::test]
 async fn codecs_outside_the_whitelist() {
     let dir = TempDir::new().unwrap();
-    let path = ffmpeg(
+    let path = lavfi(
         &dir,
         "ffv1.mkv",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=64x64:rate=25:duration=1",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=duration=1",
-            "-c:v",
-            "ffv1",
-            "-c:a",
-            "aac",
-        ],
+        &["testsrc=size=64x64:rate=25:duration=1", "sine=duration=1"],
+        &["-c:v", "ffv1", "-c:a", "aac"],
     );
     assert_eq!(
         probe_reason(&path, &DecodeLimits::default()).await,
@@ -739,40 +742,46 @@ async fn file_size_cap() {
 async fn resource_limits_are_in_force() {
     let dir = TempDir::new().unwrap();
     let path = small_clip(&dir, "clip.mp4", 1.0);
-    // 48 MiB of address space cannot even map ffprobe's libraries: the limit is applied.
+    let mkv = small_clip(&dir, "clip.mkv", 1.0);
+    // 48 MiB of address space cannot even map ffprobe's (or ffmpeg's) libraries: the limit is applied.
     let limits = DecodeLimits {
         address_space_bytes: 48 << 20,
         ..DecodeLimits::default()
     };
-    let err = within(probe(&path, &limits)).await.unwrap_err();
+    let err = within(probe(&mkv, &limits)).await.unwrap_err();
     // The tool never got to read the file: a host misconfiguration, not the miner's fault.
     assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+    let info = within(probe(&path, &limits)).await.unwrap();
+    let err = within(decode(&path, &info, &limits)).await.unwrap_err();
+    assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+}
+
+/// Default limits with one tool pointing nowhere.
+fn missing_tool(tool: impl Fn(&mut ToolPaths) -> &mut PathBuf) -> DecodeLimits {
+    let mut limits = DecodeLimits::default();
+    *tool(&mut limits.tools) = PathBuf::from("/nonexistent/tool");
+    limits
 }
 
 #[tokio::test]
 async fn missing_tools_are_the_hosts_fault() {
     let dir = TempDir::new().unwrap();
-    let path = small_clip(&dir, "clip.mp4", 1.0);
-    let no_ffprobe = DecodeLimits {
-        tools: ToolPaths {
-            ffprobe: PathBuf::from("/nonexistent/ffprobe"),
-            ..ToolPaths::default()
-        },
-        ..DecodeLimits::default()
-    };
+    // Matroska needs ffprobe (a plain MP4 does not; ffmpeg's absence shows when decoding).
+    let path = small_clip(&dir, "clip.mkv", 1.0);
+    let no_ffprobe = missing_tool(|t| &mut t.ffprobe);
     let err = within(probe(&path, &no_ffprobe)).await.unwrap_err();
     assert!(matches!(err, DecodeError::Infra(_)), "{err}");
     assert!(!err.is_miners_fault());
     assert!(within(check_tools(&no_ffprobe)).await.is_err());
 
-    let no_prlimit = DecodeLimits {
-        tools: ToolPaths {
-            prlimit: PathBuf::from("/nonexistent/prlimit"),
-            ..ToolPaths::default()
-        },
-        ..DecodeLimits::default()
-    };
+    let no_prlimit = missing_tool(|t| &mut t.prlimit);
     let err = within(probe(&path, &no_prlimit)).await.unwrap_err();
+    assert!(matches!(err, DecodeError::Infra(_)), "{err}");
+
+    let mp4 = small_clip(&dir, "clip.mp4", 1.0);
+    let no_ffmpeg = missing_tool(|t| &mut t.ffmpeg);
+    let info = within(probe(&mp4, &no_ffmpeg)).await.unwrap();
+    let err = within(decode(&mp4, &info, &no_ffmpeg)).await.unwrap_err();
     assert!(matches!(err, DecodeError::Infra(_)), "{err}");
 
     let missing = dir.path().join("missing.mp4");
@@ -809,9 +818,32 @@ async fn scratch_directories_are_removed() {
 // --- pieces -------------------------------------------------------------------------------------
 
 #[test]
+fn frame_plan_sends_the_wanted_frames_and_the_two_sentinels() {
+    // 125 frames, slack 2: the 80 sampled, frame 122 (must exist, else truncated), frame 124 (the last).
+    let wanted = sample_indices(125, 80);
+    let plan = FramePlan::new(&wanted, 125, 2);
+    assert_eq!(plan.limit, 127);
+    let kept: Vec<usize> = plan.sent.iter().filter(|(_, k)| *k).map(|(n, _)| *n).collect();
+    assert_eq!(kept, wanted);
+    let extra: Vec<usize> = plan.sent.iter().filter(|(_, k)| !*k).map(|(n, _)| *n).collect();
+    assert_eq!(extra, vec![122, 124]);
+    let filter = plan.select_filter();
+    assert!(
+        filter.starts_with("select=eq(n\\,0)+eq(n\\,1)+eq(n\\,3)+"),
+        "{filter}"
+    );
+    assert!(filter.ends_with("+eq(n\\,124)+gte(n\\,127)"), "{filter}");
+    // A sentinel that is also wanted is kept, not sent twice.
+    let all = FramePlan::new(&[0, 1, 2], 3, 2);
+    assert_eq!(all.sent, vec![(0, true), (1, true), (2, true)]);
+}
+
+#[test]
 fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
-    let wanted = [0, 2];
-    let mut sink = FrameSink::new(2, 1, 6, &wanted, 4);
+    // 4 declared frames, no slack: frames 0 and 2 wanted, 3 is the last (a sentinel), 4 is too many.
+    let plan = FramePlan::new(&[0, 2], 4, 0);
+    assert_eq!(plan.sent, vec![(0, true), (2, true), (3, false)]);
+    let mut sink = FrameSink::new(2, 1, 6, &plan);
     let feed = |sink: &mut FrameSink<'_>, frame: u8| {
         // Two writes per frame, as pipe reads split arbitrarily.
         sink.space()[..4].copy_from_slice(&[frame; 4]);
@@ -819,7 +851,8 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
         sink.space()[..2].copy_from_slice(&[frame; 2]);
         sink.commit(2)
     };
-    for frame in 0..4 {
+    // ffmpeg sends frames 0, 2 and 3 of the plan.
+    for frame in [0, 2, 3] {
         feed(&mut sink, frame).unwrap();
     }
     assert_eq!(sink.decoded, 4);
@@ -827,6 +860,7 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     assert_eq!(sink.kept[0].rgb, vec![0; 6]);
     assert_eq!(sink.kept[1].rgb, vec![2; 6]);
     assert_eq!(sink.kept[1].pixel(1, 0), Some([2, 2, 2]));
+    // Anything beyond the plan is frame `limit` or later.
     let err = feed(&mut sink, 4).unwrap_err();
     assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
 }
@@ -987,4 +1021,129 @@ fn futures_are_send() {
     assert_send(&g);
     let h = check_tools(&limits);
     assert_send(&h);
+}
+
+/// The in-process MP4 header reading and ffprobe, through the same validation, on the same files.
+async fn both_probes(path: &Path, limits: &DecodeLimits) -> (Option<ProbeInfo>, ProbeInfo) {
+    let file = InputFile::check(path, limits).unwrap();
+    let fast = file
+        .mp4_header()
+        .map(|json| validate_header(&json, file.len, limits).unwrap());
+    let json = within(ffprobe_json(&file, limits)).await.unwrap();
+    (fast, validate_header(&json, file.len, limits).unwrap())
+}
+
+#[tokio::test]
+async fn the_mp4_header_reading_agrees_with_ffprobe() {
+    let dir = TempDir::new().unwrap();
+    let limits = DecodeLimits::default();
+    let cases = [
+        av_clip(&dir, "plain.mp4", "96x64", 25, 2.0, &["-preset", "ultrafast"]),
+        av_clip(
+            &dir,
+            "faststart.mp4",
+            "64x64",
+            30,
+            1.5,
+            &["-preset", "ultrafast", "-movflags", "+faststart"],
+        ),
+        // B-frames give the video an edit list; MPEG-4 part 2 goes through its descriptor.
+        av_clip(
+            &dir,
+            "bframes.mp4",
+            "64x48",
+            24,
+            2.0,
+            &["-preset", "medium", "-bf", "3"],
+        ),
+        lavfi(
+            &dir,
+            "mpeg4.mp4",
+            &[
+                "testsrc=size=80x64:rate=20:duration=2",
+                "sine=frequency=300:duration=2:sample_rate=22050",
+            ],
+            &["-c:v", "mpeg4", "-c:a", "aac"],
+        ),
+        lavfi(
+            &dir,
+            "opus.mp4",
+            &[
+                "testsrc=size=64x64:rate=25:duration=2",
+                "sine=frequency=300:duration=2:sample_rate=48000",
+            ],
+            &["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libopus"],
+        ),
+        lavfi(
+            &dir,
+            "stereo48k.mp4",
+            &[
+                "testsrc=size=64x64:rate=25:duration=1",
+                "sine=frequency=300:duration=1:sample_rate=48000",
+            ],
+            &[&["-ac", "2"], &FAST_H264_AAC[..]].concat(),
+        ),
+    ];
+    for path in &cases {
+        let (fast, slow) = both_probes(path, &limits).await;
+        let fast = fast.unwrap_or_else(|| panic!("{}: the plain case was not read", path.display()));
+        let name = path.display();
+        assert_eq!(fast.format_name, slow.format_name, "{name}");
+        assert_eq!(fast.total_frames, slow.total_frames, "{name}");
+        assert_eq!(fast.frame_count_declared, slow.frame_count_declared, "{name}");
+        let (fv, sv) = (&fast.video, &slow.video);
+        assert_eq!(
+            (fv.index, &fv.codec, fv.width, fv.height, fv.nb_frames),
+            (sv.index, &sv.codec, sv.width, sv.height, sv.nb_frames),
+            "{name}"
+        );
+        assert!((fv.fps - sv.fps).abs() < 1e-6, "{name}: {} vs {}", fv.fps, sv.fps);
+        let (fa, sa) = (&fast.audio, &slow.audio);
+        assert_eq!(
+            (fa.index, &fa.codec, fa.sample_rate, fa.channels),
+            (sa.index, &sa.codec, sa.sample_rate, sa.channels),
+            "{name}"
+        );
+        // ffprobe applies the encoder-delay edit; the container's durations differ by that at most.
+        for (a, b) in [
+            (fast.duration_secs, slow.duration_secs),
+            (fa.duration_secs, sa.duration_secs),
+        ] {
+            assert!((a - b).abs() < 0.1, "{name}: {a} vs {b}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn files_outside_the_plain_mp4_case_are_left_to_ffprobe() {
+    let dir = TempDir::new().unwrap();
+    let limits = DecodeLimits::default();
+    let text = dir.path().join("text.mp4");
+    std::fs::write(&text, "ftyp but not really a video\n".repeat(20)).unwrap();
+    let mkv = av_clip(&dir, "clip.mkv", "64x64", 25, 1.0, &["-preset", "ultrafast"]);
+    let two_videos = lavfi(
+        &dir,
+        "two_videos.mp4",
+        &[
+            "testsrc=size=64x64:rate=25:duration=1",
+            "sine=duration=1",
+            "testsrc=size=64x64:rate=25:duration=1",
+        ],
+        &[&["-map", "0", "-map", "1", "-map", "2"], &FAST_H264_AAC[..]].concat(),
+    );
+    let fragmented = av_clip(
+        &dir,
+        "fragmented.mp4",
+        "64x64",
+        25,
+        1.0,
+        &["-preset", "ultrafast", "-movflags", "+frag_keyframe+empty_moov"],
+    );
+    for path in [&text, &mkv, &fragmented] {
+        let file = InputFile::check(path, &limits).unwrap();
+        assert!(file.mp4_header().is_none(), "{}", path.display());
+    }
+    // Two video tracks are still plain: the first is the one analysed, as ffprobe picks it.
+    let (fast, slow) = both_probes(&two_videos, &limits).await;
+    assert_eq!(fast.unwrap().video.index, slow.video.index);
 }

@@ -4,13 +4,17 @@
 //! container's reach, after the container is dead so analysis never competes with a timed miner) and
 //! the challenge, and gets components or a `bad_output` reason back.
 
+pub mod asr;
 pub mod components;
 pub mod decode;
 pub mod face;
+pub mod mp4;
+pub mod offline;
 pub mod pipeline;
 
 use crate::challenges::Challenge;
-use crate::scoring::ChallengeComponents;
+use crate::domain::metrics::ChallengeDebug;
+use crate::scoring::{ChallengeComponents, QualityScore};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -31,10 +35,36 @@ pub struct AnalysisInput<'a> {
 pub struct ChallengeAnalysis {
     /// Inputs of the quality formula.
     pub components: ChallengeComponents,
-    /// Backend names, intermediate values (`sync_c`, `face_detect_ratio`...), for `/metrics` debug.
-    pub debug: serde_json::Value,
-    /// Seconds the analysis took.
+    /// Backend names, intermediate values (`sync_c`, `face_detect_ratio`...), every detail.
+    pub debug: components::AnalysisDebug,
+    /// Speech recogniser behind the WER (`none` when WER is unavailable by configuration).
+    pub asr_backend: &'static str,
+    /// Seconds the analysis took (decode included).
     pub analysis_secs: f64,
+}
+
+impl ChallengeAnalysis {
+    /// The WER to report: `None` when it could not be measured (never the audio-match stand-in that
+    /// `components.wer` carries for the scoring core).
+    pub fn reported_wer(&self) -> Option<f64> {
+        self.debug.wer
+    }
+
+    /// The `/metrics` entry's `debug` object, given how the components were scored. Values are the
+    /// ones the gates saw (clamped, finite), so the object explains the score.
+    pub fn metrics_debug(&self, quality: &QualityScore) -> ChallengeDebug {
+        let c = &quality.components;
+        ChallengeDebug {
+            sync_c: c.sync_c,
+            sync_d: c.sync_d,
+            face_detect_ratio: c.face_detect_ratio,
+            identity_mode: c.identity_mode,
+            face_detect_gate_applied: quality.gates_applied.face_detect,
+            face_backend: self.debug.detector.to_owned(),
+            asr_backend: self.asr_backend.to_owned(),
+            analysis_time_sec: self.analysis_secs,
+        }
+    }
 }
 
 /// Why an output could not be analysed.
@@ -67,7 +97,8 @@ pub trait Analyzer: Send + Sync {
 
 /// The analyser the daemon uses with this configuration: sandboxed decode, the face backend of
 /// `[analysis.face]` (the builtin Haar detector with the histogram identity, or SCRFD + ArcFace through
-/// ONNX Runtime), no ASR. A backend that cannot load is an error naming its key (exit 78).
+/// ONNX Runtime) and the speech backend of `[analysis.asr]`. A backend that cannot load is an error
+/// naming its key (exit 78).
 pub async fn default_analyzer(
     settings: &crate::config::Settings,
 ) -> Result<std::sync::Arc<dyn Analyzer>, String> {
@@ -99,5 +130,6 @@ pub async fn default_analyzer(
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;
-    Ok(Arc::new(analyzer))
+    let asr = asr::from_settings(&settings.analysis.asr)?;
+    Ok(Arc::new(analyzer.with_asr(asr)))
 }

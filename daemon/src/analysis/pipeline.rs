@@ -1,8 +1,9 @@
 //! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]), decoding of the
-//! challenge's reference face and source audio, then the native components ([`super::components`]) on
-//! a blocking thread. Owns the glue and the mapping of failures: a bad file is the miner's
+//! challenge's reference face and source audio, then, on a blocking thread, the speech recogniser when
+//! one is configured ([`super::asr`]) and the native components ([`super::components`]). Owns the glue and the mapping of failures: a bad file is the miner's
 //! `bad_output`, anything wrong on the host is infrastructure.
 
+use super::asr::{self, SpeechRecognizer};
 use super::components::{self, AnalysisOptions, Frame, HistogramIdentity, IdentityBackend, Media};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
@@ -18,6 +19,7 @@ pub struct MediaAnalyzer {
     detector: Arc<dyn FaceDetector + Send + Sync>,
     detector_name: String,
     identity: Arc<dyn IdentityBackend + Send + Sync>,
+    asr: Option<Arc<dyn SpeechRecognizer>>,
 }
 
 impl MediaAnalyzer {
@@ -32,6 +34,7 @@ impl MediaAnalyzer {
             detector,
             detector_name: detector_name.to_owned(),
             identity: Arc::new(HistogramIdentity),
+            asr: None,
         }
     }
 
@@ -40,6 +43,17 @@ impl MediaAnalyzer {
     pub fn with_identity(mut self, identity: Arc<dyn IdentityBackend + Send + Sync>) -> Self {
         self.identity = identity;
         self
+    }
+
+    /// The same analyser with a speech recogniser behind the WER (`None`: no ASR).
+    #[must_use]
+    pub fn with_asr(mut self, asr: Option<Arc<dyn SpeechRecognizer>>) -> Self {
+        self.asr = asr;
+        self
+    }
+
+    fn asr_name(&self) -> &'static str {
+        self.asr.as_ref().map_or("none", |a| a.name())
     }
 }
 
@@ -64,8 +78,16 @@ impl Analyzer for MediaAnalyzer {
             let transcript = challenge.text().map(str::to_owned);
             let detector = Arc::clone(&self.detector);
             let identity = Arc::clone(&self.identity);
+            let recogniser = self.asr.clone();
             let (frames, fps, video_audio) = (decoded.frames, decoded.fps, decoded.audio);
             let analysis = tokio::task::spawn_blocking(move || {
+                let (reference, hypothesis) = asr::transcripts(
+                    recogniser.as_deref(),
+                    transcript.as_deref(),
+                    &source_audio,
+                    &video_audio,
+                )
+                .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
                 let media = Media {
                     frames: &frames,
                     fps,
@@ -73,22 +95,21 @@ impl Analyzer for MediaAnalyzer {
                     source_audio: &source_audio,
                     reference_face: &face,
                 };
-                components::analyse_with(
+                Ok(components::analyse_with(
                     &media,
                     detector.as_ref(),
                     identity.as_ref(),
-                    transcript.as_deref(),
-                    None,
+                    reference.as_deref(),
+                    hypothesis.as_deref(),
                     &AnalysisOptions::default(),
-                )
+                ))
             })
             .await
-            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))?;
-            let debug = serde_json::to_value(&analysis.debug)
-                .map_err(|e| AnalysisFailure::Infra(format!("analysis debug: {e}")))?;
+            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
             Ok(ChallengeAnalysis {
                 components: analysis.components,
-                debug,
+                debug: analysis.debug,
+                asr_backend: self.asr_name(),
                 analysis_secs: started.elapsed().as_secs_f64(),
             })
         })
@@ -96,9 +117,10 @@ impl Analyzer for MediaAnalyzer {
 
     fn describe(&self) -> String {
         format!(
-            "ffmpeg decode + builtin components ({} face detector, {} identity, no ASR)",
+            "ffmpeg decode + builtin components ({} face detector, {} identity, {} speech recogniser)",
             self.detector_name,
-            self.identity.name()
+            self.identity.name(),
+            self.asr_name()
         )
     }
 }

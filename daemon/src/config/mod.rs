@@ -13,9 +13,9 @@ mod settings;
 
 pub use raw::RawConfig;
 pub use settings::{
-    AdminSettings, AnalysisSettings, AuthSettings, ChallengeSource, DockerSettings, DuplicatePolicy,
-    EvaluationSettings, FaceBackend, FaceSettings, GpuMode, GpuSelector, GpuSettings, HttpSettings,
-    LogFormat, LogSettings, Settings, StoreSettings, defaults,
+    AdminSettings, AnalysisSettings, AsrBackend, AuthSettings, ChallengeSource, DockerSettings,
+    DuplicatePolicy, EvaluationSettings, FaceBackend, FaceSettings, GpuMode, GpuSelector, GpuSettings,
+    HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
 };
 
 use std::collections::BTreeMap;
@@ -431,7 +431,7 @@ pub fn render_effective(settings: &Settings) -> String {
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
-         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis]\nasr_backend = \"none\"\n\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -473,6 +473,13 @@ pub fn render_effective(settings: &Settings) -> String {
         arg = quote(&s.admin.read_group),
         asm = s.admin.socket_mode,
         face = render_face(&s.analysis.face),
+        asr = match &s.analysis.asr {
+            AsrBackend::None => "backend = \"none\"\n".to_owned(),
+            AsrBackend::Whisper { model } => format!(
+                "backend = \"whisper\"\nmodel = {}\n",
+                quote(&model.display().to_string())
+            ),
+        },
         lvl = quote(&s.log.level),
     )
 }

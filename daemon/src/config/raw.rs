@@ -44,8 +44,8 @@ pub struct RawAnalysis {
     pub face_backend: Option<String>,
     /// Old name of `analysis.face.cascade` (still accepted).
     pub face_cascade: Option<String>,
-    /// Speech backend: `none`.
-    pub asr_backend: Option<String>,
+    /// `[analysis.asr]`: the speech backend.
+    pub asr: RawAsr,
     /// `[analysis.face]`: the face detector and identity backend.
     pub face: RawFace,
 }
@@ -70,6 +70,16 @@ pub struct RawFace {
     pub det_size: Option<i64>,
     /// Detection score threshold.
     pub det_threshold: Option<f64>,
+}
+
+/// `[analysis.asr]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAsr {
+    /// `none` or `whisper`.
+    pub backend: Option<String>,
+    /// The ggml model file of `whisper`.
+    pub model: Option<String>,
 }
 
 /// `[http]`

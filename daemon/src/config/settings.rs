@@ -260,6 +260,8 @@ impl std::fmt::Display for GpuSelector {
 pub struct AnalysisSettings {
     /// `[analysis.face]`: face detection and identity.
     pub face: FaceSettings,
+    /// `[analysis.asr]`: the speech recogniser behind the WER.
+    pub asr: AsrBackend,
 }
 
 /// `[analysis.face]`
@@ -278,6 +280,18 @@ pub enum FaceBackend {
     Builtin,
     /// InsightFace SCRFD + ArcFace through ONNX Runtime, `insightface` identity.
     Onnx(crate::analysis::face::OnnxFaceConfig),
+}
+
+/// `[analysis.asr] backend`: which speech recogniser transcribes the outputs' audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsrBackend {
+    /// None: the WER is reported unavailable and the audio-match check is the transcript gate.
+    None,
+    /// whisper.cpp (cargo feature `whisper`) with this ggml model.
+    Whisper {
+        /// `[analysis.asr] model`.
+        model: PathBuf,
+    },
 }
 
 /// `[admin]`
@@ -747,13 +761,8 @@ impl Validator<'_> {
     fn analysis(&mut self, raw: &RawConfig) -> AnalysisSettings {
         let a = &raw.analysis;
         let face = self.face(a);
-        if let Some(b) = a.asr_backend.as_deref().filter(|b| *b != "none") {
-            self.problem(
-                "analysis.asr_backend",
-                format!("'{b}' is not available in this build (only none)"),
-            );
-        }
-        AnalysisSettings { face }
+        let asr = self.asr(&a.asr);
+        AnalysisSettings { face, asr }
     }
 
     /// `[analysis.face]`, with the old flat `analysis.face_backend` / `face_cascade` still accepted.
@@ -838,6 +847,45 @@ impl Validator<'_> {
             threads,
             det_size,
             det_threshold,
+        }
+    }
+
+    fn asr(&mut self, raw: &super::raw::RawAsr) -> AsrBackend {
+        let model = raw.model.as_deref();
+        match raw.backend.as_deref().unwrap_or("none") {
+            "none" => {
+                if model.is_some() {
+                    self.problem("analysis.asr.model", "is only used with backend = \"whisper\"");
+                }
+                AsrBackend::None
+            }
+            "whisper" => {
+                if !cfg!(feature = "whisper") {
+                    self.problem("analysis.asr.backend", crate::analysis::asr::NEEDS_FEATURE);
+                }
+                let Some(model) = model else {
+                    self.problem(
+                        "analysis.asr.model",
+                        "is required with backend = \"whisper\": the path of a ggml model (e.g. ggml-base.en.bin)",
+                    );
+                    return AsrBackend::None;
+                };
+                let model = self.absolute_path(model, "analysis.asr.model");
+                if model.is_absolute() && !model.is_file() {
+                    self.problem(
+                        "analysis.asr.model",
+                        format!("{} is not a readable file", model.display()),
+                    );
+                }
+                AsrBackend::Whisper { model }
+            }
+            other => {
+                self.problem(
+                    "analysis.asr.backend",
+                    format!("'{other}' is not one of none, whisper"),
+                );
+                AsrBackend::None
+            }
         }
     }
 

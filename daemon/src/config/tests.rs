@@ -451,3 +451,79 @@ fn virtual_cuda_version_and_calibration_image_are_validated_and_print_back() {
     assert!(keys.contains(&"gpu.virtual_cuda_version".to_owned()), "{keys:?}");
     assert!(keys.contains(&"gpu.calibration_image".to_owned()), "{keys:?}");
 }
+
+#[test]
+fn the_speech_backend_is_a_table_and_whisper_needs_its_feature_and_model() {
+    let f = Fixture::new();
+    let state = f.state();
+    // Default: none.
+    let s = f.load(&f.file("none.toml", &state)).unwrap().settings;
+    assert_eq!(s.analysis.asr, AsrBackend::None);
+    assert!(render_effective(&s).contains("[analysis.asr]\nbackend = \"none\"\n"));
+
+    // The former flat key is gone.
+    let old = f.file(
+        "old.toml",
+        &format!("{state}[analysis]\nasr_backend = \"none\"\n"),
+    );
+    let err = f.load(&old).unwrap_err().to_string();
+    assert!(err.contains("analysis.asr_backend`: unknown field"), "{err}");
+
+    let bogus = f.file(
+        "bogus.toml",
+        &format!("{state}[analysis.asr]\nbackend = \"siri\"\n"),
+    );
+    let p = problems(f.load(&bogus).unwrap_err());
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "analysis.asr.backend");
+    assert!(p[0].problem.contains("none, whisper"), "{}", p[0].problem);
+
+    let stray = f.file(
+        "stray.toml",
+        &format!("{state}[analysis.asr]\nmodel = \"/m.bin\"\n"),
+    );
+    let p = problems(f.load(&stray).unwrap_err());
+    assert_eq!(p[0].key, "analysis.asr.model", "{p:?}");
+
+    let model = f.file("ggml-tiny.bin", "not checked here");
+    let whisper = f.file(
+        "whisper.toml",
+        &format!(
+            "{state}[analysis.asr]\nbackend = \"whisper\"\nmodel = \"{}\"\n",
+            model.display()
+        ),
+    );
+    let missing = f.file(
+        "missing.toml",
+        &format!("{state}[analysis.asr]\nbackend = \"whisper\"\nmodel = \"/nonexistent/m.bin\"\n"),
+    );
+    let no_model = f.file(
+        "nomodel.toml",
+        &format!("{state}[analysis.asr]\nbackend = \"whisper\"\n"),
+    );
+    if cfg!(feature = "whisper") {
+        let s = f.load(&whisper).unwrap().settings;
+        assert_eq!(s.analysis.asr, AsrBackend::Whisper { model: model.clone() });
+        let rendered = render_effective(&s);
+        assert!(rendered.contains("backend = \"whisper\"\nmodel = "), "{rendered}");
+        let p = problems(f.load(&missing).unwrap_err());
+        assert_eq!(p[0].key, "analysis.asr.model");
+        assert!(p[0].problem.contains("not a readable file"), "{p:?}");
+    } else {
+        // Asking for whisper in a build without it names the feature.
+        let p = problems(f.load(&whisper).unwrap_err());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "analysis.asr.backend");
+        assert!(
+            p[0].problem.contains("cargo feature `whisper`"),
+            "{}",
+            p[0].problem
+        );
+    }
+    let p = problems(f.load(&no_model).unwrap_err());
+    assert!(
+        p.iter()
+            .any(|p| p.key == "analysis.asr.model" && p.problem.contains("ggml")),
+        "{p:?}"
+    );
+}

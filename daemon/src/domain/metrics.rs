@@ -4,6 +4,7 @@
 //! Field names are a wire contract read by existing validators: add fields, never rename or remove them.
 
 use super::Verdict;
+use crate::scoring::IdentityMode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,7 +38,8 @@ pub struct EvaluationMetrics {
     /// Round in which the result was produced.
     #[serde(default)]
     pub round: u64,
-    /// Seconds spent per stage (`pull`, `ready`, `challenges`, `analysis`...).
+    /// Seconds spent per stage (`pull`, `ready`, `challenges`, `analysis`...), and the analysis of each
+    /// scored challenge as `analysis:<challenge id>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stage_times: BTreeMap<String, f64>,
     /// The GPU the run was measured on, when known.
@@ -107,6 +109,34 @@ pub struct ChallengeMetrics {
     /// Failure reason, present on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How the components were obtained (protocol.md 5.3's `debug`), present on success. Additive:
+    /// the reference's readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<ChallengeDebug>,
+}
+
+/// The `debug` object of a scored challenge: the reference's intermediate values (protocol.md 5.3)
+/// plus the backends that produced them and the time the analysis took. A plain struct of scalars and
+/// two short strings, so that `/metrics` stays cheap to serialise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengeDebug {
+    /// Sync confidence `(corr + 1) / 2` as the gates saw it.
+    pub sync_c: f64,
+    /// Sync lag distance as the gates saw it.
+    pub sync_d: f64,
+    /// Fraction of sampled frames with a detected face.
+    pub face_detect_ratio: f64,
+    /// How identity was computed (`insightface`, `fallback_histogram`, `unavailable`).
+    pub identity_mode: IdentityMode,
+    /// Whether the face-detect gate (InsightFace mode, ratio under the threshold) fired.
+    pub face_detect_gate_applied: bool,
+    /// Face detector that produced the boxes (`haar`, `scrfd`...).
+    pub face_backend: String,
+    /// Speech recogniser behind the WER (`none`, `whisper`).
+    pub asr_backend: String,
+    /// Host seconds the analysis of this challenge took (decode included); it ran after the miner's
+    /// container was gone, so it is never part of the miner's time.
+    pub analysis_time_sec: f64,
 }
 
 /// The efficiency block (protocol.md 1.3 / 6) plus talkheadd's flags.

@@ -2,7 +2,7 @@
 //! Pure: the caller supplies every value, the clock included.
 
 use crate::domain::Verdict;
-use crate::domain::metrics::{ChallengeMetrics, EfficiencyMetrics};
+use crate::domain::metrics::{ChallengeDebug, ChallengeMetrics, EfficiencyMetrics};
 use crate::scoring::{ChallengeScore, EfficiencyReport};
 
 /// The efficiency block from the scoring core's report.
@@ -19,8 +19,13 @@ pub fn efficiency_metrics(e: &EfficiencyReport) -> EfficiencyMetrics {
     }
 }
 
-/// A successful challenge entry.
-pub fn scored_entry(challenge_id: &str, score: &ChallengeScore, wer: Option<f64>) -> ChallengeMetrics {
+/// A successful challenge entry; `debug` is [`crate::analysis::ChallengeAnalysis::metrics_debug`].
+pub fn scored_entry(
+    challenge_id: &str,
+    score: &ChallengeScore,
+    wer: Option<f64>,
+    debug: ChallengeDebug,
+) -> ChallengeMetrics {
     let c = &score.quality.components;
     ChallengeMetrics {
         challenge_id: challenge_id.to_owned(),
@@ -42,6 +47,7 @@ pub fn scored_entry(challenge_id: &str, score: &ChallengeScore, wer: Option<f64>
         peak_vram_gb: None,
         inference_time_sec: None,
         error: None,
+        debug: Some(debug),
     }
 }
 
@@ -72,5 +78,6 @@ pub fn failed_entry(
         peak_vram_gb,
         inference_time_sec: host_time_sec,
         error: Some(error.to_owned()),
+        debug: None,
     }
 }

@@ -727,6 +727,10 @@ fn read_result(
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Analyses every collected output and scores the run. Called only once `run_container` has killed
+/// and removed the container, so the host's decoding and analysis never compete with a miner being
+/// timed (issue 5, fairness); each challenge's analysis time is recorded as `analysis:<id>` in the
+/// stage times and in its entry's `debug.analysis_time_sec`.
 async fn analyse_and_score(
     env: &RunEnv,
     req: &RunRequest<'_>,
@@ -756,20 +760,22 @@ async fn analyse_and_score(
             Some(Err(f)) => Some(f.clone()),
             Some(Ok(None)) => Some(Failure::new(Verdict::BadOutput, "no video collected")),
             Some(Ok(Some(video))) => {
+                let challenge_started = Instant::now();
                 let input = AnalysisInput {
                     video,
                     challenge,
                     max_seconds: f64::from(TASK_MAX_SECONDS),
                 };
-                match env.analyzer.analyse(input).await {
+                let analysed = env.analyzer.analyse(input).await;
+                let took = analysed
+                    .as_ref()
+                    .map_or_else(|_| challenge_started.elapsed().as_secs_f64(), |a| a.analysis_secs);
+                report.stage_times.insert(format!("analysis:{id}"), took);
+                match analysed {
                     Ok(analysis) => {
                         let score = score_challenge(&analysis.components, &measurement, cfg);
-                        let wer = analysis
-                            .debug
-                            .get("wer_available")
-                            .and_then(serde_json::Value::as_bool)
-                            .unwrap_or(true);
-                        entries.push(scored_entry(&id, &score, wer.then_some(analysis.components.wer)));
+                        let debug = analysis.metrics_debug(&score.quality);
+                        entries.push(scored_entry(&id, &score, analysis.reported_wer(), debug));
                         outcomes.push(ChallengeOutcome::scored(&score.quality, measurement));
                         None
                     }

@@ -177,8 +177,8 @@ impl MetricsBodyRow for StoredMetricsRow<'_> {
 /// 1,024 miners costs a copy of the text, not a parse and re-encoding of every number; decoded
 /// metrics are written with sonic-rs (the same serde impls as the store's serde_json).
 pub fn render_metrics_body<R: MetricsBodyRow>(rows: &[R]) -> Result<Vec<u8>, sonic_rs::Error> {
-    // ~2.5 KiB per miner with 5 challenges: one allocation instead of a dozen doublings of megabytes.
-    let mut out = Vec::with_capacity(64 + rows.len() * 2560);
+    // ~3.6 KiB per miner with 5 challenges and their debug: one allocation instead of a dozen doublings of megabytes.
+    let mut out = Vec::with_capacity(64 + rows.len() * 4096);
     out.push(b'[');
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {

@@ -1,0 +1,300 @@
+//! `talkheadd analyze`: the operator's offline scorer. Runs the daemon's own analyser (the one
+//! [`super::default_analyzer`] builds from the configuration: same sandboxed decode, same face and
+//! speech backends, same components) and the quality formula of `[scoring]` on one output video
+//! against a face, an audio clip and an optional transcript, so an operator can see why a miner scored
+//! what it did.
+//!
+//! Owns: turning the command's files into a [`Challenge`] (validated with the daemon's challenge
+//! limits), the report ([`OfflineReport`]: JSON with `--json`, else a readable table) and the exit codes
+//! of the subcommand ([`EXIT_BAD_OUTPUT`], [`EXIT_BAD_INPUT`]). Must not: score efficiency (there is no
+//! timed miner here) or touch the daemon's state.
+
+use super::components::AnalysisDebug;
+use super::{AnalysisFailure, AnalysisInput, Analyzer, ChallengeAnalysis};
+use crate::challenges::{Challenge, ChallengeId, Limits};
+use crate::config::Settings;
+use crate::domain::metrics::ChallengeDebug;
+use crate::scoring::{QualityScore, score_quality};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Exit code when the video is unusable (`bad_output`); sysexits' `EX_DATAERR`.
+pub const EXIT_BAD_OUTPUT: u8 = 65;
+/// Exit code when the face, audio or transcript given cannot be used; sysexits' `EX_NOINPUT`.
+pub const EXIT_BAD_INPUT: u8 = 66;
+/// Exit code when the host cannot analyse (tool missing, detector not loadable, disk...).
+pub const EXIT_HOST_FAILURE: u8 = 1;
+
+/// `task.json`'s `max_seconds`, as the engine gives it to every challenge.
+const MAX_SECONDS: f64 = 5.0;
+
+/// What to analyse.
+#[derive(Debug, Clone)]
+pub struct OfflineRequest {
+    /// The output video.
+    pub video: PathBuf,
+    /// The reference face (PNG or JPEG).
+    pub face: PathBuf,
+    /// The challenge audio (PCM WAV).
+    pub audio: PathBuf,
+    /// The transcript, when there is one.
+    pub text: Option<PathBuf>,
+}
+
+/// Why the analysis of one file did not give components.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The video is unusable: what a miner would get as `bad_output`.
+    #[error("bad_output ({reason}): {detail}")]
+    BadOutput {
+        /// Stable reason code (`not_a_video`, `wrong_duration`...).
+        reason: String,
+        /// Details.
+        detail: String,
+    },
+    /// A face, audio or transcript file cannot be read or fails the daemon's challenge checks.
+    #[error("{0}")]
+    BadInput(String),
+    /// The host failed.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl OfflineError {
+    /// The subcommand's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OfflineError::BadOutput { .. } => EXIT_BAD_OUTPUT,
+            OfflineError::BadInput(_) => EXIT_BAD_INPUT,
+            OfflineError::Host(_) => EXIT_HOST_FAILURE,
+        }
+    }
+}
+
+/// The components of one file and how they score.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineReport {
+    /// The video analysed.
+    pub video: PathBuf,
+    /// Quality score, gates and the clamped components the formula used.
+    pub quality: QualityScore,
+    /// WER, `null` when unavailable.
+    pub wer: Option<f64>,
+    /// What the `/metrics` entry's `debug` would hold.
+    pub debug: ChallengeDebug,
+    /// Every intermediate value of the analysis.
+    pub analysis: AnalysisDebug,
+}
+
+/// Loads the request's files as a challenge and analyses the video with `analyzer`.
+pub async fn analyse_file(
+    analyzer: &dyn Analyzer,
+    settings: &Settings,
+    request: &OfflineRequest,
+) -> Result<OfflineReport, OfflineError> {
+    let challenge = load_challenge(request)?;
+    let input = AnalysisInput {
+        video: &request.video,
+        challenge: &challenge,
+        max_seconds: MAX_SECONDS,
+    };
+    let analysis = analyzer.analyse(input).await.map_err(|e| match e {
+        AnalysisFailure::BadOutput { reason, detail } => OfflineError::BadOutput { reason, detail },
+        AnalysisFailure::Infra(reason) => {
+            OfflineError::Host(format!("analysis failed on this host: {reason}"))
+        }
+    })?;
+    Ok(report(&request.video, &analysis, settings))
+}
+
+/// The report of one analysis scored with `settings.scoring`.
+fn report(video: &Path, analysis: &ChallengeAnalysis, settings: &Settings) -> OfflineReport {
+    let quality = score_quality(&analysis.components, &settings.scoring);
+    OfflineReport {
+        video: video.to_path_buf(),
+        quality,
+        wer: analysis.reported_wer(),
+        debug: analysis.metrics_debug(&quality),
+        analysis: analysis.debug.clone(),
+    }
+}
+
+fn load_challenge(request: &OfflineRequest) -> Result<Challenge, OfflineError> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| OfflineError::BadInput(format!("{what} {}: {e}", path.display())))
+    };
+    let face = read("--face", &request.face)?;
+    let audio = read("--audio", &request.audio)?;
+    let text = match &request.text {
+        Some(path) => Some(
+            String::from_utf8(read("--text", path)?)
+                .map_err(|_| OfflineError::BadInput(format!("--text {}: not UTF-8", path.display())))?,
+        ),
+        None => None,
+    };
+    let id = ChallengeId::from_index(0);
+    Challenge::new(id, face, audio, text.as_deref(), &Limits::default())
+        .map_err(|e| OfflineError::BadInput(e.to_string()))
+}
+
+impl OfflineReport {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// The report as an aligned two-column table.
+    pub fn to_table(&self) -> String {
+        let q = &self.quality;
+        let c = &q.components;
+        let a = &self.analysis;
+        let p = &a.penalties;
+        let mut rows: Vec<(&str, String)> = vec![
+            ("video", self.video.display().to_string()),
+            ("quality_score", format!("{:.6}", q.quality_score)),
+            ("blended", format!("{:.6}", q.blended)),
+            ("gates", gates(q)),
+            (
+                "identity",
+                format!("{:.6}  (mode {})", c.identity, c.identity_mode.as_str()),
+            ),
+            (
+                "lipsync",
+                format!(
+                    "{:.6}  (sync_c {:.4}, sync_d {:.4})",
+                    c.lipsync, c.sync_c, c.sync_d
+                ),
+            ),
+            ("video_score", format!("{:.6}", c.video)),
+            ("audio", format!("{:.6}", c.audio)),
+            ("temporal", format!("{:.6}", c.temporal)),
+            (
+                "penalty",
+                format!(
+                    "{:.6}  (freeze {:.3}, loop {:.3}, face_missing {:.3}, offscreen {:.3}, \
+                     mouth_occlusion {:.3}, silent_mismatch {:.3}, desync_spikes {:.3})",
+                    c.penalty,
+                    p.freeze,
+                    p.loop_,
+                    p.face_missing,
+                    p.offscreen,
+                    p.mouth_occlusion,
+                    p.silent_mismatch,
+                    p.desync_spikes
+                ),
+            ),
+            ("wer", wer(self)),
+            (
+                "face_detect_ratio",
+                format!(
+                    "{:.4}  ({} of {} frames)",
+                    c.face_detect_ratio, a.frames_with_face, a.frames
+                ),
+            ),
+            (
+                "backends",
+                format!(
+                    "face {}, identity {}, asr {}",
+                    a.detector, a.identity_backend, self.debug.asr_backend
+                ),
+            ),
+            ("analysis_time", format!("{:.3} s", self.debug.analysis_time_sec)),
+        ];
+        for issue in &a.issues {
+            rows.push((
+                "issue",
+                serde_json::to_string(issue).unwrap_or_else(|_| format!("{issue:?}")),
+            ));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (key, value) in rows {
+            let _ = writeln!(out, "{key:<width$}  {value}");
+        }
+        out
+    }
+}
+
+fn gates(q: &QualityScore) -> String {
+    let g = q.gates_applied;
+    let mut fired: Vec<&str> = Vec::new();
+    if g.face_detect {
+        fired.push("face_detect");
+    }
+    if g.identity {
+        fired.push("identity");
+    }
+    if g.sync {
+        fired.push("sync");
+    }
+    if q.wer_hard_fail {
+        fired.push("wer_hard_fail (quality 0)");
+    }
+    if fired.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{} (multiplier {:.3})", fired.join(", "), q.gate_multiplier)
+    }
+}
+
+fn wer(r: &OfflineReport) -> String {
+    use super::components::TranscriptGate;
+    match (r.wer, r.analysis.transcript_gate) {
+        (Some(w), _) => format!("{w:.4}"),
+        (
+            None,
+            TranscriptGate::AudioMatch {
+                similarity,
+                threshold,
+                passed,
+            },
+        ) => format!(
+            "unavailable; audio match {similarity:.3} {} threshold {threshold:.3}: {}",
+            if passed { ">=" } else { "<" },
+            if passed { "passed" } else { "failed (quality 0)" }
+        ),
+        (None, _) => "unavailable; no check possible (silent challenge audio)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_and_documented_values() {
+        let bad = OfflineError::BadOutput {
+            reason: "not_a_video".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(bad.exit_code(), 65);
+        assert_eq!(OfflineError::BadInput("x".into()).exit_code(), 66);
+        assert_eq!(OfflineError::Host("x".into()).exit_code(), 1);
+        assert_eq!(bad.to_string(), "bad_output (not_a_video): x");
+    }
+
+    #[test]
+    fn unreadable_and_invalid_inputs_are_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("face.png");
+        std::fs::write(&junk, b"not an image").unwrap();
+        let missing = OfflineRequest {
+            video: dir.path().join("v.mp4"),
+            face: dir.path().join("absent.png"),
+            audio: dir.path().join("absent.wav"),
+            text: None,
+        };
+        let err = load_challenge(&missing).unwrap_err();
+        assert!(
+            matches!(&err, OfflineError::BadInput(m) if m.contains("--face")),
+            "{err}"
+        );
+        let invalid = OfflineRequest {
+            face: junk,
+            ..missing
+        };
+        let err = load_challenge(&invalid).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BAD_INPUT, "{err}");
+    }
+}

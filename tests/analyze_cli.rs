@@ -1,0 +1,183 @@
+//! `talkheadd analyze`: the real binary, the real sandboxed ffmpeg decode and the builtin face
+//! detector on videos made with ffmpeg from a fixture challenge; a good clip gives its components
+//! (exit 0, table or JSON), a hostile file its `bad_output` reason (exit 65), unusable inputs exit 66,
+//! and the face backend comes from `--config`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Case {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    challenge: PathBuf,
+}
+
+impl Case {
+    /// A temporary directory with a configuration on the embedded defaults plus virtual slots (so the
+    /// file loads on a host without NVML), and fixture challenge-0.
+    fn new() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("talkheadd.toml");
+        std::fs::write(&config, "[gpu]\nvirtual = 1\n").unwrap();
+        Case {
+            dir,
+            config,
+            challenge: fixtures().join("challenge-0"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The fixture's face held still over the fixture's audio, 512×512 at 25 fps: what a miner that
+    /// ignores the audio would output.
+    fn still_face_clip(&self) -> PathBuf {
+        let out = self.path("still.mp4");
+        // `-shortest` overshoots with a looped image; the audio's own length is exact.
+        let wav = hound::WavReader::open(self.challenge.join("audio.wav")).unwrap();
+        let seconds = f64::from(wav.duration()) / f64::from(wav.spec().sample_rate);
+        let audio = self.challenge.join("audio.wav");
+        media::face_clip(
+            &self.challenge.join("face.png"),
+            &["-i", audio.to_str().unwrap()],
+            false,
+            seconds,
+            &out,
+        );
+        out
+    }
+
+    fn analyze(&self, video: &Path, extra: &[&str]) -> Output {
+        self.analyze_with(&self.config, video, extra)
+    }
+
+    fn analyze_with(&self, config: &Path, video: &Path, extra: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("analyze")
+            .arg("--video")
+            .arg(video)
+            .arg("--face")
+            .arg(self.challenge.join("face.png"))
+            .arg("--audio")
+            .arg(self.challenge.join("audio.wav"))
+            .args(extra)
+            .current_dir(self.dir.path())
+            .env_remove("TALKHEADD_CONFIG")
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_good_clip_gives_its_components_as_json_and_as_a_table() {
+    let case = Case::new();
+    let clip = case.still_face_clip();
+    let transcript = case.challenge.join("text.txt");
+    let out = case.analyze(&clip, &["--text", transcript.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let quality = &report["quality"];
+    let q = quality["quality_score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&q), "{report}");
+    for key in ["identity", "lipsync", "audio", "video", "temporal", "penalty"] {
+        let v = quality["components"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    // A face that never moves its mouth: the sync gate fires and the freeze penalty is charged.
+    assert_eq!(quality["gates_applied"]["sync"], true, "{report}");
+    assert!(
+        report["analysis"]["penalties"]["freeze"].as_f64().unwrap() > 0.5,
+        "{report}"
+    );
+    // The same debug object as a /metrics entry, with the builtin backend and no ASR.
+    let debug = &report["debug"];
+    assert_eq!(debug["face_backend"], "haar");
+    assert_eq!(debug["asr_backend"], "none");
+    assert_eq!(debug["identity_mode"], "fallback_histogram");
+    assert_eq!(debug["face_detect_gate_applied"], false);
+    assert!(debug["analysis_time_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(debug["sync_c"], quality["components"]["sync_c"]);
+    // No ASR: WER unavailable (null), the audio-match check stands in, and it passes on the
+    // challenge's own audio.
+    assert!(report["wer"].is_null(), "{report}");
+    assert_eq!(report["analysis"]["transcript_gate"]["kind"], "audio_match");
+    assert_eq!(report["analysis"]["transcript_gate"]["passed"], true, "{report}");
+    // 3.44 s at 25 fps is 86 frames: the reference's 80 are sampled.
+    assert_eq!(report["analysis"]["frames"], 80);
+
+    let table = case.analyze(&clip, &[]);
+    assert_eq!(table.status.code(), Some(0), "{}", output_text(&table));
+    let table = String::from_utf8(table.stdout).unwrap();
+    let line = |key: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} row in:\n{table}"))
+            .to_owned()
+    };
+    assert!(line("quality_score").contains(&format!("{q:.6}")), "{table}");
+    assert!(line("gates").contains("sync"), "{table}");
+    assert!(line("wer").contains("unavailable; audio match"), "{table}");
+    assert!(line("backends").contains("face haar"), "{table}");
+}
+
+#[test]
+fn a_text_file_named_mp4_is_bad_output_with_its_reason() {
+    let case = Case::new();
+    let fake = case.path("fake.mp4");
+    std::fs::write(&fake, "this is not a video, whatever its name says\n".repeat(100)).unwrap();
+    let out = case.analyze(&fake, &["--json"]);
+    assert_eq!(out.status.code(), Some(65), "{}", output_text(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["bad_output"]["reason"], "not_a_video", "{body}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_output (not_a_video)"));
+
+    let empty = case.path("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let out = case.analyze(&empty, &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("bad_output (empty_file)"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(out.stdout.is_empty(), "no components for a bad output");
+}
+
+#[test]
+fn unusable_inputs_exit_66_and_the_face_backend_follows_the_configuration() {
+    let case = Case::new();
+    let clip = case.path("never-read.mp4");
+    std::fs::write(&clip, b"x").unwrap();
+    let out = case.analyze(&clip, &["--text", case.path("absent.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(66), "{}", output_text(&out));
+    assert!(output_text(&out).contains("--text"), "{}", output_text(&out));
+
+    // The detector is the configured one: a cascade that is not there stops the analysis (host
+    // failure, exit 1) naming the key, before any video is judged.
+    let config = case.path("other.toml");
+    let cascade = case.path("no-such-cascade.xml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gpu]\nvirtual = 1\n[analysis]\nface_cascade = \"{}\"\n",
+            cascade.display()
+        ),
+    )
+    .unwrap();
+    let out = case.analyze_with(&config, &clip, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("face_cascade") && output_text(&out).contains("no-such-cascade.xml"),
+        "{}",
+        output_text(&out)
+    );
+}

@@ -1,0 +1,31 @@
+//! Test media made with the host's ffmpeg, shared by the integration tests (through `common`) and the
+//! decode bench (through `#[path]`).
+
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// `face` at 512×512, 25 fps, H.264, over the audio input `audio` (ffmpeg input options ending in
+/// `-i <source>`), AAC, cut to `seconds`. `turn` rotates the face gently so that every frame differs;
+/// otherwise it is held still.
+pub fn face_clip(face: &Path, audio: &[&str], turn: bool, seconds: f64, out: &Path) {
+    let motion = if turn {
+        "rotate=0.04*sin(2*PI*t):fillcolor=black,"
+    } else {
+        ""
+    };
+    let status = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-loop", "1", "-framerate", "25", "-i"])
+        .arg(face)
+        .args(audio)
+        .arg("-vf")
+        .arg(format!("scale=512:512,{motion}format=yuv420p"))
+        .args(["-r", "25", "-c:v", "libx264", "-c:a", "aac", "-t"])
+        .arg(format!("{seconds:.3}"))
+        .arg(out)
+        .status()
+        .expect("ffmpeg must be installed (tests/setup.sh)");
+    assert!(status.success(), "ffmpeg could not make {}", out.display());
+}
