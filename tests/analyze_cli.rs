@@ -168,7 +168,7 @@ fn unusable_inputs_exit_66_and_the_face_backend_follows_the_configuration() {
     std::fs::write(
         &config,
         format!(
-            "[gpu]\nvirtual = 1\n[analysis]\nface_cascade = \"{}\"\n",
+            "[gpu]\nvirtual = 1\n[analysis.face]\ncascade = \"{}\"\n",
             cascade.display()
         ),
     )
@@ -176,7 +176,8 @@ fn unusable_inputs_exit_66_and_the_face_backend_follows_the_configuration() {
     let out = case.analyze_with(&config, &clip, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
-        output_text(&out).contains("face_cascade") && output_text(&out).contains("no-such-cascade.xml"),
+        output_text(&out).contains("analysis.face.cascade")
+            && output_text(&out).contains("no-such-cascade.xml"),
         "{}",
         output_text(&out)
     );
