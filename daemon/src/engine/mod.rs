@@ -6,4 +6,5 @@ pub mod duplicates;
 pub mod metrics;
 pub mod rounds_loop;
 pub mod run;
+pub mod timing;
 pub mod verdicts;

@@ -36,6 +36,8 @@ use tracing::Instrument;
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Longest backoff for a miner whose evaluation failed on the host's side.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest wait between two attempts to reach a Docker engine that stopped answering.
+const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where a round's challenges come from.
 pub enum Source {
@@ -113,6 +115,15 @@ pub struct EvaluationLoop {
     /// The GPU model the open round is measured on (`gpu.same_model_per_round`).
     round_model: Option<(u64, String)>,
     tasks: JoinSet<Finished>,
+    /// Pulls of the next submissions' images, running beside the evaluations.
+    prefetches: JoinSet<()>,
+    /// Images pulled ahead (or being pulled) this round.
+    prefetched: HashSet<String>,
+    /// The engine stopped answering: failed attempts so far and when to try again.
+    engine_down: Option<(u32, Instant)>,
+    /// A run ended in an infrastructure failure: its container may have outlived it (an engine that
+    /// restarted under it), so this instance's idle containers are swept before the next dispatch.
+    sweep_containers: bool,
 }
 
 impl EvaluationLoop {
@@ -153,6 +164,10 @@ impl EvaluationLoop {
             meter,
             round_model: None,
             tasks: JoinSet::new(),
+            prefetches: JoinSet::new(),
+            prefetched: HashSet::new(),
+            engine_down: None,
+            sweep_containers: false,
         }
     }
 
@@ -175,6 +190,7 @@ impl EvaluationLoop {
             while let Some(done) = self.tasks.try_join_next() {
                 self.finish(done);
             }
+            while self.prefetches.try_join_next().is_some() {}
             let wait = match self.step(&shutdown).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => continue,
@@ -192,6 +208,7 @@ impl EvaluationLoop {
                 Some(done) = self.tasks.join_next(), if busy => self.finish(done),
             }
         }
+        self.prefetches.abort_all();
         while let Some(done) = self.tasks.join_next().await {
             self.finish(done);
         }
@@ -219,6 +236,7 @@ impl EvaluationLoop {
                 self.backoff_until.remove(&done.hotkey);
             }
             Some(reason) => {
+                self.sweep_containers = true;
                 let attempts = self.backoff_until.get(&done.hotkey).map_or(1, |(a, _)| a + 1);
                 let wait = backoff(attempts, MAX_INFRA_BACKOFF);
                 self.backoff_until
@@ -399,6 +417,7 @@ impl EvaluationLoop {
                     metrics_version: c.metrics_version,
                 });
                 self.current = None;
+                self.prefetched.clear();
                 return Ok(None);
             }
             return Ok(Some(IDLE_RECHECK));
@@ -435,10 +454,18 @@ impl EvaluationLoop {
                 t.saturating_duration_since(now).max(Duration::from_millis(100))
             })));
         }
+        if let Some(wait) = self.engine_gate().await {
+            return Ok(Some(wait));
+        }
         let set = match self.challenge_set().await {
             Ok(set) => set,
             Err(LoopError::Challenges(e)) => {
                 tracing::warn!(error = %e, transient = e.is_transient(), "cannot obtain the round's challenges");
+                // Shown by `systemctl status`: why nothing is evaluated although miners are pending.
+                crate::systemd::status(&format!(
+                    "cannot obtain the round's challenges ({}): {e}",
+                    e.reason()
+                ));
                 return Ok(Some(Duration::from_secs(
                     e.retry_after_secs().unwrap_or(30).clamp(5, 600),
                 )));
@@ -474,6 +501,7 @@ impl EvaluationLoop {
                 "no GPU slot in service (drained or quarantined)"
             );
         }
+        let placed: HashSet<usize> = placements.iter().map(|p| p.ticket).collect();
         for p in placements {
             let (Some(ticket), Some(rt)) = (ready.get(p.ticket), self.slots.get(p.slot)) else {
                 continue;
@@ -492,6 +520,13 @@ impl EvaluationLoop {
             }
             self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
         }
+        let waiting: Vec<&EvaluationTicket> = ready
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !placed.contains(i))
+            .map(|(_, t)| t)
+            .collect();
+        self.pull_ahead(&waiting);
         let gpus: Vec<(&str, &str)> = self
             .slots
             .iter()
@@ -584,6 +619,89 @@ impl EvaluationLoop {
             settled = true;
         }
         Ok((!settled).then_some(to_run))
+    }
+
+    /// Whether the Docker engine answers. `None`: go on. `Some(wait)`: it does not (dockerd stopped or
+    /// restarting); nothing is dispatched and the next attempt is after a capped backoff, so no miner
+    /// is charged for the outage. When it answers again, containers the interrupted runs left behind
+    /// are removed (their runs already ended as `infra_error` and are retried).
+    async fn engine_gate(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if let Some((_, until)) = self.engine_down
+            && until > now
+        {
+            return Some(until.saturating_duration_since(now));
+        }
+        if self.env.engine.ping().await {
+            if let Some((attempts, _)) = self.engine_down.take() {
+                tracing::info!(
+                    host = self.env.engine.host(),
+                    attempts,
+                    "Docker engine reachable again"
+                );
+                self.sweep_containers = true;
+            }
+            if std::mem::take(&mut self.sweep_containers) {
+                let keep: HashSet<String> = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.busy.as_ref().map(|(run, _)| run.clone()))
+                    .collect();
+                match self.env.engine.reconcile_orphans(&keep).await {
+                    Ok(runs) if !runs.is_empty() => {
+                        tracing::warn!(
+                            count = runs.len(),
+                            "removed containers left by runs that failed on the host's side"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.sweep_containers = true;
+                        tracing::warn!(error = %e, "could not sweep this instance's idle containers; will retry");
+                    }
+                }
+            }
+            return None;
+        }
+        let attempts = self.engine_down.map_or(1, |(a, _)| a.saturating_add(1));
+        let wait = backoff(attempts, MAX_ENGINE_BACKOFF);
+        tracing::warn!(
+            host = self.env.engine.host(),
+            attempts,
+            ?wait,
+            "Docker engine not reachable; evaluations wait for it (miners are not charged)"
+        );
+        self.engine_down = Some((attempts, now + wait));
+        Some(wait)
+    }
+
+    /// While evaluations run, pull the images of the next `docker.prepull_ahead` waiting submissions
+    /// (in the order they will run), protected from eviction. A failed pull decides nothing: the run
+    /// pulls again and classifies the failure itself.
+    fn pull_ahead(&mut self, waiting: &[&EvaluationTicket]) {
+        let ahead = usize::try_from(self.env.settings.docker.prepull_ahead).unwrap_or(0);
+        let next: Vec<crate::domain::ImageRef> = if self.tasks.is_empty() {
+            Vec::new()
+        } else {
+            let mut seen = HashSet::new();
+            waiting
+                .iter()
+                .map(|t| t.image_ref.clone())
+                .filter(|i| seen.insert(i.pinned()))
+                .take(ahead)
+                .collect()
+        };
+        self.env.images.set_upcoming(&next);
+        for image in next {
+            if self.prefetches.len() >= ahead || !self.prefetched.insert(image.pinned()) {
+                continue;
+            }
+            let images = self.env.images.clone();
+            let timeout = self.env.settings.evaluation.pull_timeout;
+            self.prefetches.spawn(async move {
+                images.prefetch(&image, timeout).await;
+            });
+        }
     }
 
     /// Start one evaluation on `slot` in its own task.

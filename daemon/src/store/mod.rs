@@ -12,6 +12,7 @@
 mod controls;
 mod error;
 mod gpus;
+mod images;
 mod registry;
 mod schema;
 mod tables;
@@ -24,6 +25,7 @@ pub use crate::rounds::{
 };
 pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
 pub use error::StoreError;
+pub use images::PulledImageRecord;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 use crate::domain::{EvaluationMetrics, Hotkey, Submission, Verdict};
@@ -184,6 +186,7 @@ pub struct Store {
 /// Field order matters: `env` drops (closing the file) before `claim` releases the path.
 struct Inner {
     tables: Tables,
+    instance_id: String,
     env: heed::Env<WithoutTls>,
     path: PathBuf,
     opts: StoreOptions,
@@ -280,11 +283,12 @@ impl Store {
         let canonical = registry::resolve(path)?;
         let claim = PathClaim::acquire(&canonical)?;
         let env = open_env(&canonical, map_size).map_err(|e| open_error(path, &canonical, e))?;
-        let tables = schema::prepare(&env, &canonical, map_size)?;
+        let (tables, instance_id) = schema::prepare(&env, &canonical, map_size)?;
         tracing::info!(path = %canonical.display(), map_size, "state store open");
         Ok(Store {
             inner: Arc::new(Inner {
                 tables,
+                instance_id,
                 env,
                 path: canonical,
                 opts,
@@ -298,6 +302,12 @@ impl Store {
     /// The canonical path of the data file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// This store's instance id: 32 lowercase hex characters, random, fixed for the life of the file.
+    /// The daemon labels its containers with it (`talkhead.instance`).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
     }
 
     fn t(&self) -> &Tables {
