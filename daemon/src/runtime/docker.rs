@@ -319,17 +319,18 @@ impl Engine {
         id: &str,
         since_unix: u64,
     ) -> Result<Option<String>, RuntimeError> {
-        let until = std::time::SystemTime::now()
+        // Now, to the nanosecond: a whole second in the future would keep the stream open until then.
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_add(1);
+            .unwrap_or_default();
+        let until = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
         let filters = HashMap::from([
             ("container".to_owned(), vec![id.to_owned()]),
             ("type".to_owned(), vec!["container".to_owned()]),
         ]);
         let options = bollard::query_parameters::EventsOptionsBuilder::default()
             .since(&since_unix.to_string())
-            .until(&until.to_string())
+            .until(&until)
             .filters(&filters)
             .build();
         let mut stream = self.docker.events(Some(options));
