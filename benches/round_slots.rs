@@ -62,15 +62,7 @@ fn round(refs: &[String], slots: u32, seed: u8) -> RoundCost {
     let counts = env_u64("ROUND_SLOTS_SCORED")
         .map(|k| format!("warmup_count = 1\nscoring_count = {k}\n"))
         .unwrap_or_default();
-    let extra = format!(
-        "[auth]\nrequire_signature = false\n\
-         [evaluation]\n{counts}challenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 30\n\
-         work_dir = \"{}\"\n[gpu]\nvirtual = {slots}\n\
-         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
-         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
-        fixtures().display(),
-        setup.dir.path().join("jobs").display()
-    );
+    let extra = bench_config(setup.dir.path(), &counts, &format!("[gpu]\nvirtual = {slots}\n"));
     let setup = Setup { extra, ..setup };
     let mut d = Daemon::start(&setup);
     let signers: Vec<Signer> = (0..MINERS).map(|i| Signer::from_seed(seed + i as u8)).collect();

@@ -273,7 +273,9 @@ fn gpu_cuda_inside_the_container_sees_only_the_pinned_gpu() {
     let log = rt.block_on(async {
         let docker = images::docker().await.unwrap();
         let tag = workload_image(&docker).await;
-        let engine = talkheadd::runtime::Engine::connect("unix:///var/run/docker.sock")
+        // An instance id of this test's own: no daemon's start-up sweep touches its container.
+        let instance = format!("gpu-pin-test-{}", std::process::id());
+        let engine = talkheadd::runtime::Engine::connect("unix:///var/run/docker.sock", &instance)
             .await
             .unwrap();
         let dirs = tempfile::tempdir().unwrap();
@@ -288,6 +290,7 @@ fn gpu_cuda_inside_the_container_sees_only_the_pinned_gpu() {
         .unwrap();
         let mut spec = spec::build(&RunSpecInput {
             run_id: &format!("gpu-pin-{}", std::process::id()),
+            instance: &instance,
             image: &image,
             gpu: GpuAssignment::Nvidia { uuid: uuid.clone() },
             input_dir: &input,

@@ -12,7 +12,7 @@ use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
 use crate::engine::run::{ContainerUser, RunEnv};
 use crate::events::EventBus;
 use crate::gpu::{GpuInventory, VirtualInventory};
-use crate::runtime::Engine;
+use crate::runtime::{Engine, ImageCache};
 use crate::service::Service;
 use crate::service::admin::{AdminContext, ReloadReport, Reloader, RuntimeInfo};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -97,8 +97,9 @@ async fn evaluation_loop(
             Source::Api(Box::new(api))
         }
     };
-    let engine = Engine::connect(&settings.docker.host).await?;
-    let orphans = engine.reconcile_orphans().await?;
+    let engine = Engine::connect(&settings.docker.host, store.instance_id()).await?;
+    tracing::info!(host = %settings.docker.host, instance = store.instance_id(), "Docker engine connected");
+    let orphans = engine.reconcile_orphans(&Default::default()).await?;
     if !orphans.is_empty() {
         tracing::warn!(
             count = orphans.len(),
@@ -115,8 +116,15 @@ async fn evaluation_loop(
                 settings.evaluation.work_dir.display()
             ))
         })?;
+    let images = Arc::new(ImageCache::new(
+        engine.clone(),
+        store.clone(),
+        settings.docker.image_cache_bytes,
+        Arc::new(SystemClock),
+    ));
     let env = Arc::new(RunEnv {
         engine,
+        images,
         analyzer: crate::analysis::default_analyzer(settings)
             .await
             .map_err(DaemonError::Engine)?,

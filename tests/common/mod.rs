@@ -47,6 +47,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Config of a bench daemon evaluating the bundled challenges without signatures and with small
+/// container limits; `evaluation` adds `[evaluation]` keys, `tables` whole tables (e.g. `[gpu]`).
+pub fn bench_config(dir: &Path, evaluation: &str, tables: &str) -> String {
+    format!(
+        "[auth]\nrequire_signature = false\n\
+         [evaluation]\n{evaluation}challenges_dir = \"{}\"\nready_timeout_secs = 60\nchallenge_timeout_secs = 30\n\
+         work_dir = \"{}\"\n{tables}\
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
+         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n",
+        fixtures().display(),
+        dir.join("jobs").display()
+    )
+}
+
 /// A running daemon and everything it owns.
 pub struct Daemon {
     pub child: Child,
@@ -144,6 +158,8 @@ impl Daemon {
         let child = cmd
             .env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "talkheadd=debug")
+            // Plain `key=value` fields in the log the tests read (no ANSI colour codes).
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap(),

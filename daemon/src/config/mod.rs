@@ -431,7 +431,7 @@ pub fn render_effective(settings: &Settings) -> String {
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
-         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\nimage_cache_bytes = {icb}\nprepull_ahead = {ppa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -468,6 +468,8 @@ pub fn render_effective(settings: &Settings) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         pa = s.docker.pull_attempts,
+        icb = s.docker.image_cache_bytes,
+        ppa = s.docker.prepull_ahead,
         sock = quote(&s.admin.socket.display().to_string()),
         ag = quote(&s.admin.group),
         arg = quote(&s.admin.read_group),

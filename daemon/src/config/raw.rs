@@ -172,6 +172,10 @@ pub struct RawDocker {
     pub allowed_registries: Option<Vec<String>>,
     /// Pull attempts for infrastructure failures before the run is retried later.
     pub pull_attempts: Option<i64>,
+    /// Bytes of pulled miner images kept after their runs (least recently used removed first).
+    pub image_cache_bytes: Option<i64>,
+    /// Pending submissions whose images are pulled ahead while evaluations run (0 disables).
+    pub prepull_ahead: Option<i64>,
 }
 
 /// `[gpu]`

@@ -57,6 +57,10 @@ pub mod defaults {
     pub const MAX_IMAGE_BYTES: i64 = 32 << 30;
     /// Pull attempts per run.
     pub const PULL_ATTEMPTS: i64 = 5;
+    /// Two of the largest accepted images: the next miner's image fits beside the one just run.
+    pub const IMAGE_CACHE_BYTES: i64 = 2 * MAX_IMAGE_BYTES;
+    /// One submission ahead: its pull overlaps the current run without hoarding disk.
+    pub const PREPULL_AHEAD: i64 = 1;
     /// Admin socket.
     pub const ADMIN_SOCKET: &str = "/run/talkheadd/admin.sock";
     /// Full-control admin group (created by the package's sysusers entry).
@@ -205,6 +209,10 @@ pub struct DockerSettings {
     pub allowed_registries: Vec<String>,
     /// Pull attempts per run for infrastructure failures.
     pub pull_attempts: u32,
+    /// Bytes of idle miner images the daemon keeps (LRU); 0 removes each image after its run.
+    pub image_cache_bytes: u64,
+    /// Pending submissions pulled ahead while evaluations run.
+    pub prepull_ahead: u32,
 }
 
 /// How GPUs are discovered.
@@ -375,6 +383,20 @@ impl Settings {
                     "docker.pull_attempts",
                     1,
                     20,
+                ),
+                image_cache_bytes: v.int(
+                    raw.docker.image_cache_bytes,
+                    defaults::IMAGE_CACHE_BYTES,
+                    "docker.image_cache_bytes",
+                    0,
+                    i64::MAX,
+                ),
+                prepull_ahead: v.int(
+                    raw.docker.prepull_ahead,
+                    defaults::PREPULL_AHEAD,
+                    "docker.prepull_ahead",
+                    0,
+                    4,
                 ),
             },
             gpu: GpuSettings {

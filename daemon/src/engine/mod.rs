@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod rounds_loop;
 pub mod run;
 pub mod tasks;
+pub mod timing;
 pub mod verdicts;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -41,6 +42,8 @@ use tracing::Instrument;
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Longest backoff for a miner whose evaluation failed on the host's side.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest wait between two attempts to reach a Docker engine that stopped answering.
+const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where a round's challenges come from.
 pub enum Source {
@@ -144,6 +147,15 @@ pub struct EvaluationLoop {
     /// The round whose calibrations are tracked, and the GPUs that have had theirs (stored or running).
     calibrated: (u64, HashSet<String>),
     tasks: RunTasks<Finished, Lost>,
+    /// Pulls of the next submissions' images, running beside the evaluations.
+    prefetches: JoinSet<()>,
+    /// Images pulled ahead (or being pulled) this round.
+    prefetched: HashSet<String>,
+    /// The engine stopped answering: failed attempts so far and when to try again.
+    engine_down: Option<(u32, Instant)>,
+    /// A run ended in an infrastructure failure: its container may have outlived it (an engine that
+    /// restarted under it), so this instance's idle containers are swept before the next dispatch.
+    sweep_containers: bool,
 }
 
 impl EvaluationLoop {
@@ -185,6 +197,10 @@ impl EvaluationLoop {
             round_model: None,
             calibrated: (0, HashSet::new()),
             tasks: RunTasks::default(),
+            prefetches: JoinSet::new(),
+            prefetched: HashSet::new(),
+            engine_down: None,
+            sweep_containers: false,
         }
     }
 
@@ -207,6 +223,7 @@ impl EvaluationLoop {
             while let Some(ended) = self.tasks.try_next() {
                 self.ended(ended).await;
             }
+            while self.prefetches.try_join_next().is_some() {}
             let wait = match self.step(&shutdown).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => continue,
@@ -224,6 +241,7 @@ impl EvaluationLoop {
                 Some(ended) = self.tasks.next(), if busy => self.ended(ended).await,
             }
         }
+        self.prefetches.abort_all();
         while let Some(ended) = self.tasks.next().await {
             self.ended(ended).await;
         }
@@ -315,6 +333,11 @@ impl EvaluationLoop {
         let hotkey = done.hotkey.as_deref().unwrap_or(calibration::CALIBRATION);
         if let Err(e) = &done.recorded {
             tracing::error!(%hotkey, error = %e, "recording the run failed");
+        }
+        if done.infra.is_some() {
+            // Its container may have outlived it (an engine that restarted under it): sweep this
+            // instance's idle containers before the next dispatch.
+            self.sweep_containers = true;
         }
         match (&done.infra, &done.hotkey) {
             (_, None) => {}
@@ -511,6 +534,7 @@ impl EvaluationLoop {
                     metrics_version: c.metrics_version,
                 });
                 self.current = None;
+                self.prefetched.clear();
                 return Ok(None);
             }
             return Ok(Some(IDLE_RECHECK));
@@ -547,10 +571,18 @@ impl EvaluationLoop {
                 t.saturating_duration_since(now).max(Duration::from_millis(100))
             })));
         }
+        if let Some(wait) = self.engine_gate().await {
+            return Ok(Some(wait));
+        }
         let set = match self.challenge_set().await {
             Ok(set) => set,
             Err(LoopError::Challenges(e)) => {
                 tracing::warn!(error = %e, transient = e.is_transient(), "cannot obtain the round's challenges");
+                // Shown by `systemctl status`: why nothing is evaluated although miners are pending.
+                crate::systemd::status(&format!(
+                    "cannot obtain the round's challenges ({}): {e}",
+                    e.reason()
+                ));
                 return Ok(Some(Duration::from_secs(
                     e.retry_after_secs().unwrap_or(30).clamp(5, 600),
                 )));
@@ -597,6 +629,7 @@ impl EvaluationLoop {
                 "no GPU slot in service (drained or quarantined)"
             );
         }
+        let placed: HashSet<usize> = placements.iter().map(|p| p.ticket).collect();
         for p in placements {
             let Some(ticket) = ready.get(p.ticket) else {
                 continue;
@@ -606,6 +639,13 @@ impl EvaluationLoop {
             }
             self.dispatch(p.slot, ticket.clone(), set.clone(), pending.len(), shutdown);
         }
+        let waiting: Vec<&EvaluationTicket> = ready
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !placed.contains(i))
+            .map(|(_, t)| t)
+            .collect();
+        self.pull_ahead(&waiting);
         let gpus: Vec<(&str, &str)> = self
             .slots
             .iter()
@@ -806,6 +846,89 @@ impl EvaluationLoop {
             self.refresh_board(&uuid);
         }
         Ok(())
+    }
+
+    /// Whether the Docker engine answers. `None`: go on. `Some(wait)`: it does not (dockerd stopped or
+    /// restarting); nothing is dispatched and the next attempt is after a capped backoff, so no miner
+    /// is charged for the outage. When it answers again, containers the interrupted runs left behind
+    /// are removed (their runs already ended as `infra_error` and are retried).
+    async fn engine_gate(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if let Some((_, until)) = self.engine_down
+            && until > now
+        {
+            return Some(until.saturating_duration_since(now));
+        }
+        if self.env.engine.ping().await {
+            if let Some((attempts, _)) = self.engine_down.take() {
+                tracing::info!(
+                    host = self.env.engine.host(),
+                    attempts,
+                    "Docker engine reachable again"
+                );
+                self.sweep_containers = true;
+            }
+            if std::mem::take(&mut self.sweep_containers) {
+                let keep: HashSet<String> = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.busy.as_ref().map(|b| b.run_id.clone()))
+                    .collect();
+                match self.env.engine.reconcile_orphans(&keep).await {
+                    Ok(runs) if !runs.is_empty() => {
+                        tracing::warn!(
+                            count = runs.len(),
+                            "removed containers left by runs that failed on the host's side"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.sweep_containers = true;
+                        tracing::warn!(error = %e, "could not sweep this instance's idle containers; will retry");
+                    }
+                }
+            }
+            return None;
+        }
+        let attempts = self.engine_down.map_or(1, |(a, _)| a.saturating_add(1));
+        let wait = backoff(attempts, MAX_ENGINE_BACKOFF);
+        tracing::warn!(
+            host = self.env.engine.host(),
+            attempts,
+            ?wait,
+            "Docker engine not reachable; evaluations wait for it (miners are not charged)"
+        );
+        self.engine_down = Some((attempts, now + wait));
+        Some(wait)
+    }
+
+    /// While evaluations run, pull the images of the next `docker.prepull_ahead` waiting submissions
+    /// (in the order they will run), protected from eviction. A failed pull decides nothing: the run
+    /// pulls again and classifies the failure itself.
+    fn pull_ahead(&mut self, waiting: &[&EvaluationTicket]) {
+        let ahead = usize::try_from(self.env.settings.docker.prepull_ahead).unwrap_or(0);
+        let next: Vec<crate::domain::ImageRef> = if self.tasks.is_empty() {
+            Vec::new()
+        } else {
+            let mut seen = HashSet::new();
+            waiting
+                .iter()
+                .map(|t| t.image_ref.clone())
+                .filter(|i| seen.insert(i.pinned()))
+                .take(ahead)
+                .collect()
+        };
+        self.env.images.set_upcoming(&next);
+        for image in next {
+            if self.prefetches.len() >= ahead || !self.prefetched.insert(image.pinned()) {
+                continue;
+            }
+            let images = self.env.images.clone();
+            let timeout = self.env.settings.evaluation.pull_timeout;
+            self.prefetches.spawn(async move {
+                images.prefetch(&image, timeout).await;
+            });
+        }
     }
 
     /// Start one evaluation on `slot` in its own task.
@@ -1154,16 +1277,6 @@ mod tests {
                 .settings,
         );
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        let env = Arc::new(RunEnv {
-            engine: crate::runtime::Engine::connect(&settings.docker.host)
-                .await
-                .unwrap(),
-            analyzer: crate::analysis::default_analyzer(&settings).await.unwrap(),
-            settings: settings.clone(),
-            clock: clock.clone(),
-            container_user: super::super::run::ContainerUser::resolve(&settings.container.user),
-            events: crate::events::EventBus::new(clock),
-        });
         let store = Store::open(
             &dir.join("state.db"),
             StoreOptions {
@@ -1173,6 +1286,24 @@ mod tests {
             },
         )
         .unwrap();
+        let engine = crate::runtime::Engine::connect(&settings.docker.host, store.instance_id())
+            .await
+            .unwrap();
+        let images = Arc::new(crate::runtime::ImageCache::new(
+            engine.clone(),
+            store.clone(),
+            settings.docker.image_cache_bytes,
+            clock.clone(),
+        ));
+        let env = Arc::new(RunEnv {
+            engine,
+            images,
+            analyzer: crate::analysis::default_analyzer(&settings).await.unwrap(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            container_user: super::super::run::ContainerUser::resolve(&settings.container.user),
+            events: crate::events::EventBus::new(clock),
+        });
         EvaluationLoop::new(
             env,
             store,

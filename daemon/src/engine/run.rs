@@ -23,7 +23,7 @@ use crate::rounds::EvaluationTicket;
 use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
 use crate::runtime::pull::{PullFailure, backoff};
 use crate::runtime::spec::{self, RunSpecInput};
-use crate::runtime::{Engine, PulledImage, RuntimeError};
+use crate::runtime::{Engine, ImageCache, PulledImage, RuntimeError};
 use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +55,8 @@ const TASK_MAX_SECONDS: u32 = 5;
 pub struct RunEnv {
     /// The Docker engine.
     pub engine: Engine,
+    /// The miner images the daemon pulled (kept within `docker.image_cache_bytes`).
+    pub images: Arc<ImageCache>,
     /// The output analyser.
     pub analyzer: Arc<dyn Analyzer>,
     /// Configuration.
@@ -163,11 +165,18 @@ pub async fn run_evaluation(
     cancel: &CancellationToken,
 ) -> (RunOutcome, RunReport) {
     let mut report = RunReport::default();
+    // Pinned before the pull so that no eviction removes it between the pull and the container.
+    let pin = env.images.pin(&req.ticket.image_ref);
     let outcome = match evaluate(env, &req, cancel, &mut report).await {
         Ok(metrics) => RunOutcome::Result(Box::new(metrics)),
         Err(Stop::Miner(f)) => RunOutcome::Result(Box::new(failed_metrics(env, &req, &f, &report))),
         Err(Stop::Infra(reason)) => RunOutcome::Infra(reason),
     };
+    drop(pin);
+    // The image stays cached for later rounds; the cache drops the least recently used when over budget.
+    if let Err(e) = env.images.evict().await {
+        tracing::warn!(run_id = %req.run_id, error = %e, "image cache eviction failed");
+    }
     (outcome, report)
 }
 
@@ -226,7 +235,7 @@ async fn evaluate(
         .stage_times
         .insert("pull".into(), started.elapsed().as_secs_f64());
     if image.size_bytes > s.docker.max_image_bytes {
-        let _ = env.engine.remove_image(&req.ticket.image_ref).await;
+        let _ = env.images.discard(&req.ticket.image_ref).await;
         return Err(Stop::Miner(Failure::new(
             Verdict::ImageRejected,
             format!(
@@ -237,7 +246,7 @@ async fn evaluate(
     }
 
     if let Some(failure) = check_cuda_requirement(req, &image, report) {
-        let _ = env.engine.remove_image(&req.ticket.image_ref).await;
+        let _ = env.images.discard(&req.ticket.image_ref).await;
         return Err(Stop::Miner(failure));
     }
 
@@ -254,10 +263,6 @@ async fn evaluate(
     };
     if let Err(e) = job.remove() {
         tracing::warn!(run_id = %req.run_id, error = %e, "could not remove the job directory");
-    }
-    // The image stays cached only for this run: miners' images are large and rounds re-pull by digest.
-    if let Err(e) = env.engine.remove_image(&req.ticket.image_ref).await {
-        tracing::warn!(run_id = %req.run_id, error = %e, "could not remove the miner image");
     }
     analysed
 }
@@ -303,8 +308,11 @@ async fn pull(env: &RunEnv, req: &RunRequest<'_>, cancel: &CancellationToken) ->
     }
     let mut attempt = 1;
     loop {
-        match env.engine.pull(image, s.evaluation.pull_timeout).await {
-            Ok(pulled) => return Ok(pulled),
+        match env.images.acquire(image, s.evaluation.pull_timeout).await {
+            Ok((pulled, source)) => {
+                tracing::info!(run_id = %req.run_id, image_source = source.as_str(), "image ready");
+                return Ok(pulled);
+            }
             Err(RuntimeError::Pull {
                 failure: PullFailure::Infra(reason),
                 ..
@@ -340,6 +348,7 @@ async fn run_container(
     policy.cpus = policy.cpus.min(host_cpus);
     let spec = spec::build(&RunSpecInput {
         run_id: &req.run_id,
+        instance: env.engine.instance(),
         image: &req.ticket.image_ref,
         gpu: req.slot.assignment.clone(),
         input_dir: job.input_dir(),
@@ -350,6 +359,11 @@ async fn run_container(
     spec::audit(&spec.body).map_err(|e| Stop::Infra(format!("container spec failed the audit: {e}")))?;
 
     let mut watcher = OutputWatcher::new(job).map_err(infra("watching /output"))?;
+    // The engine's event log is asked from here on (a second early: its timestamps are whole seconds).
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(1);
     let id = env.engine.create(&spec.name, spec.body).await?;
     let quota_hit = Arc::new(AtomicBool::new(false));
     let guard = ContainerGuard {
@@ -357,7 +371,11 @@ async fn run_container(
         id: Some(id.clone()),
     };
     let (exited_tx, exited) = watch::channel(false);
+    // Set when the wait ends without the engine reporting an exit: dockerd went away (restart), so
+    // whatever happened to the container is the host's doing, never the miner's.
+    let engine_lost = Arc::new(AtomicBool::new(false));
     let waiter = {
+        let engine_lost = engine_lost.clone();
         let docker = env.engine.client().clone();
         let id = id.clone();
         tokio::spawn(async move {
@@ -370,6 +388,14 @@ async fn run_container(
             let mut wait = docker.wait_container(&id, Some(options));
             let first = wait.next().await;
             tracing::debug!(container = %id, ?first, "container stopped");
+            // bollard reports a non-zero exit as DockerContainerWaitError: still a real exit.
+            let exited = matches!(
+                first,
+                Some(Ok(_) | Err(bollard::errors::Error::DockerContainerWaitError { .. }))
+            );
+            if !exited {
+                engine_lost.store(true, Ordering::SeqCst);
+            }
             let _ = exited_tx.send(true);
         })
     };
@@ -491,6 +517,24 @@ async fn run_container(
     .await;
 
     quota.abort();
+    if engine_lost.load(Ordering::SeqCst) {
+        // The guard's drop still tries to remove the container; what survives the restart is removed
+        // by the loop's reconciliation once the engine answers again.
+        let _ = waiter.await;
+        return Err(Stop::Infra(format!(
+            "lost the Docker engine at {} during the run (dockerd restarted or stopped)",
+            env.engine.host()
+        )));
+    }
+    // A container that stopped before we killed it may have been stopped by dockerd (shutting down
+    // or restarted) or an operator: that is never the miner's doing.
+    if *exited.borrow() && !quota_hit.load(Ordering::SeqCst) {
+        let outside = env.engine.stopped_externally(&id, created_unix).await?;
+        if let Some(why) = outside {
+            let _ = waiter.await;
+            return Err(Stop::Infra(why));
+        }
+    }
     env.engine.kill(&id).await?;
     let _ = waiter.await;
     report.log_tail = env.engine.log_tail(&id, LOG_TAIL_BYTES).await.unwrap_or_default();
@@ -660,17 +704,38 @@ async fn run_challenge(
         resolution: TASK_RESOLUTION,
         max_seconds: TASK_MAX_SECONDS,
     };
+    let staging = Instant::now();
     let t0 = job
         .stage_challenge(challenge.face(), challenge.audio(), &task)
         .map_err(infra("staging the challenge"))?;
+    let placed_unix = super::timing::unix_at(t0);
     let timeout = env.settings.evaluation.challenge_timeout;
     let waited = wait_output(watcher, job, &json_name, timeout, exited, cancel).await;
     let container_stopped = matches!(waited, Wait::Exited);
     let (seconds, result) = match waited {
-        Wait::Seen(t1) => (
-            Some(t1.saturating_duration_since(t0).as_secs_f64()),
-            read_result(job, &json_name, &video_name, scored, compute_capability),
-        ),
+        Wait::Seen(t1) => {
+            let seconds = t1.saturating_duration_since(t0).as_secs_f64();
+            if tracing::enabled!(target: super::timing::TARGET, tracing::Level::DEBUG) {
+                let detected_unix = super::timing::unix_at(t1);
+                let (seen, written) = job
+                    .read_output(&json_name, RESULT_JSON_CAP)
+                    .map_or((None, None), |b| super::timing::miner_reported(&b));
+                super::timing::ChallengeTiming {
+                    challenge_id: &id,
+                    placement: t0.saturating_duration_since(staging),
+                    placed_unix,
+                    detected_unix,
+                    host_seconds: seconds,
+                    miner_task_seen_unix: seen,
+                    miner_written_unix: written,
+                }
+                .log();
+            }
+            (
+                Some(seconds),
+                read_result(job, &json_name, &video_name, scored, compute_capability),
+            )
+        }
         Wait::TimedOut => (
             Some(timeout.as_secs_f64()),
             Err(Failure::new(

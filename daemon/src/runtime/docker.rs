@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Label every container the daemon creates carries (design.md section 4).
-pub const RUN_LABEL: &str = "talkhead.run";
+pub const RUN_LABEL: &str = super::spec::LABEL_RUN;
 
 /// Failures talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,17 @@ pub struct PulledImage {
     pub labels: HashMap<String, String>,
 }
 
+/// What removing an image reference did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed (or untagged).
+    Removed,
+    /// It was not there.
+    Missing,
+    /// A container uses it; kept.
+    InUse,
+}
+
 /// Final state of a container, as inspected after it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerOutcome {
@@ -93,6 +104,8 @@ pub struct ContainerOutcome {
 pub struct Engine {
     docker: Docker,
     host: String,
+    /// This daemon's instance id (`talkhead.instance` on its containers).
+    instance: String,
 }
 
 fn api(call: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
@@ -103,8 +116,9 @@ fn api(call: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
 }
 
 impl Engine {
-    /// Connect to `host` (`unix:///…` or `tcp://…`), negotiate the API version and ping.
-    pub async fn connect(host: &str) -> Result<Engine, RuntimeError> {
+    /// Connect to `host` (`unix:///…` or `tcp://…`), negotiate the API version and ping. `instance` is
+    /// the daemon's instance id (the store's): only containers labelled with it are this daemon's.
+    pub async fn connect(host: &str, instance: &str) -> Result<Engine, RuntimeError> {
         let unreachable = |reason: String| RuntimeError::Unreachable {
             host: host.to_owned(),
             reason,
@@ -118,12 +132,18 @@ impl Engine {
         Ok(Engine {
             docker,
             host: host.to_owned(),
+            instance: instance.to_owned(),
         })
     }
 
     /// The configured endpoint.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// This daemon's instance id, for the `talkhead.instance` label.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Whether the engine answers right now (used to wait out a dockerd restart).
@@ -163,11 +183,23 @@ impl Engine {
                 ))));
             }
         }
-        let inspect = self
-            .docker
-            .inspect_image(&pinned)
-            .await
-            .map_err(api("inspect_image"))?;
+        self.local(image).await?.ok_or(RuntimeError::DigestMismatch {
+            image: pinned,
+            digest: image.digest(),
+        })
+    }
+
+    /// The image if it is on the host under its pinned reference, verified to carry the requested
+    /// digest; `None` when it is not there.
+    pub async fn local(&self, image: &ImageRef) -> Result<Option<PulledImage>, RuntimeError> {
+        let pinned = image.pinned();
+        let inspect = match self.docker.inspect_image(&pinned).await {
+            Ok(i) => i,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(api("inspect_image")(e)),
+        };
         let wanted = format!("{}@{}", pinned_repository(image), image.digest());
         let digests = inspect.repo_digests.clone().unwrap_or_default();
         if !digests.iter().any(|d| d == &wanted) {
@@ -177,27 +209,30 @@ impl Engine {
             });
         }
         let config = inspect.config.unwrap_or_default();
-        Ok(PulledImage {
+        Ok(Some(PulledImage {
             id: inspect.id.unwrap_or_default(),
             size_bytes: inspect.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
             env: config.env.unwrap_or_default(),
             labels: config.labels.unwrap_or_default(),
-        })
+        }))
     }
 
-    /// Remove an image the daemon pulled (by its pinned reference). Missing images are fine.
-    pub async fn remove_image(&self, image: &ImageRef) -> Result<(), RuntimeError> {
+    /// Remove one reference (`repository@sha256:…`) the daemon pulled. Not forced: an image a
+    /// container still uses is kept ([`Removal::InUse`]); removing a reference the image shares with
+    /// other tags only untags it.
+    pub async fn remove_image(&self, pinned: &str) -> Result<Removal, RuntimeError> {
         let options = RemoveImageOptionsBuilder::default()
-            .force(true)
+            .force(false)
             .noprune(false)
             .build();
-        match self
-            .docker
-            .remove_image(&image.pinned(), Some(options), None)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        match self.docker.remove_image(pinned, Some(options), None).await {
+            Ok(_) => Ok(Removal::Removed),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(Removal::Missing)
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                Ok(Removal::InUse)
+            }
             Err(e) => Err(api("remove_image")(e)),
         }
     }
@@ -273,6 +308,57 @@ impl Engine {
         }
     }
 
+    /// Whether something outside the miner stopped a container that exited by itself, from the
+    /// engine's event log since `since_unix` (up to now): `Some(reason)` when a `kill` event with a
+    /// signal other than SIGKILL is recorded (dockerd stopping containers on shutdown, an operator's
+    /// `docker stop`; the daemon itself only ever sends SIGKILL), or when the container's `start` is
+    /// not recorded at all (dockerd keeps events in memory: it restarted since). A process inside the
+    /// container cannot produce either, so a miner cannot disguise its own crash this way.
+    pub async fn stopped_externally(
+        &self,
+        id: &str,
+        since_unix: u64,
+    ) -> Result<Option<String>, RuntimeError> {
+        // Now, to the nanosecond: a whole second in the future would keep the stream open until then.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let until = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+        let filters = HashMap::from([
+            ("container".to_owned(), vec![id.to_owned()]),
+            ("type".to_owned(), vec!["container".to_owned()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::default()
+            .since(&since_unix.to_string())
+            .until(&until)
+            .filters(&filters)
+            .build();
+        let mut stream = self.docker.events(Some(options));
+        let mut started = false;
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(api("events"))?;
+            let signal = event
+                .actor
+                .as_ref()
+                .and_then(|a| a.attributes.as_ref())
+                .and_then(|a| a.get("signal"))
+                .cloned();
+            match event.action.as_deref() {
+                Some("start") => started = true,
+                Some("kill") if !matches!(signal.as_deref(), Some("9" | "SIGKILL" | "KILL")) => {
+                    return Ok(Some(format!(
+                        "the container was stopped from outside (signal {}): dockerd shutting down or an operator",
+                        signal.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok((!started).then(|| {
+            "the engine has no record of the container's start: dockerd restarted during the run".to_owned()
+        }))
+    }
+
     /// The last `max_bytes` of a container's stdout and stderr, lossily decoded.
     pub async fn log_tail(&self, id: &str, max_bytes: usize) -> Result<String, RuntimeError> {
         let options = LogsOptionsBuilder::default()
@@ -293,9 +379,17 @@ impl Engine {
         Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
     }
 
-    /// Ids of every container (running or not) labelled by the daemon, by run id.
+    /// Ids of every container (running or not) this daemon instance labelled, with their run ids.
+    /// Containers of other instances on the same engine (another daemon, a test) are not listed.
     pub async fn labelled_containers(&self) -> Result<Vec<(String, String)>, RuntimeError> {
-        let filters = HashMap::from([("label".to_owned(), vec![RUN_LABEL.to_owned()])]);
+        // Docker ANDs several label filters: the run label must be there and the instance ours.
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                RUN_LABEL.to_owned(),
+                format!("{}={}", super::spec::LABEL_INSTANCE, self.instance),
+            ],
+        )]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -314,12 +408,16 @@ impl Engine {
             .collect())
     }
 
-    /// Kill and remove every labelled container left by a previous instance; returns their run ids so
-    /// the interrupted evaluations can be re-queued.
-    pub async fn reconcile_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+    /// Kill and remove every container of this instance (same store) whose run is not in `keep`: at
+    /// start-up (keep nothing) what a previous process left, after a dockerd restart what the
+    /// interrupted runs left. Returns their run ids; those evaluations are re-queued.
+    pub async fn reconcile_orphans(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, RuntimeError> {
         let orphans = self.labelled_containers().await?;
         let mut runs = Vec::with_capacity(orphans.len());
-        for (id, run) in orphans {
+        for (id, run) in orphans.into_iter().filter(|(_, run)| !keep.contains(run)) {
             self.kill(&id).await?;
             self.remove(&id).await?;
             tracing::warn!(container = %id, run_id = %run, "removed an orphaned evaluation container");

@@ -39,6 +39,9 @@ use std::path::Path;
 pub const LABEL_RUN: &str = "talkhead.run";
 /// Label marking containers the daemon owns (start-up reconciliation kills and removes them).
 pub const LABEL_MANAGED: &str = "talkhead.managed";
+/// Label naming the daemon instance (its store's id) that created the container: reconciliation
+/// touches only its own instance's containers, so daemons sharing one engine never kill each other's.
+pub const LABEL_INSTANCE: &str = "talkhead.instance";
 /// Container names are this prefix followed by the run id.
 pub const CONTAINER_NAME_PREFIX: &str = "talkhead-";
 /// Where the challenge directory appears in the container (read-only).
@@ -225,6 +228,8 @@ pub enum GpuAssignment {
 pub struct RunSpecInput<'a> {
     /// Run id, `[a-z0-9-]{1,64}`; names the container and labels it.
     pub run_id: &'a str,
+    /// The daemon instance's id (its store's), `[a-z0-9-]{1,64}`; labels the container.
+    pub instance: &'a str,
     /// The miner image; its digest-pinned form is what runs.
     pub image: &'a ImageRef,
     /// The GPU this run is pinned to.
@@ -255,6 +260,9 @@ pub enum SpecError {
     /// The run id is not `[a-z0-9-]{1,64}`.
     #[error("run id {0:?} is invalid: expected 1 to 64 characters from [a-z0-9-]")]
     RunId(String),
+    /// The instance id is not `[a-z0-9-]{1,64}`.
+    #[error("instance id {0:?} is invalid: expected 1 to 64 characters from [a-z0-9-]")]
+    InstanceId(String),
     /// The GPU UUID is not in NVML's `GPU-<uuid>` form (`all` and friends land here).
     #[error("GPU UUID {0:?} is invalid: expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, lowercase hex")]
     GpuUuid(String),
@@ -303,6 +311,7 @@ pub fn build(input: &RunSpecInput<'_>) -> Result<ContainerSpec, SpecError> {
     input.policy.validate().map_err(SpecError::Policy)?;
     let policy = input.policy;
     check_run_id(input.run_id).map_err(|()| SpecError::RunId(input.run_id.to_owned()))?;
+    check_run_id(input.instance).map_err(|()| SpecError::InstanceId(input.instance.to_owned()))?;
     let gpu_uuid = match &input.gpu {
         GpuAssignment::Nvidia { uuid } => {
             check_gpu_uuid(uuid).map_err(|()| SpecError::GpuUuid(uuid.clone()))?;
@@ -403,6 +412,7 @@ pub fn build(input: &RunSpecInput<'_>) -> Result<ContainerSpec, SpecError> {
         labels: Some(HashMap::from([
             (LABEL_RUN.to_owned(), input.run_id.to_owned()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_INSTANCE.to_owned(), input.instance.to_owned()),
         ])),
         // An image HEALTHCHECK would run commands on the engine's schedule; readiness is ready.txt.
         healthcheck: Some(HealthConfig {
@@ -478,7 +488,7 @@ fn bind_mount(source: &str, target: &str, read_only: bool) -> Mount {
     }
 }
 
-/// `[a-z0-9-]{1,64}`.
+/// `[a-z0-9-]{1,64}`: run ids and instance ids (label values and part of the container name).
 fn check_run_id(run_id: &str) -> Result<(), ()> {
     let ok = !run_id.is_empty()
         && run_id.len() <= MAX_RUN_ID_LEN
@@ -639,9 +649,11 @@ pub fn audit(body: &ContainerCreateBody) -> Result<(), SpecError> {
         return Err(violation("Healthcheck.Test", "must be [\"NONE\"]"));
     }
     let labels = as_object(get(top, "", "Labels")?, "Labels")?;
-    only_keys(labels, "Labels", &[LABEL_RUN, LABEL_MANAGED])?;
+    only_keys(labels, "Labels", &[LABEL_RUN, LABEL_MANAGED, LABEL_INSTANCE])?;
     check_run_id(get_str(labels, "Labels", LABEL_RUN)?)
         .map_err(|()| violation("Labels.talkhead.run", "must be a valid run id"))?;
+    check_run_id(get_str(labels, "Labels", LABEL_INSTANCE)?)
+        .map_err(|()| violation("Labels.talkhead.instance", "must be a valid instance id"))?;
     expect_str(labels, "Labels", LABEL_MANAGED, "true")?;
 
     let host = as_object(get(top, "", "HostConfig")?, "HostConfig")?;

@@ -10,6 +10,7 @@ const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789
 const UUID: &str = "GPU-12345678-90ab-cdef-1234-567890abcdef";
 const INPUT: &str = "/var/lib/talkheadd/jobs/run-0001/input";
 const OUTPUT: &str = "/var/lib/talkheadd/jobs/run-0001/output";
+const INSTANCE: &str = "0123456789abcdef0123456789abcdef";
 
 fn image() -> ImageRef {
     ImageRef::parse(&format!("localhost:5000/talkhead/demo:v1@sha256:{DIGEST}")).unwrap()
@@ -25,6 +26,7 @@ fn build_with(gpu: GpuAssignment, policy: &ContainerPolicy) -> Result<ContainerS
     let image = image();
     build(&RunSpecInput {
         run_id: "run-0001",
+        instance: INSTANCE,
         image: &image,
         gpu,
         input_dir: Path::new(INPUT),
@@ -64,7 +66,11 @@ fn expected_json(device_requests: Value, gpu_env: [&str; 3]) -> Value {
             "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
             gpu_env[2]
         ],
-        "Labels": { "talkhead.run": "run-0001", "talkhead.managed": "true" },
+        "Labels": {
+            "talkhead.run": "run-0001",
+            "talkhead.managed": "true",
+            "talkhead.instance": INSTANCE
+        },
         "Healthcheck": { "Test": ["NONE"] },
         "StopTimeout": 5,
         "HostConfig": {
@@ -475,7 +481,7 @@ fn uid_zero_message_says_why() {
 // ----------------------------------------------------------------------------------------------------
 
 #[test]
-fn bad_run_ids_are_refused() {
+fn bad_run_and_instance_ids_are_refused() {
     let image = image();
     let policy = ContainerPolicy::default();
     let long = "a".repeat(65);
@@ -494,6 +500,7 @@ fn bad_run_ids_are_refused() {
     ] {
         let r = build(&RunSpecInput {
             run_id,
+            instance: INSTANCE,
             image: &image,
             gpu: nvidia(),
             input_dir: Path::new(INPUT),
@@ -501,10 +508,21 @@ fn bad_run_ids_are_refused() {
             policy: &policy,
         });
         assert!(matches!(r, Err(SpecError::RunId(_))), "{run_id:?}");
+        let r = build(&RunSpecInput {
+            run_id: "run-0001",
+            instance: run_id,
+            image: &image,
+            gpu: nvidia(),
+            input_dir: Path::new(INPUT),
+            output_dir: Path::new(OUTPUT),
+            policy: &policy,
+        });
+        assert!(matches!(r, Err(SpecError::InstanceId(_))), "instance {run_id:?}");
     }
     let longest = "a".repeat(64);
     let ok = build(&RunSpecInput {
         run_id: &longest,
+        instance: INSTANCE,
         image: &image,
         gpu: nvidia(),
         input_dir: Path::new(INPUT),
@@ -550,6 +568,7 @@ fn build_dirs(input: &Path, output: &Path) -> Result<ContainerSpec, SpecError> {
     let policy = ContainerPolicy::default();
     build(&RunSpecInput {
         run_id: "run-0001",
+        instance: INSTANCE,
         image: &image,
         gpu: nvidia(),
         input_dir: input,
@@ -759,9 +778,10 @@ fn check_invariants(
         }
     }
     let labels = body.labels.as_ref().unwrap();
-    assert_eq!(labels.len(), 2);
+    assert_eq!(labels.len(), 3);
     assert_eq!(labels["talkhead.managed"], "true");
     assert!(check_run_id(&labels["talkhead.run"]).is_ok());
+    assert!(check_run_id(&labels["talkhead.instance"]).is_ok());
     let (uid, gid) = parse_user(body.user.as_deref().unwrap()).unwrap();
     assert!(uid != 0 && gid != 0);
 }
@@ -915,6 +935,7 @@ proptest! {
         let (input_dir, output_dir) = (PathBuf::from(&input), PathBuf::from(&output));
         let result = build(&RunSpecInput {
             run_id: &run_id,
+            instance: INSTANCE,
             image: &image,
             gpu: gpu.clone(),
             input_dir: &input_dir,
@@ -935,6 +956,10 @@ proptest! {
             prop_assert_eq!(
                 spec.body.labels.as_ref().unwrap()["talkhead.run"].as_str(),
                 run_id.as_str()
+            );
+            prop_assert_eq!(
+                spec.body.labels.as_ref().unwrap()["talkhead.instance"].as_str(),
+                INSTANCE
             );
         }
     }
@@ -970,6 +995,7 @@ proptest! {
         let output = format!("/srv/jobs/{job}/output");
         let spec = build(&RunSpecInput {
             run_id: &run_id,
+            instance: INSTANCE,
             image: &image,
             gpu,
             input_dir: Path::new(&input),
@@ -1433,6 +1459,15 @@ mutation!(refuses_bad_run_label, |b| {
         .as_mut()
         .unwrap()
         .insert("talkhead.run".into(), "../x".into());
+});
+mutation!(refuses_missing_instance_label, |b| {
+    b.labels.as_mut().unwrap().remove("talkhead.instance");
+});
+mutation!(refuses_bad_instance_label, |b| {
+    b.labels
+        .as_mut()
+        .unwrap()
+        .insert("talkhead.instance".into(), "a/b".into());
 });
 mutation!(refuses_extra_label, |b| {
     b.labels

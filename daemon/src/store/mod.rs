@@ -13,6 +13,7 @@ mod calibration;
 mod controls;
 mod error;
 mod gpus;
+mod images;
 mod registry;
 mod schema;
 mod tables;
@@ -26,6 +27,7 @@ pub use crate::rounds::{
 pub use calibration::{CalibrationRecord, KEPT_CALIBRATIONS};
 pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
 pub use error::StoreError;
+pub use images::PulledImageRecord;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 use crate::domain::{EvaluationMetrics, Hotkey, Submission, Verdict};
@@ -217,6 +219,7 @@ pub struct Store {
 /// Field order matters: `env` drops (closing the file) before `claim` releases the path.
 struct Inner {
     tables: Tables,
+    instance_id: String,
     env: heed::Env<WithoutTls>,
     path: PathBuf,
     opts: StoreOptions,
@@ -313,11 +316,12 @@ impl Store {
         let canonical = registry::resolve(path)?;
         let claim = PathClaim::acquire(&canonical)?;
         let env = open_env(&canonical, map_size).map_err(|e| open_error(path, &canonical, e))?;
-        let tables = schema::prepare(&env, &canonical, map_size)?;
+        let (tables, instance_id) = schema::prepare(&env, &canonical, map_size)?;
         tracing::info!(path = %canonical.display(), map_size, "state store open");
         Ok(Store {
             inner: Arc::new(Inner {
                 tables,
+                instance_id,
                 env,
                 path: canonical,
                 opts,
@@ -331,6 +335,12 @@ impl Store {
     /// The canonical path of the data file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// This store's instance id: 32 lowercase hex characters, random, fixed for the life of the file.
+    /// The daemon labels its containers with it (`talkhead.instance`).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
     }
 
     fn t(&self) -> &Tables {

@@ -21,7 +21,12 @@ const MIGRATIONS: [Migration; CURRENT_VERSION as usize] = [v0_to_v1, v1_to_v2, v
 
 /// Check the file's version (read-only), then migrate or initialise it and open every table, in one
 /// write transaction.
-pub(crate) fn prepare(env: &Env<WithoutTls>, path: &Path, map_size: usize) -> Result<Tables, StoreError> {
+/// Returns the tables and the store's instance id (created on first open).
+pub(crate) fn prepare(
+    env: &Env<WithoutTls>,
+    path: &Path,
+    map_size: usize,
+) -> Result<(Tables, String), StoreError> {
     let found = detect(env, path)?;
     let mut wtxn = env
         .write_txn()
@@ -54,9 +59,11 @@ pub(crate) fn prepare(env: &Env<WithoutTls>, path: &Path, map_size: usize) -> Re
         CURRENT_VERSION,
         map_size,
     )?;
+    // Older files get one on their first open by this version: an added key older binaries ignore.
+    let instance = tables::instance_id(t.meta, &mut wtxn, map_size)?;
     wtxn.commit()
         .map_err(tables::lmdb_err("commit", tables::META, None, map_size))?;
-    Ok(t)
+    Ok((t, instance))
 }
 
 /// `None` for a fresh file, `Some(version)` for one of ours (0 when it predates the version key).

@@ -10,6 +10,7 @@
 //! | `committed`   | hotkey                                | header JSON, `\n`, metrics JSON (v3) |
 //! | `runs`        | hotkey, 0x00, sequence (u64 BE)       | JSON `RunRecord`                |
 //! | `controls`    | `block/hotkey/…`, `block/digest/…`    | JSON `BlockRecord` (v2)         |
+//! | `images`      | digest-pinned image reference         | JSON `PulledImageRecord`        |
 //!
 //! Run keys sort by (hotkey, sequence), so one miner's history is a contiguous, time-ordered range; an
 //! SS58 hotkey never contains 0x00, so the separator makes prefixes unambiguous.
@@ -29,6 +30,7 @@ pub(crate) const STAGED: &str = "staged";
 pub(crate) const COMMITTED: &str = "committed";
 pub(crate) const RUNS: &str = "runs";
 pub(crate) const CONTROLS: &str = "controls";
+pub(crate) const IMAGES: &str = "images";
 
 /// Named databases the environment may hold (the tables above, with room for later schema versions).
 pub(crate) const MAX_DBS: u32 = 16;
@@ -41,6 +43,9 @@ pub(crate) mod meta_key {
     pub(crate) const RUN_SEQ: &str = "run_seq";
     pub(crate) const CHALLENGE_SET_HASH: &str = "challenge_set_hash";
     pub(crate) const LAST_COMMIT_AT: &str = "last_commit_at";
+    /// Random id of this store, written on first open: labels the containers its daemon creates so
+    /// that start-up reconciliation touches only its own (several daemons may share one engine).
+    pub(crate) const INSTANCE_ID: &str = "instance_id";
 }
 
 pub(crate) type MetaDb = Database<Str, Bytes>;
@@ -49,6 +54,7 @@ pub(crate) type StagedDb = Database<Str, SerdeJson<StagedResult>>;
 pub(crate) type CommittedDb = Database<Str, CommittedCodec>;
 pub(crate) type RunsDb = Database<Bytes, SerdeJson<RunRecord>>;
 pub(crate) type ControlsDb = Database<Str, SerdeJson<super::controls::BlockRecord>>;
+pub(crate) type ImagesDb = Database<Str, SerdeJson<super::images::PulledImageRecord>>;
 
 /// A committed result on disk (v3): its [`CommittedHeader`] as JSON, a newline, then its metrics as
 /// JSON. Compact JSON never contains a raw newline, so the split is unambiguous; the header decodes
@@ -207,6 +213,24 @@ fn get_str(db: MetaDb, txn: &RoTxn, key: &'static str) -> Result<Option<String>,
     .transpose()
 }
 
+/// Bytes of randomness in an instance id (hex-encoded: 32 characters).
+const INSTANCE_ID_BYTES: usize = 16;
+
+/// This store's instance id, created (random, from the kernel's CSPRNG) in `wtxn` if the file has none.
+pub(crate) fn instance_id(db: MetaDb, wtxn: &mut RwTxn, map_size: usize) -> Result<String, StoreError> {
+    if let Some(id) = get_str(db, wtxn, meta_key::INSTANCE_ID)? {
+        return Ok(id);
+    }
+    let mut bytes = [0u8; INSTANCE_ID_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| lmdb_err("read /dev/urandom", META, None, map_size)(heed::Error::Io(e)))?;
+    let id = hex::encode(bytes);
+    db.put(wtxn, meta_key::INSTANCE_ID, id.as_bytes())
+        .map_err(lmdb_err("put", META, None, map_size))?;
+    Ok(id)
+}
+
 fn require(v: Option<u64>, key: &'static str) -> Result<u64, StoreError> {
     v.ok_or_else(|| corrupt(META, key, "missing meta key"))
 }
@@ -220,6 +244,7 @@ pub(crate) struct Tables {
     pub(crate) committed: CommittedDb,
     pub(crate) runs: RunsDb,
     pub(crate) controls: ControlsDb,
+    pub(crate) images: ImagesDb,
     /// Reported by [`StoreError::Full`].
     pub(crate) map_size: usize,
 }
@@ -241,6 +266,7 @@ impl Tables {
             committed: env.create_database(wtxn, Some(COMMITTED)).map_err(e(COMMITTED))?,
             runs: env.create_database(wtxn, Some(RUNS)).map_err(e(RUNS))?,
             controls: env.create_database(wtxn, Some(CONTROLS)).map_err(e(CONTROLS))?,
+            images: env.create_database(wtxn, Some(IMAGES)).map_err(e(IMAGES))?,
             map_size,
         })
     }

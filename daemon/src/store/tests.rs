@@ -144,6 +144,23 @@ fn reopen_keeps_everything() {
 }
 
 #[test]
+fn the_instance_id_is_random_per_file_and_survives_reopen() {
+    let (_dir, path, store) = fresh();
+    let id = store.instance_id().to_owned();
+    assert_eq!(id.len(), 32);
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{id}"
+    );
+    store.close().unwrap();
+    let reopened = Store::open(&path, opts()).unwrap();
+    assert_eq!(reopened.instance_id(), id);
+    let (_other_dir, _other_path, other) = fresh();
+    assert_ne!(other.instance_id(), id, "two stores share an instance id");
+}
+
+#[test]
 fn missing_directory_and_directory_paths_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope").join("state.db");

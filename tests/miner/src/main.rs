@@ -24,8 +24,11 @@
 //!
 //! Every behaviour writes its files under a temporary name and renames them, so the host never sees
 //! half a file, and logs one line per event on stderr. Any behaviour also takes `delay_ms` (sleep
-//! before answering), `startup_delay_ms` (sleep before `ready.txt`) and `ready=never` (never become
-//! ready).
+//! before answering), `startup_delay_ms` (sleep before `ready.txt`), `ready=never` (never become
+//! ready), `poll_us` (how often `task.json` is looked at, default 5000) and `report_times=true` (every
+//! `{id}.json` also carries `task_seen_unix`, when the task was read, and `written_at_unix`, taken just
+//! before the file is written and renamed into place: the bench's miner-reported clock, shared with
+//! the host through the kernel's CLOCK_REALTIME).
 //!
 //! Outside a container, `TALKHEAD_TEST_MINER_ROOT` names a directory that stands for `/`: the miner
 //! then reads `<root>/miner.conf`, `<root>/input`, `<root>/videos` and writes `<root>/output`.
@@ -41,8 +44,19 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How often `/input/task.json` is looked at.
+/// How often `/input/task.json` is looked at by default (`poll_us`).
 const POLL: Duration = Duration::from_millis(5);
+/// When the current task was read (f64 unix seconds, as bits), for `report_times`.
+static TASK_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Whether answers carry the miner-reported times.
+static REPORT_TIMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
 /// Exit code when `/miner.conf` is missing or wrong, or `/output` cannot be written.
 const EXIT_CONFIG: i32 = 2;
 /// Exit code when `/output/ready.txt` cannot be written.
@@ -125,6 +139,10 @@ struct Config {
     link_json: bool,
     /// `network`: where to connect.
     targets: Vec<String>,
+    /// How often `task.json` is looked at.
+    poll: Duration,
+    /// Answers carry `task_seen_unix` and `written_at_unix`.
+    report_times: bool,
 }
 
 impl Config {
@@ -182,6 +200,14 @@ impl Config {
                     .collect()
             },
         );
+        let poll = number(&mut pairs, "poll_us")?
+            .map_or(POLL, Duration::from_micros)
+            .max(Duration::from_micros(100));
+        let report_times = match pairs.remove("report_times").as_deref() {
+            None | Some("false" | "no") => false,
+            Some("true" | "yes") => true,
+            Some(other) => return Err(format!("report_times={other}: expected true or false")),
+        };
         if let Some(key) = pairs.keys().next() {
             return Err(format!("unknown key `{key}`"));
         }
@@ -196,6 +222,8 @@ impl Config {
             fill_max_mib,
             link_json,
             targets,
+            poll,
+            report_times,
         })
     }
 }
@@ -244,6 +272,15 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 /// `{id}.json`, atomically.
 fn write_result(paths: &Paths, id: &str, result: &Value) {
     let name = format!("{id}.json");
+    let mut result = result.clone();
+    if REPORT_TIMES.load(std::sync::atomic::Ordering::Relaxed)
+        && let Value::Object(map) = &mut result
+    {
+        let seen = f64::from_bits(TASK_SEEN.load(std::sync::atomic::Ordering::Relaxed));
+        map.insert("task_seen_unix".to_owned(), json!(seen));
+        map.insert("written_at_unix".to_owned(), json!(unix_now()));
+    }
+    let result = &result;
     match serde_json::to_vec(result)
         .map_err(io::Error::other)
         .and_then(|b| write_atomic(&paths.output, &name, &b))
@@ -607,11 +644,13 @@ fn main() {
         log("ready=never: not writing ready.txt");
     }
 
+    REPORT_TIMES.store(config.report_times, std::sync::atomic::Ordering::Relaxed);
     let mut last_id: Option<String> = None;
     let mut last_problem: Option<String> = None;
     loop {
         match read_task(&paths) {
             Ok(Some(task)) if last_id.as_deref() != Some(task.id.as_str()) => {
+                TASK_SEEN.store(unix_now().to_bits(), std::sync::atomic::Ordering::Relaxed);
                 last_problem = None;
                 last_id = Some(task.id.clone());
                 if safe_id(&task.id) {
@@ -630,7 +669,7 @@ fn main() {
                 }
             }
         }
-        sleep(POLL);
+        sleep(config.poll);
     }
 }
 
