@@ -23,8 +23,10 @@
 //! | `error` | answers `{"success": false, "error": <error>}` and logs the same text (default a CUDA out-of-memory message) |
 //!
 //! Every behaviour writes its files under a temporary name and renames them, so the host never sees
-//! half a file, and logs one line per event on stderr. Any behaviour also takes `delay_ms` (sleep
-//! before answering), `startup_delay_ms` (sleep before `ready.txt`), `ready=never` (never become
+//! half a file, and logs one line per event on stderr. Any behaviour also takes `delay_ms` (`good`,
+//! `static` and `slow` write their answer exactly `delay_ms` after they saw the task, the video copied
+//! within that time, so the miner's time is known; the others sleep that long before acting),
+//! `startup_delay_ms` (sleep before `ready.txt`), `ready=never` (never become
 //! ready), `poll_us` (how often `task.json` is looked at, default 5000) and `report_times=true` (every
 //! `{id}.json` also carries `task_seen_unix`, when the task was read, and `written_at_unix`, taken just
 //! before the file is written and renamed into place: the bench's miner-reported clock, shared with
@@ -347,8 +349,9 @@ fn deliver_video(paths: &Paths, id: &str) -> io::Result<Video> {
     Ok(Video::Delivered)
 }
 
-/// The answer of a well-behaved miner, with `extra` fields merged into the result JSON.
-fn answer_with_video(paths: &Paths, id: &str, extra: Map<String, Value>) {
+/// The answer of a well-behaved miner, with `extra` fields merged into the result JSON, written no
+/// earlier than `answer_at` (the video is delivered first).
+fn answer_with_video(paths: &Paths, id: &str, extra: Map<String, Value>, answer_at: std::time::Instant) {
     let mut result = match deliver_video(paths, id) {
         Ok(Video::Delivered) => json!({"success": true}),
         Ok(Video::Unknown) => json!({"success": false, "error": "unknown challenge audio"}),
@@ -359,6 +362,11 @@ fn answer_with_video(paths: &Paths, id: &str, extra: Map<String, Value>) {
     };
     if let Value::Object(map) = &mut result {
         map.extend(extra);
+    }
+    let wait = answer_at.saturating_duration_since(std::time::Instant::now());
+    if !wait.is_zero() {
+        log(format_args!("answering in {} ms", wait.as_millis()));
+        sleep(wait);
     }
     write_result(paths, id, &result);
 }
@@ -393,6 +401,13 @@ fn sleep_forever() -> ! {
 }
 
 fn handle(config: &Config, paths: &Paths, id: &str) {
+    let seen = std::time::Instant::now();
+    if let Behaviour::Good | Behaviour::Static | Behaviour::Slow = config.behaviour {
+        // The answer lands `delay_ms` after the task was seen, whatever the video copy took (it is
+        // done within the delay): a miner whose time is known exactly, for the timing bench.
+        answer_with_video(paths, id, Map::new(), seen + config.delay);
+        return;
+    }
     if !config.delay.is_zero() {
         log(format_args!(
             "sleeping {} ms before answering",
@@ -401,7 +416,8 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
         sleep(config.delay);
     }
     match config.behaviour {
-        Behaviour::Good | Behaviour::Static | Behaviour::Slow => answer_with_video(paths, id, Map::new()),
+        // Answered above.
+        Behaviour::Good | Behaviour::Static | Behaviour::Slow => {}
         Behaviour::Crash => {
             log(format_args!("crashing with exit code {}", config.exit_code));
             std::process::exit(config.exit_code);
@@ -447,7 +463,7 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
             }
             let mut extra = Map::new();
             extra.insert("fill_bytes".to_owned(), json!(written));
-            answer_with_video(paths, id, extra);
+            answer_with_video(paths, id, extra, std::time::Instant::now());
         }
         Behaviour::Network => {
             let mut attempts = Map::new();
@@ -464,7 +480,7 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
                 json!(if reached { "REACHED" } else { "unreachable" }),
             );
             extra.insert("attempts".to_owned(), Value::Object(attempts));
-            answer_with_video(paths, id, extra);
+            answer_with_video(paths, id, extra, std::time::Instant::now());
         }
         Behaviour::WriteInput => {
             let created = fs::write(paths.input.join("pwned"), b"written by talkhead-test-miner\n");
@@ -489,7 +505,7 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
                 "attempts".to_owned(),
                 json!({"create /input/pwned": outcome(&created), "overwrite /input/task.json": outcome(&overwritten)}),
             );
-            answer_with_video(paths, id, extra);
+            answer_with_video(paths, id, extra, std::time::Instant::now());
         }
         Behaviour::GpuEnv => {
             let env: BTreeMap<String, String> = std::env::vars_os()
@@ -508,7 +524,7 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
             }
             let mut extra = Map::new();
             extra.insert("env".to_owned(), json!(env));
-            answer_with_video(paths, id, extra);
+            answer_with_video(paths, id, extra, std::time::Instant::now());
         }
         Behaviour::Error => {
             log(format_args!("error: {}", config.error));
