@@ -15,9 +15,10 @@
 //! - detection latency: the daemon's detection time minus the miner-reported time taken just before
 //!   it wrote and renamed `{id}.json` (both CLOCK_REALTIME of the same kernel);
 //! - measured-time error: the host-measured inference time (task placed → result detected) minus the
-//!   miner's known sleep. It includes the miner's own reaction (it polls task.json every `poll_us`,
-//!   500 µs here) and its writing of the video, which is the miner's time; the miner's own
-//!   task-seen → written interval is printed beside it to separate the two.
+//!   miner's known time (it answers exactly `delay_ms` after it saw the task, its video copied within
+//!   that time). It includes the miner's own reaction (it polls task.json every `poll_us`, 500 µs
+//!   here) and lateness; the miner's own task-seen → written interval is printed beside it to
+//!   separate the two.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
