@@ -99,7 +99,8 @@ async fn evaluation_loop(
     };
     let engine = Engine::connect(&settings.docker.host, store.instance_id()).await?;
     tracing::info!(host = %settings.docker.host, instance = store.instance_id(), "Docker engine connected");
-    let orphans = engine.reconcile_orphans(&Default::default()).await?;
+    let mut orphans = engine.reconcile_orphans(&Default::default()).await?;
+    orphans.extend(engine.reconcile_unlabelled_orphans().await?);
     if !orphans.is_empty() {
         tracing::warn!(
             count = orphans.len(),

@@ -1114,6 +1114,28 @@ async fn the_mp4_header_reading_agrees_with_ffprobe() {
     }
 }
 
+/// A hostile variant of a plain MP4: the video track's `mdhd` declares twice the time its `stts`
+/// and `stsz` hold. ffprobe believes the sample tables; the in-process reader must not answer with
+/// the header's longer duration (it would pass a half-length video as full-length).
+#[tokio::test]
+async fn an_mdhd_that_disagrees_with_the_sample_tables_is_left_to_ffprobe() {
+    let dir = TempDir::new().unwrap();
+    let limits = DecodeLimits::default();
+    let path = av_clip(&dir, "liar.mp4", "64x64", 25, 2.0, &["-preset", "ultrafast"]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"mdhd").unwrap() + 4;
+    assert_eq!(bytes[at], 0, "version 0 mdhd");
+    let field = at + 16; // version+flags, creation, modification, timescale
+    let duration = u32::from_be_bytes(bytes[field..field + 4].try_into().unwrap());
+    bytes[field..field + 4].copy_from_slice(&(duration * 2).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let (fast, _) = both_probes(&path, &limits).await;
+    assert!(
+        fast.is_none(),
+        "the inconsistent header was answered in-process: {fast:?}"
+    );
+}
+
 #[tokio::test]
 async fn files_outside_the_plain_mp4_case_are_left_to_ffprobe() {
     let dir = TempDir::new().unwrap();

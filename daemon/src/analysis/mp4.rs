@@ -41,8 +41,10 @@ pub fn describe(file: &File, len: u64) -> Option<Value> {
 fn read_moov(file: &File, len: u64) -> Option<Vec<u8>> {
     let mut offset = 0u64;
     let mut moov: Option<(u64, u64)> = None;
+    let mut whole = false;
     for i in 0..MAX_TOP_LEVEL_BOXES {
         if offset == len {
+            whole = true;
             break;
         }
         let mut head = [0u8; 16];
@@ -62,8 +64,13 @@ fn read_moov(file: &File, len: u64) -> Option<Vec<u8>> {
         if offset > len {
             // A box that runs past the end (a truncated `mdat`): the index may still be whole; the
             // decoder finds out what is missing.
+            whole = true;
             break;
         }
+    }
+    // More top-level boxes than the limit: a `moof` could follow unseen, so this is not "plain".
+    if !whole {
+        return None;
     }
     let (start, body) = moov?;
     if body > MAX_MOOV_BYTES || start.checked_add(body)? > len {
@@ -178,12 +185,18 @@ fn describe_trak(trak: &[u8], index: usize) -> Option<Value> {
     if sample_count == 0 {
         return None;
     }
+    // ffmpeg counts frames and times from `stts` (duration = min(mdhd, Σ stts)); a file whose
+    // `stts`, `stsz` and `mdhd` disagree could read as 5 s here and 2.5 s there, so only the
+    // consistent case is answered here; anything else goes to ffprobe.
+    let (stts_samples, stts_total) = stts_totals(child(stbl, b"stts")?)?;
+    if stts_samples != u64::from(sample_count) || stts_total != duration {
+        return None;
+    }
     let duration_secs = seconds(duration, timescale)?;
     match &handler {
         b"vide" => {
             let codec = video_codec(&format, entry)?;
             let (width, height) = (u16_at(entry, 24)?, u16_at(entry, 26)?);
-            let stts_total = stts_duration(child(stbl, b"stts")?)?;
             // ffmpeg's mov demuxer: avg_frame_rate = sample_count · timescale / Σ stts deltas.
             let rate = format!(
                 "{}/{}",
@@ -237,16 +250,18 @@ fn plain_edit(edts: &[u8]) -> Option<()> {
     (media_time >= 0).then_some(())
 }
 
-fn stts_duration(stts: &[u8]) -> Option<u64> {
+/// (Σ sample counts, Σ sample count × delta) of an `stts` box; `None` when malformed or empty.
+fn stts_totals(stts: &[u8]) -> Option<(u64, u64)> {
     let count = usize::try_from(u32_at(stts, 4)?).ok()?;
-    let mut total = 0u64;
+    let (mut samples, mut total) = (0u64, 0u64);
     for i in 0..count {
         let at = 8 + i.checked_mul(8)?;
         let n = u64::from(u32_at(stts, at)?);
         let delta = u64::from(u32_at(stts, at + 4)?);
+        samples = samples.checked_add(n)?;
         total = total.checked_add(n.checked_mul(delta)?)?;
     }
-    (total > 0).then_some(total)
+    (total > 0).then_some((samples, total))
 }
 
 /// ffprobe's codec name of a visual sample entry, for the whitelisted codecs.
@@ -462,10 +477,10 @@ mod tests {
             stts.extend_from_slice(&n.to_be_bytes());
             stts.extend_from_slice(&d.to_be_bytes());
         }
-        assert_eq!(stts_duration(&stts), Some(125 * 512));
+        assert_eq!(stts_totals(&stts), Some((125, 125 * 512)));
         stts[7] = 3; // declares an entry that is not there
-        assert_eq!(stts_duration(&stts), None);
-        assert_eq!(stts_duration(&[0, 0, 0, 0, 0, 0, 0, 0]), None, "no samples");
+        assert_eq!(stts_totals(&stts), None);
+        assert_eq!(stts_totals(&[0, 0, 0, 0, 0, 0, 0, 0]), None, "no samples");
     }
 
     #[test]

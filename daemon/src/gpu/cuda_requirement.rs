@@ -94,13 +94,16 @@ pub fn check(env: &[String], gpu: &GpuFacts<'_>) -> Compatibility {
     if get("NVIDIA_DISABLE_REQUIRE").is_some_and(is_true) {
         return Compatibility::Undeclared;
     }
+    // One value per variable, the last one set (what `get` and the container toolkit use): newest
+    // first, then a stable sort by name keeps that order within a name for `dedup_by` to keep.
     let mut declared: Vec<(&str, &str)> = vars
         .iter()
+        .rev()
         .copied()
         .filter(|(k, v)| k.starts_with("NVIDIA_REQUIRE_") && !v.trim().is_empty())
         .collect();
-    declared.sort_unstable();
-    declared.dedup_by(|a, b| a.0 == b.0);
+    declared.sort_by(|a, b| a.0.cmp(b.0));
+    declared.dedup_by(|later, kept| later.0 == kept.0);
     let legacy;
     if declared.is_empty() {
         match get("CUDA_VERSION").filter(|v| !v.trim().is_empty()) {
@@ -354,6 +357,14 @@ mod tests {
 
     /// What `nvidia/cuda:12.4.1-runtime-ubuntu22.04` declares.
     const CUDA_12_4_IMAGE: &str = "NVIDIA_REQUIRE_CUDA=cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471 brand=nvidia,driver>=535,driver<536";
+
+    #[test]
+    fn a_repeated_variable_is_judged_by_its_last_value() {
+        let e = env(&["NVIDIA_REQUIRE_CUDA=cuda>=1.0", "NVIDIA_REQUIRE_CUDA=cuda>=99.0"]);
+        assert!(matches!(check(&e, &H100), Compatibility::Unsatisfied { .. }));
+        let e = env(&["NVIDIA_REQUIRE_CUDA=cuda>=99.0", "NVIDIA_REQUIRE_CUDA=cuda>=1.0"]);
+        assert_eq!(check(&e, &H100), Compatibility::Satisfied);
+    }
 
     #[test]
     fn an_official_cuda_image_runs_on_a_driver_that_supports_its_cuda() {

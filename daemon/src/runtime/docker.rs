@@ -311,9 +311,12 @@ impl Engine {
     /// Whether something outside the miner stopped a container that exited by itself, from the
     /// engine's event log since `since_unix` (up to now): `Some(reason)` when a `kill` event with a
     /// signal other than SIGKILL is recorded (dockerd stopping containers on shutdown, an operator's
-    /// `docker stop`; the daemon itself only ever sends SIGKILL), or when the container's `start` is
-    /// not recorded at all (dockerd keeps events in memory: it restarted since). A process inside the
-    /// container cannot produce either, so a miner cannot disguise its own crash this way.
+    /// `docker stop`; the daemon itself only ever sends SIGKILL), or when neither the container's
+    /// `start` nor its `die` is recorded (dockerd keeps events in memory: it restarted since). A
+    /// missing `start` alone is not enough: dockerd keeps only its last 256 events, so on a busy
+    /// engine a long run's `start` can fall out while its recent `die` is still there, and that exit
+    /// is the miner's own. A process inside the container cannot produce either signal, so a miner
+    /// cannot disguise its own crash this way.
     pub async fn stopped_externally(
         &self,
         id: &str,
@@ -334,7 +337,7 @@ impl Engine {
             .filters(&filters)
             .build();
         let mut stream = self.docker.events(Some(options));
-        let mut started = false;
+        let (mut started, mut died) = (false, false);
         while let Some(event) = stream.next().await {
             let event = event.map_err(api("events"))?;
             let signal = event
@@ -345,6 +348,7 @@ impl Engine {
                 .cloned();
             match event.action.as_deref() {
                 Some("start") => started = true,
+                Some("die") => died = true,
                 Some("kill") if !matches!(signal.as_deref(), Some("9" | "SIGKILL" | "KILL")) => {
                     return Ok(Some(format!(
                         "the container was stopped from outside (signal {}): dockerd shutting down or an operator",
@@ -354,8 +358,9 @@ impl Engine {
                 _ => {}
             }
         }
-        Ok((!started).then(|| {
-            "the engine has no record of the container's start: dockerd restarted during the run".to_owned()
+        Ok((!started && !died).then(|| {
+            "the engine has no record of the container's start or exit: dockerd restarted during the run"
+                .to_owned()
         }))
     }
 
@@ -383,13 +388,15 @@ impl Engine {
     /// Containers of other instances on the same engine (another daemon, a test) are not listed.
     pub async fn labelled_containers(&self) -> Result<Vec<(String, String)>, RuntimeError> {
         // Docker ANDs several label filters: the run label must be there and the instance ours.
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                RUN_LABEL.to_owned(),
-                format!("{}={}", super::spec::LABEL_INSTANCE, self.instance),
-            ],
-        )]);
+        let ours = format!("{}={}", super::spec::LABEL_INSTANCE, self.instance);
+        let list = self.run_containers(vec![RUN_LABEL.to_owned(), ours]).await?;
+        Ok(list.into_iter().map(|(id, run, _)| (id, run)).collect())
+    }
+
+    /// Containers matching every label filter in `labels` that carry a run label: (id, run id,
+    /// whether they carry an instance label).
+    async fn run_containers(&self, labels: Vec<String>) -> Result<Vec<(String, String, bool)>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), labels)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -402,10 +409,27 @@ impl Engine {
         Ok(list
             .into_iter()
             .filter_map(|c| {
-                let run = c.labels.as_ref()?.get(RUN_LABEL)?.clone();
-                Some((c.id?, run))
+                let labels = c.labels.as_ref()?;
+                let run = labels.get(RUN_LABEL)?.clone();
+                let has_instance = labels.contains_key(super::spec::LABEL_INSTANCE);
+                Some((c.id?, run, has_instance))
             })
             .collect())
+    }
+
+    /// Kill and remove containers with a run label but no instance label: left by a talkheadd from
+    /// before instance labels (an upgrade with runs in flight), still holding a GPU. Called at
+    /// start-up only; returns their run ids.
+    pub async fn reconcile_unlabelled_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+        let list = self.run_containers(vec![RUN_LABEL.to_owned()]).await?;
+        let mut runs = Vec::new();
+        for (id, run, _) in list.into_iter().filter(|(_, _, has_instance)| !has_instance) {
+            self.kill(&id).await?;
+            self.remove(&id).await?;
+            tracing::warn!(container = %id, run_id = %run, "removed an evaluation container left by an older talkheadd");
+            runs.push(run);
+        }
+        Ok(runs)
     }
 
     /// Kill and remove every container of this instance (same store) whose run is not in `keep`: at
