@@ -422,14 +422,15 @@ impl Engine {
     /// start-up only; returns their run ids.
     pub async fn reconcile_unlabelled_orphans(&self) -> Result<Vec<String>, RuntimeError> {
         let list = self.run_containers(vec![RUN_LABEL.to_owned()]).await?;
-        let mut runs = Vec::new();
-        for (id, run, _) in list.into_iter().filter(|(_, _, has_instance)| !has_instance) {
-            self.kill(&id).await?;
-            self.remove(&id).await?;
-            tracing::warn!(container = %id, run_id = %run, "removed an evaluation container left by an older talkheadd");
-            runs.push(run);
-        }
-        Ok(runs)
+        let unlabelled = list
+            .into_iter()
+            .filter(|(_, _, has_instance)| !has_instance)
+            .map(|(id, run, _)| (id, run));
+        self.kill_and_remove(
+            unlabelled,
+            "removed an evaluation container left by an older talkheadd",
+        )
+        .await
     }
 
     /// Kill and remove every container of this instance (same store) whose run is not in `keep`: at
@@ -440,11 +441,22 @@ impl Engine {
         keep: &std::collections::HashSet<String>,
     ) -> Result<Vec<String>, RuntimeError> {
         let orphans = self.labelled_containers().await?;
-        let mut runs = Vec::with_capacity(orphans.len());
-        for (id, run) in orphans.into_iter().filter(|(_, run)| !keep.contains(run)) {
+        let orphans = orphans.into_iter().filter(|(_, run)| !keep.contains(run));
+        self.kill_and_remove(orphans, "removed an orphaned evaluation container")
+            .await
+    }
+
+    /// Kill and remove each (container id, run id), logging `what` for each; returns the run ids.
+    async fn kill_and_remove(
+        &self,
+        containers: impl Iterator<Item = (String, String)>,
+        what: &str,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let mut runs = Vec::new();
+        for (id, run) in containers {
             self.kill(&id).await?;
             self.remove(&id).await?;
-            tracing::warn!(container = %id, run_id = %run, "removed an orphaned evaluation container");
+            tracing::warn!(container = %id, run_id = %run, "{what}");
             runs.push(run);
         }
         Ok(runs)

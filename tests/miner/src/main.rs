@@ -402,13 +402,11 @@ fn sleep_forever() -> ! {
 
 fn handle(config: &Config, paths: &Paths, id: &str) {
     let seen = std::time::Instant::now();
-    if let Behaviour::Good | Behaviour::Static | Behaviour::Slow = config.behaviour {
-        // The answer lands `delay_ms` after the task was seen, whatever the video copy took (it is
-        // done within the delay): a miner whose time is known exactly, for the timing bench.
-        answer_with_video(paths, id, Map::new(), seen + config.delay);
-        return;
-    }
-    if !config.delay.is_zero() {
+    let answers_on_time = matches!(
+        config.behaviour,
+        Behaviour::Good | Behaviour::Static | Behaviour::Slow
+    );
+    if !answers_on_time && !config.delay.is_zero() {
         log(format_args!(
             "sleeping {} ms before answering",
             config.delay.as_millis()
@@ -416,8 +414,11 @@ fn handle(config: &Config, paths: &Paths, id: &str) {
         sleep(config.delay);
     }
     match config.behaviour {
-        // Answered above.
-        Behaviour::Good | Behaviour::Static | Behaviour::Slow => {}
+        // The answer lands `delay_ms` after the task was seen, whatever the video copy took (it is
+        // done within the delay): a miner whose time is known exactly, for the timing bench.
+        Behaviour::Good | Behaviour::Static | Behaviour::Slow => {
+            answer_with_video(paths, id, Map::new(), seen + config.delay);
+        }
         Behaviour::Crash => {
             log(format_args!("crashing with exit code {}", config.exit_code));
             std::process::exit(config.exit_code);
