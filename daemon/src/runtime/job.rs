@@ -152,8 +152,7 @@ impl JobDir {
         write_atomic(&self.input, "face.png", face)?;
         write_atomic(&self.input, "audio.wav", audio)?;
         let json = serde_json::to_vec(task).map_err(io::Error::other)?;
-        write_atomic(&self.input, "task.json", &json)?;
-        Ok(Instant::now())
+        write_atomic(&self.input, "task.json", &json)
     }
 
     /// Remove the current challenge's inputs.
@@ -331,7 +330,9 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 /// Write `dir/name` through a temporary file and a rename, so readers see all or nothing.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+/// Returns the instant taken just before the rename: the file cannot be visible any earlier, so a
+/// time measured from it never comes out shorter than what a reader of the file really took.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<Instant> {
     let tmp = dir.join(format!(".{name}.tmp"));
     remove_if_present(&tmp)?;
     let mut file = OpenOptions::new()
@@ -342,7 +343,9 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_data()?;
-    fs::rename(&tmp, dir.join(name))
+    let visible_from = Instant::now();
+    fs::rename(&tmp, dir.join(name))?;
+    Ok(visible_from)
 }
 
 /// Watches `output/` for files that are complete: closed after writing, or renamed into place.
