@@ -7,7 +7,9 @@
 //! end` (what the engine runs per challenge: the daemon's analyser from the embedded configuration
 //! with virtual GPUs, i.e. header check, sandboxed decode of 80 RGB frames + mono 16 kHz audio, the
 //! builtin Haar detector and every component), and the parts: `probe` (for a plain MP4, the
-//! in-process header reading), `decode` (one sandboxed ffmpeg run) and `probe_and_decode`. Needs
+//! in-process header reading), `decode` (one sandboxed ffmpeg run), `probe_and_decode` and
+//! `components alone` (every component on frames decoded beforehand: what the analysis would add to
+//! the decode if the per-frame half did not run beside it). Needs
 //! Debian's ffmpeg/ffprobe, opencv-data and util-linux prlimit, and the fixtures beside the project
 //! (`../shared/fixtures`); must not touch anything outside its temporary directory.
 //!
@@ -25,8 +27,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "../tests/common/media.rs"]
 mod media;
+use talkheadd::analysis::components::{Media, analyse};
 use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
-use talkheadd::analysis::{AnalysisInput, default_analyzer};
+use talkheadd::analysis::face::HaarDetector;
+use talkheadd::analysis::{AnalysisInput, default_analyzer, pipeline};
+
+/// The builtin detector's cascade (Debian's opencv-data).
+const CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
 use talkheadd::challenges::{Challenge, ChallengeId, Limits};
 use talkheadd::config::{self, ConfigLocation};
 
@@ -122,6 +129,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(probe_and_decode(black_box(&clip), &limits, &expectation))
                 .unwrap()
+        });
+    });
+    // The components alone, on frames and audio decoded beforehand: what the end-to-end figure would
+    // add to the decode if they ran after it instead of beside it.
+    let (_, decoded) = rt
+        .block_on(probe_and_decode(&clip, &limits, &expectation))
+        .unwrap();
+    let face = pipeline::decode_face(&challenge).unwrap();
+    let source = pipeline::decode_wav_mono_16k(challenge.audio()).unwrap();
+    let detector = HaarDetector::from_opencv_xml(CASCADE).unwrap();
+    group.bench_function("components alone (builtin, after the decode)", |b| {
+        b.iter(|| {
+            let media = Media {
+                frames: &decoded.frames,
+                fps: decoded.fps,
+                video_audio: &decoded.audio,
+                source_audio: &source,
+                reference_face: &face,
+            };
+            black_box(analyse(black_box(&media), &detector, None, None))
         });
     });
     group.finish();

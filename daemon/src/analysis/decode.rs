@@ -38,6 +38,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::ffi::OsString;
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,9 @@ const DETAIL_CHARS: usize = 300;
 
 /// What ffmpeg prints when an allocation fails (`ENOMEM`, e.g. under `RLIMIT_AS`).
 const OUT_OF_MEMORY: &str = "Cannot allocate memory";
+
+/// Capacity asked for the decoder's stdout pipe.
+const PIPE_BYTES: nix::libc::c_int = 1 << 20;
 
 /// Linux's signal for exceeding `RLIMIT_CPU`.
 const SIGXCPU: i32 = 24;
@@ -672,6 +676,22 @@ async fn ffprobe_json(file: &InputFile, limits: &DecodeLimits) -> Result<Value, 
 /// run limited by `decode_timeout`. Fewer frames (or samples) than declared beyond a small margin is
 /// `truncated`; more output than declared is `decoder_output_too_large`.
 pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+    let mut frames = Vec::new();
+    let mut decoded = decode_each(path, info, limits, &mut |frame| frames.push(frame)).await?;
+    decoded.frames = frames;
+    Ok(decoded)
+}
+
+/// [`decode`] handing each sampled frame to `on_frame` as soon as ffmpeg delivered it, in stream
+/// order, instead of keeping them (the returned [`Decoded::frames`] is empty): the caller can work on
+/// the frames while the rest decodes. A frame handed over is not taken back if the decode fails
+/// later: the caller discards its work on an error.
+pub async fn decode_each(
+    path: &Path,
+    info: &ProbeInfo,
+    limits: &DecodeLimits,
+    on_frame: &mut (dyn FnMut(Frame) + Send),
+) -> Result<Decoded, DecodeError> {
     let started = std::time::Instant::now();
     let file = InputFile::check(path, limits)?;
     if file.len != info.file_bytes {
@@ -685,10 +705,10 @@ pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Res
     let wanted = sample_indices(info.total_frames, limits.max_frames);
     check_sampled_bytes(wanted.len(), frame_bytes, limits)?;
     let scratch = ScratchDir::new()?;
-    let (frames, frame_indices, decoded_frames, audio) =
-        decode_streams(&file, info, limits, &scratch.0, frame_bytes, &wanted).await?;
+    let (frame_indices, decoded_frames, audio) =
+        decode_streams(&file, info, limits, &scratch.0, frame_bytes, &wanted, on_frame).await?;
     Ok(Decoded {
-        frames,
+        frames: Vec::new(),
         frame_indices,
         fps: info.video.fps,
         total_frames: info.total_frames,
@@ -709,6 +729,19 @@ pub async fn probe_and_decode(
     let info = probe(path, limits).await?;
     info.check_expectation(expectation)?;
     let decoded = decode(path, &info, limits).await?;
+    Ok((info, decoded))
+}
+
+/// [`probe_and_decode`] with the frames handed to `on_frame` as they come (see [`decode_each`]).
+pub async fn probe_and_decode_each(
+    path: &Path,
+    limits: &DecodeLimits,
+    expectation: &Expectation,
+    on_frame: &mut (dyn FnMut(Frame) + Send),
+) -> Result<(ProbeInfo, Decoded), DecodeError> {
+    let info = probe(path, limits).await?;
+    info.check_expectation(expectation)?;
+    let decoded = decode_each(path, &info, limits, on_frame).await?;
     Ok((info, decoded))
 }
 
@@ -1014,8 +1047,8 @@ fn starts_like_iso_bmff(path: &Path) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
-/// Decoded frames kept, their indices, the decoded frame count and the audio samples.
-type Streams = (Vec<Frame>, Vec<usize>, usize, Vec<f32>);
+/// Indices of the frames handed over, frames decoded, audio samples.
+type Streams = (Vec<usize>, usize, Vec<f32>);
 
 /// One ffmpeg run with two outputs: the video as raw RGB frames on stdout (streamed through a
 /// [`FrameSink`]), the audio as mono 16 kHz `f32le` into a file of the private scratch directory,
@@ -1027,6 +1060,7 @@ async fn decode_streams(
     scratch: &Path,
     frame_bytes: usize,
     wanted: &[usize],
+    on_frame: &mut (dyn FnMut(Frame) + Send),
 ) -> Result<Streams, DecodeError> {
     let (width, height) = (info.video.width, info.video.height);
     let total = info.total_frames.max(wanted.len());
@@ -1083,7 +1117,7 @@ async fn decode_streams(
         1 << 40
     };
 
-    let mut sink = FrameSink::new(width, height, frame_bytes, &plan);
+    let mut sink = FrameSink::new(width, height, frame_bytes, &plan, on_frame);
     let deadline = Instant::now() + limits.decode_timeout;
     let run = RunSpec {
         program: &limits.tools.ffmpeg,
@@ -1115,7 +1149,7 @@ async fn decode_streams(
     if let Some(e) = exit_failure(&done, &file.path) {
         return Err(e);
     }
-    if sink.kept.is_empty() {
+    if sink.kept_indices.is_empty() {
         return Err(bad(BadOutputReason::Truncated, "no frame could be decoded"));
     }
     let samples = read_audio(&audio_path, max_audio_bytes)?;
@@ -1127,7 +1161,7 @@ async fn decode_streams(
             format!("decoded {got:.3} s of {declared:.3} s of declared audio"),
         ));
     }
-    Ok((sink.kept, sink.kept_indices, decoded, samples))
+    Ok((sink.kept_indices, decoded, samples))
 }
 
 /// Reads the audio ffmpeg wrote (a regular file of at most `max` bytes) as `f32` samples.
@@ -1379,8 +1413,8 @@ impl FramePlan {
     }
 }
 
-/// Assembles the raw RGB frames of a [`FramePlan`], keeps the wanted ones, reuses one buffer for the
-/// others.
+/// Assembles the raw RGB frames of a [`FramePlan`], hands the wanted ones over, reuses one buffer for
+/// the others.
 struct FrameSink<'p> {
     width: u32,
     height: u32,
@@ -1391,12 +1425,18 @@ struct FrameSink<'p> {
     received: usize,
     /// Decoded frames, as far as the frames received show (the last one's number + 1).
     decoded: usize,
-    kept: Vec<Frame>,
+    on_frame: &'p mut (dyn FnMut(Frame) + Send),
     kept_indices: Vec<usize>,
 }
 
 impl<'p> FrameSink<'p> {
-    fn new(width: u32, height: u32, frame_bytes: usize, plan: &'p FramePlan) -> Self {
+    fn new(
+        width: u32,
+        height: u32,
+        frame_bytes: usize,
+        plan: &'p FramePlan,
+        on_frame: &'p mut (dyn FnMut(Frame) + Send),
+    ) -> Self {
         let wanted = plan.sent.iter().filter(|(_, keep)| *keep).count();
         FrameSink {
             width,
@@ -1406,7 +1446,7 @@ impl<'p> FrameSink<'p> {
             filled: 0,
             received: 0,
             decoded: 0,
-            kept: Vec::with_capacity(wanted),
+            on_frame,
             kept_indices: Vec::with_capacity(wanted),
         }
     }
@@ -1435,7 +1475,7 @@ impl Sink for FrameSink<'_> {
         if keep {
             let fresh = vec![0; self.current.len()];
             let rgb = std::mem::replace(&mut self.current, fresh);
-            self.kept.push(Frame {
+            (self.on_frame)(Frame {
                 width: self.width,
                 height: self.height,
                 rgb,
@@ -1556,6 +1596,10 @@ async fn run_limited<S: Sink + Send>(
         let _ = child.start_kill();
         return Err(RunError::Infra("the child's pipes are missing".to_owned()));
     };
+    // A 512×512 RGB frame is 786 KB: through the default 64 KiB pipe ffmpeg stalls a dozen times per
+    // frame until this task is scheduled again. 1 MiB is the unprivileged maximum (pipe-max-size); a
+    // refusal only costs speed.
+    let _ = nix::fcntl::fcntl(stdout.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     tracing::debug!(program = %program.display(), "sandboxed decoder started");
 
     let child_ref = &mut child;

@@ -843,7 +843,9 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     // 4 declared frames, no slack: frames 0 and 2 wanted, 3 is the last (a sentinel), 4 is too many.
     let plan = FramePlan::new(&[0, 2], 4, 0);
     assert_eq!(plan.sent, vec![(0, true), (2, true), (3, false)]);
-    let mut sink = FrameSink::new(2, 1, 6, &plan);
+    let mut kept = Vec::new();
+    let mut keep = |frame: Frame| kept.push(frame);
+    let mut sink = FrameSink::new(2, 1, 6, &plan, &mut keep);
     let feed = |sink: &mut FrameSink<'_>, frame: u8| {
         // Two writes per frame, as pipe reads split arbitrarily.
         sink.space()[..4].copy_from_slice(&[frame; 4]);
@@ -857,12 +859,15 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     }
     assert_eq!(sink.decoded, 4);
     assert_eq!(sink.kept_indices, vec![0, 2]);
-    assert_eq!(sink.kept[0].rgb, vec![0; 6]);
-    assert_eq!(sink.kept[1].rgb, vec![2; 6]);
-    assert_eq!(sink.kept[1].pixel(1, 0), Some([2, 2, 2]));
     // Anything beyond the plan is frame `limit` or later.
     let err = feed(&mut sink, 4).unwrap_err();
     assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+    drop(sink);
+    // Each wanted frame was handed over once, in order, in its own buffer.
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].rgb, vec![0; 6]);
+    assert_eq!(kept[1].rgb, vec![2; 6]);
+    assert_eq!(kept[1].pixel(1, 0), Some([2, 2, 2]));
 }
 
 #[test]

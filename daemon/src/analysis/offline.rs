@@ -121,21 +121,54 @@ fn report(video: &Path, analysis: &ChallengeAnalysis, settings: &Settings) -> Of
 }
 
 fn load_challenge(request: &OfflineRequest) -> Result<Challenge, OfflineError> {
-    let read = |what: &str, path: &Path| {
-        std::fs::read(path).map_err(|e| OfflineError::BadInput(format!("{what} {}: {e}", path.display())))
-    };
-    let face = read("--face", &request.face)?;
-    let audio = read("--audio", &request.audio)?;
+    let limits = Limits::default();
+    let face = read_bounded("--face", &request.face, limits.max_face_bytes)?;
+    let audio = read_bounded("--audio", &request.audio, limits.max_audio_bytes)?;
     let text = match &request.text {
         Some(path) => Some(
-            String::from_utf8(read("--text", path)?)
+            String::from_utf8(read_bounded("--text", path, limits.max_text_bytes())?)
                 .map_err(|_| OfflineError::BadInput(format!("--text {}: not UTF-8", path.display())))?,
         ),
         None => None,
     };
     let id = ChallengeId::from_index(0);
-    Challenge::new(id, face, audio, text.as_deref(), &Limits::default())
+    Challenge::new(id, face, audio, text.as_deref(), &limits)
         .map_err(|e| OfflineError::BadInput(e.to_string()))
+}
+
+/// Reads an operator-named input of at most `limit` bytes: a regular file (a FIFO, device or
+/// directory is refused before anything is read, so `/dev/zero` cannot make it read forever), never
+/// more than `limit + 1` bytes even if the file grows meanwhile.
+fn read_bounded(what: &str, path: &Path, limit: u64) -> Result<Vec<u8>, OfflineError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |detail: String| OfflineError::BadInput(format!("{what} {}: {detail}", path.display()));
+    // Non-blocking so that opening a FIFO with no writer returns at once; the check below refuses it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(bad(format!(
+            "{} bytes, more than the {limit} allowed",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(bad(format!(
+            "grew beyond the {limit} bytes allowed while being read"
+        )));
+    }
+    Ok(bytes)
 }
 
 impl OfflineReport {
@@ -296,5 +329,34 @@ mod tests {
         };
         let err = load_challenge(&invalid).unwrap_err();
         assert_eq!(err.exit_code(), EXIT_BAD_INPUT, "{err}");
+    }
+
+    #[test]
+    fn inputs_are_read_bounded_and_only_from_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = |result: Result<Vec<u8>, OfflineError>| match result {
+            Err(OfflineError::BadInput(m)) => m,
+            other => panic!("expected bad input, got {other:?}"),
+        };
+        // A device would never end: refused before a byte is read.
+        let m = message(read_bounded("--face", Path::new("/dev/zero"), 16));
+        assert!(
+            m.contains("--face /dev/zero") && m.contains("not a regular file"),
+            "{m}"
+        );
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("audio.wav");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(message(read_bounded("--audio", &fifo, 16)).contains("not a regular file"));
+        // Over the limit (sparse: nothing is written): refused from its size.
+        let big = dir.path().join("text.txt");
+        std::fs::File::create(&big).unwrap().set_len(1 << 40).unwrap();
+        let m = message(read_bounded("--text", &big, 1024));
+        assert!(m.contains("more than the 1024 allowed"), "{m}");
+        // At the limit: read whole.
+        let ok = dir.path().join("ok.txt");
+        std::fs::write(&ok, b"0123456789").unwrap();
+        assert_eq!(read_bounded("--text", &ok, 10).unwrap(), b"0123456789");
+        assert!(message(read_bounded("--text", &ok, 9)).contains("more than the 9 allowed"));
     }
 }

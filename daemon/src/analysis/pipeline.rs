@@ -1,16 +1,20 @@
-//! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]), decoding of the
-//! challenge's reference face and source audio, then, on a blocking thread, the speech recogniser when
-//! one is configured ([`super::asr`]) and the native components ([`super::components`]). Owns the glue and the mapping of failures: a bad file is the miner's
-//! `bad_output`, anything wrong on the host is infrastructure.
+//! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]) with the per-frame
+//! half of the components ([`components::FramePass`]) following each sampled frame on a blocking
+//! thread as ffmpeg delivers it, then decoding of the challenge's reference face and source audio, the
+//! speech recogniser when one is configured ([`super::asr`]) and the rest of the native components
+//! ([`super::components`]). Owns the glue and the mapping of failures: a bad file is the miner's
+//! `bad_output`; anything wrong on the host (including an analysis issue of validator origin) is
+//! infrastructure, retried and never scored.
 
 use super::asr::{self, SpeechRecognizer};
-use super::components::{self, AnalysisOptions, Frame, HistogramIdentity, IdentityBackend, Media};
+use super::components::{self, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ImageFormat};
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Decode + builtin components.
@@ -64,22 +68,52 @@ impl Analyzer for MediaAnalyzer {
             let challenge = input.challenge;
             let audio_duration = challenge.audio_info().duration_secs;
             let expectation = Expectation::new(audio_duration, input.max_seconds);
-            let (_probe, decoded) = decode::probe_and_decode(input.video, &self.limits, &expectation)
+            // The per-frame half of the analysis (following the face, the pixel passes) runs on a
+            // blocking thread while ffmpeg is still decoding, fed each sampled frame as it arrives.
+            let (frame_tx, frame_rx) = std::sync::mpsc::channel::<Frame>();
+            let decode_failed = Arc::new(AtomicBool::new(false));
+            let follower = {
+                let detector = Arc::clone(&self.detector);
+                let decode_failed = Arc::clone(&decode_failed);
+                tokio::task::spawn_blocking(move || {
+                    let mut pass = FramePass::new(detector.as_ref());
+                    let mut frames = Vec::new();
+                    for frame in frame_rx {
+                        // A failed decode is answered without the analysis: stop working on it.
+                        if decode_failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        pass.push(&frame);
+                        frames.push(frame);
+                    }
+                    (frames, pass.finish())
+                })
+            };
+            let mut hand_over = move |frame: Frame| {
+                // The receiver only goes away if the follower panicked, which its join reports.
+                let _ = frame_tx.send(frame);
+            };
+            let decoded =
+                decode::probe_and_decode_each(input.video, &self.limits, &expectation, &mut hand_over).await;
+            drop(hand_over);
+            decode_failed.store(decoded.is_err(), Ordering::Relaxed);
+            let followed = follower
                 .await
-                .map_err(|e| match e {
-                    DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
-                        reason: b.reason.as_str().to_owned(),
-                        detail: b.detail,
-                    },
-                    DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
-                })?;
+                .map_err(|e| AnalysisFailure::Infra(format!("frame analysis worker failed: {e}")));
+            let (_probe, decoded) = decoded.map_err(|e| match e {
+                DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
+                    reason: b.reason.as_str().to_owned(),
+                    detail: b.detail,
+                },
+                DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
+            })?;
+            let (frames, followed) = followed?;
             let face = decode_face(challenge).map_err(AnalysisFailure::Infra)?;
             let source_audio = decode_wav_mono_16k(challenge.audio()).map_err(AnalysisFailure::Infra)?;
             let transcript = challenge.text().map(str::to_owned);
-            let detector = Arc::clone(&self.detector);
             let identity = Arc::clone(&self.identity);
             let recogniser = self.asr.clone();
-            let (frames, fps, video_audio) = (decoded.frames, decoded.fps, decoded.audio);
+            let (fps, video_audio) = (decoded.fps, decoded.audio);
             let analysis = tokio::task::spawn_blocking(move || {
                 let (reference, hypothesis) = asr::transcripts(
                     recogniser.as_deref(),
@@ -95,17 +129,29 @@ impl Analyzer for MediaAnalyzer {
                     source_audio: &source_audio,
                     reference_face: &face,
                 };
-                Ok(components::analyse_with(
+                components::analyse_followed(
                     &media,
-                    detector.as_ref(),
+                    followed,
                     identity.as_ref(),
                     reference.as_deref(),
                     hypothesis.as_deref(),
                     &AnalysisOptions::default(),
-                ))
+                )
+                .map_err(|e| AnalysisFailure::Infra(e.to_string()))
             })
             .await
             .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
+            // Something that went wrong on this host is never the miner's score: the run is retried.
+            if analysis.has_validator_issue() {
+                let issues: Vec<String> = analysis
+                    .validator_issues()
+                    .map(|i| serde_json::to_string(i).unwrap_or_else(|_| format!("{i:?}")))
+                    .collect();
+                return Err(AnalysisFailure::Infra(format!(
+                    "the analysis failed on the host: {}",
+                    issues.join(", ")
+                )));
+            }
             Ok(ChallengeAnalysis {
                 components: analysis.components,
                 debug: analysis.debug,
@@ -126,7 +172,7 @@ impl Analyzer for MediaAnalyzer {
 }
 
 /// The challenge face as an RGB frame (it was validated when the challenge was loaded).
-fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
+pub fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
     let bytes = challenge.face();
     match challenge.face_format() {
         ImageFormat::Png => {
@@ -240,5 +286,170 @@ mod tests {
         assert_eq!(hi.len(), 1600);
         assert!(hi.iter().all(|s| (s - 0.25).abs() < 1e-6));
         assert!(decode_wav_mono_16k(b"not a wav").is_err());
+    }
+
+    /// A 2 s clip of the first fixture face, gently turning, over a 440 Hz tone, and the challenge it
+    /// answers (the same face and tone).
+    fn face_clip_and_challenge(dir: &std::path::Path) -> (std::path::PathBuf, Challenge) {
+        let face = crate::analysis::face::tests::fixtures_dir().join("challenge-0/face.png");
+        let (clip, wav) = (dir.join("clip.mp4"), dir.join("audio.wav"));
+        let ffmpeg = |args: &[&str], out: &std::path::Path| {
+            let status = std::process::Command::new("ffmpeg")
+                .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+                .args(args)
+                .arg(out)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ffmpeg failed for {}", out.display());
+        };
+        let face_arg = face.to_str().unwrap();
+        ffmpeg(
+            &[
+                "-loop",
+                "1",
+                "-framerate",
+                "25",
+                "-t",
+                "2",
+                "-i",
+                face_arg,
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=2",
+                "-vf",
+                "scale=256:256,rotate=0.05*sin(2*PI*t):fillcolor=black,format=yuv420p",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-c:a",
+                "aac",
+                "-shortest",
+            ],
+            &clip,
+        );
+        ffmpeg(
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=2",
+                "-ac",
+                "1",
+                "-ar",
+                "16000",
+            ],
+            &wav,
+        );
+        let challenge = Challenge::new(
+            crate::challenges::ChallengeId::from_index(0),
+            std::fs::read(&face).unwrap(),
+            std::fs::read(&wav).unwrap(),
+            None,
+            &crate::challenges::Limits::default(),
+        )
+        .unwrap();
+        (clip, challenge)
+    }
+
+    fn haar() -> Arc<dyn FaceDetector + Send + Sync> {
+        let (detector, _) = crate::analysis::face::tests::haar_and_faces().unwrap();
+        Arc::new(detector)
+    }
+
+    #[tokio::test]
+    async fn frames_followed_during_the_decode_give_the_same_analysis_as_after_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (clip, challenge) = face_clip_and_challenge(dir.path());
+        let limits = DecodeLimits::default();
+        let detector = haar();
+        let analyzer = MediaAnalyzer::new(limits.clone(), Arc::clone(&detector), "haar");
+        let input = AnalysisInput {
+            video: &clip,
+            challenge: &challenge,
+            max_seconds: 2.0,
+        };
+        let streamed = analyzer.analyse(input).await.unwrap();
+
+        // The same analysis, in two steps: decode every sampled frame, then all the components.
+        let (_, decoded) = decode::probe_and_decode(&clip, &limits, &Expectation::new(2.0, 2.0))
+            .await
+            .unwrap();
+        let face = decode_face(&challenge).unwrap();
+        let source = decode_wav_mono_16k(challenge.audio()).unwrap();
+        let batch = components::analyse(
+            &Media {
+                frames: &decoded.frames,
+                fps: decoded.fps,
+                video_audio: &decoded.audio,
+                source_audio: &source,
+                reference_face: &face,
+            },
+            detector.as_ref(),
+            None,
+            None,
+        );
+        assert_eq!(decoded.frames.len(), 50);
+        assert_eq!(streamed.debug.frames, 50);
+        assert!(streamed.debug.frames_with_face > 40, "{:?}", streamed.debug);
+        assert_eq!(streamed.components, batch.components);
+        assert_eq!(streamed.debug.issues, batch.debug.issues);
+    }
+
+    /// An identity backend that fails as configured.
+    struct FailingIdentity(components::IdentityError);
+
+    impl IdentityBackend for FailingIdentity {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn mode(&self) -> crate::scoring::IdentityMode {
+            crate::scoring::IdentityMode::Insightface
+        }
+        fn similarities(
+            &self,
+            _: &components::IdentityInput<'_>,
+        ) -> Result<Vec<f64>, components::IdentityError> {
+            Err(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_the_host_is_infrastructure_and_a_bad_challenge_face_is_scored() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (clip, challenge) = face_clip_and_challenge(dir.path());
+        let input = AnalysisInput {
+            video: &clip,
+            challenge: &challenge,
+            max_seconds: 2.0,
+        };
+        let with = |error: components::IdentityError| {
+            MediaAnalyzer::new(DecodeLimits::default(), haar(), "haar")
+                .with_identity(Arc::new(FailingIdentity(error)))
+        };
+
+        // The backend failed on this host: never the miner's score, the run is retried.
+        let backend = with(components::IdentityError::Backend("session lost".into()));
+        match backend.analyse(input).await {
+            Err(AnalysisFailure::Infra(reason)) => {
+                assert!(reason.contains("identity_unavailable"), "{reason}");
+                assert!(reason.contains("session lost"), "{reason}");
+            }
+            other => panic!("expected an infrastructure failure, got {other:?}"),
+        }
+
+        // The challenge's face is unusable: the same for every miner, a retry cannot help, so the
+        // output is scored (identity 0 for everyone) and the issue reported as the challenge's.
+        let reference = with(components::IdentityError::ReferenceUnusable("no face".into()));
+        let scored = reference.analyse(input).await.unwrap();
+        assert_eq!(scored.components.identity, 0.0);
+        assert!(scored.debug.issues.iter().any(|i| matches!(
+            i,
+            components::AnalysisIssue::IdentityUnavailable {
+                reference_unusable: true,
+                ..
+            }
+        ) && i.origin() == components::IssueOrigin::Challenge));
     }
 }

@@ -143,12 +143,7 @@ fn load_one(id: ChallengeId, dir: &Path, limits: &Limits) -> Result<Challenge, C
     let before = lstat_dir(dir)?;
     let face = read_regular(&dir.join(FACE_FILE), limits.max_face_bytes, &id, Asset::Face)?;
     let audio = read_regular(&dir.join(AUDIO_FILE), limits.max_audio_bytes, &id, Asset::Audio)?;
-    // A transcript of `max_text_chars` characters is at most 4 bytes each, plus whitespace to trim.
-    let text_limit = u64::try_from(limits.max_text_chars)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(4)
-        .saturating_add(4096);
-    let text = read_regular(&dir.join(TEXT_FILE), text_limit, &id, Asset::Text)?;
+    let text = read_regular(&dir.join(TEXT_FILE), limits.max_text_bytes(), &id, Asset::Text)?;
     let after = lstat_dir(dir)?;
     if (before.dev(), before.ino()) != (after.dev(), after.ino()) {
         return Err(ChallengeError::UnsafeFile {

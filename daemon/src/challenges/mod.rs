@@ -72,6 +72,17 @@ pub struct Limits {
     pub max_challenges: usize,
 }
 
+impl Limits {
+    /// Largest transcript file read: `max_text_chars` characters of at most 4 bytes each, plus
+    /// whitespace to trim.
+    pub fn max_text_bytes(&self) -> u64 {
+        u64::try_from(self.max_text_chars)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(4)
+            .saturating_add(4096)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

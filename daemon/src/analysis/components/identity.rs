@@ -114,6 +114,9 @@ pub struct IdentityDetail {
     pub mode: IdentityMode,
     /// Why there is no score, when there is none.
     pub error: Option<String>,
+    /// The failure is the challenge's face (no face in it, malformed), the same for every miner,
+    /// rather than the backend's.
+    pub reference_unusable: bool,
 }
 
 /// The reference's summary of per-frame similarities: `clamp01(0.75·mean + 0.25·p10)`, with each
@@ -132,14 +135,16 @@ pub(crate) fn summarise(
     result: Result<Vec<f64>, IdentityError>,
     n_frames: usize,
 ) -> (IdentityDetail, Vec<f64>) {
-    let fail = |error: String| IdentityDetail {
+    let fail_as = |error: String, reference_unusable: bool| IdentityDetail {
         identity: 0.0,
         mean_similarity: None,
         p10_similarity: None,
         backend: backend.name(),
         mode: IdentityMode::Unavailable,
         error: Some(error),
+        reference_unusable,
     };
+    let fail = |error: String| fail_as(error, false);
     match result {
         Ok(sims) if sims.len() == n_frames => match identity_score(&sims) {
             Some((identity, m, p10)) => (
@@ -150,6 +155,7 @@ pub(crate) fn summarise(
                     backend: backend.name(),
                     mode: backend.mode(),
                     error: None,
+                    reference_unusable: false,
                 },
                 sims.iter().map(|&s| clamp01(s)).collect(),
             ),
@@ -162,7 +168,10 @@ pub(crate) fn summarise(
             )),
             Vec::new(),
         ),
-        Err(e) => (fail(e.to_string()), Vec::new()),
+        Err(e) => {
+            let reference = matches!(e, IdentityError::ReferenceUnusable(_));
+            (fail_as(e.to_string(), reference), Vec::new())
+        }
     }
 }
 
@@ -243,6 +252,7 @@ mod tests {
         let (d, sims) = summarise(&HistogramIdentity, Err(IdentityError::Backend("boom".into())), 3);
         assert_eq!(d.identity, 0.0);
         assert_eq!(d.mode, IdentityMode::Unavailable);
+        assert!(!d.reference_unusable, "a backend failure is not the challenge's");
         assert!(d.error.unwrap().contains("boom"));
         assert!(sims.is_empty());
         let (d, _) = summarise(&HistogramIdentity, Ok(vec![1.0]), 3);

@@ -40,7 +40,7 @@ pub use penalties::PenaltyDetail;
 pub use temporal::TemporalDetail;
 pub use video::VideoDetail;
 
-use crate::analysis::face::{FaceDetector, track_largest};
+use crate::analysis::face::{FaceDetector, FaceTracker};
 use crate::scoring::{ChallengeComponents, IdentityMode};
 use image::{Grey, PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
 
@@ -104,9 +104,14 @@ impl Default for AnalysisOptions {
 pub enum IssueOrigin {
     /// A property of the miner's output; the scores already account for it.
     Miner,
-    /// A problem on the validator's side (bad decode, unusable challenge, backend failure): the caller
-    /// should treat the challenge as an infrastructure failure, not score the miner on it.
+    /// A problem on the validator's host (a decoder or backend failure, a broken internal contract): the
+    /// caller treats the challenge as an infrastructure failure and retries the run, never scoring the
+    /// miner on it.
     Validator,
+    /// A property of the round's challenge (silent or corrupt challenge audio, no usable face in the
+    /// challenge image): the same for every miner of the round, so a retry cannot fix it; the scores
+    /// already keep it neutral (no miner is zeroed for it) and it is reported.
+    Challenge,
     /// Expected, informational (e.g. no ASR configured).
     Info,
 }
@@ -150,6 +155,8 @@ pub enum AnalysisIssue {
     IdentityUnavailable {
         /// Why.
         reason: String,
+        /// The challenge's face was unusable (rather than the backend failing).
+        reference_unusable: bool,
     },
     /// WER could not be computed; the audio-match check is the transcript gate instead.
     WerUnavailable {
@@ -173,9 +180,16 @@ impl AnalysisIssue {
             Self::NoFrames
             | Self::MalformedFrames { .. }
             | Self::InvalidFps { .. }
-            | Self::NonFiniteSourceAudio { .. }
+            | Self::IdentityUnavailable {
+                reference_unusable: false,
+                ..
+            } => IssueOrigin::Validator,
+            Self::NonFiniteSourceAudio { .. }
             | Self::SourceAudioSilent
-            | Self::IdentityUnavailable { .. } => IssueOrigin::Validator,
+            | Self::IdentityUnavailable {
+                reference_unusable: true,
+                ..
+            } => IssueOrigin::Challenge,
             Self::NonFiniteVideoAudio { .. }
             | Self::NoVideoAudio
             | Self::LipsyncNotMeasured { .. }
@@ -268,12 +282,17 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// True when some issue is on the validator's side (the caller should not charge the miner).
+    /// True when some issue is on the validator's host (the caller should not charge the miner).
     pub fn has_validator_issue(&self) -> bool {
+        self.validator_issues().next().is_some()
+    }
+
+    /// The issues on the validator's host, which make the challenge an infrastructure failure.
+    pub fn validator_issues(&self) -> impl Iterator<Item = &AnalysisIssue> {
         self.debug
             .issues
             .iter()
-            .any(|i| i.origin() == IssueOrigin::Validator)
+            .filter(|i| i.origin() == IssueOrigin::Validator)
     }
 }
 
@@ -295,33 +314,111 @@ pub(crate) struct FrameFacts {
 }
 
 impl FrameFacts {
-    /// One sweep over the frames. Only the current and the previous grey plane are alive at a time, so
-    /// every per-frame pass after the RGB → grey conversion runs on a plane still in cache.
+    /// One sweep over the frames (see [`FrameFactsBuilder`]).
+    #[cfg(test)]
     pub(crate) fn compute(frames: &[Frame], boxes: &[Option<FaceBox>]) -> Self {
-        let mut facts = Self::default();
-        let mut mouth = lipsync::MouthTracker::default();
-        // Two planes, swapped every frame: no per-frame allocation.
-        let (mut cur, mut prev) = (Grey::default(), Grey::default());
-        let mut prev_ok = false;
+        let mut builder = FrameFactsBuilder::default();
         for (i, f) in frames.iter().enumerate() {
-            let ok = cur.fill_from(f);
-            let g = ok.then_some(&cur);
-            facts.malformed += usize::from(!ok);
-            facts.sizes.push(g.map(|g| (g.w, g.h)));
-            facts.stats.push(g.and_then(plane_stats));
-            facts.laplacian_var.push(g.and_then(laplacian_variance));
-            if i > 0 {
-                facts.frame_diffs.push(match (prev_ok, g) {
-                    (true, Some(b)) => mean_abs_diff(b, &prev),
-                    _ => None,
-                });
-            }
-            mouth.push(prev_ok.then_some(&prev), g, boxes.get(i).and_then(Option::as_ref));
-            std::mem::swap(&mut cur, &mut prev);
-            prev_ok = ok;
+            builder.push(f, boxes.get(i).and_then(Option::as_ref));
         }
-        facts.mouth = mouth.finish();
-        facts
+        builder.finish()
+    }
+}
+
+/// [`FrameFacts`] one frame at a time. Only the current and the previous grey plane are alive, so
+/// every per-frame pass after the RGB → grey conversion runs on a plane still in cache.
+#[derive(Default)]
+pub(crate) struct FrameFactsBuilder {
+    facts: FrameFacts,
+    mouth: lipsync::MouthTracker,
+    /// Two planes, swapped every frame: no per-frame allocation.
+    cur: Grey,
+    prev: Grey,
+    prev_ok: bool,
+    seen: usize,
+}
+
+impl FrameFactsBuilder {
+    /// Adds the sequence's next frame with its face box.
+    pub(crate) fn push(&mut self, frame: &Frame, face: Option<&FaceBox>) {
+        let facts = &mut self.facts;
+        let ok = self.cur.fill_from(frame);
+        let g = ok.then_some(&self.cur);
+        facts.malformed += usize::from(!ok);
+        facts.sizes.push(g.map(|g| (g.w, g.h)));
+        facts.stats.push(g.and_then(plane_stats));
+        facts.laplacian_var.push(g.and_then(laplacian_variance));
+        if self.seen > 0 {
+            facts.frame_diffs.push(match (self.prev_ok, g) {
+                (true, Some(b)) => mean_abs_diff(b, &self.prev),
+                _ => None,
+            });
+        }
+        self.mouth.push(self.prev_ok.then_some(&self.prev), g, face);
+        std::mem::swap(&mut self.cur, &mut self.prev);
+        self.prev_ok = ok;
+        self.seen += 1;
+    }
+
+    /// The facts of every frame pushed.
+    pub(crate) fn finish(mut self) -> FrameFacts {
+        self.facts.mouth = self.mouth.finish();
+        self.facts
+    }
+}
+
+/// The per-frame half of [`analyse_with`] (following the face and the per-frame pixel passes), fed
+/// one frame at a time, so that it can run while the decoder is still delivering frames; what it
+/// produces goes to [`analyse_followed`].
+pub struct FramePass<'d> {
+    detector: &'d dyn FaceDetector,
+    tracker: FaceTracker,
+    boxes: Vec<Option<FaceBox>>,
+    facts: FrameFactsBuilder,
+}
+
+/// What a [`FramePass`] saw.
+pub struct FramesFollowed {
+    detector: &'static str,
+    boxes: Vec<Option<FaceBox>>,
+    facts: FrameFacts,
+}
+
+impl<'d> FramePass<'d> {
+    /// A pass that follows faces with `detector`.
+    pub fn new(detector: &'d dyn FaceDetector) -> Self {
+        FramePass {
+            detector,
+            tracker: FaceTracker::default(),
+            boxes: Vec::new(),
+            facts: FrameFactsBuilder::default(),
+        }
+    }
+
+    /// Adds the sequence's next frame.
+    pub fn push(&mut self, frame: &Frame) {
+        let face = self.tracker.next(self.detector, frame);
+        self.facts.push(frame, face.as_ref());
+        self.boxes.push(face);
+    }
+
+    /// Frames pushed so far.
+    pub fn len(&self) -> usize {
+        self.boxes.len()
+    }
+
+    /// True before the first frame.
+    pub fn is_empty(&self) -> bool {
+        self.boxes.is_empty()
+    }
+
+    /// The faces and facts of every frame pushed.
+    pub fn finish(self) -> FramesFollowed {
+        FramesFollowed {
+            detector: self.detector.name(),
+            boxes: self.boxes,
+            facts: self.facts.finish(),
+        }
     }
 }
 
@@ -367,6 +464,65 @@ pub fn analyse_with(
     hypothesis: Option<&str>,
     options: &AnalysisOptions,
 ) -> Analysis {
+    let mut pass = FramePass::new(detector);
+    for frame in media.frames {
+        pass.push(frame);
+    }
+    analyse_matched(
+        media,
+        pass.finish(),
+        identity_backend,
+        transcript,
+        hypothesis,
+        options,
+    )
+}
+
+/// A [`FramePass`] that did not see the frames it was analysed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the per-frame pass saw {followed} frames, the analysis was given {frames}")]
+pub struct FramePassMismatch {
+    /// Frames the pass saw.
+    pub followed: usize,
+    /// Frames in the media.
+    pub frames: usize,
+}
+
+/// [`analyse_with`] after its per-frame half, which a [`FramePass`] already ran (while the decoder
+/// was delivering the frames): `followed` must have seen exactly `media.frames`, in order. A pass
+/// over another number of frames is refused (the caller's bug, never the miner's).
+pub fn analyse_followed(
+    media: &Media<'_>,
+    followed: FramesFollowed,
+    identity_backend: &dyn IdentityBackend,
+    transcript: Option<&str>,
+    hypothesis: Option<&str>,
+    options: &AnalysisOptions,
+) -> Result<Analysis, FramePassMismatch> {
+    if followed.boxes.len() != media.frames.len() {
+        return Err(FramePassMismatch {
+            followed: followed.boxes.len(),
+            frames: media.frames.len(),
+        });
+    }
+    Ok(analyse_matched(
+        media,
+        followed,
+        identity_backend,
+        transcript,
+        hypothesis,
+        options,
+    ))
+}
+
+fn analyse_matched(
+    media: &Media<'_>,
+    followed: FramesFollowed,
+    identity_backend: &dyn IdentityBackend,
+    transcript: Option<&str>,
+    hypothesis: Option<&str>,
+    options: &AnalysisOptions,
+) -> Analysis {
     let mut issues = Vec::new();
     let frames = media.frames;
     let n = frames.len();
@@ -389,8 +545,11 @@ pub fn analyse_with(
     }
 
     // Faces: the largest per frame, in frame coordinates, from the detector in every identity mode.
-    let boxes = track_largest(detector, frames);
-    let facts = FrameFacts::compute(frames, &boxes);
+    let FramesFollowed {
+        detector,
+        boxes,
+        facts,
+    } = followed;
     if facts.malformed > 0 {
         issues.push(AnalysisIssue::MalformedFrames {
             count: facts.malformed,
@@ -413,7 +572,10 @@ pub fn analyse_with(
     };
     let (identity, sims) = identity::summarise(identity_backend, identity_backend.similarities(&input), n);
     if let Some(e) = &identity.error {
-        issues.push(AnalysisIssue::IdentityUnavailable { reason: e.clone() });
+        issues.push(AnalysisIssue::IdentityUnavailable {
+            reason: e.clone(),
+            reference_unusable: identity.reference_unusable,
+        });
     }
 
     // Lipsync (and the per-time local correlation the desync penalty reads).
@@ -495,7 +657,7 @@ pub fn analyse_with(
     Analysis {
         components,
         debug: AnalysisDebug {
-            detector: detector.name(),
+            detector,
             identity_backend: identity_backend.name(),
             identity_mode: identity.mode,
             frames: n,

@@ -371,7 +371,8 @@ fn without_asr_the_audio_match_is_the_gate() {
     );
     assert_eq!(a.components.wer, 1.0);
     assert_eq!(quality(&a).quality_score, 0.0);
-    // A silent challenge cannot be judged: a validator-side issue, the miner is not zeroed.
+    // A silent challenge cannot be judged: the challenge's issue (a retry cannot fix it), the miner is
+    // not zeroed.
     let silent = vec![0.0f32; SAMPLES];
     let media = Media {
         source_audio: &silent,
@@ -380,7 +381,13 @@ fn without_asr_the_audio_match_is_the_gate() {
     };
     let a = analyse(&media, &det, None, None);
     assert_eq!(a.debug.transcript_gate, TranscriptGate::Unavailable);
-    assert!(a.has_validator_issue());
+    assert!(!a.has_validator_issue());
+    assert!(
+        a.debug
+            .issues
+            .iter()
+            .any(|i| *i == AnalysisIssue::SourceAudioSilent && i.origin() == IssueOrigin::Challenge)
+    );
     assert_eq!(a.components.wer, 0.0);
 }
 

@@ -144,13 +144,27 @@ fn largest_in(frame: &Frame, boxes: Vec<FaceBox>, shift: f32) -> Option<FaceBox>
 /// reported missing on that very frame. The result equals per-frame [`detect_largest`] whenever the
 /// face moves less than the near search's reach between sampled frames (a talking head does).
 pub fn track_largest(detector: &dyn FaceDetector, frames: &[Frame]) -> Vec<Option<FaceBox>> {
-    let mut out = Vec::with_capacity(frames.len());
-    let mut prev: Option<FaceBox> = None;
-    for (i, frame) in frames.iter().enumerate() {
-        let followed = match prev {
+    let mut tracker = FaceTracker::default();
+    frames.iter().map(|f| tracker.next(detector, f)).collect()
+}
+
+/// [`track_largest`] one frame at a time, so that frames can be followed as the decoder delivers
+/// them: the state is the previous frame's box and how many frames were seen.
+#[derive(Debug, Default, Clone)]
+pub struct FaceTracker {
+    seen: usize,
+    prev: Option<FaceBox>,
+}
+
+impl FaceTracker {
+    /// The largest face of the sequence's next frame.
+    pub fn next(&mut self, detector: &dyn FaceDetector, frame: &Frame) -> Option<FaceBox> {
+        let i = self.seen;
+        self.seen += 1;
+        let followed = match self.prev {
             Some(hint) if frame.is_well_formed() => {
                 let mut boxes = detector.detect_near(frame, &hint);
-                if i % LARGER_SEARCH_EVERY == 0 {
+                if i.is_multiple_of(LARGER_SEARCH_EVERY) {
                     let side = hint.width().min(hint.height()) * LARGER_RATIO;
                     boxes.extend(detector.detect_larger(frame, side));
                 }
@@ -159,10 +173,9 @@ pub fn track_largest(detector: &dyn FaceDetector, frames: &[Frame]) -> Vec<Optio
             _ => None,
         };
         let found = followed.or_else(|| detect_largest(detector, frame));
-        out.push(found);
-        prev = found;
+        self.prev = found;
+        found
     }
-    out
 }
 
 /// A copy of `frame` with `pad` black pixels on every side; `None` if the size would overflow.
