@@ -1257,7 +1257,6 @@ mod tests {
     use crate::config::{ConfigLocation, load};
     use crate::domain::{Hotkey, ImageRef};
     use crate::gpu::VirtualInventory;
-    use crate::store::StoreOptions;
 
     /// The loop with the real Docker engine, analyser and LMDB store, on one virtual slot. Docker is
     /// only connected to: nothing runs in it.
@@ -1277,15 +1276,7 @@ mod tests {
                 .settings,
         );
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        let store = Store::open(
-            &dir.join("state.db"),
-            StoreOptions {
-                map_size_bytes: 16 << 20,
-                history_per_miner: 5,
-                max_submissions: 10,
-            },
-        )
-        .unwrap();
+        let store = Store::open_small(&dir.join("state.db"));
         let engine = crate::runtime::Engine::connect(&settings.docker.host, store.instance_id())
             .await
             .unwrap();

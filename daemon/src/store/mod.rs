@@ -377,6 +377,17 @@ impl Store {
         Ok(())
     }
 
+    /// A small store at `path` for the engine's tests (16 MiB map, 5 runs per miner, 10 miners).
+    #[cfg(test)]
+    pub(crate) fn open_small(path: &Path) -> Store {
+        let options = StoreOptions {
+            map_size_bytes: 16 << 20,
+            history_per_miner: 5,
+            max_submissions: 10,
+        };
+        Store::open(path, options).unwrap_or_else(|e| unreachable!("opening a test store: {e}"))
+    }
+
     /// Install (or remove) a failpoint called at named points inside write transactions.
     #[cfg(test)]
     pub(crate) fn set_failpoint(&self, f: Option<Failpoint>) {
