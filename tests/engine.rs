@@ -452,8 +452,10 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     // One slot runs them in submission order. Look at the engine while the last one runs: round 2
     // (which re-evaluates everyone, pulling the first image again) cannot have begun.
     d.wait_for_within(&format!("{} ready on", signers[3].hotkey), ROUND_LIMIT);
-    // After the third run the cache held three images, one over budget, and the least recently used
-    // (the first) went; the rest fit.
+    // Evictions run beside the next dispatch, once a run's slot is free.
+    d.wait_for_within("image cache: removed 1 least recently used", ROUND_LIMIT);
+    // With the third image pulled ahead the cache held three images, one over budget, and the least
+    // recently used (the first) went; the rest fit.
     let evicted = !image_present(&refs[0]);
     let kept = image_present(&refs[1]) && image_present(&refs[2]);
     d.wait_for_within("round 1 committed", ROUND_LIMIT);

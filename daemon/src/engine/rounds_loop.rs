@@ -156,6 +156,8 @@ pub struct EvaluationLoop {
     /// A run ended in an infrastructure failure: its container may have outlived it (an engine that
     /// restarted under it), so this instance's idle containers are swept before the next dispatch.
     sweep_containers: bool,
+    /// Wakes the image cache's eviction task (after each run, once its slot is free).
+    evict: Arc<Notify>,
 }
 
 impl EvaluationLoop {
@@ -201,6 +203,7 @@ impl EvaluationLoop {
             prefetched: HashSet::new(),
             engine_down: None,
             sweep_containers: false,
+            evict: Arc::new(Notify::new()),
         }
     }
 
@@ -216,6 +219,7 @@ impl EvaluationLoop {
         // The watchdog is fed from this tick: if the scheduler wedges (a step that never returns),
         // systemd stops hearing from it and restarts the daemon.
         let watchdog = crate::systemd::watchdog_interval();
+        let evictor = tokio::spawn(evictor(self.env.images.clone(), self.evict.clone()));
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
@@ -245,6 +249,8 @@ impl EvaluationLoop {
         while let Some(ended) = self.tasks.next().await {
             self.ended(ended).await;
         }
+        // An eviction cut short leaves at worst an image that is forgotten or removed at the next one.
+        evictor.abort();
         tracing::info!("evaluation loop stopped");
     }
 
@@ -352,6 +358,8 @@ impl EvaluationLoop {
                 tracing::warn!(%hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
             }
         }
+        // The slot is free from here on; the image cache is trimmed beside the next dispatches.
+        self.evict.notify_one();
         let Some(rt) = self.slots.get_mut(done.slot) else {
             return;
         };
@@ -1197,6 +1205,27 @@ async fn run_task(
     }
 }
 
+/// Trims the image cache each time it is woken, one eviction at a time and never in a run's task (a
+/// run's GPU slot is free before its image may be removed). Wake-ups during an eviction coalesce into
+/// one more; failures are only logged (the next wake-up tries again).
+async fn evictor(images: Arc<crate::runtime::ImageCache>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        match images.evict().await {
+            Ok(removed) if !removed.is_empty() => {
+                crate::systemd::status(&format!(
+                    "image cache: removed {} least recently used image(s)",
+                    removed.len()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "image cache eviction failed; tried again after the next run")
+            }
+        }
+    }
+}
+
 /// Write the set in the challenge-directory format, atomically (temporary directory, then rename).
 fn persist_set(sets_dir: &Path, set: &ChallengeSet) -> std::io::Result<()> {
     let final_dir = sets_dir.join(set.hash());
@@ -1302,6 +1331,53 @@ mod tests {
             Arc::new(VirtualInventory::new(1)),
             LoopControl::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_run_hands_its_slot_back_without_waiting_for_the_image_cache_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lp = one_slot_loop(dir.path()).await;
+        let fixtures = crate::analysis::face::tests::fixtures_dir();
+        let set = Arc::new(load_directory(&fixtures, &Limits::default()).unwrap());
+        // Not in the local registry: the run ends at its pull (`pull_failed`), no container involved.
+        let ticket = EvaluationTicket {
+            hotkey: Hotkey::from_public_key([8; 32]),
+            image_ref: ImageRef::parse(&format!(
+                "127.0.0.1:5000/talkheadd-cache-test/absent@sha256:{}",
+                "d".repeat(64)
+            ))
+            .unwrap(),
+            generation: 1,
+            submit_time: 1.0,
+            round: 1,
+        };
+        let images = lp.env.images.clone();
+        let held = images.hold_evictions().await;
+        let slot = lp.slots[0].slot.clone();
+        let run = run_task(
+            lp.env.clone(),
+            lp.store.clone(),
+            lp.meter.clone(),
+            0,
+            slot,
+            ticket,
+            set,
+            "run-evict".into(),
+            CancellationToken::new(),
+        );
+        // A bound, not a synchronisation: the run must end while an eviction holds the cache.
+        let done = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("the run waited for the image cache eviction");
+        assert!(done.infra.is_none(), "{:?}", done.infra);
+        lp.finish(done);
+        assert!(lp.slots[0].busy.is_none());
+        // The eviction is handed to the loop's evictor, woken once the slot is free.
+        assert!(
+            futures_util::FutureExt::now_or_never(lp.evict.notified()).is_some(),
+            "no eviction was asked for"
+        );
+        drop(held);
     }
 
     #[tokio::test]

@@ -172,11 +172,9 @@ pub async fn run_evaluation(
         Err(Stop::Miner(f)) => RunOutcome::Result(Box::new(failed_metrics(env, &req, &f, &report))),
         Err(Stop::Infra(reason)) => RunOutcome::Infra(reason),
     };
+    // The image stays cached for later rounds. Eviction is not done here: it would keep the GPU slot
+    // busy while images are removed; the loop runs it once the slot is free.
     drop(pin);
-    // The image stays cached for later rounds; the cache drops the least recently used when over budget.
-    if let Err(e) = env.images.evict().await {
-        tracing::warn!(run_id = %req.run_id, error = %e, "image cache eviction failed");
-    }
     (outcome, report)
 }
 

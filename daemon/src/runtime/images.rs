@@ -350,6 +350,12 @@ impl ImageCache {
         Ok(removed)
     }
 
+    /// Hold off evictions until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) async fn hold_evictions(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.evicting.lock().await
+    }
+
     /// What [`ImageCache::evict`] would remove now, least recently used first.
     pub async fn plan(&self) -> Result<Vec<String>, RuntimeError> {
         let images: Vec<CachedImage> = self
