@@ -15,6 +15,7 @@
 
 use super::calibration::{self, Calibration};
 use super::duplicates::DuplicateAction;
+use super::gate::{Blocked, EngineGate};
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
 use super::tasks::{Ended, Held, RunTasks};
 use super::verdicts::one_line;
@@ -151,11 +152,8 @@ pub struct EvaluationLoop {
     prefetches: JoinSet<()>,
     /// Images pulled ahead (or being pulled) this round.
     prefetched: HashSet<String>,
-    /// The engine stopped answering: failed attempts so far and when to try again.
-    engine_down: Option<(u32, Instant)>,
-    /// A run ended in an infrastructure failure: its container may have outlived it (an engine that
-    /// restarted under it), so this instance's idle containers are swept before the next dispatch.
-    sweep_containers: bool,
+    /// Whether containers may be started: the engine answers and this instance's leftovers are swept.
+    gate: EngineGate,
     /// Wakes the image cache's eviction task (after each run, once its slot is free).
     evict: Arc<Notify>,
 }
@@ -201,8 +199,7 @@ impl EvaluationLoop {
             tasks: RunTasks::default(),
             prefetches: JoinSet::new(),
             prefetched: HashSet::new(),
-            engine_down: None,
-            sweep_containers: false,
+            gate: EngineGate::new(MAX_ENGINE_BACKOFF),
             evict: Arc::new(Notify::new()),
         }
     }
@@ -343,7 +340,7 @@ impl EvaluationLoop {
         if done.infra.is_some() {
             // Its container may have outlived it (an engine that restarted under it): sweep this
             // instance's idle containers before the next dispatch.
-            self.sweep_containers = true;
+            self.gate.request_sweep();
         }
         match (&done.infra, &done.hotkey) {
             (_, None) => {}
@@ -517,7 +514,9 @@ impl EvaluationLoop {
             {
                 let store = self.store.clone();
                 let round = blocking(move || store.round_state()).await?.number;
-                self.calibrate(round, &set, shutdown).await?;
+                if let Some(wait) = self.calibrate(round, &set, shutdown).await? {
+                    return Ok(Some(wait));
+                }
             }
             if !self.tasks.is_empty() {
                 return Ok(Some(IDLE_RECHECK));
@@ -598,7 +597,9 @@ impl EvaluationLoop {
             Err(e) => return Err(e),
         };
         let round = ready.first().map_or(0, |t| t.round);
-        self.calibrate(round, &set, shutdown).await?;
+        if let Some(wait) = self.calibrate(round, &set, shutdown).await? {
+            return Ok(Some(wait));
+        }
         // One run per image digest at a time (see `Busy::digest`), calibrations included.
         let mut digests: HashSet<String> = self
             .slots
@@ -776,9 +777,9 @@ impl EvaluationLoop {
         round: u64,
         set: &Arc<ChallengeSet>,
         shutdown: &CancellationToken,
-    ) -> Result<(), LoopError> {
+    ) -> Result<Option<Duration>, LoopError> {
         let Some(image) = self.env.settings.gpu.calibration_image.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         if self.calibrated.0 != round {
             let store = self.store.clone();
@@ -786,6 +787,16 @@ impl EvaluationLoop {
             self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
         }
         let digest = image.digest();
+        let any_due = self.slots.iter().any(|rt| {
+            rt.busy.is_none()
+                && !rt.drained
+                && rt.health.usable()
+                && !self.calibrated.1.contains(&rt.slot.uuid)
+        });
+        // A calibration starts a container like any run: not while the engine is down or unswept.
+        if any_due && let Some(wait) = self.engine_gate().await {
+            return Ok(Some(wait));
+        }
         for slot in 0..self.slots.len() {
             let image_busy = self
                 .slots
@@ -853,60 +864,65 @@ impl EvaluationLoop {
             });
             self.refresh_board(&uuid);
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Whether the Docker engine answers. `None`: go on. `Some(wait)`: it does not (dockerd stopped or
-    /// restarting); nothing is dispatched and the next attempt is after a capped backoff, so no miner
-    /// is charged for the outage. When it answers again, containers the interrupted runs left behind
-    /// are removed (their runs already ended as `infra_error` and are retried).
+    /// Whether containers may be started now. `None`: go on. `Some(wait)`: not before `wait` — the
+    /// engine does not answer (dockerd stopped or restarting), or it answers again but the containers
+    /// the interrupted runs left behind could not be swept yet; nothing is dispatched (calibrations
+    /// included) and the next attempt is after a capped backoff, so no miner is charged for the
+    /// outage. Why is said in the logs and the `systemctl status` line.
     async fn engine_gate(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        if let Some((_, until)) = self.engine_down
-            && until > now
-        {
-            return Some(until.saturating_duration_since(now));
+        if let Some(wait) = self.gate.waiting(now) {
+            return Some(wait);
         }
-        if self.env.engine.ping().await {
-            if let Some((attempts, _)) = self.engine_down.take() {
-                tracing::info!(
-                    host = self.env.engine.host(),
-                    attempts,
-                    "Docker engine reachable again"
-                );
-                self.sweep_containers = true;
-            }
-            if std::mem::take(&mut self.sweep_containers) {
-                let keep: HashSet<String> = self
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.busy.as_ref().map(|b| b.run_id.clone()))
-                    .collect();
-                match self.env.engine.reconcile_orphans(&keep).await {
-                    Ok(runs) if !runs.is_empty() => {
-                        tracing::warn!(
-                            count = runs.len(),
-                            "removed containers left by runs that failed on the host's side"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.sweep_containers = true;
-                        tracing::warn!(error = %e, "could not sweep this instance's idle containers; will retry");
-                    }
-                }
-            }
+        let host = self.env.engine.host().to_owned();
+        if !self.env.engine.ping().await {
+            let wait = self.gate.unreachable(now);
+            let attempts = self.gate.blocked().map_or(1, |(a, _)| a);
+            tracing::warn!(%host, attempts, ?wait, "Docker engine not reachable; evaluations wait for it (miners are not charged)");
+            crate::systemd::status(&format!(
+                "Docker engine not reachable at {host}; nothing is dispatched (attempt {attempts}, next in {}s)",
+                wait.as_secs()
+            ));
+            return Some(wait);
+        }
+        if let Some((attempts, Blocked::Unreachable)) = self.gate.blocked() {
+            tracing::info!(%host, attempts, "Docker engine reachable again");
+        }
+        if !self.gate.reachable() {
+            self.gate.open();
             return None;
         }
-        let attempts = self.engine_down.map_or(1, |(a, _)| a.saturating_add(1));
-        let wait = backoff(attempts, MAX_ENGINE_BACKOFF);
-        tracing::warn!(
-            host = self.env.engine.host(),
-            attempts,
-            ?wait,
-            "Docker engine not reachable; evaluations wait for it (miners are not charged)"
-        );
-        self.engine_down = Some((attempts, now + wait));
+        let keep: HashSet<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref().map(|b| b.run_id.clone()))
+            .collect();
+        let swept = self.env.engine.reconcile_orphans(&keep).await;
+        if let Ok(runs) = &swept
+            && !runs.is_empty()
+        {
+            tracing::warn!(
+                count = runs.len(),
+                "removed containers left by runs that failed on the host's side"
+            );
+        }
+        let wait = self
+            .gate
+            .swept(swept.map(|_| ()).map_err(|e| e.to_string()), now)?;
+        let attempts = self.gate.blocked().map_or(1, |(a, _)| a);
+        let reason = match self.gate.blocked() {
+            Some((_, Blocked::SweepFailed(r))) => r.clone(),
+            _ => String::new(),
+        };
+        tracing::warn!(%host, attempts, ?wait, error = %reason, "could not sweep this instance's leftover containers; nothing is dispatched until a sweep succeeds");
+        crate::systemd::status(&format!(
+            "leftover containers not swept yet ({}): nothing is dispatched (attempt {attempts}, next in {}s)",
+            one_line(&reason),
+            wait.as_secs()
+        ));
         Some(wait)
     }
 
@@ -1290,11 +1306,16 @@ mod tests {
     /// The loop with the real Docker engine, analyser and LMDB store, on one virtual slot. Docker is
     /// only connected to: nothing runs in it.
     async fn one_slot_loop(dir: &Path) -> EvaluationLoop {
+        one_slot_loop_with(dir, "").await
+    }
+
+    /// [`one_slot_loop`] with more keys in `[gpu]`.
+    async fn one_slot_loop_with(dir: &Path, gpu: &str) -> EvaluationLoop {
         let config = dir.join("t.toml");
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n",
+                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n{gpu}",
                 dir.join("state.db").display()
             ),
         )
@@ -1331,6 +1352,40 @@ mod tests {
             Arc::new(VirtualInventory::new(1)),
             LoopControl::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_calibration_waits_for_the_engine_gate_like_any_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = format!(
+            "127.0.0.1:5000/talkheadd-cache-test/calib@sha256:{}",
+            "e".repeat(64)
+        );
+        let mut lp = one_slot_loop_with(dir.path(), &format!("calibration_image = \"{image}\"\n")).await;
+        let fixtures = crate::analysis::face::tests::fixtures_dir();
+        lp.current = Some(Arc::new(load_directory(&fixtures, &Limits::default()).unwrap()));
+        // Nothing pending, the round's set known, the GPU not calibrated: a calibration is due. The
+        // engine gate is closed (its last ping failed).
+        lp.gate.unreachable(Instant::now());
+        let wait = lp.step(&CancellationToken::new()).await.unwrap();
+        assert!(
+            lp.tasks.is_empty(),
+            "a calibration was started while the engine gate was closed"
+        );
+        assert!(
+            wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(2)),
+            "{wait:?}"
+        );
+        // Once the gate opens (the engine answers), the calibration starts.
+        lp.gate = EngineGate::new(MAX_ENGINE_BACKOFF);
+        lp.step(&CancellationToken::new()).await.unwrap();
+        assert_eq!(lp.tasks.len(), 1, "the calibration did not start");
+        assert!(
+            lp.slots[0]
+                .busy
+                .as_ref()
+                .is_some_and(|b| b.run_id.starts_with(calibration::RUN_ID_PREFIX))
+        );
     }
 
     #[tokio::test]
