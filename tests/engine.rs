@@ -464,6 +464,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
         assert_eq!(metrics[&s.hotkey]["verdict"], "ok", "{}", metrics[&s.hotkey]);
     }
     let log = d.log();
+    let state = d.state.clone();
     assert!(d.stop().success());
     assert!(evicted, "the least recently used image was not evicted:\n{log}");
     assert!(kept, "cached images were removed:\n{log}");
@@ -482,7 +483,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     );
 
     // Pre-pull: while the first miner ran, the second's image was pulled ahead, before its own run
-    // started, and its run found it in the cache instead of pulling.
+    // started, and its run found it pulled ahead instead of pulling.
     let ahead = log_line(
         &log,
         &["image pulled ahead of its run", &refs[1], "source=\"pulled\""],
@@ -494,7 +495,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     assert!(
         log_line(
             &log,
-            &["image ready", "image_source=\"cached\"", &signers[1].hotkey]
+            &["image ready", "image_source=\"pre_pulled\"", &signers[1].hotkey]
         )
         .is_some(),
         "the second run pulled its image itself:\n{log}"
@@ -508,6 +509,20 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
         .is_some(),
         "{log}"
     );
+    // Each round-1 run records where its image came from.
+    let store = open_state(&state);
+    let sources: Vec<Option<String>> = signers
+        .iter()
+        .map(|s| {
+            let runs = store.runs_for(&Hotkey::parse(&s.hotkey).unwrap(), 20).unwrap();
+            runs.into_iter()
+                .find(|r| r.round == 1)
+                .and_then(|r| r.image_source)
+        })
+        .collect();
+    store.close().unwrap();
+    let expected = ["pulled", "pre_pulled", "pre_pulled", "foreign"].map(|s| Some(s.to_owned()));
+    assert_eq!(sources, expected, "{log}");
 }
 
 /// What the test's Subnet API serves on `GET /challenge`.

@@ -317,6 +317,7 @@ impl EvaluationLoop {
             finished_at: self.env.clock.now_unix(),
             log_tail: None,
             notes: Vec::new(),
+            image_source: None,
         };
         let store = self.store.clone();
         let recorded = blocking(move || store.record_run(&record)).await;
@@ -724,6 +725,7 @@ impl EvaluationLoop {
                 finished_at: now,
                 log_tail: None,
                 notes: Vec::new(),
+                image_source: None,
             };
             self.env.events.publish(EventKind::Verdict {
                 run_id,
@@ -1157,6 +1159,7 @@ async fn run_task(
         finished_at,
         log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
         notes: report.notes.clone(),
+        image_source: report.image_source.map(|p| p.as_str().to_owned()),
     };
     env.events.publish(EventKind::Verdict {
         run_id: run_id.clone(),

@@ -53,21 +53,31 @@ pub fn marker_for(instance: &str, pinned: &str) -> (String, String) {
 pub enum Provenance {
     /// Pulled now.
     Pulled,
-    /// Already in the cache (pulled earlier by this daemon, or ahead of the run).
+    /// Already in the cache: pulled by this daemon for an earlier run.
     Cached,
+    /// Pulled ahead of this run (while other evaluations ran) and not used by a run since.
+    PrePulled,
     /// Already on the host but not pulled by this daemon: used, never removed.
     Foreign,
 }
 
 impl Provenance {
-    /// For logs and the run record.
+    /// For logs and the run record (`image_source`).
     pub fn as_str(self) -> &'static str {
         match self {
             Provenance::Pulled => "pulled",
             Provenance::Cached => "cached",
+            Provenance::PrePulled => "pre_pulled",
             Provenance::Foreign => "foreign",
         }
     }
+}
+
+/// Who asks for an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Run,
+    Ahead,
 }
 
 #[derive(Default)]
@@ -207,9 +217,18 @@ impl ImageCache {
         image: &ImageRef,
         timeout: Duration,
     ) -> Result<(PulledImage, Provenance), RuntimeError> {
+        self.acquire_for(image, timeout, Purpose::Run).await
+    }
+
+    async fn acquire_for(
+        &self,
+        image: &ImageRef,
+        timeout: Duration,
+        purpose: Purpose,
+    ) -> Result<(PulledImage, Provenance), RuntimeError> {
         let pinned = image.pinned();
         self.gated(&pinned, async || {
-            self.acquire_gated(image, &pinned, timeout).await
+            self.acquire_gated(image, &pinned, timeout, purpose).await
         })
         .await
     }
@@ -219,6 +238,7 @@ impl ImageCache {
         image: &ImageRef,
         pinned: &str,
         timeout: Duration,
+        purpose: Purpose,
     ) -> Result<(PulledImage, Provenance), RuntimeError> {
         let now = self.clock.now_unix();
         let record = self.record(pinned).await?;
@@ -232,15 +252,23 @@ impl ImageCache {
                 return Ok((local, Provenance::Foreign));
             }
             // Marked: the daemon's (re-recorded if it stopped between the marker and the record).
+            let ahead = record.as_ref().is_some_and(|r| r.pulled_ahead);
             let record = PulledImageRecord {
                 image_id: local.id.clone(),
                 size_bytes: local.size_bytes,
                 pulled_at: record.map_or(now, |r| r.pulled_at),
                 last_used: now,
+                // Until a run uses it.
+                pulled_ahead: ahead && purpose == Purpose::Ahead,
             };
             let (store, key) = (self.store.clone(), pinned.to_owned());
             blocking(move || store.record_pulled_image(&key, &record)).await?;
-            return Ok((local, Provenance::Cached));
+            let provenance = if ahead && purpose == Purpose::Run {
+                Provenance::PrePulled
+            } else {
+                Provenance::Cached
+            };
+            return Ok((local, provenance));
         }
         if record.is_some() {
             self.forget_absent(pinned).await?;
@@ -257,6 +285,7 @@ impl ImageCache {
             size_bytes: pulled.size_bytes,
             pulled_at: now,
             last_used: now,
+            pulled_ahead: purpose == Purpose::Ahead,
         };
         let (store, key) = (self.store.clone(), pinned.to_owned());
         blocking(move || store.record_pulled_image(&key, &record)).await?;
@@ -289,7 +318,7 @@ impl ImageCache {
                 return None;
             }
         }
-        match self.acquire(image, timeout).await {
+        match self.acquire_for(image, timeout, Purpose::Ahead).await {
             Ok((_, provenance)) => {
                 tracing::info!(image = %image.pinned(), source = provenance.as_str(), "image pulled ahead of its run");
                 Some(provenance)

@@ -169,6 +169,11 @@ pub struct RunRecord {
     /// read and was not trusted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Where the run's image came from: `pulled` (by this run), `cached` (pulled by the daemon for an
+    /// earlier run), `pre_pulled` (pulled ahead of this run) or `foreign` (on the host before, not the
+    /// daemon's); absent when the run ended before its image was available, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
 }
 
 /// Result of [`Store::remove_submissions`].
