@@ -247,7 +247,10 @@ impl EvaluationLoop {
             self.ended(ended).await;
         }
         // An eviction cut short leaves at worst an image that is forgotten or removed at the next one.
+        // Awaited, as the pre-pulls are: their handles on the store must be gone before it closes.
         evictor.abort();
+        let _ = evictor.await;
+        while self.prefetches.join_next().await.is_some() {}
         tracing::info!("evaluation loop stopped");
     }
 

@@ -103,7 +103,8 @@ pub struct ImageCache {
     budget: u64,
     clock: Arc<dyn Clock>,
     state: Arc<Mutex<State>>,
-    /// One eviction at a time (it reads the records, then removes).
+    /// One eviction at a time (it plans from the records, then removes victim by victim, each
+    /// checked again under its gate).
     evicting: tokio::sync::Mutex<()>,
 }
 
@@ -422,7 +423,7 @@ impl ImageCache {
     /// its pull). The caller's own pin is allowed.
     pub async fn discard(&self, image: &ImageRef) -> Result<bool, RuntimeError> {
         let pinned = image.pinned();
-        let _one = self.evicting.lock().await;
+        // Under the image's gate only: a run never waits for an eviction of other images.
         self.gated(&pinned, async || {
             if lock(&self.state).pins.get(&pinned).copied().unwrap_or(0) > 1 {
                 return Ok(false);
