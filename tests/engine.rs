@@ -426,8 +426,18 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     struct Cleanup(Vec<String>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
+            // By id and forced: every reference goes, the daemon's cache markers included.
             for r in &self.0 {
-                let _ = std::process::Command::new("docker").args(["rmi", r]).output();
+                let id = std::process::Command::new("docker")
+                    .args(["image", "inspect", "--format", "{{.Id}}", r])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                if !id.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rmi", "-f", &id])
+                        .output();
+                }
             }
         }
     }

@@ -43,6 +43,8 @@ use tracing::Instrument;
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Longest backoff for a miner whose evaluation failed on the host's side.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest the last image cache eviction may hold up a stop.
+const FINAL_EVICTION: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to reach a Docker engine that stopped answering.
 const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -246,11 +248,17 @@ impl EvaluationLoop {
         while let Some(ended) = self.tasks.next().await {
             self.ended(ended).await;
         }
-        // An eviction cut short leaves at worst an image that is forgotten or removed at the next one.
         // Awaited, as the pre-pulls are: their handles on the store must be gone before it closes.
         evictor.abort();
         let _ = evictor.await;
         while self.prefetches.join_next().await.is_some() {}
+        // One last trim for the runs that ended since (bounded: an engine that hangs must not hold up
+        // the stop; what is left is trimmed after the next run).
+        match tokio::time::timeout(FINAL_EVICTION, self.env.images.evict()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "image cache eviction at shutdown failed"),
+            Err(_) => tracing::warn!(?FINAL_EVICTION, "image cache eviction at shutdown cut short"),
+        }
         tracing::info!("evaluation loop stopped");
     }
 
