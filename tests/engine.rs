@@ -426,8 +426,18 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     struct Cleanup(Vec<String>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
+            // By id and forced: every reference goes, the daemon's cache markers included.
             for r in &self.0 {
-                let _ = std::process::Command::new("docker").args(["rmi", r]).output();
+                let id = std::process::Command::new("docker")
+                    .args(["image", "inspect", "--format", "{{.Id}}", r])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                if !id.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rmi", "-f", &id])
+                        .output();
+                }
             }
         }
     }
@@ -452,8 +462,10 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     // One slot runs them in submission order. Look at the engine while the last one runs: round 2
     // (which re-evaluates everyone, pulling the first image again) cannot have begun.
     d.wait_for_within(&format!("{} ready on", signers[3].hotkey), ROUND_LIMIT);
-    // After the third run the cache held three images, one over budget, and the least recently used
-    // (the first) went; the rest fit.
+    // Evictions run beside the next dispatch, once a run's slot is free.
+    d.wait_for_within("image cache: removed 1 least recently used", ROUND_LIMIT);
+    // With the third image pulled ahead the cache held three images, one over budget, and the least
+    // recently used (the first) went; the rest fit.
     let evicted = !image_present(&refs[0]);
     let kept = image_present(&refs[1]) && image_present(&refs[2]);
     d.wait_for_within("round 1 committed", ROUND_LIMIT);
@@ -462,6 +474,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
         assert_eq!(metrics[&s.hotkey]["verdict"], "ok", "{}", metrics[&s.hotkey]);
     }
     let log = d.log();
+    let state = d.state.clone();
     assert!(d.stop().success());
     assert!(evicted, "the least recently used image was not evicted:\n{log}");
     assert!(kept, "cached images were removed:\n{log}");
@@ -480,7 +493,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     );
 
     // Pre-pull: while the first miner ran, the second's image was pulled ahead, before its own run
-    // started, and its run found it in the cache instead of pulling.
+    // started, and its run found it pulled ahead instead of pulling.
     let ahead = log_line(
         &log,
         &["image pulled ahead of its run", &refs[1], "source=\"pulled\""],
@@ -492,7 +505,7 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
     assert!(
         log_line(
             &log,
-            &["image ready", "image_source=\"cached\"", &signers[1].hotkey]
+            &["image ready", "image_source=\"pre_pulled\"", &signers[1].hotkey]
         )
         .is_some(),
         "the second run pulled its image itself:\n{log}"
@@ -506,6 +519,20 @@ fn the_image_cache_evicts_the_least_recently_used_pulls_ahead_and_leaves_foreign
         .is_some(),
         "{log}"
     );
+    // Each round-1 run records where its image came from.
+    let store = open_state(&state);
+    let sources: Vec<Option<String>> = signers
+        .iter()
+        .map(|s| {
+            let runs = store.runs_for(&Hotkey::parse(&s.hotkey).unwrap(), 20).unwrap();
+            runs.into_iter()
+                .find(|r| r.round == 1)
+                .and_then(|r| r.image_source)
+        })
+        .collect();
+    store.close().unwrap();
+    let expected = ["pulled", "pre_pulled", "pre_pulled", "foreign"].map(|s| Some(s.to_owned()));
+    assert_eq!(sources, expected, "{log}");
 }
 
 /// What the test's Subnet API serves on `GET /challenge`.

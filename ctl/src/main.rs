@@ -453,6 +453,14 @@ fn run_text(r: &pb::Run, style: Style) -> String {
         ),
         ("score", score(r.score)),
         (
+            "image source",
+            if r.image_source.is_empty() {
+                "-".into()
+            } else {
+                r.image_source.clone()
+            },
+        ),
+        (
             "gpu",
             if r.gpu.is_empty() {
                 "-".into()
@@ -479,6 +487,12 @@ fn run_text(r: &pb::Run, style: Style) -> String {
                 .join(", "),
         ),
     ]);
+    if !r.notes.is_empty() {
+        out += &format!("\n{}\n", style.bold("notes:"));
+        for note in &r.notes {
+            out += &format!("  - {note}\n");
+        }
+    }
     if !r.log_tail.is_empty() {
         out += &format!("\n{}\n{}", style.bold("container log (tail):"), r.log_tail);
         if !out.ends_with('\n') {
@@ -506,4 +520,38 @@ fn a_calibration_shows_its_round_and_time_or_why_it_failed() {
         ..ok
     };
     assert_eq!(calibration_cell(&failed), "round 3: crashed");
+}
+
+#[cfg(test)]
+#[test]
+fn a_run_shows_where_its_image_came_from_and_its_notes() {
+    let style = Style { color: false };
+    let run = pb::Run {
+        run_id: "run-1".into(),
+        verdict: "ok".into(),
+        image_source: "pre_pulled".into(),
+        notes: vec![
+            "CUDA requirement undecided: no driver".into(),
+            "second note".into(),
+        ],
+        log_tail: "miner says hi\n".into(),
+        ..Default::default()
+    };
+    let text = run_text(&run, style);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("image source") && l.ends_with("pre_pulled")),
+        "{text}"
+    );
+    let notes = text.find("notes:\n  - CUDA requirement undecided: no driver\n  - second note\n");
+    let log = text.find("container log (tail):\nminer says hi");
+    assert!(notes.is_some() && log.is_some() && notes < log, "{text}");
+    // A run from before image sources were recorded, with no notes.
+    let old = run_text(&pb::Run::default(), style);
+    assert!(
+        old.lines()
+            .any(|l| l.starts_with("image source") && l.ends_with(" -")),
+        "{old}"
+    );
+    assert!(!old.contains("notes:"), "{old}");
 }

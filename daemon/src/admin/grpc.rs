@@ -459,6 +459,8 @@ fn run_to_pb(r: &RunRecord, with_log: bool) -> pb::Run {
         } else {
             String::new()
         },
+        image_source: r.image_source.clone().unwrap_or_default(),
+        notes: r.notes.clone(),
     }
 }
 

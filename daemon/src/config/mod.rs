@@ -364,7 +364,11 @@ pub fn render_effective(settings: &Settings) -> String {
     let s = settings;
     let challenges = match &s.evaluation.challenges {
         ChallengeSource::Directory(d) => format!("challenges_dir = {}\n", quote(&d.display().to_string())),
-        ChallengeSource::SubnetApi(u) => format!("subnet_api_url = {}\n", quote(&redact_url(u))),
+        ChallengeSource::SubnetApi(u) => format!(
+            "subnet_api_url = {}\nsubnet_api_allow_insecure = {}\n",
+            quote(&redact_url(u)),
+            s.evaluation.subnet_api_allow_insecure
+        ),
         ChallengeSource::Unconfigured => {
             "# no challenge source configured: the daemon serves the API but evaluates nothing\n".to_owned()
         }

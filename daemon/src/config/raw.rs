@@ -138,6 +138,8 @@ pub struct RawEvaluation {
     pub challenges_dir: Option<String>,
     /// Subnet API base URL to fetch challenges from.
     pub subnet_api_url: Option<String>,
+    /// `true` accepts a plain `http://` Subnet API URL to a host other than loopback.
+    pub subnet_api_allow_insecure: Option<bool>,
     /// Unscored warm-up challenges per evaluation.
     pub warmup_count: Option<i64>,
     /// Scored challenges per evaluation.

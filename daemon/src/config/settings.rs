@@ -169,6 +169,8 @@ pub enum ChallengeSource {
 pub struct EvaluationSettings {
     /// Challenge source.
     pub challenges: ChallengeSource,
+    /// A plain `http://` Subnet API URL to a non-loopback host was explicitly accepted.
+    pub subnet_api_allow_insecure: bool,
     /// Warm-up challenges.
     pub warmup_count: usize,
     /// Scored challenges.
@@ -610,6 +612,7 @@ impl Validator<'_> {
 
     fn evaluation(&mut self, raw: &RawConfig) -> EvaluationSettings {
         let e = &raw.evaluation;
+        let allow_insecure = e.subnet_api_allow_insecure.unwrap_or(false);
         let url = e.subnet_api_url.as_deref().filter(|u| !u.is_empty());
         let challenges = match (e.challenges_dir.as_deref(), url) {
             (Some(_), Some(_)) => {
@@ -633,20 +636,29 @@ impl Validator<'_> {
                 }
             }
             (None, Some(url)) => {
-                if valid_base_url(url) {
-                    ChallengeSource::SubnetApi(url.trim_end_matches('/').to_owned())
-                } else {
+                if !valid_base_url(url) {
                     self.problem(
                         "evaluation.subnet_api_url",
                         "must be an http:// or https:// URL without spaces",
                     );
                     ChallengeSource::Unconfigured
+                } else if cleartext_to_remote(url) && !allow_insecure {
+                    self.problem(
+                        "evaluation.subnet_api_url",
+                        "is plain http:// to a host that is not loopback: the signed request would travel in clear \
+                         text (it can be replayed and the challenges altered in transit); use https://, or set \
+                         evaluation.subnet_api_allow_insecure = true to accept that",
+                    );
+                    ChallengeSource::Unconfigured
+                } else {
+                    ChallengeSource::SubnetApi(url.trim_end_matches('/').to_owned())
                 }
             }
             (None, None) => ChallengeSource::Unconfigured,
         };
         EvaluationSettings {
             challenges,
+            subnet_api_allow_insecure: allow_insecure,
             warmup_count: self.int(
                 e.warmup_count,
                 defaults::WARMUP_COUNT,
@@ -1063,6 +1075,24 @@ fn valid_group_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+}
+
+/// Whether `url` (a valid base URL) is plain `http://` to a host other than a loopback address or
+/// `localhost`: the signed headers would cross a network in clear text.
+fn cleartext_to_remote(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Credentials are refused later by the source; never let them decide the host.
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 fn valid_base_url(url: &str) -> bool {

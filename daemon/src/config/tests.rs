@@ -527,3 +527,57 @@ fn the_speech_backend_is_a_table_and_whisper_needs_its_feature_and_model() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_plain_http_subnet_api_is_refused_unless_loopback_or_explicitly_accepted() {
+    let f = Fixture::new();
+    let with = |url: &str, extra: &str| {
+        let text = format!(
+            "{}[evaluation]\nsubnet_api_url = \"{url}\"\nsigning_key_file = \"/etc/talkheadd/hotkey.json\"\n{extra}",
+            f.state()
+        );
+        f.load(&f.file("api.toml", &text))
+    };
+    for url in [
+        "http://10.0.0.1:8000/sn108",
+        "http://api.example.org",
+        "http://127.0.0.1.example.org:80",
+        "http://user@127.0.0.1@evil.example.org",
+    ] {
+        let p = problems(with(url, "").unwrap_err());
+        let p = p
+            .iter()
+            .find(|p| p.key == "evaluation.subnet_api_url")
+            .unwrap_or_else(|| panic!("{url}: {p:?}"));
+        assert!(
+            p.problem.contains("clear text") && p.problem.contains("subnet_api_allow_insecure"),
+            "{url}: {}",
+            p.problem
+        );
+    }
+    for url in [
+        "https://api.example.org",
+        "http://127.0.0.1:8000",
+        "http://127.8.9.10/api",
+        "http://localhost:9000",
+        "http://[::1]:8000/x",
+    ] {
+        let s = with(url, "").unwrap_or_else(|e| panic!("{url}: {e}")).settings;
+        assert_eq!(
+            s.evaluation.challenges,
+            ChallengeSource::SubnetApi(url.to_owned()),
+            "{url}"
+        );
+    }
+    let s = with("http://10.0.0.1:8000/sn108", "subnet_api_allow_insecure = true\n")
+        .unwrap()
+        .settings;
+    assert!(s.evaluation.subnet_api_allow_insecure);
+    assert_eq!(
+        s.evaluation.challenges,
+        ChallengeSource::SubnetApi("http://10.0.0.1:8000/sn108".into())
+    );
+    // print-config says so.
+    let printed = render_effective(&s);
+    assert!(printed.contains("subnet_api_allow_insecure = true"), "{printed}");
+}

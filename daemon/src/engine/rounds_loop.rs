@@ -15,6 +15,7 @@
 
 use super::calibration::{self, Calibration};
 use super::duplicates::DuplicateAction;
+use super::gate::{Blocked, EngineGate};
 use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
 use super::tasks::{Ended, Held, RunTasks};
 use super::verdicts::one_line;
@@ -42,6 +43,8 @@ use tracing::Instrument;
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Longest backoff for a miner whose evaluation failed on the host's side.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest the last image cache eviction may hold up a stop.
+const FINAL_EVICTION: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to reach a Docker engine that stopped answering.
 const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -151,11 +154,10 @@ pub struct EvaluationLoop {
     prefetches: JoinSet<()>,
     /// Images pulled ahead (or being pulled) this round.
     prefetched: HashSet<String>,
-    /// The engine stopped answering: failed attempts so far and when to try again.
-    engine_down: Option<(u32, Instant)>,
-    /// A run ended in an infrastructure failure: its container may have outlived it (an engine that
-    /// restarted under it), so this instance's idle containers are swept before the next dispatch.
-    sweep_containers: bool,
+    /// Whether containers may be started: the engine answers and this instance's leftovers are swept.
+    gate: EngineGate,
+    /// Wakes the image cache's eviction task (after each run, once its slot is free).
+    evict: Arc<Notify>,
 }
 
 impl EvaluationLoop {
@@ -199,8 +201,8 @@ impl EvaluationLoop {
             tasks: RunTasks::default(),
             prefetches: JoinSet::new(),
             prefetched: HashSet::new(),
-            engine_down: None,
-            sweep_containers: false,
+            gate: EngineGate::new(MAX_ENGINE_BACKOFF),
+            evict: Arc::new(Notify::new()),
         }
     }
 
@@ -216,6 +218,7 @@ impl EvaluationLoop {
         // The watchdog is fed from this tick: if the scheduler wedges (a step that never returns),
         // systemd stops hearing from it and restarts the daemon.
         let watchdog = crate::systemd::watchdog_interval();
+        let evictor = tokio::spawn(evictor(self.env.images.clone(), self.evict.clone()));
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
@@ -244,6 +247,17 @@ impl EvaluationLoop {
         self.prefetches.abort_all();
         while let Some(ended) = self.tasks.next().await {
             self.ended(ended).await;
+        }
+        // Awaited, as the pre-pulls are: their handles on the store must be gone before it closes.
+        evictor.abort();
+        let _ = evictor.await;
+        while self.prefetches.join_next().await.is_some() {}
+        // One last trim for the runs that ended since (bounded: an engine that hangs must not hold up
+        // the stop; what is left is trimmed after the next run).
+        match tokio::time::timeout(FINAL_EVICTION, self.env.images.evict()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "image cache eviction at shutdown failed"),
+            Err(_) => tracing::warn!(?FINAL_EVICTION, "image cache eviction at shutdown cut short"),
         }
         tracing::info!("evaluation loop stopped");
     }
@@ -314,6 +328,7 @@ impl EvaluationLoop {
             finished_at: self.env.clock.now_unix(),
             log_tail: None,
             notes: Vec::new(),
+            image_source: None,
         };
         let store = self.store.clone();
         let recorded = blocking(move || store.record_run(&record)).await;
@@ -337,7 +352,7 @@ impl EvaluationLoop {
         if done.infra.is_some() {
             // Its container may have outlived it (an engine that restarted under it): sweep this
             // instance's idle containers before the next dispatch.
-            self.sweep_containers = true;
+            self.gate.request_sweep();
         }
         match (&done.infra, &done.hotkey) {
             (_, None) => {}
@@ -352,6 +367,8 @@ impl EvaluationLoop {
                 tracing::warn!(%hotkey, %reason, ?wait, "infrastructure failure; the miner is not charged and will be retried");
             }
         }
+        // The slot is free from here on; the image cache is trimmed beside the next dispatches.
+        self.evict.notify_one();
         let Some(rt) = self.slots.get_mut(done.slot) else {
             return;
         };
@@ -509,7 +526,9 @@ impl EvaluationLoop {
             {
                 let store = self.store.clone();
                 let round = blocking(move || store.round_state()).await?.number;
-                self.calibrate(round, &set, shutdown).await?;
+                if let Some(wait) = self.calibrate(round, &set, shutdown).await? {
+                    return Ok(Some(wait));
+                }
             }
             if !self.tasks.is_empty() {
                 return Ok(Some(IDLE_RECHECK));
@@ -590,7 +609,9 @@ impl EvaluationLoop {
             Err(e) => return Err(e),
         };
         let round = ready.first().map_or(0, |t| t.round);
-        self.calibrate(round, &set, shutdown).await?;
+        if let Some(wait) = self.calibrate(round, &set, shutdown).await? {
+            return Ok(Some(wait));
+        }
         // One run per image digest at a time (see `Busy::digest`), calibrations included.
         let mut digests: HashSet<String> = self
             .slots
@@ -715,6 +736,7 @@ impl EvaluationLoop {
                 finished_at: now,
                 log_tail: None,
                 notes: Vec::new(),
+                image_source: None,
             };
             self.env.events.publish(EventKind::Verdict {
                 run_id,
@@ -768,9 +790,9 @@ impl EvaluationLoop {
         round: u64,
         set: &Arc<ChallengeSet>,
         shutdown: &CancellationToken,
-    ) -> Result<(), LoopError> {
+    ) -> Result<Option<Duration>, LoopError> {
         let Some(image) = self.env.settings.gpu.calibration_image.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         if self.calibrated.0 != round {
             let store = self.store.clone();
@@ -778,6 +800,16 @@ impl EvaluationLoop {
             self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
         }
         let digest = image.digest();
+        let any_due = self.slots.iter().any(|rt| {
+            rt.busy.is_none()
+                && !rt.drained
+                && rt.health.usable()
+                && !self.calibrated.1.contains(&rt.slot.uuid)
+        });
+        // A calibration starts a container like any run: not while the engine is down or unswept.
+        if any_due && let Some(wait) = self.engine_gate().await {
+            return Ok(Some(wait));
+        }
         for slot in 0..self.slots.len() {
             let image_busy = self
                 .slots
@@ -845,60 +877,65 @@ impl EvaluationLoop {
             });
             self.refresh_board(&uuid);
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Whether the Docker engine answers. `None`: go on. `Some(wait)`: it does not (dockerd stopped or
-    /// restarting); nothing is dispatched and the next attempt is after a capped backoff, so no miner
-    /// is charged for the outage. When it answers again, containers the interrupted runs left behind
-    /// are removed (their runs already ended as `infra_error` and are retried).
+    /// Whether containers may be started now. `None`: go on. `Some(wait)`: not before `wait` — the
+    /// engine does not answer (dockerd stopped or restarting), or it answers again but the containers
+    /// the interrupted runs left behind could not be swept yet; nothing is dispatched (calibrations
+    /// included) and the next attempt is after a capped backoff, so no miner is charged for the
+    /// outage. Why is said in the logs and the `systemctl status` line.
     async fn engine_gate(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        if let Some((_, until)) = self.engine_down
-            && until > now
-        {
-            return Some(until.saturating_duration_since(now));
+        if let Some(wait) = self.gate.waiting(now) {
+            return Some(wait);
         }
-        if self.env.engine.ping().await {
-            if let Some((attempts, _)) = self.engine_down.take() {
-                tracing::info!(
-                    host = self.env.engine.host(),
-                    attempts,
-                    "Docker engine reachable again"
-                );
-                self.sweep_containers = true;
-            }
-            if std::mem::take(&mut self.sweep_containers) {
-                let keep: HashSet<String> = self
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.busy.as_ref().map(|b| b.run_id.clone()))
-                    .collect();
-                match self.env.engine.reconcile_orphans(&keep).await {
-                    Ok(runs) if !runs.is_empty() => {
-                        tracing::warn!(
-                            count = runs.len(),
-                            "removed containers left by runs that failed on the host's side"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.sweep_containers = true;
-                        tracing::warn!(error = %e, "could not sweep this instance's idle containers; will retry");
-                    }
-                }
-            }
+        let host = self.env.engine.host().to_owned();
+        if !self.env.engine.ping().await {
+            let wait = self.gate.unreachable(now);
+            let attempts = self.gate.blocked().map_or(1, |(a, _)| a);
+            tracing::warn!(%host, attempts, ?wait, "Docker engine not reachable; evaluations wait for it (miners are not charged)");
+            crate::systemd::status(&format!(
+                "Docker engine not reachable at {host}; nothing is dispatched (attempt {attempts}, next in {}s)",
+                wait.as_secs()
+            ));
+            return Some(wait);
+        }
+        if let Some((attempts, Blocked::Unreachable)) = self.gate.blocked() {
+            tracing::info!(%host, attempts, "Docker engine reachable again");
+        }
+        if !self.gate.reachable() {
+            self.gate.open();
             return None;
         }
-        let attempts = self.engine_down.map_or(1, |(a, _)| a.saturating_add(1));
-        let wait = backoff(attempts, MAX_ENGINE_BACKOFF);
-        tracing::warn!(
-            host = self.env.engine.host(),
-            attempts,
-            ?wait,
-            "Docker engine not reachable; evaluations wait for it (miners are not charged)"
-        );
-        self.engine_down = Some((attempts, now + wait));
+        let keep: HashSet<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref().map(|b| b.run_id.clone()))
+            .collect();
+        let swept = self.env.engine.reconcile_orphans(&keep).await;
+        if let Ok(runs) = &swept
+            && !runs.is_empty()
+        {
+            tracing::warn!(
+                count = runs.len(),
+                "removed containers left by runs that failed on the host's side"
+            );
+        }
+        let wait = self
+            .gate
+            .swept(swept.map(|_| ()).map_err(|e| e.to_string()), now)?;
+        let attempts = self.gate.blocked().map_or(1, |(a, _)| a);
+        let reason = match self.gate.blocked() {
+            Some((_, Blocked::SweepFailed(r))) => r.clone(),
+            _ => String::new(),
+        };
+        tracing::warn!(%host, attempts, ?wait, error = %reason, "could not sweep this instance's leftover containers; nothing is dispatched until a sweep succeeds");
+        crate::systemd::status(&format!(
+            "leftover containers not swept yet ({}): nothing is dispatched (attempt {attempts}, next in {}s)",
+            one_line(&reason),
+            wait.as_secs()
+        ));
         Some(wait)
     }
 
@@ -1133,6 +1170,7 @@ async fn run_task(
         finished_at,
         log_tail: Some(report.log_tail.clone()).filter(|l| !l.is_empty()),
         notes: report.notes.clone(),
+        image_source: report.image_source.map(|p| p.as_str().to_owned()),
     };
     env.events.publish(EventKind::Verdict {
         run_id: run_id.clone(),
@@ -1192,6 +1230,27 @@ async fn run_task(
                 infra: Some(reason),
                 gpu_fault,
                 recorded,
+            }
+        }
+    }
+}
+
+/// Trims the image cache each time it is woken, one eviction at a time and never in a run's task (a
+/// run's GPU slot is free before its image may be removed). Wake-ups during an eviction coalesce into
+/// one more; failures are only logged (the next wake-up tries again).
+async fn evictor(images: Arc<crate::runtime::ImageCache>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        match images.evict().await {
+            Ok(removed) if !removed.is_empty() => {
+                crate::systemd::status(&format!(
+                    "image cache: removed {} least recently used image(s)",
+                    removed.len()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "image cache eviction failed; tried again after the next run")
             }
         }
     }
@@ -1257,16 +1316,20 @@ mod tests {
     use crate::config::{ConfigLocation, load};
     use crate::domain::{Hotkey, ImageRef};
     use crate::gpu::VirtualInventory;
-    use crate::store::StoreOptions;
 
     /// The loop with the real Docker engine, analyser and LMDB store, on one virtual slot. Docker is
     /// only connected to: nothing runs in it.
     async fn one_slot_loop(dir: &Path) -> EvaluationLoop {
+        one_slot_loop_with(dir, "").await
+    }
+
+    /// [`one_slot_loop`] with more keys in `[gpu]`.
+    async fn one_slot_loop_with(dir: &Path, gpu: &str) -> EvaluationLoop {
         let config = dir.join("t.toml");
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n",
+                "[store]\npath = \"{}\"\n[gpu]\nvirtual = 1\n{gpu}",
                 dir.join("state.db").display()
             ),
         )
@@ -1277,15 +1340,7 @@ mod tests {
                 .settings,
         );
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        let store = Store::open(
-            &dir.join("state.db"),
-            StoreOptions {
-                map_size_bytes: 16 << 20,
-                history_per_miner: 5,
-                max_submissions: 10,
-            },
-        )
-        .unwrap();
+        let store = Store::open_small(&dir.join("state.db"));
         let engine = crate::runtime::Engine::connect(&settings.docker.host, store.instance_id())
             .await
             .unwrap();
@@ -1311,6 +1366,87 @@ mod tests {
             Arc::new(VirtualInventory::new(1)),
             LoopControl::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_calibration_waits_for_the_engine_gate_like_any_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = format!(
+            "127.0.0.1:5000/talkheadd-cache-test/calib@sha256:{}",
+            "e".repeat(64)
+        );
+        let mut lp = one_slot_loop_with(dir.path(), &format!("calibration_image = \"{image}\"\n")).await;
+        let fixtures = crate::analysis::face::tests::fixtures_dir();
+        lp.current = Some(Arc::new(load_directory(&fixtures, &Limits::default()).unwrap()));
+        // Nothing pending, the round's set known, the GPU not calibrated: a calibration is due. The
+        // engine gate is closed (its last ping failed).
+        lp.gate.unreachable(Instant::now());
+        let wait = lp.step(&CancellationToken::new()).await.unwrap();
+        assert!(
+            lp.tasks.is_empty(),
+            "a calibration was started while the engine gate was closed"
+        );
+        assert!(
+            wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(2)),
+            "{wait:?}"
+        );
+        // Once the gate opens (the engine answers), the calibration starts.
+        lp.gate = EngineGate::new(MAX_ENGINE_BACKOFF);
+        lp.step(&CancellationToken::new()).await.unwrap();
+        assert_eq!(lp.tasks.len(), 1, "the calibration did not start");
+        assert!(
+            lp.slots[0]
+                .busy
+                .as_ref()
+                .is_some_and(|b| b.run_id.starts_with(calibration::RUN_ID_PREFIX))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_hands_its_slot_back_without_waiting_for_the_image_cache_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lp = one_slot_loop(dir.path()).await;
+        let fixtures = crate::analysis::face::tests::fixtures_dir();
+        let set = Arc::new(load_directory(&fixtures, &Limits::default()).unwrap());
+        // Not in the local registry: the run ends at its pull (`pull_failed`), no container involved.
+        let ticket = EvaluationTicket {
+            hotkey: Hotkey::from_public_key([8; 32]),
+            image_ref: ImageRef::parse(&format!(
+                "127.0.0.1:5000/talkheadd-cache-test/absent@sha256:{}",
+                "d".repeat(64)
+            ))
+            .unwrap(),
+            generation: 1,
+            submit_time: 1.0,
+            round: 1,
+        };
+        let images = lp.env.images.clone();
+        let held = images.hold_evictions().await;
+        let slot = lp.slots[0].slot.clone();
+        let run = run_task(
+            lp.env.clone(),
+            lp.store.clone(),
+            lp.meter.clone(),
+            0,
+            slot,
+            ticket,
+            set,
+            "run-evict".into(),
+            CancellationToken::new(),
+        );
+        // A bound, not a synchronisation: the run must end while an eviction holds the cache.
+        let done = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("the run waited for the image cache eviction");
+        assert!(done.infra.is_none(), "{:?}", done.infra);
+        lp.finish(done);
+        assert!(lp.slots[0].busy.is_none());
+        // The eviction is handed to the loop's evictor, woken once the slot is free.
+        assert!(
+            futures_util::FutureExt::now_or_never(lp.evict.notified()).is_some(),
+            "no eviction was asked for"
+        );
+        drop(held);
     }
 
     #[tokio::test]

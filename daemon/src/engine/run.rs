@@ -23,7 +23,7 @@ use crate::rounds::EvaluationTicket;
 use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
 use crate::runtime::pull::{PullFailure, backoff};
 use crate::runtime::spec::{self, RunSpecInput};
-use crate::runtime::{Engine, ImageCache, PulledImage, RuntimeError};
+use crate::runtime::{Engine, ImageCache, Provenance, PulledImage, RuntimeError};
 use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,6 +138,8 @@ pub struct RunReport {
     /// What the run record should say beyond the verdict (e.g. an image CUDA requirement that could not
     /// be read).
     pub notes: Vec<String>,
+    /// Where the image came from, once it was available.
+    pub image_source: Option<Provenance>,
 }
 
 /// The reason given to challenges the container was no longer alive to answer; the container's own
@@ -172,11 +174,9 @@ pub async fn run_evaluation(
         Err(Stop::Miner(f)) => RunOutcome::Result(Box::new(failed_metrics(env, &req, &f, &report))),
         Err(Stop::Infra(reason)) => RunOutcome::Infra(reason),
     };
+    // The image stays cached for later rounds. Eviction is not done here: it would keep the GPU slot
+    // busy while images are removed; the loop runs it once the slot is free.
     drop(pin);
-    // The image stays cached for later rounds; the cache drops the least recently used when over budget.
-    if let Err(e) = env.images.evict().await {
-        tracing::warn!(run_id = %req.run_id, error = %e, "image cache eviction failed");
-    }
     (outcome, report)
 }
 
@@ -230,7 +230,8 @@ async fn evaluate(
         .map_err(|e| Stop::Infra(e.to_string()))?;
 
     let started = Instant::now();
-    let image = pull(env, req, cancel).await?;
+    let (image, source) = pull(env, req, cancel).await?;
+    report.image_source = Some(source);
     report
         .stage_times
         .insert("pull".into(), started.elapsed().as_secs_f64());
@@ -294,7 +295,11 @@ fn check_cuda_requirement(
 }
 
 /// Pull with bounded retries for infrastructure failures; a miner failure stops at once.
-async fn pull(env: &RunEnv, req: &RunRequest<'_>, cancel: &CancellationToken) -> Result<PulledImage, Stop> {
+async fn pull(
+    env: &RunEnv,
+    req: &RunRequest<'_>,
+    cancel: &CancellationToken,
+) -> Result<(PulledImage, Provenance), Stop> {
     let s = &env.settings;
     let image = &req.ticket.image_ref;
     if !s.docker.allowed_registries.is_empty() {
@@ -311,7 +316,7 @@ async fn pull(env: &RunEnv, req: &RunRequest<'_>, cancel: &CancellationToken) ->
         match env.images.acquire(image, s.evaluation.pull_timeout).await {
             Ok((pulled, source)) => {
                 tracing::info!(run_id = %req.run_id, image_source = source.as_str(), "image ready");
-                return Ok(pulled);
+                return Ok((pulled, source));
             }
             Err(RuntimeError::Pull {
                 failure: PullFailure::Infra(reason),

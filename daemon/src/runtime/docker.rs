@@ -11,7 +11,7 @@ use bollard::Docker;
 use bollard::query_parameters::{
     CreateImageOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -217,7 +217,49 @@ impl Engine {
         }))
     }
 
-    /// Remove one reference (`repository@sha256:…`) the daemon pulled. Not forced: an image a
+    /// The local image id (`sha256:…`) that `reference` (a tag or a digest reference) names, or `None`
+    /// when the engine has no such reference.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(api("inspect_image")(e)),
+        }
+    }
+
+    /// Add the reference `repo:tag` to the local image `id`.
+    pub async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), RuntimeError> {
+        let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+        self.docker
+            .tag_image(id, Some(options))
+            .await
+            .map_err(api("tag_image"))
+    }
+
+    /// Whether any container, running or not, was created from the local image `id`.
+    pub async fn image_in_use(&self, id: &str) -> Result<bool, RuntimeError> {
+        let list = self.containers("ancestor", vec![id.to_owned()]).await?;
+        Ok(!list.is_empty())
+    }
+
+    /// Every container, running or not, matching the list filter `filter` with `values`.
+    async fn containers(
+        &self,
+        filter: &str,
+        values: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = HashMap::from([(filter.to_owned(), values)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api("list_containers"))
+    }
+
+    /// Remove one reference (`repository@sha256:…` or a tag) the daemon made. Not forced: an image a
     /// container still uses is kept ([`Removal::InUse`]); removing a reference the image shares with
     /// other tags only untags it.
     pub async fn remove_image(&self, pinned: &str) -> Result<Removal, RuntimeError> {
@@ -396,16 +438,7 @@ impl Engine {
     /// Containers matching every label filter in `labels` that carry a run label: (id, run id,
     /// whether they carry an instance label).
     async fn run_containers(&self, labels: Vec<String>) -> Result<Vec<(String, String, bool)>, RuntimeError> {
-        let filters = HashMap::from([("label".to_owned(), labels)]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api("list_containers"))?;
+        let list = self.containers("label", labels).await?;
         Ok(list
             .into_iter()
             .filter_map(|c| {

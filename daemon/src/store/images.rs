@@ -22,6 +22,9 @@ pub struct PulledImageRecord {
     pub pulled_at: f64,
     /// Unix time a run last used it (or of the pull).
     pub last_used: f64,
+    /// Pulled ahead of its run and not used by a run since (absent in records of older versions).
+    #[serde(default)]
+    pub pulled_ahead: bool,
 }
 
 impl Store {

@@ -169,6 +169,11 @@ pub struct RunRecord {
     /// read and was not trusted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Where the run's image came from: `pulled` (by this run), `cached` (pulled by the daemon for an
+    /// earlier run), `pre_pulled` (pulled ahead of this run) or `foreign` (on the host before, not the
+    /// daemon's); absent when the run ended before its image was available, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
 }
 
 /// Result of [`Store::remove_submissions`].
@@ -375,6 +380,17 @@ impl Store {
     #[inline(always)]
     fn failpoint(&self, _point: &'static str) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// A small store at `path` for the engine's tests (16 MiB map, 5 runs per miner, 10 miners).
+    #[cfg(test)]
+    pub(crate) fn open_small(path: &Path) -> Store {
+        let options = StoreOptions {
+            map_size_bytes: 16 << 20,
+            history_per_miner: 5,
+            max_submissions: 10,
+        };
+        Store::open(path, options).unwrap_or_else(|e| unreachable!("opening a test store: {e}"))
     }
 
     /// Install (or remove) a failpoint called at named points inside write transactions.

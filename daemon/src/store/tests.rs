@@ -77,7 +77,23 @@ fn run(h: u8, n: u64) -> RunRecord {
         } else {
             Vec::new()
         },
+        image_source: (n == 1).then(|| "pre_pulled".to_owned()),
     }
+}
+
+#[test]
+fn run_and_image_records_of_older_versions_still_read() {
+    let mut value = serde_json::to_value(run(1, 1)).unwrap();
+    assert_eq!(value["image_source"], "pre_pulled");
+    let object = value.as_object_mut().unwrap();
+    object.remove("image_source");
+    object.remove("notes");
+    let old: RunRecord = serde_json::from_value(value).unwrap();
+    assert_eq!((old.image_source, old.notes), (None, Vec::<String>::new()));
+    let image: super::PulledImageRecord =
+        serde_json::from_str(r#"{"image_id":"sha256:ab","size_bytes":7,"pulled_at":1.0,"last_used":2.0}"#)
+            .unwrap();
+    assert!(!image.pulled_ahead);
 }
 
 /// A populated store: two committed miners, one carried-over, a challenge set, runs.

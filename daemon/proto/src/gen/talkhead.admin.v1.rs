@@ -224,6 +224,14 @@ pub struct Run {
     /// Last bytes the container wrote (bounded); only filled by GetRun.
     #[prost(string, tag = "15")]
     pub log_tail: ::prost::alloc::string::String,
+    /// Where the run's image came from: pulled (by this run), cached (pulled by the daemon for an earlier
+    /// run), pre_pulled (pulled ahead of this run), foreign (on the host before, not the daemon's); empty
+    /// when the run ended before its image was available.
+    #[prost(string, tag = "16")]
+    pub image_source: ::prost::alloc::string::String,
+    /// What operators should know beyond the verdict (e.g. an image CUDA requirement not checked).
+    #[prost(string, repeated, tag = "17")]
+    pub notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(serde::Serialize)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
