@@ -302,7 +302,14 @@ impl<R: Read + Seek> Cursor<R> {
     fn skip(&mut self, what: &str, n: u64) -> Result<(), GgmlError> {
         self.need(what, n)?;
         self.pos += n;
-        self.inner.seek(SeekFrom::Start(self.pos))?;
+        // Relative, so that a buffered reader keeps its buffer over the ~50,000 short vocabulary
+        // skips instead of a system call each.
+        match i64::try_from(n) {
+            Ok(n) => self.inner.seek_relative(n)?,
+            Err(_) => {
+                self.inner.seek(SeekFrom::Start(self.pos))?;
+            }
+        }
         Ok(())
     }
 }
