@@ -39,17 +39,7 @@ impl Case {
     /// ignores the audio would output.
     fn still_face_clip(&self) -> PathBuf {
         let out = self.path("still.mp4");
-        // `-shortest` overshoots with a looped image; the audio's own length is exact.
-        let wav = hound::WavReader::open(self.challenge.join("audio.wav")).unwrap();
-        let seconds = f64::from(wav.duration()) / f64::from(wav.spec().sample_rate);
-        let audio = self.challenge.join("audio.wav");
-        media::face_clip(
-            &self.challenge.join("face.png"),
-            &["-i", audio.to_str().unwrap()],
-            false,
-            seconds,
-            &out,
-        );
+        media::still_face_clip(&self.challenge, &out);
         out
     }
 

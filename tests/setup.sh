@@ -10,7 +10,11 @@
 #   - for the onnx face backend test (tests/onnx_face.rs): a virtual environment in
 #     /opt/talkhead-test/onnx-venv with `onnx` (writes the test models) and `onnxruntime` (its wheel
 #     carries libonnxruntime.so), and in $TALKHEAD_ONNX_TEST_DIR (default /opt/talkhead-test/onnx) the
-#     two generated models and a link to the library.
+#     two generated models and a link to the library;
+#   - for the whisper speech backend test (tests/whisper_asr.rs, cargo feature `whisper`): a tiny ggml
+#     model with whisper.cpp's real layout and random weights, written by tests/whisper/make_model.py
+#     (Python standard library only) to $TALKHEAD_WHISPER_TEST_MODEL (default
+#     /opt/talkhead-test/whisper/ggml-tiny-random.bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,4 +78,10 @@ fi
 "$onnx_venv/bin/python" tests/onnx/make_models.py "$onnx_dir"
 ort_lib=$("$onnx_venv/bin/python" -c 'import glob, os, onnxruntime; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')
 ln -sfn "$ort_lib" "$onnx_dir/libonnxruntime.so"
+# The whisper backend test's model: deterministic, so rewritten only when missing or older than its script.
+whisper_model=${TALKHEAD_WHISPER_TEST_MODEL:-/opt/talkhead-test/whisper/ggml-tiny-random.bin}
+if [ ! -s "$whisper_model" ] || [ tests/whisper/make_model.py -nt "$whisper_model" ]; then
+  log "writing the whisper test model $whisper_model"
+  python3 tests/whisper/make_model.py "$whisper_model"
+fi
 log "ready"

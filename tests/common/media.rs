@@ -29,3 +29,14 @@ pub fn face_clip(face: &Path, audio: &[&str], turn: bool, seconds: f64, out: &Pa
         .expect("ffmpeg must be installed (tests/setup.sh)");
     assert!(status.success(), "ffmpeg could not make {}", out.display());
 }
+
+/// The challenge's face held still over the challenge's audio (`audio.wav`, whose own length is
+/// exact: `-shortest` overshoots with a looped image), 512×512 at 25 fps: what a miner that ignores
+/// the audio would output.
+pub fn still_face_clip(challenge: &Path, out: &Path) {
+    let audio = challenge.join("audio.wav");
+    let wav = hound::WavReader::open(&audio).expect("the challenge's audio.wav");
+    let seconds = f64::from(wav.duration()) / f64::from(wav.spec().sample_rate);
+    let input = audio.to_str().expect("a UTF-8 fixture path");
+    face_clip(&challenge.join("face.png"), &["-i", input], false, seconds, out);
+}

@@ -481,9 +481,10 @@ pub fn render_effective(settings: &Settings) -> String {
         face = render_face(&s.analysis.face),
         asr = match &s.analysis.asr {
             AsrBackend::None => "backend = \"none\"\n".to_owned(),
-            AsrBackend::Whisper { model } => format!(
-                "backend = \"whisper\"\nmodel = {}\n",
-                quote(&model.display().to_string())
+            AsrBackend::Whisper { model, timeout } => format!(
+                "backend = \"whisper\"\nmodel = {}\ntimeout_secs = {}\n",
+                quote(&model.display().to_string()),
+                timeout.as_secs()
             ),
         },
         lvl = quote(&s.log.level),

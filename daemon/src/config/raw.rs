@@ -80,6 +80,8 @@ pub struct RawAsr {
     pub backend: Option<String>,
     /// The ggml model file of `whisper`.
     pub model: Option<String>,
+    /// The most one `whisper` transcription may take, seconds.
+    pub timeout_secs: Option<i64>,
 }
 
 /// `[http]`

@@ -49,6 +49,10 @@ pub mod defaults {
     pub const READY_TIMEOUT_SECS: i64 = 600;
     /// Seconds per challenge.
     pub const CHALLENGE_TIMEOUT_SECS: i64 = 120;
+    /// Seconds one whisper transcription may take (`[analysis.asr] timeout_secs`): whisper.cpp
+    /// "base" on a few CPU cores needs a few seconds for a challenge's audio, temperature fallbacks
+    /// included; far beyond that the model is too slow for the host.
+    pub const ASR_TIMEOUT_SECS: i64 = 120;
     /// Seconds per pull attempt.
     pub const PULL_TIMEOUT_SECS: i64 = 900;
     /// Docker Engine endpoint.
@@ -301,6 +305,8 @@ pub enum AsrBackend {
     Whisper {
         /// `[analysis.asr] model`.
         model: PathBuf,
+        /// `[analysis.asr] timeout_secs`: the most one transcription may take.
+        timeout: Duration,
     },
 }
 
@@ -891,6 +897,12 @@ impl Validator<'_> {
                 if model.is_some() {
                     self.problem("analysis.asr.model", "is only used with backend = \"whisper\"");
                 }
+                if raw.timeout_secs.is_some() {
+                    self.problem(
+                        "analysis.asr.timeout_secs",
+                        "is only used with backend = \"whisper\"",
+                    );
+                }
                 AsrBackend::None
             }
             "whisper" => {
@@ -904,6 +916,12 @@ impl Validator<'_> {
                     );
                     return AsrBackend::None;
                 };
+                let timeout = self.secs(
+                    raw.timeout_secs,
+                    defaults::ASR_TIMEOUT_SECS,
+                    "analysis.asr.timeout_secs",
+                    3600,
+                );
                 let model = self.absolute_path(model, "analysis.asr.model");
                 if model.is_absolute() && !model.is_file() {
                     self.problem(
@@ -911,7 +929,7 @@ impl Validator<'_> {
                         format!("{} is not a readable file", model.display()),
                     );
                 }
-                AsrBackend::Whisper { model }
+                AsrBackend::Whisper { model, timeout }
             }
             other => {
                 self.problem(

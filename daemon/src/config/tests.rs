@@ -484,6 +484,12 @@ fn the_speech_backend_is_a_table_and_whisper_needs_its_feature_and_model() {
     );
     let p = problems(f.load(&stray).unwrap_err());
     assert_eq!(p[0].key, "analysis.asr.model", "{p:?}");
+    let stray = f.file(
+        "stray-timeout.toml",
+        &format!("{state}[analysis.asr]\ntimeout_secs = 5\n"),
+    );
+    let p = problems(f.load(&stray).unwrap_err());
+    assert_eq!(p[0].key, "analysis.asr.timeout_secs", "{p:?}");
 
     let model = f.file("ggml-tiny.bin", "not checked here");
     let whisper = f.file(
@@ -503,9 +509,25 @@ fn the_speech_backend_is_a_table_and_whisper_needs_its_feature_and_model() {
     );
     if cfg!(feature = "whisper") {
         let s = f.load(&whisper).unwrap().settings;
-        assert_eq!(s.analysis.asr, AsrBackend::Whisper { model: model.clone() });
+        assert_eq!(
+            s.analysis.asr,
+            AsrBackend::Whisper {
+                model: model.clone(),
+                timeout: std::time::Duration::from_secs(120),
+            }
+        );
         let rendered = render_effective(&s);
         assert!(rendered.contains("backend = \"whisper\"\nmodel = "), "{rendered}");
+        assert!(rendered.contains("\ntimeout_secs = 120\n"), "{rendered}");
+        let bounded = f.file(
+            "bounded.toml",
+            &format!(
+                "{state}[analysis.asr]\nbackend = \"whisper\"\nmodel = \"{}\"\ntimeout_secs = 0\n",
+                model.display()
+            ),
+        );
+        let p = problems(f.load(&bounded).unwrap_err());
+        assert_eq!(p[0].key, "analysis.asr.timeout_secs", "{p:?}");
         let p = problems(f.load(&missing).unwrap_err());
         assert_eq!(p[0].key, "analysis.asr.model");
         assert!(p[0].problem.contains("not a readable file"), "{p:?}");

@@ -1,8 +1,8 @@
 //! Speech recognition behind the WER (protocol.md 5.2, `audio`): the [`SpeechRecognizer`] seam, the
 //! backend the configuration asks for (`[analysis.asr] backend`), and which texts the WER compares.
 //!
-//! Owns: [`from_settings`] (`none` → no recogniser; `whisper` → [`whisper::Whisper`], compiled only
-//! with the cargo feature `whisper`) and [`transcripts`]: the reference is the challenge's `text.txt`
+//! Owns: [`from_settings`] (`none` → no recogniser; `whisper` → `whisper::Whisper`, compiled only
+//! with the cargo feature `whisper`, whose model file [`ggml`] checks first) and [`transcripts`]: the reference is the challenge's `text.txt`
 //! when it has one, else (as the reference executor) the recogniser's transcript of the challenge
 //! audio; the hypothesis is the recogniser's transcript of the output's audio. Without a recogniser
 //! there is no hypothesis: the WER is reported unavailable and the audio-match check is the
@@ -14,6 +14,7 @@
 use crate::config::AsrBackend;
 use std::sync::Arc;
 
+pub mod ggml;
 #[cfg(feature = "whisper")]
 pub mod whisper;
 
@@ -31,8 +32,8 @@ pub fn from_settings(backend: &AsrBackend) -> Result<Option<Arc<dyn SpeechRecogn
     match backend {
         AsrBackend::None => Ok(None),
         #[cfg(feature = "whisper")]
-        AsrBackend::Whisper { model } => {
-            let whisper = whisper::Whisper::load(model)
+        AsrBackend::Whisper { model, timeout } => {
+            let whisper = whisper::Whisper::load(model, *timeout)
                 .map_err(|e| format!("analysis.asr.model {}: {e}", model.display()))?;
             Ok(Some(Arc::new(whisper)))
         }
@@ -85,6 +86,7 @@ mod tests {
     fn whisper_without_the_feature_names_it() {
         let backend = AsrBackend::Whisper {
             model: "/m.bin".into(),
+            timeout: std::time::Duration::from_secs(1),
         };
         let err = from_settings(&backend).err().unwrap();
         assert!(err.contains("cargo feature `whisper`"), "{err}");

@@ -2,34 +2,49 @@
 //! `[analysis.asr] model` (the reference runs openai-whisper "base": `ggml-base.en.bin` or
 //! `ggml-base.bin` is the equivalent). Built only with the cargo feature `whisper`.
 //!
-//! Owns: loading the model once, and one transcription per call with the reference's settings
-//! (English, greedy decoding, no timestamps). whisper.cpp's own logging is routed into `tracing`.
+//! Owns: loading the model once (after [`super::ggml::inspect`] has checked the file's layout, so a
+//! cut or foreign file is refused with its reason rather than whisper.cpp's bare failure), and one
+//! transcription per call with the reference's settings (English, greedy decoding), bounded in
+//! time: whisper.cpp's abort callback stops it once `[analysis.asr] timeout_secs` have passed, so a
+//! model too slow for the host fails that challenge's analysis as the host's problem instead of
+//! holding an analysis thread without end. whisper.cpp polls the callback after each encoder and
+//! decoder step, so the bound is the timeout plus one step. whisper.cpp's own logging is routed
+//! into `tracing`.
 
 use super::SpeechRecognizer;
+use super::ggml;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 /// A loaded whisper.cpp model.
 pub struct Whisper {
     context: WhisperContext,
     threads: i32,
+    timeout: Duration,
 }
 
 impl Whisper {
-    /// Loads the ggml model at `model`.
-    pub fn load(model: &Path) -> Result<Whisper, String> {
+    /// Loads the ggml model at `model`; each transcription may take at most `timeout`.
+    pub fn load(model: &Path, timeout: Duration) -> Result<Whisper, String> {
         whisper_rs::install_logging_hooks();
-        if !model.is_file() {
-            return Err("not a readable file".to_owned());
+        let file = std::fs::File::open(model).map_err(|e| format!("not a readable file: {e}"))?;
+        let meta = file.metadata().map_err(|e| format!("not a readable file: {e}"))?;
+        if !meta.is_file() {
+            return Err("not a readable file: not a regular file".to_owned());
         }
+        ggml::inspect(std::io::BufReader::new(file), meta.len()).map_err(|e| e.to_string())?;
         let context = WhisperContext::new_with_params(model, WhisperContextParameters::default())
-            .map_err(|e| format!("whisper.cpp could not load it: {e}"))?;
+            .map_err(|e| format!("whisper.cpp could not load it (see its log lines): {e}"))?;
         // Analysis runs after the miners are timed: use the host's cores, but not more than whisper
         // profits from.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         Ok(Whisper {
             context,
             threads: i32::try_from(threads).unwrap_or(1),
+            timeout,
         })
     }
 }
@@ -51,9 +66,31 @@ impl SpeechRecognizer for Whisper {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
-        state
-            .full(params, samples)
-            .map_err(|e| format!("whisper transcription: {e}"))?;
+        let deadline = Instant::now() + self.timeout;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stopped);
+        let abort: Box<dyn FnMut() -> bool> = Box::new(move || {
+            let late = Instant::now() >= deadline;
+            if late {
+                flag.store(true, Ordering::Relaxed);
+            }
+            late
+        });
+        // Passed boxed on purpose: whisper-rs 0.16 stores the closure as `Box<dyn FnMut>` but
+        // instantiates its C trampoline with the caller's type, so a plain closure is read from the
+        // wrong memory (unsound; it never aborted here). With the caller's type being that same
+        // `Box<dyn FnMut>`, both agree. whisper-rs never frees it: a few bytes per transcription.
+        params.set_abort_callback_safe(abort);
+        state.full(params, samples).map_err(|e| {
+            if stopped.load(Ordering::Relaxed) {
+                format!(
+                    "whisper transcription stopped after exceeding {} s (analysis.asr.timeout_secs)",
+                    self.timeout.as_secs_f64()
+                )
+            } else {
+                format!("whisper transcription: {e}")
+            }
+        })?;
         let mut text = String::new();
         for segment in state.as_iter() {
             let words = segment
@@ -73,11 +110,16 @@ mod tests {
     #[test]
     fn files_that_are_not_models_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Whisper::load(&dir.path().join("absent.bin")).err().unwrap();
+        let timeout = Duration::from_secs(60);
+        let err = Whisper::load(&dir.path().join("absent.bin"), timeout)
+            .err()
+            .unwrap();
+        assert!(err.contains("not a readable file"), "{err}");
+        let err = Whisper::load(dir.path(), timeout).err().unwrap();
         assert!(err.contains("not a readable file"), "{err}");
         let junk = dir.path().join("junk.bin");
         std::fs::write(&junk, b"this is not a ggml model").unwrap();
-        let err = Whisper::load(&junk).err().unwrap();
-        assert!(err.contains("could not load"), "{err}");
+        let err = Whisper::load(&junk, timeout).err().unwrap();
+        assert!(err.starts_with("not a ggml model: magic"), "{err}");
     }
 }
