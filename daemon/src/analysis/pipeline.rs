@@ -69,13 +69,18 @@ impl Analyzer for MediaAnalyzer {
             let audio_duration = challenge.audio_info().duration_secs;
             let expectation = Expectation::new(audio_duration, input.max_seconds);
             // The per-frame half of the analysis (following the face, the pixel passes) runs on a
-            // blocking thread while ffmpeg is still decoding, fed each sampled frame as it arrives.
+            // blocking thread while ffmpeg is still decoding, fed each sampled frame as it arrives;
+            // before the first frame comes (ffmpeg takes ~100 ms to start) it decodes the challenge's
+            // face and audio.
             let (frame_tx, frame_rx) = std::sync::mpsc::channel::<Frame>();
             let decode_failed = Arc::new(AtomicBool::new(false));
             let follower = {
                 let detector = Arc::clone(&self.detector);
                 let decode_failed = Arc::clone(&decode_failed);
+                let challenge = challenge.clone();
                 tokio::task::spawn_blocking(move || {
+                    let references = decode_face(&challenge)
+                        .and_then(|face| Ok((face, decode_wav_mono_16k(challenge.audio())?)));
                     let mut pass = FramePass::new(detector.as_ref());
                     let mut frames = Vec::new();
                     for frame in frame_rx {
@@ -86,7 +91,7 @@ impl Analyzer for MediaAnalyzer {
                         pass.push(&frame);
                         frames.push(frame);
                     }
-                    (frames, pass.finish())
+                    (references, frames, pass.finish())
                 })
             };
             let mut hand_over = move |frame: Frame| {
@@ -107,9 +112,8 @@ impl Analyzer for MediaAnalyzer {
                 },
                 DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
             })?;
-            let (frames, followed) = followed?;
-            let face = decode_face(challenge).map_err(AnalysisFailure::Infra)?;
-            let source_audio = decode_wav_mono_16k(challenge.audio()).map_err(AnalysisFailure::Infra)?;
+            let (references, frames, followed) = followed?;
+            let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
             let transcript = challenge.text().map(str::to_owned);
             let identity = Arc::clone(&self.identity);
             let recogniser = self.asr.clone();
