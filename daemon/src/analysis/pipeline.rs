@@ -1,10 +1,10 @@
-//! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]) with the per-frame
-//! half of the components ([`components::FramePass`]) following each sampled frame on a blocking
-//! thread as ffmpeg delivers it, then decoding of the challenge's reference face and source audio, the
-//! speech recogniser when one is configured ([`super::asr`]) and the rest of the native components
-//! ([`super::components`]). Owns the glue and the mapping of failures: a bad file is the miner's
-//! `bad_output`; anything wrong on the host (including an analysis issue of validator origin) is
-//! infrastructure, retried and never scored.
+//! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]) beside one blocking
+//! worker per analysis, which decodes the challenge's reference face and source audio while ffmpeg
+//! starts, runs the per-frame half of the components ([`components::FramePass`]) on each sampled frame
+//! as ffmpeg delivers it, then, given the decoded audio, the speech recogniser when one is configured
+//! ([`super::asr`]) and the rest of the native components ([`super::components`]). Owns the glue and
+//! the mapping of failures: a bad file is the miner's `bad_output`; anything wrong on the host
+//! (including an analysis issue of validator origin) is infrastructure, retried and never scored.
 
 use super::asr::{self, SpeechRecognizer};
 use super::components::{self, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media};
@@ -68,17 +68,24 @@ impl Analyzer for MediaAnalyzer {
             let challenge = input.challenge;
             let audio_duration = challenge.audio_info().duration_secs;
             let expectation = Expectation::new(audio_duration, input.max_seconds);
-            // The per-frame half of the analysis (following the face, the pixel passes) runs on a
-            // blocking thread while ffmpeg is still decoding, fed each sampled frame as it arrives;
+            // The analysis runs on one blocking thread, fed each sampled frame as ffmpeg delivers it:
             // before the first frame comes (ffmpeg takes ~100 ms to start) it decodes the challenge's
-            // face and audio.
+            // face and audio, then follows the face and runs the pixel passes frame by frame while the
+            // rest decodes, then, given the decoded audio, the speech recogniser and the remaining
+            // components. One thread for all of it, because the onnx backend attributes a detection
+            // failure to the identity computed after it on the same thread.
             let (frame_tx, frame_rx) = std::sync::mpsc::channel::<Frame>();
+            let (audio_tx, audio_rx) = std::sync::mpsc::channel::<(f64, Vec<f32>)>();
             let decode_failed = Arc::new(AtomicBool::new(false));
-            let follower = {
+            let worker = {
                 let detector = Arc::clone(&self.detector);
+                let identity = Arc::clone(&self.identity);
+                let recogniser = self.asr.clone();
                 let decode_failed = Arc::clone(&decode_failed);
                 let challenge = challenge.clone();
                 tokio::task::spawn_blocking(move || {
+                    // This thread served other analyses before: nothing of theirs may be charged here.
+                    crate::analysis::face::forget_detection_failures();
                     let references = decode_face(&challenge)
                         .and_then(|face| Ok((face, decode_wav_mono_16k(challenge.audio())?)));
                     let mut pass = FramePass::new(detector.as_ref());
@@ -91,60 +98,65 @@ impl Analyzer for MediaAnalyzer {
                         pass.push(&frame);
                         frames.push(frame);
                     }
-                    (references, frames, pass.finish())
+                    let followed = pass.finish();
+                    // Nothing comes when the decode failed (its error is the answer).
+                    let Ok((fps, video_audio)) = audio_rx.recv() else {
+                        crate::analysis::face::forget_detection_failures();
+                        return Err(AnalysisFailure::Infra(
+                            "the decode ended without its audio".into(),
+                        ));
+                    };
+                    let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
+                    let transcript = challenge.text();
+                    let (reference, hypothesis) =
+                        asr::transcripts(recogniser.as_deref(), transcript, &source_audio, &video_audio)
+                            .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
+                    let media = Media {
+                        frames: &frames,
+                        fps,
+                        video_audio: &video_audio,
+                        source_audio: &source_audio,
+                        reference_face: &face,
+                    };
+                    components::analyse_followed(
+                        &media,
+                        followed,
+                        identity.as_ref(),
+                        reference.as_deref(),
+                        hypothesis.as_deref(),
+                        &AnalysisOptions::default(),
+                    )
+                    .map_err(|e| AnalysisFailure::Infra(e.to_string()))
                 })
             };
             let mut hand_over = move |frame: Frame| {
-                // The receiver only goes away if the follower panicked, which its join reports.
+                // The receiver only goes away if the worker panicked, which its join reports.
                 let _ = frame_tx.send(frame);
             };
             let decoded =
                 decode::probe_and_decode_each(input.video, &self.limits, &expectation, &mut hand_over).await;
             drop(hand_over);
-            decode_failed.store(decoded.is_err(), Ordering::Relaxed);
-            let followed = follower
-                .await
-                .map_err(|e| AnalysisFailure::Infra(format!("frame analysis worker failed: {e}")));
-            let (_probe, decoded) = decoded.map_err(|e| match e {
+            let decoded = decoded.map_err(|e| match e {
                 DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
                     reason: b.reason.as_str().to_owned(),
                     detail: b.detail,
                 },
                 DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
-            })?;
-            let (references, frames, followed) = followed?;
-            let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
-            let transcript = challenge.text().map(str::to_owned);
-            let identity = Arc::clone(&self.identity);
-            let recogniser = self.asr.clone();
-            let (fps, video_audio) = (decoded.fps, decoded.audio);
-            let analysis = tokio::task::spawn_blocking(move || {
-                let (reference, hypothesis) = asr::transcripts(
-                    recogniser.as_deref(),
-                    transcript.as_deref(),
-                    &source_audio,
-                    &video_audio,
-                )
-                .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
-                let media = Media {
-                    frames: &frames,
-                    fps,
-                    video_audio: &video_audio,
-                    source_audio: &source_audio,
-                    reference_face: &face,
-                };
-                components::analyse_followed(
-                    &media,
-                    followed,
-                    identity.as_ref(),
-                    reference.as_deref(),
-                    hypothesis.as_deref(),
-                    &AnalysisOptions::default(),
-                )
-                .map_err(|e| AnalysisFailure::Infra(e.to_string()))
-            })
-            .await
-            .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
+            });
+            match decoded {
+                Ok((_, d)) => {
+                    // The worker only goes away if it panicked, which its join reports.
+                    let _ = audio_tx.send((d.fps, d.audio));
+                }
+                Err(e) => {
+                    // The worker stops at its next frame and ends on its own.
+                    decode_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            let analysis = worker
+                .await
+                .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
             // Something that went wrong on this host is never the miner's score: the run is retried.
             if analysis.has_validator_issue() {
                 let issues: Vec<String> = analysis

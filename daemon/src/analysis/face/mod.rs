@@ -135,6 +135,13 @@ fn largest_in(frame: &Frame, boxes: Vec<FaceBox>, shift: f32) -> Option<FaceBox>
     largest(&clipped)
 }
 
+/// Starts a new analysis on this thread: detector failures recorded here by an earlier analysis (one
+/// that ended before its identity step, e.g. on a failed decode) are forgotten, so that they are never
+/// charged to the next one. Call it where an analysis's detection begins.
+pub fn forget_detection_failures() {
+    onnx::forget_failures();
+}
+
 /// The largest face of every frame of a sequence (`None` where there is none).
 ///
 /// Frame 0 and any frame after one without a face get the full [`detect_largest`] (with its pad

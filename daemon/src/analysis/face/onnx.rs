@@ -329,6 +329,11 @@ fn record_failure(e: String) {
     });
 }
 
+/// Forgets this thread's detector failures (see [`super::forget_detection_failures`]).
+pub(super) fn forget_failures() {
+    let _ = take_failures();
+}
+
 fn take_failures() -> Option<String> {
     DETECT_FAILURES.with(|f| {
         let (n, first) = std::mem::take(&mut *f.borrow_mut());
@@ -420,7 +425,10 @@ impl IdentityBackend for ArcFaceIdentity {
             .first()
             .cloned()
             .flatten()
-            .ok_or_else(|| IdentityError::Backend("the reference face has a zero embedding".into()))?;
+            // The same for every miner of the round: the challenge's image, not this host.
+            .ok_or_else(|| {
+                IdentityError::ReferenceUnusable("the reference face has a zero embedding".into())
+            })?;
         Ok(slots
             .iter()
             .map(|slot| {
@@ -428,5 +436,35 @@ impl IdentityBackend for ArcFaceIdentity {
                     .map_or(0.0, |e| align::cosine(&reference, &e).clamp(0.0, 1.0))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detector_failures_belong_to_the_analysis_of_their_thread() {
+        // Recorded on this thread, then reported once by the identity step that follows.
+        record_failure("session lost".into());
+        record_failure("again".into());
+        let reported = take_failures().unwrap();
+        assert!(
+            reported.contains("2 frame(s)") && reported.contains("session lost"),
+            "{reported}"
+        );
+        assert_eq!(take_failures(), None);
+        // An analysis that ended before its identity step leaves failures behind: the next analysis on
+        // the thread starts by forgetting them.
+        record_failure("left by an aborted analysis".into());
+        crate::analysis::face::forget_detection_failures();
+        assert_eq!(take_failures(), None);
+        // Another thread never sees them.
+        record_failure("here".into());
+        std::thread::spawn(|| assert_eq!(take_failures(), None))
+            .join()
+            .unwrap();
+        assert!(take_failures().is_some());
     }
 }
