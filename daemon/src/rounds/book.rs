@@ -179,18 +179,16 @@ impl RoundBook {
 
 /// The `/metrics` order: (submit_time, hotkey).
 pub(crate) fn sort_metrics_rows<M>(rows: &mut [MetricsRow<M>]) {
-    rows.sort_by(|a, b| {
-        a.submit_time
-            .total_cmp(&b.submit_time)
-            .then_with(|| a.hotkey.cmp(&b.hotkey))
-    });
+    rows.sort_by(|a, b| submission_order((a.submit_time, &a.hotkey), (b.submit_time, &b.hotkey)));
+}
+
+/// The one order of submissions everywhere (pending tickets, `/metrics` rows): earlier `submit_time`
+/// first, then the hotkey's address.
+pub(crate) fn submission_order<K: Ord + ?Sized>(a: (f64, &K), b: (f64, &K)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
 }
 
 /// The pending order: (submit_time, hotkey).
 pub(crate) fn sort_tickets(tickets: &mut [EvaluationTicket]) {
-    tickets.sort_by(|a, b| {
-        a.submit_time
-            .total_cmp(&b.submit_time)
-            .then_with(|| a.hotkey.cmp(&b.hotkey))
-    });
+    tickets.sort_by(|a, b| submission_order((a.submit_time, &a.hotkey), (b.submit_time, &b.hotkey)));
 }

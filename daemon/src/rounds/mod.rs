@@ -26,7 +26,7 @@ pub(crate) mod testkit;
 mod tests;
 
 pub use book::RoundBook;
-pub(crate) use book::{sort_metrics_rows, sort_tickets};
+pub(crate) use book::{sort_metrics_rows, sort_tickets, submission_order};
 pub use plan::{
     ChangeKind, CommitPlan, MinerChange, RemovePlan, StageDecision, UpsertPlan, is_pending,
     plan_challenge_set, plan_commit, plan_remove, plan_stage, plan_upsert,

@@ -587,11 +587,9 @@ impl Store {
                 carried_over: header.carried,
             }))
         })?;
-        // The order of `sort_metrics_rows`: a hotkey's address orders it.
+        // The order of `sort_metrics_rows` (a hotkey's address orders it).
         rows.sort_by(|a, b| {
-            a.submit_time
-                .total_cmp(&b.submit_time)
-                .then_with(|| a.hotkey.cmp(&b.hotkey))
+            crate::rounds::submission_order((a.submit_time, &a.hotkey), (b.submit_time, &b.hotkey))
         });
         Ok(render(version, &rows))
     }
