@@ -1097,19 +1097,23 @@ fn valid_group_name(name: &str) -> bool {
 
 /// Whether `url` (a valid base URL) is plain `http://` to a host other than a loopback address or
 /// `localhost`: the signed headers would cross a network in clear text.
+///
+/// The host is the one the Subnet API client will connect to: the URL is parsed by the same parser
+/// (`reqwest::Url`, WHATWG rules), never split by hand, which could disagree about where the host ends
+/// (`http://evil.example\@127.0.0.1/` goes to evil.example). An `http://` text it cannot parse counts
+/// as remote.
 fn cleartext_to_remote(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Ok(parsed) = reqwest::Url::parse(url.trim()) else {
+        return url.trim_start().to_ascii_lowercase().starts_with("http://");
+    };
+    if parsed.scheme() != "http" {
         return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    // Credentials are refused later by the source; never let them decide the host.
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
-    };
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    // An IPv6 host comes bracketed.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     !loopback
 }
 
