@@ -12,6 +12,11 @@ pub mod mp4;
 pub mod offline;
 pub mod pipeline;
 
+/// Test media made with ffmpeg, shared with the integration tests and the decode bench.
+#[cfg(test)]
+#[path = "../../../tests/common/media.rs"]
+pub(crate) mod test_media;
+
 use crate::challenges::Challenge;
 use crate::domain::metrics::ChallengeDebug;
 use crate::scoring::{ChallengeComponents, QualityScore};

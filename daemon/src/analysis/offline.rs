@@ -122,11 +122,11 @@ fn report(video: &Path, analysis: &ChallengeAnalysis, settings: &Settings) -> Of
 
 fn load_challenge(request: &OfflineRequest) -> Result<Challenge, OfflineError> {
     let limits = Limits::default();
-    let face = read_bounded("--face", &request.face, limits.max_face_bytes)?;
-    let audio = read_bounded("--audio", &request.audio, limits.max_audio_bytes)?;
+    let face = read_input("--face", &request.face, limits.max_face_bytes)?;
+    let audio = read_input("--audio", &request.audio, limits.max_audio_bytes)?;
     let text = match &request.text {
         Some(path) => Some(
-            String::from_utf8(read_bounded("--text", path, limits.max_text_bytes())?)
+            String::from_utf8(read_input("--text", path, limits.max_text_bytes())?)
                 .map_err(|_| OfflineError::BadInput(format!("--text {}: not UTF-8", path.display())))?,
         ),
         None => None,
@@ -139,8 +139,7 @@ fn load_challenge(request: &OfflineRequest) -> Result<Challenge, OfflineError> {
 /// Reads an operator-named input of at most `limit` bytes: a regular file (a FIFO, device or
 /// directory is refused before anything is read, so `/dev/zero` cannot make it read forever), never
 /// more than `limit + 1` bytes even if the file grows meanwhile.
-fn read_bounded(what: &str, path: &Path, limit: u64) -> Result<Vec<u8>, OfflineError> {
-    use std::io::Read;
+fn read_input(what: &str, path: &Path, limit: u64) -> Result<Vec<u8>, OfflineError> {
     use std::os::unix::fs::OpenOptionsExt;
     let bad = |detail: String| OfflineError::BadInput(format!("{what} {}: {detail}", path.display()));
     // Non-blocking so that opening a FIFO with no writer returns at once; the check below refuses it.
@@ -159,10 +158,7 @@ fn read_bounded(what: &str, path: &Path, limit: u64) -> Result<Vec<u8>, OfflineE
             meta.len()
         )));
     }
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(e.to_string()))?;
+    let bytes = crate::challenges::read_bounded(file, limit).map_err(|e| bad(e.to_string()))?;
     if bytes.len() as u64 > limit {
         return Err(bad(format!(
             "grew beyond the {limit} bytes allowed while being read"
@@ -339,7 +335,7 @@ mod tests {
             other => panic!("expected bad input, got {other:?}"),
         };
         // A device would never end: refused before a byte is read.
-        let m = message(read_bounded("--face", Path::new("/dev/zero"), 16));
+        let m = message(read_input("--face", Path::new("/dev/zero"), 16));
         assert!(
             m.contains("--face /dev/zero") && m.contains("not a regular file"),
             "{m}"
@@ -347,16 +343,16 @@ mod tests {
         // A FIFO with no writer: refused at once, not waited on.
         let fifo = dir.path().join("audio.wav");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(message(read_bounded("--audio", &fifo, 16)).contains("not a regular file"));
+        assert!(message(read_input("--audio", &fifo, 16)).contains("not a regular file"));
         // Over the limit (sparse: nothing is written): refused from its size.
         let big = dir.path().join("text.txt");
         std::fs::File::create(&big).unwrap().set_len(1 << 40).unwrap();
-        let m = message(read_bounded("--text", &big, 1024));
+        let m = message(read_input("--text", &big, 1024));
         assert!(m.contains("more than the 1024 allowed"), "{m}");
         // At the limit: read whole.
         let ok = dir.path().join("ok.txt");
         std::fs::write(&ok, b"0123456789").unwrap();
-        assert_eq!(read_bounded("--text", &ok, 10).unwrap(), b"0123456789");
-        assert!(message(read_bounded("--text", &ok, 9)).contains("more than the 9 allowed"));
+        assert_eq!(read_input("--text", &ok, 10).unwrap(), b"0123456789");
+        assert!(message(read_input("--text", &ok, 9)).contains("more than the 9 allowed"));
     }
 }

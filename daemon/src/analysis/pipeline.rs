@@ -309,55 +309,17 @@ mod tests {
     fn face_clip_and_challenge(dir: &std::path::Path) -> (std::path::PathBuf, Challenge) {
         let face = crate::analysis::face::tests::fixtures_dir().join("challenge-0/face.png");
         let (clip, wav) = (dir.join("clip.mp4"), dir.join("audio.wav"));
-        let ffmpeg = |args: &[&str], out: &std::path::Path| {
-            let status = std::process::Command::new("ffmpeg")
-                .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
-                .args(args)
-                .arg(out)
-                .status()
-                .unwrap();
-            assert!(status.success(), "ffmpeg failed for {}", out.display());
-        };
-        let face_arg = face.to_str().unwrap();
-        ffmpeg(
-            &[
-                "-loop",
-                "1",
-                "-framerate",
-                "25",
-                "-t",
-                "2",
-                "-i",
-                face_arg,
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=2",
-                "-vf",
-                "scale=256:256,rotate=0.05*sin(2*PI*t):fillcolor=black,format=yuv420p",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-c:a",
-                "aac",
-                "-shortest",
-            ],
-            &clip,
-        );
-        ffmpeg(
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=2",
-                "-ac",
-                "1",
-                "-ar",
-                "16000",
-            ],
-            &wav,
-        );
+        // The clip as the decode bench makes it (tests/common/media.rs), 2 s long.
+        let tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=2"];
+        crate::analysis::test_media::face_clip(&face, &tone, true, 2.0, &clip);
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+            .args(tone)
+            .args(["-ac", "1", "-ar", "16000"])
+            .arg(&wav)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ffmpeg failed for {}", wav.display());
         let challenge = Challenge::new(
             crate::challenges::ChallengeId::from_index(0),
             std::fs::read(&face).unwrap(),

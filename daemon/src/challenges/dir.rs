@@ -278,7 +278,7 @@ fn check_kind(meta: &Metadata) -> Result<(), UnsafeFileReason> {
 }
 
 /// Reads at most `limit + 1` bytes, so that the caller can tell "exactly at the limit" from "over".
-fn read_bounded(file: File, limit: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(file: File, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok(bytes)

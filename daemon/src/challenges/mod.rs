@@ -30,6 +30,7 @@ mod subnet;
 mod testkit;
 
 pub use dir::load_directory;
+pub(crate) use dir::read_bounded;
 pub use error::{Asset, ChallengeError, IdError, KeyError, MediaError, TextError, UnsafeFileReason};
 pub use id::ChallengeId;
 pub use media::{

@@ -402,16 +402,6 @@ impl<'d> FramePass<'d> {
         self.boxes.push(face);
     }
 
-    /// Frames pushed so far.
-    pub fn len(&self) -> usize {
-        self.boxes.len()
-    }
-
-    /// True before the first frame.
-    pub fn is_empty(&self) -> bool {
-        self.boxes.is_empty()
-    }
-
     /// The faces and facts of every frame pushed.
     pub fn finish(self) -> FramesFollowed {
         FramesFollowed {
