@@ -34,6 +34,7 @@
 //! malformed file can cost, the whitelists shrink the attack surface, but a decoder exploit would run
 //! with the daemon's user. Run the daemon as an unprivileged user with the usual systemd hardening.
 
+use super::frame_buffers::FrameBuffers;
 use serde::Serialize;
 use serde_json::Value;
 use std::ffi::OsString;
@@ -677,7 +678,8 @@ async fn ffprobe_json(file: &InputFile, limits: &DecodeLimits) -> Result<Value, 
 /// `truncated`; more output than declared is `decoder_output_too_large`.
 pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
     let mut frames = Vec::new();
-    let mut decoded = decode_each(path, info, limits, &mut |frame| frames.push(frame)).await?;
+    let buffers = FrameBuffers::new(0);
+    let mut decoded = decode_each(path, info, limits, &buffers, &mut |frame| frames.push(frame)).await?;
     decoded.frames = frames;
     Ok(decoded)
 }
@@ -685,11 +687,13 @@ pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Res
 /// [`decode`] handing each sampled frame to `on_frame` as soon as ffmpeg delivered it, in stream
 /// order, instead of keeping them (the returned [`Decoded::frames`] is empty): the caller can work on
 /// the frames while the rest decodes. A frame handed over is not taken back if the decode fails
-/// later: the caller discards its work on an error.
+/// later: the caller discards its work on an error. The frames' buffers come from `buffers` (the
+/// caller may give them back there once done with the frames).
 pub async fn decode_each(
     path: &Path,
     info: &ProbeInfo,
     limits: &DecodeLimits,
+    buffers: &FrameBuffers,
     on_frame: &mut (dyn FnMut(Frame) + Send),
 ) -> Result<Decoded, DecodeError> {
     let started = std::time::Instant::now();
@@ -705,8 +709,14 @@ pub async fn decode_each(
     let wanted = sample_indices(info.total_frames, limits.max_frames);
     check_sampled_bytes(wanted.len(), frame_bytes, limits)?;
     let scratch = ScratchDir::new()?;
+    let frames = FrameDelivery {
+        frame_bytes,
+        wanted: &wanted,
+        buffers,
+        on_frame,
+    };
     let (frame_indices, decoded_frames, audio) =
-        decode_streams(&file, info, limits, &scratch.0, frame_bytes, &wanted, on_frame).await?;
+        decode_streams(&file, info, limits, &scratch.0, frames).await?;
     Ok(Decoded {
         frames: Vec::new(),
         frame_indices,
@@ -737,11 +747,12 @@ pub async fn probe_and_decode_each(
     path: &Path,
     limits: &DecodeLimits,
     expectation: &Expectation,
+    buffers: &FrameBuffers,
     on_frame: &mut (dyn FnMut(Frame) + Send),
 ) -> Result<(ProbeInfo, Decoded), DecodeError> {
     let info = probe(path, limits).await?;
     info.check_expectation(expectation)?;
-    let decoded = decode_each(path, &info, limits, on_frame).await?;
+    let decoded = decode_each(path, &info, limits, buffers, on_frame).await?;
     Ok((info, decoded))
 }
 
@@ -1050,6 +1061,15 @@ fn starts_like_iso_bmff(path: &Path) -> bool {
 /// Indices of the frames handed over, frames decoded, audio samples.
 type Streams = (Vec<usize>, usize, Vec<f32>);
 
+/// Where the sampled frames go: `frame_bytes` each, the `wanted` indices, in buffers from `buffers`,
+/// handed to `on_frame`.
+struct FrameDelivery<'a> {
+    frame_bytes: usize,
+    wanted: &'a [usize],
+    buffers: &'a FrameBuffers,
+    on_frame: &'a mut (dyn FnMut(Frame) + Send),
+}
+
 /// One ffmpeg run with two outputs: the video as raw RGB frames on stdout (streamed through a
 /// [`FrameSink`]), the audio as mono 16 kHz `f32le` into a file of the private scratch directory,
 /// bounded by `RLIMIT_FSIZE` (one run rather than two saves a process start, the largest fixed cost).
@@ -1058,10 +1078,14 @@ async fn decode_streams(
     info: &ProbeInfo,
     limits: &DecodeLimits,
     scratch: &Path,
-    frame_bytes: usize,
-    wanted: &[usize],
-    on_frame: &mut (dyn FnMut(Frame) + Send),
+    frames: FrameDelivery<'_>,
 ) -> Result<Streams, DecodeError> {
+    let FrameDelivery {
+        frame_bytes,
+        wanted,
+        buffers,
+        on_frame,
+    } = frames;
     let (width, height) = (info.video.width, info.video.height);
     let total = info.total_frames.max(wanted.len());
     let slack = frame_slack(total, info.frame_count_declared);
@@ -1117,7 +1141,7 @@ async fn decode_streams(
         1 << 40
     };
 
-    let mut sink = FrameSink::new(width, height, frame_bytes, &plan, on_frame);
+    let mut sink = FrameSink::new(width, height, frame_bytes, &plan, buffers, on_frame);
     let deadline = Instant::now() + limits.decode_timeout;
     let run = RunSpec {
         program: &limits.tools.ffmpeg,
@@ -1161,7 +1185,7 @@ async fn decode_streams(
             format!("decoded {got:.3} s of {declared:.3} s of declared audio"),
         ));
     }
-    Ok((sink.kept_indices, decoded, samples))
+    Ok((std::mem::take(&mut sink.kept_indices), decoded, samples))
 }
 
 /// Reads the audio ffmpeg wrote (a regular file of at most `max` bytes) as `f32` samples.
@@ -1419,6 +1443,9 @@ struct FrameSink<'p> {
     width: u32,
     height: u32,
     plan: &'p FramePlan,
+    buffers: &'p FrameBuffers,
+    /// The frame being received; handed over only once all of it was written (a recycled buffer's
+    /// old contents never reach a frame).
     current: Vec<u8>,
     filled: usize,
     /// Frames received so far.
@@ -1435,6 +1462,7 @@ impl<'p> FrameSink<'p> {
         height: u32,
         frame_bytes: usize,
         plan: &'p FramePlan,
+        buffers: &'p FrameBuffers,
         on_frame: &'p mut (dyn FnMut(Frame) + Send),
     ) -> Self {
         let wanted = plan.sent.iter().filter(|(_, keep)| *keep).count();
@@ -1442,13 +1470,21 @@ impl<'p> FrameSink<'p> {
             width,
             height,
             plan,
-            current: vec![0; frame_bytes.max(1)],
+            buffers,
+            current: buffers.take(frame_bytes.max(1)),
             filled: 0,
             received: 0,
             decoded: 0,
             on_frame,
             kept_indices: Vec::with_capacity(wanted),
         }
+    }
+}
+
+impl Drop for FrameSink<'_> {
+    fn drop(&mut self) {
+        // The buffer of the frame that would have come next.
+        self.buffers.recycle([std::mem::take(&mut self.current)]);
     }
 }
 
@@ -1473,7 +1509,7 @@ impl Sink for FrameSink<'_> {
         self.received += 1;
         self.decoded = index + 1;
         if keep {
-            let fresh = vec![0; self.current.len()];
+            let fresh = self.buffers.take(self.current.len());
             let rgb = std::mem::replace(&mut self.current, fresh);
             (self.on_frame)(Frame {
                 width: self.width,

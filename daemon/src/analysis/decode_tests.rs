@@ -845,7 +845,10 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     assert_eq!(plan.sent, vec![(0, true), (2, true), (3, false)]);
     let mut kept = Vec::new();
     let mut keep = |frame: Frame| kept.push(frame);
-    let mut sink = FrameSink::new(2, 1, 6, &plan, &mut keep);
+    // Recycled buffers holding an earlier video's pixels: none of it may show in a frame.
+    let buffers = FrameBuffers::new(1 << 10);
+    buffers.recycle((0..4).map(|_| vec![0xEE; 6]));
+    let mut sink = FrameSink::new(2, 1, 6, &plan, &buffers, &mut keep);
     let feed = |sink: &mut FrameSink<'_>, frame: u8| {
         // Two writes per frame, as pipe reads split arbitrarily.
         sink.space()[..4].copy_from_slice(&[frame; 4]);
@@ -862,7 +865,15 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     // Anything beyond the plan is frame `limit` or later.
     let err = feed(&mut sink, 4).unwrap_err();
     assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+    // A frame cut short is not handed over; its buffer goes back to the store with the sink.
+    sink.space()[..4].copy_from_slice(&[5; 4]);
+    sink.commit(4).unwrap();
     drop(sink);
+    assert_eq!(
+        buffers.held_bytes(),
+        6 * 2,
+        "4 recycled, 2 handed over as frames, the last back"
+    );
     // Each wanted frame was handed over once, in order, in its own buffer.
     assert_eq!(kept.len(), 2);
     assert_eq!(kept[0].rgb, vec![0; 6]);

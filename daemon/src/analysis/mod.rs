@@ -8,6 +8,7 @@ pub mod asr;
 pub mod components;
 pub mod decode;
 pub mod face;
+pub mod frame_buffers;
 pub mod mp4;
 pub mod offline;
 pub mod pipeline;

@@ -10,6 +10,7 @@ use super::asr::{self, SpeechRecognizer};
 use super::components::{self, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
+use super::frame_buffers::FrameBuffers;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ImageFormat};
 use std::io::Cursor;
@@ -24,6 +25,8 @@ pub struct MediaAnalyzer {
     detector_name: String,
     identity: Arc<dyn IdentityBackend + Send + Sync>,
     asr: Option<Arc<dyn SpeechRecognizer>>,
+    /// Frame buffers recycled from one analysis to the next (resident memory, no page faults).
+    buffers: Arc<FrameBuffers>,
 }
 
 impl MediaAnalyzer {
@@ -39,6 +42,7 @@ impl MediaAnalyzer {
             detector_name: detector_name.to_owned(),
             identity: Arc::new(HistogramIdentity),
             asr: None,
+            buffers: Arc::new(FrameBuffers::default()),
         }
     }
 
@@ -82,6 +86,7 @@ impl Analyzer for MediaAnalyzer {
                 let identity = Arc::clone(&self.identity);
                 let recogniser = self.asr.clone();
                 let decode_failed = Arc::clone(&decode_failed);
+                let buffers = Arc::clone(&self.buffers);
                 let challenge = challenge.clone();
                 tokio::task::spawn_blocking(move || {
                     // This thread served other analyses before: nothing of theirs may be charged here.
@@ -99,42 +104,52 @@ impl Analyzer for MediaAnalyzer {
                         frames.push(frame);
                     }
                     let followed = pass.finish();
-                    // Nothing comes when the decode failed (its error is the answer).
-                    let Ok((fps, video_audio)) = audio_rx.recv() else {
-                        crate::analysis::face::forget_detection_failures();
-                        return Err(AnalysisFailure::Infra(
-                            "the decode ended without its audio".into(),
-                        ));
-                    };
-                    let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
-                    let transcript = challenge.text();
-                    let (reference, hypothesis) =
-                        asr::transcripts(recogniser.as_deref(), transcript, &source_audio, &video_audio)
-                            .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
-                    let media = Media {
-                        frames: &frames,
-                        fps,
-                        video_audio: &video_audio,
-                        source_audio: &source_audio,
-                        reference_face: &face,
-                    };
-                    components::analyse_followed(
-                        &media,
-                        followed,
-                        identity.as_ref(),
-                        reference.as_deref(),
-                        hypothesis.as_deref(),
-                        &AnalysisOptions::default(),
-                    )
-                    .map_err(|e| AnalysisFailure::Infra(e.to_string()))
+                    let analysis = (|| {
+                        // Nothing comes when the decode failed (its error is the answer).
+                        let Ok((fps, video_audio)) = audio_rx.recv() else {
+                            crate::analysis::face::forget_detection_failures();
+                            return Err(AnalysisFailure::Infra(
+                                "the decode ended without its audio".into(),
+                            ));
+                        };
+                        let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
+                        let transcript = challenge.text();
+                        let (reference, hypothesis) =
+                            asr::transcripts(recogniser.as_deref(), transcript, &source_audio, &video_audio)
+                                .map_err(|e| AnalysisFailure::Infra(format!("speech recognition: {e}")))?;
+                        let media = Media {
+                            frames: &frames,
+                            fps,
+                            video_audio: &video_audio,
+                            source_audio: &source_audio,
+                            reference_face: &face,
+                        };
+                        components::analyse_followed(
+                            &media,
+                            followed,
+                            identity.as_ref(),
+                            reference.as_deref(),
+                            hypothesis.as_deref(),
+                            &AnalysisOptions::default(),
+                        )
+                        .map_err(|e| AnalysisFailure::Infra(e.to_string()))
+                    })();
+                    buffers.recycle(frames.into_iter().map(|frame| frame.rgb));
+                    analysis
                 })
             };
             let mut hand_over = move |frame: Frame| {
                 // The receiver only goes away if the worker panicked, which its join reports.
                 let _ = frame_tx.send(frame);
             };
-            let decoded =
-                decode::probe_and_decode_each(input.video, &self.limits, &expectation, &mut hand_over).await;
+            let decoded = decode::probe_and_decode_each(
+                input.video,
+                &self.limits,
+                &expectation,
+                &self.buffers,
+                &mut hand_over,
+            )
+            .await;
             drop(hand_over);
             let decoded = decoded.map_err(|e| match e {
                 DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
