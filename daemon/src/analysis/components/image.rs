@@ -9,11 +9,14 @@
 
 use super::Frame;
 
-/// An 8-bit grey plane, row-major, `px.len() == w * h`.
+/// An 8-bit grey plane, row-major, `px.len() == w * h` (OpenCV's grey of a frame, or a part of one).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Grey {
+pub struct Grey {
+    /// Width in pixels.
     pub w: usize,
+    /// Height in pixels.
     pub h: usize,
+    /// The pixels, row after row.
     pub px: Vec<u8>,
 }
 
@@ -307,67 +310,44 @@ pub(crate) fn working_grid(w: usize, h: usize, max_side: usize) -> (usize, usize
     }
 }
 
-/// Box-area downscale of an RGB frame straight to grey so that its longer side is at most `max_side`
-/// (never upscales). Returns the plane and the (x, y) factors that map plane → frame coordinates.
-pub(crate) fn downscale_to_grey(f: &Frame, max_side: usize) -> Option<(Grey, f64, f64)> {
-    let (ow, oh) = working_grid(f.width as usize, f.height as usize, max_side);
-    downscale_region_to_grey(f, max_side, [0, 0, ow, oh])
-}
-
-/// The part `[x0, x1) × [y0, y1)` (in working-grid pixels, clipped to the grid) of
-/// [`downscale_to_grey`]'s plane, computed without touching the rest of the frame. Same factors.
-pub(crate) fn downscale_region_to_grey(
-    f: &Frame,
-    max_side: usize,
-    r: [usize; 4],
-) -> Option<(Grey, f64, f64)> {
-    if !f.is_well_formed() || max_side == 0 {
+/// Box-area downscale of a grey plane to the grid whose longer side is at most `max_side` (never
+/// upscales; see [`working_grid`]), computing only the part `[x0, x1) × [y0, y1)` of that grid
+/// (clipped to it): each cell is the rounded mean of the source pixels in its footprint, i.e. what
+/// OpenCV's detector sees (the frame converted to grey, then resized). Returns the part and the
+/// (x, y) factors that map grid → plane coordinates.
+pub(crate) fn downscale_grey_region(g: &Grey, max_side: usize, r: [usize; 4]) -> Option<(Grey, f64, f64)> {
+    if g.is_empty() || max_side == 0 {
         return None;
     }
-    let (w, h) = (f.width as usize, f.height as usize);
+    let (w, h) = (g.w, g.h);
     let (ow, oh) = working_grid(w, h, max_side);
     let [x0, y0] = [r[0].min(ow), r[1].min(oh)];
     let [x1, y1] = [r[2].min(ow), r[3].min(oh)];
     if x1 <= x0 || y1 <= y0 {
         return None;
     }
-    // Source span of output cell i along an axis of n_in pixels mapped to n_out cells.
     let span = |i: usize, n_out: usize, n_in: usize| -> (usize, usize) {
         let a = i * n_in / n_out;
         (a, ((i + 1) * n_in / n_out).max(a + 1).min(n_in))
     };
-    let (sx0, sx1) = (span(x0, ow, w).0, span(x1 - 1, ow, w).1);
-    // Output column of every source column of the region (spans are contiguous and disjoint).
-    let mut col = Vec::with_capacity(sx1 - sx0);
-    let mut cells = Vec::with_capacity(x1 - x0);
-    for (c, i) in (x0..x1).enumerate() {
-        let (a, b) = span(i, ow, w);
-        col.extend(std::iter::repeat_n(c, b - a));
-        cells.push((b - a) as u64);
-    }
+    // Each output column's source span, summed contiguously (no per-pixel index).
+    let cols: Vec<(usize, usize)> = (x0..x1).map(|i| span(i, ow, w)).collect();
     let mut px = Vec::with_capacity((x1 - x0) * (y1 - y0));
-    let mut acc = vec![[0u32; 3]; x1 - x0];
+    // u64: a cell may cover a whole large frame when max_side is tiny.
+    let mut acc = vec![0u64; x1 - x0];
     for oy in y0..y1 {
         let (ya, yb) = span(oy, oh, h);
-        acc.iter_mut().for_each(|a| *a = [0; 3]);
-        for y in ya..yb {
-            let row = &f.rgb[(y * w + sx0) * 3..(y * w + sx1) * 3];
-            // Grey is linear in R, G, B: sum the channels per cell and weigh once per cell.
-            for (&c, p) in col.iter().zip(row.chunks_exact(3)) {
-                if let Some(a) = acc.get_mut(c) {
-                    a[0] += u32::from(p[0]);
-                    a[1] += u32::from(p[1]);
-                    a[2] += u32::from(p[2]);
-                }
+        acc.iter_mut().for_each(|a| *a = 0);
+        for row in g.px[ya * w..yb * w].chunks_exact(w) {
+            for (a, &(xa, xb)) in acc.iter_mut().zip(&cols) {
+                // A span is at most a row (≤ 2²⁴ pixels), so its u32 sum cannot overflow.
+                *a += u64::from(row[xa..xb].iter().map(|&p| u32::from(p)).sum::<u32>());
             }
         }
         let rows = (yb - ya) as u64;
-        for (a, &n) in acc.iter().zip(&cells) {
-            let d = rows * n * 16_384;
-            let v = u64::from(a[0]) * u64::from(R_W)
-                + u64::from(a[1]) * u64::from(G_W)
-                + u64::from(a[2]) * u64::from(B_W);
-            px.push(((v + d / 2) / d).min(255) as u8);
+        for (&a, &(xa, xb)) in acc.iter().zip(&cols) {
+            let n = rows * (xb - xa) as u64;
+            px.push(((a + n / 2) / n).min(255) as u8);
         }
     }
     Some((
@@ -445,17 +425,24 @@ mod tests {
             height: 4,
             rgb: vec![200; 8 * 4 * 3],
         };
-        let (g, sx, sy) = downscale_to_grey(&f, 4).unwrap();
-        assert_eq!((g.w, g.h, sx, sy), (4, 2, 2.0, 2.0));
-        assert!(g.px.iter().all(|&p| p == 200));
-        let (part, _, _) = downscale_region_to_grey(&f, 4, [1, 1, 3, 9]).unwrap();
+        let g = Grey::from_frame(&f).unwrap();
+        let (small, sx, sy) = downscale_grey_region(&g, 4, [0, 0, 4, 2]).unwrap();
+        assert_eq!((small.w, small.h, sx, sy), (4, 2, 2.0, 2.0));
+        assert!(small.px.iter().all(|&p| p == 200));
+        let (part, _, _) = downscale_grey_region(&g, 4, [1, 1, 3, 9]).unwrap();
         assert_eq!((part.w, part.h), (2, 1));
-        assert!(downscale_region_to_grey(&f, 4, [3, 0, 3, 2]).is_none());
+        assert!(downscale_grey_region(&g, 4, [3, 0, 3, 2]).is_none());
+        // Each cell is the rounded mean of its footprint: 3×2 pixels to 2×1 cells of columns {0} and
+        // {1, 2}, both rows: (0 + 1) / 2 = 0.5 → 1 and (10 + 11 + 20 + 21) / 4 = 15.5 → 16.
+        let ramp = plane(3, 2, |x, y| (x * 10 + y) as u8);
+        let (cells, _, _) = downscale_grey_region(&ramp, 2, [0, 0, 2, 1]).unwrap();
+        assert_eq!(cells.px, vec![1, 16]);
         let bad = Frame {
             width: 8,
             height: 4,
             rgb: vec![0; 5],
         };
-        assert!(downscale_to_grey(&bad, 4).is_none() && Grey::from_frame(&bad).is_none());
+        assert!(Grey::from_frame(&bad).is_none());
+        assert!(downscale_grey_region(&Grey::default(), 4, [0, 0, 4, 4]).is_none());
     }
 }

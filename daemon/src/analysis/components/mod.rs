@@ -42,7 +42,8 @@ pub use video::VideoDetail;
 
 use crate::analysis::face::{FaceDetector, FaceTracker};
 use crate::scoring::{ChallengeComponents, IdentityMode};
-use image::{Grey, PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
+pub use image::Grey;
+use image::{PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
 
 /// One decoded RGB24 frame: the decoder's type, so decoded frames reach the components without a copy.
 pub use crate::analysis::decode::Frame;
@@ -334,15 +335,34 @@ pub(crate) struct FrameFactsBuilder {
     /// Two planes, swapped every frame: no per-frame allocation.
     cur: Grey,
     prev: Grey,
+    cur_ok: bool,
     prev_ok: bool,
     seen: usize,
 }
 
 impl FrameFactsBuilder {
     /// Adds the sequence's next frame with its face box.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, frame: &Frame, face: Option<&FaceBox>) {
+        self.convert(frame);
+        self.measure(face);
+    }
+
+    /// First half of [`Self::push`]: the next frame's grey plane, which [`Self::grey`] then shows
+    /// (the face detector works on it too) until [`Self::measure`] is called.
+    pub(crate) fn convert(&mut self, frame: &Frame) {
+        self.cur_ok = self.cur.fill_from(frame);
+    }
+
+    /// The grey plane of the frame [`Self::convert`]ed last (`None`: a malformed frame).
+    pub(crate) fn grey(&self) -> Option<&Grey> {
+        self.cur_ok.then_some(&self.cur)
+    }
+
+    /// Second half of [`Self::push`]: the facts of the frame converted last, with its face box.
+    pub(crate) fn measure(&mut self, face: Option<&FaceBox>) {
         let facts = &mut self.facts;
-        let ok = self.cur.fill_from(frame);
+        let ok = self.cur_ok;
         let g = ok.then_some(&self.cur);
         facts.malformed += usize::from(!ok);
         facts.sizes.push(g.map(|g| (g.w, g.h)));
@@ -397,8 +417,12 @@ impl<'d> FramePass<'d> {
 
     /// Adds the sequence's next frame.
     pub fn push(&mut self, frame: &Frame) {
-        let face = self.tracker.next(self.detector, frame);
-        self.facts.push(frame, face.as_ref());
+        // One RGB → grey conversion per frame, shared by the detector and the pixel passes.
+        self.facts.convert(frame);
+        let face = self
+            .tracker
+            .next_with_grey(self.detector, frame, self.facts.grey());
+        self.facts.measure(face.as_ref());
         self.boxes.push(face);
     }
 

@@ -27,7 +27,7 @@ use std::path::Path;
 use super::cascade::{Cascade, CascadeError};
 use super::{FaceBox, FaceDetector};
 use crate::analysis::components::Frame;
-use crate::analysis::components::image::{Grey, downscale_region_to_grey, downscale_to_grey, working_grid};
+use crate::analysis::components::image::{Grey, downscale_grey_region, working_grid};
 
 /// Tunables of the Haar detector (OpenCV's `detectMultiScale` arguments plus the working size).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -581,16 +581,13 @@ pub const NEAR_SHIFT: f64 = 0.2;
 
 impl HaarDetector {
     /// One near search: levels whose window is within ×`scale`^±1 of the hint, in a region around it,
-    /// with window step `step`.
-    fn near_pass(&self, frame: &Frame, hint: &FaceBox, scale: f64, step: usize) -> Vec<FaceBox> {
-        let (ow, oh) = working_grid(frame.width as usize, frame.height as usize, self.params.max_side);
+    /// with window step `step`, on the frame's grey plane `grey`.
+    fn near_pass(&self, grey: &Grey, hint: &FaceBox, scale: f64, step: usize) -> Vec<FaceBox> {
+        let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
         if ow == 0 || oh == 0 {
             return Vec::new();
         }
-        let (sx, sy) = (
-            f64::from(frame.width) / ow as f64,
-            f64::from(frame.height) / oh as f64,
-        );
+        let (sx, sy) = (grey.w as f64 / ow as f64, grey.h as f64 / oh as f64);
         let (hx1, hy1) = (f64::from(hint.x1) / sx, f64::from(hint.y1) / sy);
         let (hx2, hy2) = (f64::from(hint.x2) / sx, f64::from(hint.y2) / sy);
         let size = ((hx2 - hx1) * (hy2 - hy1)).sqrt();
@@ -602,7 +599,7 @@ impl HaarDetector {
             clip((hx2 + margin).ceil(), ow) as usize,
             clip((hy2 + margin).ceil(), oh) as usize,
         ];
-        let Some((g, _, _)) = downscale_region_to_grey(frame, self.params.max_side, region) else {
+        let Some((g, _, _)) = downscale_grey_region(grey, self.params.max_side, region) else {
             return Vec::new();
         };
         let mut hits = Vec::new();
@@ -615,52 +612,16 @@ impl HaarDetector {
             sy,
         )
     }
-}
 
-impl FaceDetector for HaarDetector {
-    fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
-        let Some((g, sx, sy)) = downscale_to_grey(frame, self.params.max_side) else {
-            return Vec::new();
-        };
-        let min_side = self.params.min_size_frac * g.w.min(g.h) as f64;
-        let mut hits = Vec::new();
-        self.scan(&g, [0, 0], min_side, f64::INFINITY, None, &mut hits);
-        Self::to_boxes(
-            group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS),
-            sx,
-            sy,
-        )
-    }
-
-    /// Scans only the pyramid levels within ×[`NEAR_SCALE`]^±1 of the hint's size and only a region
-    /// around it (the hint moved by up to [`NEAR_SHIFT`] of its size), with a 2-pixel step; when that
-    /// finds nothing, once more with a 1-pixel step and ×[`NEAR_SCALE_FINE`]^±1. Same working grid
-    /// and grouping as [`Self::detect`]; about a tenth of a full scan.
-    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
-        if !frame.is_well_formed() || !hint.is_valid() {
-            return self.detect(frame);
-        }
-        // A coarse pass first; a face whose cascade response is marginal in this frame (a mouth wide
-        // open, motion blur) often still shows on the finer grid before a full search is needed.
-        let coarse = self.near_pass(frame, hint, NEAR_SCALE, 2);
-        if !coarse.is_empty() {
-            return coarse;
-        }
-        self.near_pass(frame, hint, NEAR_SCALE_FINE, 1)
-    }
-
-    /// Only the pyramid levels whose window is at least `min_side` frame pixels: the big sizes have
-    /// few positions, so looking for a face larger than the one followed is cheap.
-    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
-        let Some((g, sx, sy)) = downscale_to_grey(frame, self.params.max_side) else {
+    /// The whole working grid of `grey`, scanned for windows of at least `min_side` frame pixels.
+    fn full_pass(&self, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
+        let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
+        let Some((g, sx, sy)) = downscale_grey_region(grey, self.params.max_side, [0, 0, ow, oh]) else {
             return Vec::new();
         };
         let lo = f64::from(min_side) / sx.max(sy);
-        let lo = if lo.is_finite() {
-            lo.max(self.params.min_size_frac * g.w.min(g.h) as f64)
-        } else {
-            0.0
-        };
+        let lo = if lo.is_finite() { lo } else { 0.0 };
+        let lo = lo.max(self.params.min_size_frac * g.w.min(g.h) as f64);
         let mut hits = Vec::new();
         self.scan(&g, [0, 0], lo, f64::INFINITY, None, &mut hits);
         Self::to_boxes(
@@ -669,10 +630,72 @@ impl FaceDetector for HaarDetector {
             sy,
         )
     }
+}
+
+/// The cascade runs on grey, as OpenCV's does on `cvtColor(frame, GRAY)`: the frame is converted
+/// first (or its plane comes from the per-frame passes, the `_grey` methods), then box-downscaled to
+/// the working grid. Every method gives the same boxes for a frame whether or not its plane is given.
+impl FaceDetector for HaarDetector {
+    fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
+        Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_grey(frame, &g))
+    }
+
+    /// Scans only the pyramid levels within ×[`NEAR_SCALE`]^±1 of the hint's size and only a region
+    /// around it (the hint moved by up to [`NEAR_SHIFT`] of its size), with a 2-pixel step; when that
+    /// finds nothing, once more with a 1-pixel step and ×[`NEAR_SCALE_FINE`]^±1. Same working grid
+    /// and grouping as [`Self::detect`]; about a tenth of a full scan.
+    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
+        Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_near_grey(frame, &g, hint))
+    }
+
+    /// Only the pyramid levels whose window is at least `min_side` frame pixels: the big sizes have
+    /// few positions, so looking for a face larger than the one followed is cheap.
+    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
+        Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_larger_grey(frame, &g, min_side))
+    }
+
+    fn detect_grey(&self, frame: &Frame, grey: &Grey) -> Vec<FaceBox> {
+        if !plane_of(frame, grey) {
+            return Vec::new();
+        }
+        self.full_pass(grey, 0.0)
+    }
+
+    fn detect_near_grey(&self, frame: &Frame, grey: &Grey, hint: &FaceBox) -> Vec<FaceBox> {
+        if !plane_of(frame, grey) {
+            return Vec::new();
+        }
+        if !hint.is_valid() {
+            return self.full_pass(grey, 0.0);
+        }
+        // A coarse pass first; a face whose cascade response is marginal in this frame (a mouth wide
+        // open, motion blur) often still shows on the finer grid before a full search is needed.
+        let coarse = self.near_pass(grey, hint, NEAR_SCALE, 2);
+        if !coarse.is_empty() {
+            return coarse;
+        }
+        self.near_pass(grey, hint, NEAR_SCALE_FINE, 1)
+    }
+
+    fn detect_larger_grey(&self, frame: &Frame, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
+        if !plane_of(frame, grey) {
+            return Vec::new();
+        }
+        self.full_pass(grey, min_side)
+    }
 
     fn name(&self) -> &'static str {
         "haar"
     }
+}
+
+/// True when `grey` can be `frame`'s plane (a well-formed frame of the same size): boxes are mapped
+/// back to the frame through the plane's size.
+fn plane_of(frame: &Frame, grey: &Grey) -> bool {
+    frame.is_well_formed()
+        && !grey.is_empty()
+        && grey.w == frame.width as usize
+        && grey.h == frame.height as usize
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub use haar::{HaarDetector, HaarParams};
 pub use onnx::{ArcFaceIdentity, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError};
 
 pub use crate::analysis::components::FaceBox;
-use crate::analysis::components::Frame;
+use crate::analysis::components::{Frame, Grey};
 
 /// A face detector over one decoded RGB frame.
 pub trait FaceDetector {
@@ -43,6 +43,26 @@ pub trait FaceDetector {
         let mut boxes = self.detect(frame);
         boxes.retain(|b| b.width().min(b.height()) >= min_side);
         boxes
+    }
+
+    /// [`Self::detect`] with the frame's grey plane at hand (`grey` is OpenCV's grey of `frame`, which
+    /// the per-frame passes compute anyway): a detector that works on grey uses it rather than
+    /// converting the frame again. The default ignores it.
+    fn detect_grey(&self, frame: &Frame, grey: &Grey) -> Vec<FaceBox> {
+        let _ = grey;
+        self.detect(frame)
+    }
+
+    /// [`Self::detect_near`] with the frame's grey plane at hand (see [`Self::detect_grey`]).
+    fn detect_near_grey(&self, frame: &Frame, grey: &Grey, hint: &FaceBox) -> Vec<FaceBox> {
+        let _ = grey;
+        self.detect_near(frame, hint)
+    }
+
+    /// [`Self::detect_larger`] with the frame's grey plane at hand (see [`Self::detect_grey`]).
+    fn detect_larger_grey(&self, frame: &Frame, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
+        let _ = grey;
+        self.detect_larger(frame, min_side)
     }
 
     /// A short stable name for debug output (`"haar"`, `"scrfd"`…).
@@ -103,10 +123,20 @@ pub fn retry_padding(frame: &Frame) -> u32 {
 /// the unpadded frame; every box is clipped to the frame (a box that ends up empty is discarded) and
 /// the largest is chosen by its visible area.
 pub fn detect_largest(detector: &dyn FaceDetector, frame: &Frame) -> Option<FaceBox> {
+    detect_largest_with(detector, frame, None)
+}
+
+/// [`detect_largest`], with the frame's grey plane when the caller has it (see
+/// [`FaceDetector::detect_grey`]).
+fn detect_largest_with(detector: &dyn FaceDetector, frame: &Frame, grey: Option<&Grey>) -> Option<FaceBox> {
     if !frame.is_well_formed() {
         return None;
     }
-    if let Some(b) = largest_in(frame, detector.detect(frame), 0.0) {
+    let first = match grey {
+        Some(g) => detector.detect_grey(frame, g),
+        None => detector.detect(frame),
+    };
+    if let Some(b) = largest_in(frame, first, 0.0) {
         return Some(b);
     }
     let pad = retry_padding(frame);
@@ -166,20 +196,37 @@ pub struct FaceTracker {
 impl FaceTracker {
     /// The largest face of the sequence's next frame.
     pub fn next(&mut self, detector: &dyn FaceDetector, frame: &Frame) -> Option<FaceBox> {
+        self.next_with_grey(detector, frame, None)
+    }
+
+    /// [`Self::next`] with the frame's grey plane when the caller has it (`grey` must be OpenCV's grey
+    /// of `frame`; see [`FaceDetector::detect_grey`]).
+    pub fn next_with_grey(
+        &mut self,
+        detector: &dyn FaceDetector,
+        frame: &Frame,
+        grey: Option<&Grey>,
+    ) -> Option<FaceBox> {
         let i = self.seen;
         self.seen += 1;
         let followed = match self.prev {
             Some(hint) if frame.is_well_formed() => {
-                let mut boxes = detector.detect_near(frame, &hint);
+                let mut boxes = match grey {
+                    Some(g) => detector.detect_near_grey(frame, g, &hint),
+                    None => detector.detect_near(frame, &hint),
+                };
                 if i.is_multiple_of(LARGER_SEARCH_EVERY) {
                     let side = hint.width().min(hint.height()) * LARGER_RATIO;
-                    boxes.extend(detector.detect_larger(frame, side));
+                    boxes.extend(match grey {
+                        Some(g) => detector.detect_larger_grey(frame, g, side),
+                        None => detector.detect_larger(frame, side),
+                    });
                 }
                 largest_in(frame, boxes, 0.0)
             }
             _ => None,
         };
-        let found = followed.or_else(|| detect_largest(detector, frame));
+        let found = followed.or_else(|| detect_largest_with(detector, frame, grey));
         self.prev = found;
         found
     }

@@ -216,7 +216,9 @@ fn haar_boxes_scale_with_the_frame() {
         return;
     };
     let (_, f) = &faces[0];
-    let (g, _, _) = crate::analysis::components::image::downscale_to_grey(f, 256).unwrap();
+    let grey = crate::analysis::components::Grey::from_frame(f).unwrap();
+    let (g, _, _) =
+        crate::analysis::components::image::downscale_grey_region(&grey, 256, [0, 0, 256, 256]).unwrap();
     let small = Frame {
         width: 256,
         height: 256,
@@ -245,6 +247,27 @@ fn haar_near_search_agrees_with_the_full_search() {
             landmarks: None,
         };
         let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
+        // The per-frame passes hand over the grey plane they computed: the same boxes come back.
+        let grey = crate::analysis::components::Grey::from_frame(f).unwrap();
+        assert_eq!(
+            det.detect_near_grey(f, &grey, &hint),
+            det.detect_near(f, &hint),
+            "{name}"
+        );
+        assert_eq!(det.detect_grey(f, &grey), det.detect(f), "{name}");
+        assert_eq!(
+            det.detect_larger_grey(f, &grey, 50.0),
+            det.detect_larger(f, 50.0),
+            "{name}"
+        );
+        // A plane of another size is not this frame's: nothing is mapped through it.
+        let (half, _, _) = crate::analysis::components::image::downscale_grey_region(
+            &grey,
+            grey.w / 2,
+            [0, 0, grey.w, grey.h],
+        )
+        .unwrap();
+        assert!(det.detect_grey(f, &half).is_empty(), "{name}");
         let tol = 0.12 * full.width();
         assert!(
             (near.x1 - full.x1).abs() < tol && (near.y2 - full.y2).abs() < tol,
