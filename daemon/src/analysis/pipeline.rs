@@ -2,7 +2,9 @@
 //! worker per analysis, which decodes the challenge's reference face and source audio while ffmpeg
 //! starts, runs the per-frame half of the components ([`components::FramePass`]) on each sampled frame
 //! as ffmpeg delivers it, then, given the decoded audio, the speech recogniser when one is configured
-//! ([`super::asr`]) and the rest of the native components ([`super::components`]). Owns the glue and
+//! ([`super::asr`]) and the rest of the native components ([`super::components`]); the frames'
+//! buffers then go back to the analyser's [`FrameBuffers`] for the next decode (up to 128 MiB stay
+//! resident between analyses). Owns the glue and
 //! the mapping of failures: a bad file is the miner's `bad_output`; anything wrong on the host
 //! (including an analysis issue of validator origin) is infrastructure, retried and never scored.
 
