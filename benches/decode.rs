@@ -176,10 +176,19 @@ fn bench(c: &mut Criterion) {
     // The ratio the issue sets (≤ 1.5×), from interleaved pairs: each analysis is timed right after
     // an ffmpeg-alone run, so both see the same host; the median of the per-pair ratios is robust
     // to the other tenants' bursts that move the separate figures above. DECODE_PAIRS=0 skips it.
-    let pairs: usize = std::env::var("DECODE_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    // As criterion: --list runs nothing, and without --bench (`cargo test --benches`) or with --test
+    // everything runs once, as a smoke test.
+    let mode = |flag: &str| std::env::args().any(|a| a == flag);
+    let pairs: usize = if mode("--list") {
+        0
+    } else if mode("--test") || !mode("--bench") {
+        1
+    } else {
+        std::env::var("DECODE_PAIRS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30)
+    };
     if pairs > 0 {
         let mut ratios: Vec<f64> = (0..pairs)
             .map(|_| {
