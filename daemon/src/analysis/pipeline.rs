@@ -390,6 +390,16 @@ mod tests {
         assert!(streamed.debug.frames_with_face > 40, "{:?}", streamed.debug);
         assert_eq!(streamed.components, batch.components);
         assert_eq!(streamed.debug.issues, batch.debug.issues);
+
+        // The 50 frames' buffers (and the one the decoder would have filled next) went back to the
+        // analyser; the next analysis writes into them and finds exactly the same: no pixel of the
+        // previous video reaches it.
+        let frame_bytes = decoded.frames[0].rgb.len();
+        assert_eq!(analyzer.buffers.held_bytes(), 51 * frame_bytes);
+        let again = analyzer.analyse(input).await.unwrap();
+        assert_eq!(again.components, streamed.components);
+        assert_eq!(again.debug.issues, streamed.debug.issues);
+        assert_eq!(analyzer.buffers.held_bytes(), 51 * frame_bytes);
     }
 
     /// An identity backend that fails as configured.
