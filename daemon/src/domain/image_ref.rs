@@ -122,7 +122,7 @@ impl ImageRef {
         &self.raw
     }
 
-    /// The registry host[:port], if the reference names one (Docker Hub otherwise).
+    /// The registry `host[:port]`, if the reference names one (Docker Hub otherwise).
     pub fn registry(&self) -> Option<&str> {
         self.registry.as_deref()
     }
