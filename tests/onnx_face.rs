@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use talkheadd::analysis::components::{
-    AnalysisOptions, Frame, IdentityBackend, IdentityError, IdentityInput, Media, analyse_with,
+    AnalysisContext, AnalysisOptions, Frame, IdentityBackend, IdentityError, IdentityInput, Media,
+    analyse_with,
 };
 use talkheadd::analysis::face::{
     ArcFaceIdentity, FaceDetector, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError, track_largest,
@@ -212,14 +213,13 @@ fn the_analysis_reports_insightface_identity_and_detect_ratio() {
         source_audio: &audio,
         reference_face: &reference,
     };
-    let a = analyse_with(
-        &media,
-        backend.as_ref(),
-        &identity,
-        None,
-        None,
-        &AnalysisOptions::default(),
-    );
+    let context = AnalysisContext {
+        identity: &identity,
+        transcript: None,
+        hypothesis: None,
+        options: AnalysisOptions::default(),
+    };
+    let a = analyse_with(&media, backend.as_ref(), &context);
     assert_eq!(a.debug.detector, "scrfd");
     assert_eq!(a.debug.identity_backend, "arcface");
     assert_eq!(a.components.identity_mode, IdentityMode::Insightface);

@@ -9,7 +9,9 @@
 //! (including an analysis issue of validator origin) is infrastructure, retried and never scored.
 
 use super::asr::{self, SpeechRecognizer};
-use super::components::{self, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media};
+use super::components::{
+    self, AnalysisContext, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media,
+};
 use super::decode::{self, DecodeError, DecodeLimits, Expectation};
 use super::face::FaceDetector;
 use super::frame_buffers::FrameBuffers;
@@ -126,15 +128,14 @@ impl Analyzer for MediaAnalyzer {
                             source_audio: &source_audio,
                             reference_face: &face,
                         };
-                        components::analyse_followed(
-                            &media,
-                            followed,
-                            identity.as_ref(),
-                            reference.as_deref(),
-                            hypothesis.as_deref(),
-                            &AnalysisOptions::default(),
-                        )
-                        .map_err(|e| AnalysisFailure::Infra(e.to_string()))
+                        let context = AnalysisContext {
+                            identity: identity.as_ref(),
+                            transcript: reference.as_deref(),
+                            hypothesis: hypothesis.as_deref(),
+                            options: AnalysisOptions::default(),
+                        };
+                        components::analyse_followed(&media, followed, &context)
+                            .map_err(|e| AnalysisFailure::Infra(e.to_string()))
                     })();
                     buffers.recycle(frames.into_iter().map(|frame| frame.rgb));
                     analysis

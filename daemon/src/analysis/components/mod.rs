@@ -449,47 +449,53 @@ fn finite_audio(x: &[f32]) -> (Cow<'_, [f32]>, usize) {
     }
 }
 
-/// [`analyse_with`] with the builtin identity backend ([`HistogramIdentity`]) and default options.
+/// What the analysis needs beside the media and the faces: the identity backend, the transcripts and
+/// the options.
+#[derive(Clone, Copy)]
+pub struct AnalysisContext<'a> {
+    /// Computes the per-frame identity similarities.
+    pub identity: &'a dyn IdentityBackend,
+    /// The challenge's reference text (`text.txt`).
+    pub transcript: Option<&'a str>,
+    /// The ASR transcript of the output's audio; `None` when no ASR backend is configured.
+    pub hypothesis: Option<&'a str>,
+    /// Knobs that are not reference constants.
+    pub options: AnalysisOptions,
+}
+
+impl<'a> AnalysisContext<'a> {
+    /// The builtin identity backend ([`HistogramIdentity`]) and default options.
+    pub fn builtin(transcript: Option<&'a str>, hypothesis: Option<&'a str>) -> Self {
+        AnalysisContext {
+            identity: &HistogramIdentity,
+            transcript,
+            hypothesis,
+            options: AnalysisOptions::default(),
+        }
+    }
+}
+
+/// [`analyse_with`] with [`AnalysisContext::builtin`].
 pub fn analyse(
     media: &Media<'_>,
     detector: &dyn FaceDetector,
     transcript: Option<&str>,
     hypothesis: Option<&str>,
 ) -> Analysis {
-    analyse_with(
-        media,
-        detector,
-        &HistogramIdentity,
-        transcript,
-        hypothesis,
-        &AnalysisOptions::default(),
-    )
+    analyse_with(media, detector, &AnalysisContext::builtin(transcript, hypothesis))
 }
 
-/// Analyses one challenge's output.
-///
-/// `transcript` is the challenge's reference text (`text.txt`), `hypothesis` the ASR transcript of the
-/// output's audio, `None` when no ASR backend is configured. Never panics; see [`Analysis`].
+/// Analyses one challenge's output. Never panics; see [`Analysis`].
 pub fn analyse_with(
     media: &Media<'_>,
     detector: &dyn FaceDetector,
-    identity_backend: &dyn IdentityBackend,
-    transcript: Option<&str>,
-    hypothesis: Option<&str>,
-    options: &AnalysisOptions,
+    context: &AnalysisContext<'_>,
 ) -> Analysis {
     let mut pass = FramePass::new(detector);
     for frame in media.frames {
         pass.push(frame);
     }
-    analyse_matched(
-        media,
-        pass.finish(),
-        identity_backend,
-        transcript,
-        hypothesis,
-        options,
-    )
+    analyse_matched(media, pass.finish(), context)
 }
 
 /// A [`FramePass`] that did not see the frames it was analysed with.
@@ -508,10 +514,7 @@ pub struct FramePassMismatch {
 pub fn analyse_followed(
     media: &Media<'_>,
     followed: FramesFollowed,
-    identity_backend: &dyn IdentityBackend,
-    transcript: Option<&str>,
-    hypothesis: Option<&str>,
-    options: &AnalysisOptions,
+    context: &AnalysisContext<'_>,
 ) -> Result<Analysis, FramePassMismatch> {
     if followed.boxes.len() != media.frames.len() {
         return Err(FramePassMismatch {
@@ -519,24 +522,16 @@ pub fn analyse_followed(
             frames: media.frames.len(),
         });
     }
-    Ok(analyse_matched(
-        media,
-        followed,
-        identity_backend,
+    Ok(analyse_matched(media, followed, context))
+}
+
+fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &AnalysisContext<'_>) -> Analysis {
+    let AnalysisContext {
+        identity: identity_backend,
         transcript,
         hypothesis,
         options,
-    ))
-}
-
-fn analyse_matched(
-    media: &Media<'_>,
-    followed: FramesFollowed,
-    identity_backend: &dyn IdentityBackend,
-    transcript: Option<&str>,
-    hypothesis: Option<&str>,
-    options: &AnalysisOptions,
-) -> Analysis {
+    } = *context;
     let mut issues = Vec::new();
     let frames = media.frames;
     let n = frames.len();
