@@ -197,6 +197,12 @@ impl Daemon {
                 self.log()
             );
             if let Ok(Some(status)) = self.child.try_wait() {
+                // What it sent before exiting is already queued on the socket: read all of it before
+                // deciding (STOPPING=1 is often sent just before a quick exit).
+                self.drain_notifications();
+                if let Some(found) = self.notifications.iter().find(|n| n.contains(needle)) {
+                    return found.clone();
+                }
                 panic!("daemon exited ({status}) before '{needle}'; log:\n{}", self.log());
             }
             let mut buf = [0u8; 4096];
@@ -212,6 +218,17 @@ impl Daemon {
                 Err(e) => panic!("waiting for '{needle}': {e}; daemon log:\n{}", self.log()),
             }
         }
+    }
+
+    /// Reads every notification already queued, without waiting.
+    fn drain_notifications(&mut self) {
+        self.notify.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.notifications
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.notify.set_nonblocking(false).unwrap();
     }
 
     pub fn log(&self) -> String {
