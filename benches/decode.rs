@@ -39,52 +39,30 @@ const CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_d
 use talkheadd::challenges::{Challenge, ChallengeId, Limits};
 use talkheadd::config::{self, ConfigLocation};
 
-/// The fixture face, gently turning (so that every frame differs and is decoded as such), over a 440 Hz
-/// tone: a talking-head-shaped clip, where the face detector follows one face as in production.
-fn make_clip(dir: &Path) -> PathBuf {
-    let out = dir.join("clip.mp4");
-    let tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=5"];
-    media::face_clip(&fixture_face(), &tone, true, 5.0, &out);
-    out
-}
-
-fn fixture_face() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges/challenge-0/face.png")
-}
-
-/// A challenge matching the clip: the first fixture face and 5 s of the clip's own tone as WAV.
-fn make_challenge(dir: &Path) -> Challenge {
-    let wav = dir.join("audio.wav");
-    let status = Command::new("ffmpeg")
-        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=5",
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-        ])
-        .arg(&wav)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    Challenge::new(
+/// The clip (the fixture face, gently turning so that every frame differs and is decoded as such,
+/// over a 440 Hz tone: a talking-head-shaped clip, where the face detector follows one face as in
+/// production) and the challenge it answers (the same face, the clip's tone as WAV).
+fn make_clip_and_challenge(dir: &Path) -> (PathBuf, Challenge) {
+    let (clip, wav) = (dir.join("clip.mp4"), dir.join("audio.wav"));
+    media::face_over_tone(&fixture_face(), 5.0, &clip, &wav);
+    let challenge = Challenge::new(
         ChallengeId::from_index(0),
         std::fs::read(fixture_face()).unwrap(),
         std::fs::read(wav).unwrap(),
         None,
         &Limits::default(),
     )
-    .unwrap()
+    .unwrap();
+    (clip, challenge)
+}
+
+fn fixture_face() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/challenges/challenge-0/face.png")
 }
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
-    let clip = make_clip(dir.path());
-    let challenge = make_challenge(dir.path());
+    let (clip, challenge) = make_clip_and_challenge(dir.path());
     let config_file = dir.path().join("talkheadd.toml");
     std::fs::write(&config_file, "[gpu]\nvirtual = 1\n").unwrap();
     let settings = config::load(&ConfigLocation::Explicit(config_file), &|_| None)

@@ -30,6 +30,22 @@ pub fn face_clip(face: &Path, audio: &[&str], turn: bool, seconds: f64, out: &Pa
     assert!(status.success(), "ffmpeg could not make {}", out.display());
 }
 
+/// `face` gently turning over a 440 Hz tone of `seconds` as `clip` (see [`face_clip`]), and the same
+/// tone as mono 16 kHz WAV `wav`: an output clip and the challenge audio it answers.
+pub fn face_over_tone(face: &Path, seconds: f64, clip: &Path, wav: &Path) {
+    let sine = format!("sine=frequency=440:duration={seconds}");
+    let tone = ["-f", "lavfi", "-i", sine.as_str()];
+    face_clip(face, &tone, true, seconds, clip);
+    let status = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(tone)
+        .args(["-ac", "1", "-ar", "16000"])
+        .arg(wav)
+        .status()
+        .expect("ffmpeg must be installed (tests/setup.sh)");
+    assert!(status.success(), "ffmpeg could not make {}", wav.display());
+}
+
 /// The challenge's face held still over the challenge's audio (`audio.wav`, whose own length is
 /// exact: `-shortest` overshoots with a looped image), 512×512 at 25 fps: what a miner that ignores
 /// the audio would output.

@@ -327,17 +327,8 @@ mod tests {
     fn face_clip_and_challenge(dir: &std::path::Path) -> (std::path::PathBuf, Challenge) {
         let face = crate::analysis::face::tests::fixtures_dir().join("challenge-0/face.png");
         let (clip, wav) = (dir.join("clip.mp4"), dir.join("audio.wav"));
-        // The clip as the decode bench makes it (tests/common/media.rs), 2 s long.
-        let tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=2"];
-        crate::analysis::test_media::face_clip(&face, &tone, true, 2.0, &clip);
-        let status = std::process::Command::new("ffmpeg")
-            .args(["-y", "-hide_banner", "-loglevel", "error", "-nostdin"])
-            .args(tone)
-            .args(["-ac", "1", "-ar", "16000"])
-            .arg(&wav)
-            .status()
-            .unwrap();
-        assert!(status.success(), "ffmpeg failed for {}", wav.display());
+        // The clip and audio as the decode bench makes them (tests/common/media.rs), 2 s long.
+        crate::analysis::test_media::face_over_tone(&face, 2.0, &clip, &wav);
         let challenge = Challenge::new(
             crate::challenges::ChallengeId::from_index(0),
             std::fs::read(&face).unwrap(),
