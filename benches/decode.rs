@@ -5,9 +5,10 @@
 //! Owns the figures of the media issue's bench: `ffmpeg decode alone` (ffmpeg decoding both streams
 //! to `-f null`, no sandbox, no conversion: the floor of this pipeline), `analysis (builtin) end to
 //! end` (what the engine runs per challenge: the daemon's analyser from the embedded configuration
-//! with virtual GPUs, i.e. header check, sandboxed decode of 80 RGB frames + mono 16 kHz audio, the
-//! builtin Haar detector and every component), and the parts: `probe` (for a plain MP4, the
-//! in-process header reading), `decode` (one sandboxed ffmpeg run), `probe_and_decode` and
+//! with virtual GPUs, i.e. header check, sandboxed decode of 80 grey frames (the decoder's luma: the
+//! builtin backend reads no colour) + mono 16 kHz audio, the builtin Haar detector and every
+//! component), and the parts: `probe` (for a plain MP4, the in-process header reading), `decode` (one
+//! sandboxed ffmpeg run, frames in the analyser's format), `probe_and_decode` and
 //! `components alone` (every component on frames decoded beforehand: what the analysis would add to
 //! the decode if the per-frame half did not run beside it); the first two again in CPU time
 //! (`_cpu_time` group: this process and its children, steadier than wall time on a shared host),
@@ -30,8 +31,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[path = "../tests/common/media.rs"]
 mod media;
 use talkheadd::analysis::components::{Media, analyse};
-use talkheadd::analysis::decode::{DecodeLimits, Expectation, decode, probe, probe_and_decode};
+use talkheadd::analysis::decode::{
+    DecodeLimits, Expectation, Frame, PixelFormat, decode_each, probe, probe_and_decode_each,
+};
 use talkheadd::analysis::face::HaarDetector;
+use talkheadd::analysis::frame_buffers::FrameBuffers;
 use talkheadd::analysis::{AnalysisInput, default_analyzer, pipeline};
 
 /// The builtin detector's cascade (Debian's opencv-data).
@@ -94,19 +98,57 @@ fn bench(c: &mut Criterion) {
     group.bench_function("probe", |b| {
         b.iter(|| rt.block_on(probe(black_box(&clip), &limits)).unwrap());
     });
+    // The decode parts in the format the builtin analyser has frames delivered in (grey: Haar and the
+    // histogram identity read no colour; `MediaAnalyzer::frame_format`), into recycled buffers as in
+    // the analyser.
+    let format = PixelFormat::Grey;
+    let buffers = FrameBuffers::default();
+    let collect = |frames: &mut Vec<Frame>| {
+        buffers.recycle(frames.drain(..).map(|f| f.pixels));
+    };
+    let mut frames = Vec::new();
     group.bench_function("decode", |b| {
-        b.iter(|| rt.block_on(decode(black_box(&clip), &info, &limits)).unwrap());
+        b.iter(|| {
+            let mut keep = |frame| frames.push(frame);
+            rt.block_on(decode_each(
+                black_box(&clip),
+                &info,
+                &limits,
+                format,
+                &buffers,
+                &mut keep,
+            ))
+            .unwrap();
+            collect(&mut frames);
+        });
     });
     group.bench_function("probe_and_decode", |b| {
         b.iter(|| {
-            rt.block_on(probe_and_decode(black_box(&clip), &limits, &expectation))
-                .unwrap()
+            let mut keep = |frame| frames.push(frame);
+            let decode = probe_and_decode_each(
+                black_box(&clip),
+                &limits,
+                &expectation,
+                format,
+                &buffers,
+                &mut keep,
+            );
+            rt.block_on(decode).unwrap();
+            collect(&mut frames);
         });
     });
     // The components alone, on frames and audio decoded beforehand: what the end-to-end figure would
     // add to the decode if they ran after it instead of beside it.
+    let mut keep = |frame| frames.push(frame);
     let (_, decoded) = rt
-        .block_on(probe_and_decode(&clip, &limits, &expectation))
+        .block_on(probe_and_decode_each(
+            &clip,
+            &limits,
+            &expectation,
+            format,
+            &buffers,
+            &mut keep,
+        ))
         .unwrap();
     let face = pipeline::decode_face(&challenge).unwrap();
     let source = pipeline::decode_wav_mono_16k(challenge.audio()).unwrap();
@@ -114,7 +156,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("components alone (builtin, after the decode)", |b| {
         b.iter(|| {
             let media = Media {
-                frames: &decoded.frames,
+                frames: &frames,
                 fps: decoded.fps,
                 video_audio: &decoded.audio,
                 source_audio: &source,

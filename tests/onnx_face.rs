@@ -78,11 +78,7 @@ fn frame(g: u8, b: u8, face: Option<[u8; 3]>) -> Frame {
             }
         }
     }
-    Frame {
-        width: w,
-        height: h,
-        rgb,
-    }
+    Frame::rgb(w, h, rgb)
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! 10.3 item 19).
 //!
 //! Owns: turning the collected copy of a miner's `{id}.mp4` into validated header facts
-//! ([`ProbeInfo`]), the frames the reference samples (up to 80, evenly spaced, **RGB** order) and the
-//! soundtrack as mono 16 kHz `f32` ([`Decoded`]); or into one specific [`BadOutputReason`].
+//! ([`ProbeInfo`]), the frames the reference samples (up to 80, evenly spaced, **RGB** order, or grey
+//! for a caller that reads no colour: [`PixelFormat`]) and the soundtrack as mono 16 kHz `f32`
+//! ([`Decoded`]); or into one specific [`BadOutputReason`].
 //!
 //! How: the header of a plain MP4 is read in-process by a bounded box parser ([`super::mp4`]) that
 //! hands ffprobe's fields to the same validation; any other file is probed by ffprobe. Debian's
@@ -16,9 +17,10 @@
 //! probing). The header is validated before anything is decoded, so a declared 100000×100000 picture
 //! or an hours-long stream is refused without a frame being allocated, and the decoder itself is
 //! given `-max_pixels`, so a stream whose pictures are larger than its container says is refused by
-//! the decoder. The decode is then one ffmpeg run with two outputs: RGB frames on stdout (only the
-//! sampled ones, chosen by ffmpeg's `select` filter, plus two sentinels that keep the truncation and
-//! overflow checks exact), audio into a file of the private directory. Everything
+//! the decoder. The decode is then one ffmpeg run with two outputs: RGB frames (or the luma plane,
+//! framed as YUV4MPEG2 so that its colour range is known: [`super::y4m`]) on stdout (only the sampled
+//! ones, chosen by ffmpeg's `select` filter, plus two sentinels that keep the truncation and overflow
+//! checks exact), audio into a file of the private directory. Everything
 //! the tools produce is bounded: the probe's JSON and the frames are read through bounded sinks (never
 //! more than one frame buffered beyond those kept; at most the declared frame count plus a slack),
 //! the audio file is capped by `RLIMIT_FSIZE` at `max_duration_secs` of samples (every other run may
@@ -35,8 +37,10 @@
 //! with the daemon's user. Run the daemon as an unprivileged user with the usual systemd hardening.
 
 use super::frame_buffers::FrameBuffers;
+use super::y4m;
 use serde::Serialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -171,7 +175,8 @@ pub struct DecodeLimits {
     pub address_space_bytes: u64,
     /// Frames sampled per video (the reference: 80).
     pub max_frames: usize,
-    /// Most bytes of RGB frames kept in memory (sampled frames × width × height × 3). Default 1 GiB,
+    /// Most bytes of sampled frames kept in memory, counted as RGB whatever the delivery (sampled
+    /// frames × width × height × 3), so every backend accepts the same files. Default 1 GiB,
     /// enough for 80 frames of 1920×1080 (80 of 4096×4096 would be 4 GiB).
     pub max_sampled_bytes: u64,
     /// Video decoder threads (`-threads`). Default 2.
@@ -486,28 +491,88 @@ impl ProbeInfo {
     }
 }
 
-/// One sampled frame: `width × height` pixels, row-major, 3 bytes per pixel in **R, G, B** order
-/// (`rgb24`; not the BGR of OpenCV, and not the reference's mix of both).
+/// How the sampled frames are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelFormat {
+    /// 3 bytes per pixel, R, G, B (ffmpeg's `rgb24`): what a colour model (SCRFD, ArcFace) reads.
+    #[default]
+    Rgb24,
+    /// 1 byte per pixel, 0–255 grey: the decoder's luma plane, a limited-range one expanded to full
+    /// range (see [`super::y4m`]). All the builtin backend reads; ffmpeg skips the colour conversion
+    /// and a third of the bytes cross the pipe.
+    Grey,
+}
+
+impl PixelFormat {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelFormat::Rgb24 => 3,
+            PixelFormat::Grey => 1,
+        }
+    }
+}
+
+/// One sampled frame: `width × height` pixels, row-major, in `format`: R, G, B for each pixel with
+/// [`PixelFormat::Rgb24`] (`rgb24`; not the BGR of OpenCV, and not the reference's mix of both), one
+/// grey byte with [`PixelFormat::Grey`].
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Frame {
     /// Width, pixels.
     pub width: u32,
     /// Height, pixels.
     pub height: u32,
-    /// `width × height × 3` bytes, R then G then B for each pixel, rows top to bottom.
-    pub rgb: Vec<u8>,
+    /// What each pixel's bytes are.
+    pub format: PixelFormat,
+    /// `width × height × format.bytes_per_pixel()` bytes, rows top to bottom.
+    pub pixels: Vec<u8>,
 }
 
 impl Frame {
-    /// `[r, g, b]` of pixel (`x`, `y`), or `None` outside the picture.
+    /// An RGB frame.
+    pub fn rgb(width: u32, height: u32, pixels: Vec<u8>) -> Frame {
+        Frame {
+            width,
+            height,
+            format: PixelFormat::Rgb24,
+            pixels,
+        }
+    }
+
+    /// A grey frame.
+    pub fn grey(width: u32, height: u32, pixels: Vec<u8>) -> Frame {
+        Frame {
+            width,
+            height,
+            format: PixelFormat::Grey,
+            pixels,
+        }
+    }
+
+    /// `[r, g, b]` of pixel (`x`, `y`) (a grey pixel's value three times), or `None` outside the
+    /// picture.
     pub fn pixel(&self, x: u32, y: u32) -> Option<[u8; 3]> {
         if x >= self.width || y >= self.height {
             return None;
         }
+        let bpp = self.format.bytes_per_pixel();
         let at =
-            (usize::try_from(y).ok()? * usize::try_from(self.width).ok()? + usize::try_from(x).ok()?) * 3;
-        let p = self.rgb.get(at..at + 3)?;
-        Some([p[0], p[1], p[2]])
+            (usize::try_from(y).ok()? * usize::try_from(self.width).ok()? + usize::try_from(x).ok()?) * bpp;
+        let p = self.pixels.get(at..at + bpp)?;
+        Some(match self.format {
+            PixelFormat::Rgb24 => [p[0], p[1], p[2]],
+            PixelFormat::Grey => [p[0]; 3],
+        })
+    }
+
+    /// The pixels as R, G, B bytes: borrowed for an RGB frame, each grey value repeated three times
+    /// for a grey one (a colour model given a grey frame sees a grey picture rather than failing).
+    pub fn rgb_pixels(&self) -> Cow<'_, [u8]> {
+        match self.format {
+            PixelFormat::Rgb24 => Cow::Borrowed(&self.pixels),
+            PixelFormat::Grey => Cow::Owned(self.pixels.iter().flat_map(|&g| [g; 3]).collect()),
+        }
     }
 }
 
@@ -516,7 +581,8 @@ impl fmt::Debug for Frame {
         f.debug_struct("Frame")
             .field("width", &self.width)
             .field("height", &self.height)
-            .field("rgb_bytes", &self.rgb.len())
+            .field("format", &self.format)
+            .field("bytes", &self.pixels.len())
             .finish()
     }
 }
@@ -679,20 +745,22 @@ async fn ffprobe_json(file: &InputFile, limits: &DecodeLimits) -> Result<Value, 
 pub async fn decode(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
     let mut frames = Vec::new();
     let buffers = FrameBuffers::new(0);
-    let mut decoded = decode_each(path, info, limits, &buffers, &mut |frame| frames.push(frame)).await?;
+    let mut keep = |frame| frames.push(frame);
+    let mut decoded = decode_each(path, info, limits, PixelFormat::Rgb24, &buffers, &mut keep).await?;
     decoded.frames = frames;
     Ok(decoded)
 }
 
-/// [`decode`] handing each sampled frame to `on_frame` as soon as ffmpeg delivered it, in stream
-/// order, instead of keeping them (the returned [`Decoded::frames`] is empty): the caller can work on
-/// the frames while the rest decodes. A frame handed over is not taken back if the decode fails
+/// [`decode`] handing each sampled frame, in `format`, to `on_frame` as soon as ffmpeg delivered it,
+/// in stream order, instead of keeping them (the returned [`Decoded::frames`] is empty): the caller
+/// can work on the frames while the rest decodes. A frame handed over is not taken back if the decode fails
 /// later: the caller discards its work on an error. The frames' buffers come from `buffers` (the
 /// caller may give them back there once done with the frames).
 pub async fn decode_each(
     path: &Path,
     info: &ProbeInfo,
     limits: &DecodeLimits,
+    format: PixelFormat,
     buffers: &FrameBuffers,
     on_frame: &mut (dyn FnMut(Frame) + Send),
 ) -> Result<Decoded, DecodeError> {
@@ -705,11 +773,12 @@ pub async fn decode_each(
         )));
     }
     // Re-checked so a hand-built ProbeInfo cannot make us allocate more than the limits allow.
-    let frame_bytes = frame_bytes(info.video.width, info.video.height, limits)?;
+    let frame_bytes = frame_bytes(info.video.width, info.video.height, format, limits)?;
     let wanted = sample_indices(info.total_frames, limits.max_frames);
     check_sampled_bytes(wanted.len(), frame_bytes, limits)?;
     let scratch = ScratchDir::new()?;
     let frames = FrameDelivery {
+        format,
         frame_bytes,
         wanted: &wanted,
         buffers,
@@ -742,17 +811,19 @@ pub async fn probe_and_decode(
     Ok((info, decoded))
 }
 
-/// [`probe_and_decode`] with the frames handed to `on_frame` as they come (see [`decode_each`]).
+/// [`probe_and_decode`] with the frames handed to `on_frame` in `format` as they come (see
+/// [`decode_each`]).
 pub async fn probe_and_decode_each(
     path: &Path,
     limits: &DecodeLimits,
     expectation: &Expectation,
+    format: PixelFormat,
     buffers: &FrameBuffers,
     on_frame: &mut (dyn FnMut(Frame) + Send),
 ) -> Result<(ProbeInfo, Decoded), DecodeError> {
     let info = probe(path, limits).await?;
     info.check_expectation(expectation)?;
-    let decoded = decode_each(path, &info, limits, buffers, on_frame).await?;
+    let decoded = decode_each(path, &info, limits, format, buffers, on_frame).await?;
     Ok((info, decoded))
 }
 
@@ -877,7 +948,12 @@ fn validate_header(json: &Value, file_bytes: u64, limits: &DecodeLimits) -> Resu
     }
     let total_frames = if total >= 1.0 { total as usize } else { 0 };
     let kept = sample_indices(total_frames, limits.max_frames).len();
-    check_sampled_bytes(kept, frame_bytes(width, height, limits)?, limits)?;
+    // Budgeted as RGB whatever the delivery, so a file is refused or accepted alike by every backend.
+    check_sampled_bytes(
+        kept,
+        frame_bytes(width, height, PixelFormat::Rgb24, limits)?,
+        limits,
+    )?;
 
     let sample_rate = number(audio.get("sample_rate")).unwrap_or(0.0);
     let channels = number(audio.get("channels")).unwrap_or(0.0);
@@ -973,7 +1049,12 @@ fn parse_rate(rate: &str) -> Option<f64> {
     (value.is_finite() && value > 0.0).then_some(value)
 }
 
-fn frame_bytes(width: u32, height: u32, limits: &DecodeLimits) -> Result<usize, DecodeError> {
+fn frame_bytes(
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+    limits: &DecodeLimits,
+) -> Result<usize, DecodeError> {
     let too_large = || {
         bad(
             BadOutputReason::ResolutionTooLarge,
@@ -992,7 +1073,8 @@ fn frame_bytes(width: u32, height: u32, limits: &DecodeLimits) -> Result<usize, 
             format!("{width}x{height} is below {} pixels a side", limits.min_side),
         ));
     }
-    usize::try_from(u64::from(width) * u64::from(height) * 3).map_err(|_| too_large())
+    let bytes_per_pixel = format.bytes_per_pixel() as u64;
+    usize::try_from(u64::from(width) * u64::from(height) * bytes_per_pixel).map_err(|_| too_large())
 }
 
 fn check_sampled_bytes(frames: usize, frame_bytes: usize, limits: &DecodeLimits) -> Result<(), DecodeError> {
@@ -1061,18 +1143,20 @@ fn starts_like_iso_bmff(path: &Path) -> bool {
 /// Indices of the frames handed over, frames decoded, audio samples.
 type Streams = (Vec<usize>, usize, Vec<f32>);
 
-/// Where the sampled frames go: `frame_bytes` each, the `wanted` indices, in buffers from `buffers`,
-/// handed to `on_frame`.
+/// Where the sampled frames go: in `format`, `frame_bytes` each, the `wanted` indices, in buffers
+/// from `buffers`, handed to `on_frame`.
 struct FrameDelivery<'a> {
+    format: PixelFormat,
     frame_bytes: usize,
     wanted: &'a [usize],
     buffers: &'a FrameBuffers,
     on_frame: &'a mut (dyn FnMut(Frame) + Send),
 }
 
-/// One ffmpeg run with two outputs: the video as raw RGB frames on stdout (streamed through a
-/// [`FrameSink`]), the audio as mono 16 kHz `f32le` into a file of the private scratch directory,
-/// bounded by `RLIMIT_FSIZE` (one run rather than two saves a process start, the largest fixed cost).
+/// One ffmpeg run with two outputs: the video as raw RGB frames or YUV4MPEG2 grey on stdout
+/// (streamed through a [`FrameSink`]), the audio as mono 16 kHz `f32le` into a file of the private
+/// scratch directory, bounded by `RLIMIT_FSIZE` (one run rather than two saves a process start, the
+/// largest fixed cost).
 async fn decode_streams(
     file: &InputFile,
     info: &ProbeInfo,
@@ -1081,6 +1165,7 @@ async fn decode_streams(
     frames: FrameDelivery<'_>,
 ) -> Result<Streams, DecodeError> {
     let FrameDelivery {
+        format,
         frame_bytes,
         wanted,
         buffers,
@@ -1105,15 +1190,15 @@ async fn decode_streams(
             // size change is scaled back to the declared size: every frame has the same byte length,
             // and the declared size (already validated) bounds it.
             "-vf".to_owned(),
-            format!("{},scale={width}:{height},format=rgb24", plan.select_filter()),
+            frame_filters(&plan, width, height, format),
             // One output frame per decoded frame, no duplication or dropping: indices are decoded
             // frame numbers, as cv2 reads them.
             "-fps_mode".to_owned(),
             "passthrough".to_owned(),
             "-f".to_owned(),
-            "rawvideo".to_owned(),
+            output_muxer(format).to_owned(),
             "-pix_fmt".to_owned(),
-            "rgb24".to_owned(),
+            output_pixel_format(format).to_owned(),
             "pipe:1".to_owned(),
             "-map".to_owned(),
             format!("0:{}", info.audio.index),
@@ -1141,7 +1226,7 @@ async fn decode_streams(
         1 << 40
     };
 
-    let mut sink = FrameSink::new(width, height, frame_bytes, &plan, buffers, on_frame);
+    let mut sink = FrameSink::new(width, height, format, frame_bytes, &plan, buffers, on_frame);
     let deadline = Instant::now() + limits.decode_timeout;
     let run = RunSpec {
         program: &limits.tools.ffmpeg,
@@ -1223,6 +1308,40 @@ fn frame_slack(total: usize, declared: bool) -> usize {
         (total / 50).max(2)
     } else {
         (total / 10).max(3)
+    }
+}
+
+/// The video filters: the plan's selection, then the frame at the declared size in `format`. RGB is
+/// swscale's conversion; grey is the luma plane as decoded (no conversion: its range is expanded
+/// here, see [`super::y4m`]). `extractplanes` needs a YUV or grey input named for it: a stream in
+/// one of [`GREY_SOURCE_FORMATS`] goes through untouched (a same-size `scale` passes frames through),
+/// any other (RGB-coded, 10-bit…) is converted by swscale first, its range tagged as it converts.
+fn frame_filters(plan: &FramePlan, width: u32, height: u32, format: PixelFormat) -> String {
+    let select = plan.select_filter();
+    match format {
+        PixelFormat::Rgb24 => format!("{select},scale={width}:{height},format=rgb24"),
+        PixelFormat::Grey => {
+            format!("{select},scale={width}:{height},format={GREY_SOURCE_FORMATS},extractplanes=y")
+        }
+    }
+}
+
+/// 8-bit planar formats whose first plane is the luma `extractplanes=y` takes as it is.
+const GREY_SOURCE_FORMATS: &str =
+    "yuv420p|yuvj420p|yuv422p|yuvj422p|yuv444p|yuvj444p|yuv440p|yuvj440p|yuv411p|yuv410p|gray";
+
+/// Raw frames back to back for RGB; YUV4MPEG2 for grey, whose stream header says the luma range.
+fn output_muxer(format: PixelFormat) -> &'static str {
+    match format {
+        PixelFormat::Rgb24 => "rawvideo",
+        PixelFormat::Grey => "yuv4mpegpipe",
+    }
+}
+
+fn output_pixel_format(format: PixelFormat) -> &'static str {
+    match format {
+        PixelFormat::Rgb24 => "rgb24",
+        PixelFormat::Grey => "gray",
     }
 }
 
@@ -1358,7 +1477,7 @@ trait Sink {
     fn space(&mut self) -> &mut [u8];
     /// `n` bytes were written at the start of [`Sink::space`]. An error stops the run (the child is
     /// killed).
-    fn commit(&mut self, n: usize) -> Result<(), BadOutput>;
+    fn commit(&mut self, n: usize) -> Result<(), RunError>;
 }
 
 /// Collects up to `max` bytes; more is `decoder_output_too_large`.
@@ -1383,12 +1502,12 @@ impl Sink for BoundedBytes {
         &mut self.chunk
     }
 
-    fn commit(&mut self, n: usize) -> Result<(), BadOutput> {
+    fn commit(&mut self, n: usize) -> Result<(), RunError> {
         if self.bytes.len() + n > self.max {
-            return Err(BadOutput::new(
+            return Err(RunError::Output(BadOutput::new(
                 BadOutputReason::DecoderOutputTooLarge,
                 format!("more than {} bytes of output", self.max),
-            ));
+            )));
         }
         self.bytes.extend_from_slice(&self.chunk[..n]);
         Ok(())
@@ -1437,13 +1556,16 @@ impl FramePlan {
     }
 }
 
-/// Assembles the raw RGB frames of a [`FramePlan`], hands the wanted ones over, reuses one buffer for
-/// the others.
+/// Assembles the frames of a [`FramePlan`] from ffmpeg's stdout, hands the wanted ones over, reuses
+/// one buffer for the others.
 struct FrameSink<'p> {
     width: u32,
     height: u32,
+    format: PixelFormat,
     plan: &'p FramePlan,
     buffers: &'p FrameBuffers,
+    /// How frames are laid out on the pipe.
+    framing: Framing,
     /// The frame being received; handed over only once all of it was written (a recycled buffer's
     /// old contents never reach a frame).
     current: Vec<u8>,
@@ -1456,10 +1578,92 @@ struct FrameSink<'p> {
     kept_indices: Vec<usize>,
 }
 
+/// The layout of ffmpeg's stdout, and where the reading of it stands.
+enum Framing {
+    /// Frames back to back (`rawvideo`).
+    Raw,
+    /// YUV4MPEG2 (see [`super::y4m`]): one stream header line, then `FRAME\n` before each frame.
+    /// Headers are read exactly (the header line a byte at a time, the marker in one read), so no read
+    /// ever runs into a frame's bytes.
+    Y4m(Box<Y4mReader>),
+}
+
+struct Y4mReader {
+    stage: Y4mStage,
+    /// The stream header line, then each frame's marker, as far as read.
+    head: [u8; y4m::MAX_HEADER_BYTES],
+    head_len: usize,
+    /// Luma → 0–255 grey, from the stream header's range.
+    to_full: [u8; 256],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Y4mStage {
+    StreamHeader,
+    FrameMarker,
+    Pixels,
+}
+
+impl Y4mReader {
+    fn new() -> Self {
+        Y4mReader {
+            stage: Y4mStage::StreamHeader,
+            head: [0; y4m::MAX_HEADER_BYTES],
+            head_len: 0,
+            to_full: y4m::LumaRange::Full.to_full(),
+        }
+    }
+
+    /// Where the next header bytes go (`None`: a frame's bytes come next).
+    fn head_space(&mut self) -> Option<&mut [u8]> {
+        let wanted = match self.stage {
+            Y4mStage::StreamHeader => self.head_len + 1,
+            Y4mStage::FrameMarker => y4m::FRAME_MARKER.len(),
+            Y4mStage::Pixels => return None,
+        };
+        Some(&mut self.head[self.head_len..wanted])
+    }
+
+    /// `n` header bytes were read; checks a complete stream header against the expected frame size.
+    fn commit_head(&mut self, n: usize, width: u32, height: u32) -> Result<(), RunError> {
+        self.head_len += n;
+        let head = &self.head[..self.head_len];
+        match self.stage {
+            Y4mStage::StreamHeader if head.ends_with(b"\n") => {
+                let header = y4m::parse_stream_header(head).map_err(RunError::Infra)?;
+                if (header.width, header.height) != (width, height) {
+                    return Err(RunError::Infra(format!(
+                        "ffmpeg delivered {}x{} frames, {width}x{height} were asked for",
+                        header.width, header.height
+                    )));
+                }
+                self.to_full = header.range.to_full();
+                self.stage = Y4mStage::FrameMarker;
+                self.head_len = 0;
+            }
+            Y4mStage::StreamHeader if self.head_len == self.head.len() => {
+                return Err(RunError::Infra("ffmpeg's YUV4MPEG2 header never ends".to_owned()));
+            }
+            Y4mStage::FrameMarker if self.head_len == y4m::FRAME_MARKER.len() => {
+                if head != y4m::FRAME_MARKER {
+                    return Err(RunError::Infra(format!(
+                        "ffmpeg's YUV4MPEG2 stream lost its framing (read {head:?})"
+                    )));
+                }
+                self.stage = Y4mStage::Pixels;
+                self.head_len = 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 impl<'p> FrameSink<'p> {
     fn new(
         width: u32,
         height: u32,
+        format: PixelFormat,
         frame_bytes: usize,
         plan: &'p FramePlan,
         buffers: &'p FrameBuffers,
@@ -1469,8 +1673,13 @@ impl<'p> FrameSink<'p> {
         FrameSink {
             width,
             height,
+            format,
             plan,
             buffers,
+            framing: match format {
+                PixelFormat::Rgb24 => Framing::Raw,
+                PixelFormat::Grey => Framing::Y4m(Box::new(Y4mReader::new())),
+            },
             current: buffers.take(frame_bytes.max(1)),
             filled: 0,
             received: 0,
@@ -1490,31 +1699,52 @@ impl Drop for FrameSink<'_> {
 
 impl Sink for FrameSink<'_> {
     fn space(&mut self) -> &mut [u8] {
+        if let Framing::Y4m(reader) = &mut self.framing
+            && let Some(head) = reader.head_space()
+        {
+            return head;
+        }
         &mut self.current[self.filled..]
     }
 
-    fn commit(&mut self, n: usize) -> Result<(), BadOutput> {
+    fn commit(&mut self, n: usize) -> Result<(), RunError> {
+        if let Framing::Y4m(reader) = &mut self.framing
+            && reader.stage != Y4mStage::Pixels
+        {
+            return reader.commit_head(n, self.width, self.height);
+        }
         self.filled += n;
         if self.filled < self.current.len() {
             return Ok(());
         }
         self.filled = 0;
+        let to_full = match &mut self.framing {
+            Framing::Raw => None,
+            Framing::Y4m(reader) => {
+                reader.stage = Y4mStage::FrameMarker;
+                Some(&reader.to_full)
+            }
+        };
         let Some(&(index, keep)) = self.plan.sent.get(self.received) else {
             // Only frames from `limit` on are sent beyond the plan.
-            return Err(BadOutput::new(
+            return Err(RunError::Output(BadOutput::new(
                 BadOutputReason::DecoderOutputTooLarge,
                 format!("more than {} frames decoded", self.plan.limit),
-            ));
+            )));
         };
         self.received += 1;
         self.decoded = index + 1;
         if keep {
             let fresh = self.buffers.take(self.current.len());
-            let rgb = std::mem::replace(&mut self.current, fresh);
+            let mut pixels = std::mem::replace(&mut self.current, fresh);
+            if let Some(table) = to_full {
+                pixels.iter_mut().for_each(|p| *p = table[usize::from(*p)]);
+            }
             (self.on_frame)(Frame {
                 width: self.width,
                 height: self.height,
-                rgb,
+                format: self.format,
+                pixels,
             });
             self.kept_indices.push(index);
         }
@@ -1692,7 +1922,7 @@ async fn pump<S: Sink, R: AsyncRead + Unpin>(mut from: R, sink: &mut S) -> Resul
         if n == 0 {
             return Ok(());
         }
-        sink.commit(n).map_err(RunError::Output)?;
+        sink.commit(n)?;
     }
 }
 

@@ -3,6 +3,7 @@
 //! generated with the host's ffmpeg (lavfi sources), so no fixture is checked in.
 
 use super::*;
+use crate::analysis::components;
 use std::future::Future;
 use std::process::Command as StdCommand;
 use std::time::Instant as StdInstant;
@@ -76,6 +77,16 @@ fn reason(result: Result<impl fmt::Debug, DecodeError>) -> BadOutputReason {
     }
 }
 
+/// The `bad_output` reason of decoding `path`: the same whether the frames come as RGB or as grey
+/// (the builtin backend's delivery), so a file is refused alike by every backend.
+async fn decode_reason(path: &Path, info: &ProbeInfo, limits: &DecodeLimits) -> BadOutputReason {
+    let rgb = reason(within(decode(path, info, limits)).await);
+    let (buffers, mut drop_frame) = (FrameBuffers::new(0), |_| {});
+    let grey = decode_each(path, info, limits, PixelFormat::Grey, &buffers, &mut drop_frame);
+    assert_eq!(reason(within(grey).await), rgb, "{}", path.display());
+    rgb
+}
+
 async fn probe_reason(path: &Path, limits: &DecodeLimits) -> BadOutputReason {
     let started = StdInstant::now();
     let r = reason(within(probe(path, limits)).await);
@@ -93,6 +104,76 @@ fn rms(samples: &[f32]) -> f64 {
 }
 
 // --- the reference's behaviour ----------------------------------------------------------------
+
+/// Every sampled frame of `path`, decoded in `format`.
+async fn frames_in(path: &Path, format: PixelFormat) -> Vec<Frame> {
+    let limits = DecodeLimits::default();
+    let info = within(probe(path, &limits)).await.unwrap();
+    let (buffers, mut frames) = (FrameBuffers::new(0), Vec::new());
+    let mut keep = |frame| frames.push(frame);
+    within(decode_each(path, &info, &limits, format, &buffers, &mut keep))
+        .await
+        .unwrap();
+    frames
+}
+
+#[tokio::test]
+async fn grey_frames_are_the_grey_of_the_rgb_frames_in_either_luma_range_and_from_rgb_streams() {
+    let dir = TempDir::new().unwrap();
+    let limited = av_clip(&dir, "limited.mp4", "128x96", 25, 1.0, &["-preset", "ultrafast"]);
+    // The same pictures in full range: luma 0–255, signalled in the H.264 stream.
+    let full = av_clip(
+        &dir,
+        "full.mp4",
+        "128x96",
+        25,
+        1.0,
+        &[
+            "-preset",
+            "ultrafast",
+            "-vf",
+            "scale=out_range=full",
+            "-pix_fmt",
+            "yuvj420p",
+        ],
+    );
+    // RGB-coded H.264 (High 4:4:4, gbrp), which has no luma plane: converted before extraction.
+    let rgb_coded = lavfi(
+        &dir,
+        "rgb.mp4",
+        &["testsrc=size=128x96:rate=25:duration=1", "sine=duration=1"],
+        &["-c:v", "libx264rgb", "-preset", "ultrafast", "-c:a", "aac"],
+    );
+    for path in [&limited, &full, &rgb_coded] {
+        let rgb = frames_in(path, PixelFormat::Rgb24).await;
+        let grey = frames_in(path, PixelFormat::Grey).await;
+        assert_eq!(rgb.len(), 25);
+        assert_eq!(grey.len(), rgb.len());
+        let (mut total, mut count, mut worst) = (0u64, 0u64, Vec::new());
+        for (g, c) in grey.iter().zip(&rgb) {
+            assert_eq!((g.format, g.width, g.height), (PixelFormat::Grey, 128, 96));
+            assert_eq!(g.pixels.len(), 128 * 96);
+            let of_rgb = components::Grey::from_frame(c).unwrap();
+            for (&a, &b) in g.pixels.iter().zip(&of_rgb.px) {
+                let d = u64::from(a.abs_diff(b));
+                total += d;
+                count += 1;
+                worst.push(d);
+            }
+        }
+        // The luma is what an RGB conversion rebuilds grey from: equal up to the RGB round trip's
+        // rounding (and clipping, on testsrc's saturated bars). A range taken wrongly would be off by
+        // up to 16–20 levels nearly everywhere.
+        worst.sort_unstable();
+        let mean = total as f64 / count as f64;
+        let p99 = worst[worst.len() * 99 / 100];
+        assert!(
+            mean < 1.5 && p99 <= 6,
+            "{}: mean {mean:.2}, p99 {p99}",
+            path.display()
+        );
+    }
+}
 
 #[tokio::test]
 async fn a_good_clip_decodes_to_the_reference_samples() {
@@ -124,10 +205,10 @@ async fn a_good_clip_decodes_to_the_reference_samples() {
     assert!((decoded.fps - 25.0).abs() < 1e-9);
     for frame in &decoded.frames {
         assert_eq!((frame.width, frame.height), (512, 512));
-        assert_eq!(frame.rgb.len(), 512 * 512 * 3);
+        assert_eq!(frame.pixels.len(), 512 * 512 * 3);
     }
     // testsrc moves: the samples are distinct frames, not one frame repeated.
-    assert_ne!(decoded.frames[0].rgb, decoded.frames[79].rgb);
+    assert_ne!(decoded.frames[0].pixels, decoded.frames[79].pixels);
     assert_eq!(decoded.audio_sample_rate, 16_000);
     let n = decoded.audio.len();
     assert!((79_000..=81_000).contains(&n), "{n} samples");
@@ -277,7 +358,7 @@ async fn truncated_mp4_with_its_index_first() {
     assert_eq!(info.total_frames, 100);
     // ...which the data cannot deliver.
     assert_eq!(
-        reason(within(decode(&cut, &info, &limits)).await),
+        decode_reason(&cut, &info, &limits).await,
         BadOutputReason::Truncated
     );
 }
@@ -369,14 +450,26 @@ async fn decompression_bomb_is_refused_from_the_header() {
         ..DecodeLimits::default()
     };
     let info = within(probe(&path, &relaxed)).await.unwrap();
-    let r = reason(within(decode(&path, &info, &relaxed)).await);
-    assert!(
-        matches!(
-            r,
-            BadOutputReason::DecoderFailed | BadOutputReason::DecoderResourceLimit
-        ),
-        "{r}"
+    // Where the allocation fails decides which of the two reasons; both are the file's.
+    let rgb = reason(within(decode(&path, &info, &relaxed)).await);
+    let (buffers, mut drop_frame) = (FrameBuffers::new(0), |_| {});
+    let grey = decode_each(
+        &path,
+        &info,
+        &relaxed,
+        PixelFormat::Grey,
+        &buffers,
+        &mut drop_frame,
     );
+    for r in [rgb, reason(within(grey).await)] {
+        assert!(
+            matches!(
+                r,
+                BadOutputReason::DecoderFailed | BadOutputReason::DecoderResourceLimit
+            ),
+            "{r}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -422,7 +515,7 @@ async fn resolution_limits_are_checked_before_decoding() {
     info.video.width = 100_000;
     info.video.height = 100_000;
     assert_eq!(
-        reason(within(decode(&path, &info, &DecodeLimits::default())).await),
+        decode_reason(&path, &info, &DecodeLimits::default()).await,
         BadOutputReason::ResolutionTooLarge
     );
 }
@@ -585,7 +678,7 @@ async fn decoder_timeouts() {
     };
     let started = StdInstant::now();
     assert_eq!(
-        reason(within(decode(&path, &info, &quick_decode)).await),
+        decode_reason(&path, &info, &quick_decode).await,
         BadOutputReason::DecoderTimeout
     );
     assert!(
@@ -716,7 +809,7 @@ async fn symlinks_and_directories_are_not_followed() {
     );
     let info = within(probe(&good, &DecodeLimits::default())).await.unwrap();
     assert_eq!(
-        reason(within(decode(&link, &info, &DecodeLimits::default())).await),
+        decode_reason(&link, &info, &DecodeLimits::default()).await,
         BadOutputReason::NotARegularFile
     );
     let sub = dir.path().join("dir.mp4");
@@ -848,7 +941,7 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     // Recycled buffers holding an earlier video's pixels: none of it may show in a frame.
     let buffers = FrameBuffers::new(1 << 10);
     buffers.recycle((0..4).map(|_| vec![0xEE; 6]));
-    let mut sink = FrameSink::new(2, 1, 6, &plan, &buffers, &mut keep);
+    let mut sink = FrameSink::new(2, 1, PixelFormat::Rgb24, 6, &plan, &buffers, &mut keep);
     let feed = |sink: &mut FrameSink<'_>, frame: u8| {
         // Two writes per frame, as pipe reads split arbitrarily.
         sink.space()[..4].copy_from_slice(&[frame; 4]);
@@ -864,7 +957,7 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     assert_eq!(sink.kept_indices, vec![0, 2]);
     // Anything beyond the plan is frame `limit` or later.
     let err = feed(&mut sink, 4).unwrap_err();
-    assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+    assert_eq!(output_reason(err), BadOutputReason::DecoderOutputTooLarge);
     // A frame cut short is not handed over; its buffer goes back to the store with the sink.
     sink.space()[..4].copy_from_slice(&[5; 4]);
     sink.commit(4).unwrap();
@@ -876,9 +969,90 @@ fn frame_sink_keeps_only_wanted_frames_and_bounds_the_count() {
     );
     // Each wanted frame was handed over once, in order, in its own buffer.
     assert_eq!(kept.len(), 2);
-    assert_eq!(kept[0].rgb, vec![0; 6]);
-    assert_eq!(kept[1].rgb, vec![2; 6]);
+    assert_eq!(kept[0].pixels, vec![0; 6]);
+    assert_eq!(kept[1].pixels, vec![2; 6]);
     assert_eq!(kept[1].pixel(1, 0), Some([2, 2, 2]));
+}
+
+/// The miner's reason of a sink's error (panics on a host error).
+fn output_reason(err: RunError) -> BadOutputReason {
+    match err {
+        RunError::Output(b) => b.reason,
+        other => panic!("expected a bad output, got {other}"),
+    }
+}
+
+/// Writes `bytes` into `sink` as pipe reads would, at most `chunk` bytes per read (fewer when the
+/// sink offers less space), stopping at the first error.
+fn pour(sink: &mut impl Sink, bytes: &[u8], chunk: usize) -> Result<(), RunError> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let space = sink.space();
+        let n = space.len().min(chunk).min(rest.len());
+        space[..n].copy_from_slice(&rest[..n]);
+        sink.commit(n)?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// A YUV4MPEG2 stream as ffmpeg writes it for 2×1 grey frames.
+fn y4m_stream(range: &str, frames: &[[u8; 2]]) -> Vec<u8> {
+    let mut bytes = format!("YUV4MPEG2 W2 H1 F25:1 Ip A0:0 Cmono{range}\n").into_bytes();
+    for frame in frames {
+        bytes.extend_from_slice(b"FRAME\n");
+        bytes.extend_from_slice(frame);
+    }
+    bytes
+}
+
+#[test]
+fn frame_sink_reads_grey_frames_from_y4m_and_expands_limited_range() {
+    // 3 declared frames, no slack: 0 and 2 wanted (2 is also the last); ffmpeg sends only those.
+    let plan = FramePlan::new(&[0, 2], 3, 0);
+    let frames = [[16, 235], [126, 0]];
+    for (range, chunk, expected) in [
+        // Unsignalled is limited, as swscale takes it: 16 → 0, 235 → 255, 126 → 128.
+        ("", 1, [[0, 255], [128, 0]]),
+        (" XCOLORRANGE=LIMITED", 7, [[0, 255], [128, 0]]),
+        (" XCOLORRANGE=FULL", 1 << 16, [[16, 235], [126, 0]]),
+    ] {
+        let mut kept = Vec::new();
+        let mut keep = |frame: Frame| kept.push(frame);
+        let buffers = FrameBuffers::new(1 << 10);
+        // A recycled buffer still holding another video's pixels.
+        buffers.recycle([vec![0xEE; 2]]);
+        let mut sink = FrameSink::new(2, 1, PixelFormat::Grey, 2, &plan, &buffers, &mut keep);
+        pour(&mut sink, &y4m_stream(range, &frames), chunk).unwrap();
+        assert_eq!((sink.decoded, sink.kept_indices.clone()), (3, vec![0, 2]));
+        // One frame more than the plan allows is too many, however it is framed.
+        let extra = pour(&mut sink, b"FRAME\n\x10\x10", chunk).unwrap_err();
+        assert_eq!(output_reason(extra), BadOutputReason::DecoderOutputTooLarge);
+        drop(sink);
+        let got: Vec<_> = kept.iter().map(|f| (f.format, f.pixels.clone())).collect();
+        let want: Vec<_> = expected.iter().map(|p| (PixelFormat::Grey, p.to_vec())).collect();
+        assert_eq!(got, want, "range {range:?}, reads of {chunk}");
+    }
+}
+
+#[test]
+fn frame_sink_refuses_y4m_it_did_not_ask_for_as_a_host_error() {
+    let plan = FramePlan::new(&[0], 1, 0);
+    let bad_streams: [(&[u8], &str); 4] = [
+        (b"YUV4MPEG2 W4 H1 F25:1 Cmono\nFRAME\n", "4x1"),
+        (b"YUV4MPEG2 W2 H1 F25:1 C420jpeg\nFRAME\n", "not mono"),
+        (b"YUV4MPEG2 W2 H1 Cmono\nFRAMEX", "framing"),
+        (&[b'Y'; 300], "never ends"),
+    ];
+    for (stream, why) in bad_streams {
+        let mut keep = |_: Frame| panic!("no frame may come from {why}");
+        let buffers = FrameBuffers::new(0);
+        let mut sink = FrameSink::new(2, 1, PixelFormat::Grey, 2, &plan, &buffers, &mut keep);
+        match pour(&mut sink, stream, 5) {
+            Err(RunError::Infra(e)) => assert!(e.contains(why), "{why}: {e}"),
+            other => panic!("{why}: expected a host error, got {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -888,7 +1062,7 @@ fn bounded_bytes_refuse_more_than_the_cap() {
     sink.commit(8).unwrap();
     assert!(sink.space().len() >= 3);
     let err = sink.commit(3).unwrap_err();
-    assert_eq!(err.reason, BadOutputReason::DecoderOutputTooLarge);
+    assert_eq!(output_reason(err), BadOutputReason::DecoderOutputTooLarge);
     assert_eq!(sink.bytes, b"12345678");
 }
 

@@ -12,6 +12,7 @@ pub mod frame_buffers;
 pub mod mp4;
 pub mod offline;
 pub mod pipeline;
+pub mod y4m;
 
 /// Test media made with ffmpeg, shared with the integration tests and the decode bench.
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::asr::{self, SpeechRecognizer};
 use super::components::{
     self, AnalysisContext, AnalysisOptions, Frame, FramePass, HistogramIdentity, IdentityBackend, Media,
 };
-use super::decode::{self, DecodeError, DecodeLimits, Expectation};
+use super::decode::{self, DecodeError, DecodeLimits, Expectation, PixelFormat};
 use super::face::FaceDetector;
 use super::frame_buffers::FrameBuffers;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
@@ -62,6 +62,16 @@ impl MediaAnalyzer {
     pub fn with_asr(mut self, asr: Option<Arc<dyn SpeechRecognizer>>) -> Self {
         self.asr = asr;
         self
+    }
+
+    /// Grey frames when neither the face detector nor the identity backend reads colour (the builtin
+    /// backend), which spares ffmpeg the RGB conversion; RGB otherwise.
+    pub fn frame_format(&self) -> PixelFormat {
+        if self.detector.reads_colour() || self.identity.reads_colour() {
+            PixelFormat::Rgb24
+        } else {
+            PixelFormat::Grey
+        }
     }
 
     fn asr_name(&self) -> &'static str {
@@ -137,7 +147,7 @@ impl Analyzer for MediaAnalyzer {
                         components::analyse_followed(&media, followed, &context)
                             .map_err(|e| AnalysisFailure::Infra(e.to_string()))
                     })();
-                    buffers.recycle(frames.into_iter().map(|frame| frame.rgb));
+                    buffers.recycle(frames.into_iter().map(|frame| frame.pixels));
                     analysis
                 })
             };
@@ -149,6 +159,7 @@ impl Analyzer for MediaAnalyzer {
                 input.video,
                 &self.limits,
                 &expectation,
+                self.frame_format(),
                 &self.buffers,
                 &mut hand_over,
             )
@@ -227,11 +238,7 @@ pub fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
                 }
                 png::ColorType::Indexed => return Err("reference face: indexed PNG was not expanded".into()),
             };
-            Ok(Frame {
-                width: info.width,
-                height: info.height,
-                rgb,
-            })
+            Ok(Frame::rgb(info.width, info.height, rgb))
         }
         ImageFormat::Jpeg => {
             let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -242,11 +249,7 @@ pub fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
                 jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
                 other => return Err(format!("reference face: unsupported JPEG pixel format {other:?}")),
             };
-            Ok(Frame {
-                width: u32::from(info.width),
-                height: u32::from(info.height),
-                rgb,
-            })
+            Ok(Frame::rgb(u32::from(info.width), u32::from(info.height), rgb))
         }
     }
 }
@@ -357,36 +360,63 @@ mod tests {
             challenge: &challenge,
             max_seconds: 2.0,
         };
+        // Haar and the histogram identity read grey only: the decoder delivers the luma plane.
+        assert_eq!(analyzer.frame_format(), PixelFormat::Grey);
         let streamed = analyzer.analyse(input).await.unwrap();
 
         // The same analysis, in two steps: decode every sampled frame, then all the components.
-        let (_, decoded) = decode::probe_and_decode(&clip, &limits, &Expectation::new(2.0, 2.0))
-            .await
-            .unwrap();
-        let face = decode_face(&challenge).unwrap();
-        let source = decode_wav_mono_16k(challenge.audio()).unwrap();
-        let batch = components::analyse(
-            &Media {
-                frames: &decoded.frames,
-                fps: decoded.fps,
-                video_audio: &decoded.audio,
-                source_audio: &source,
-                reference_face: &face,
-            },
-            detector.as_ref(),
-            None,
-            None,
-        );
-        assert_eq!(decoded.frames.len(), 50);
+        let batch = |format| {
+            let (limits, detector, challenge) = (&limits, &detector, &challenge);
+            let clip = &clip;
+            async move {
+                let (buffers, mut frames) = (FrameBuffers::new(0), Vec::new());
+                let mut keep = |frame| frames.push(frame);
+                let expectation = Expectation::new(2.0, 2.0);
+                let (_, decoded) =
+                    decode::probe_and_decode_each(clip, limits, &expectation, format, &buffers, &mut keep)
+                        .await
+                        .unwrap();
+                let face = decode_face(challenge).unwrap();
+                let source = decode_wav_mono_16k(challenge.audio()).unwrap();
+                let media = Media {
+                    frames: &frames,
+                    fps: decoded.fps,
+                    video_audio: &decoded.audio,
+                    source_audio: &source,
+                    reference_face: &face,
+                };
+                let analysis = components::analyse(&media, detector.as_ref(), None, None);
+                (frames, analysis)
+            }
+        };
+        let (frames, grey) = batch(PixelFormat::Grey).await;
+        assert_eq!(frames.len(), 50);
         assert_eq!(streamed.debug.frames, 50);
         assert!(streamed.debug.frames_with_face > 40, "{:?}", streamed.debug);
-        assert_eq!(streamed.components, batch.components);
-        assert_eq!(streamed.debug.issues, batch.debug.issues);
+        assert_eq!(streamed.components, grey.components);
+        assert_eq!(streamed.debug.issues, grey.debug.issues);
+
+        // The decoder's luma is the RGB frames' grey up to rounding: the same faces, the pixel
+        // components within a hair of those of RGB frames. (Not lipsync here: over a steady tone
+        // the mouth signal and the envelope are both noise, and their correlation moves with any
+        // rounding; docs/scoring.md has both formats on talking clips.)
+        let (_, rgb) = batch(PixelFormat::Rgb24).await;
+        assert_eq!(rgb.debug.frames_with_face, grey.debug.frames_with_face);
+        let (g, c) = (&grey.components, &rgb.components);
+        for (name, a, b) in [
+            ("identity", g.identity, c.identity),
+            ("video", g.video, c.video),
+            ("audio", g.audio, c.audio),
+            ("temporal", g.temporal, c.temporal),
+        ] {
+            assert!((a - b).abs() < 0.02, "{name}: grey {a}, rgb {b}");
+        }
 
         // The 50 frames' buffers (and the one the decoder would have filled next) went back to the
         // analyser; the next analysis writes into them and finds exactly the same: no pixel of the
         // previous video reaches it.
-        let frame_bytes = decoded.frames[0].rgb.len();
+        let frame_bytes = frames[0].pixels.len();
+        assert_eq!(frame_bytes, 512 * 512, "one byte per pixel");
         assert_eq!(analyzer.buffers.held_bytes(), 51 * frame_bytes);
         let again = analyzer.analyse(input).await.unwrap();
         assert_eq!(again.components, streamed.components);
@@ -428,6 +458,8 @@ mod tests {
 
         // The backend failed on this host: never the miner's score, the run is retried.
         let backend = with(components::IdentityError::Backend("session lost".into()));
+        // A backend that does not say it reads grey only gets RGB frames.
+        assert_eq!(backend.frame_format(), PixelFormat::Rgb24);
         match backend.analyse(input).await {
             Err(AnalysisFailure::Infra(reason)) => {
                 assert!(reason.contains("identity_unavailable"), "{reason}");

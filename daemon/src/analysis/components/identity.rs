@@ -53,6 +53,12 @@ pub trait IdentityBackend {
     /// frame and the reference face. A face backend crops and aligns from `input.faces` and reports 0
     /// for a frame without a face; a failure is an error, never a made-up similarity.
     fn similarities(&self, input: &IdentityInput<'_>) -> Result<Vec<f64>, IdentityError>;
+
+    /// Whether the backend reads the frames' colour (see [`crate::analysis::face::FaceDetector::reads_colour`]).
+    /// Colour unless a backend says otherwise.
+    fn reads_colour(&self) -> bool {
+        true
+    }
 }
 
 /// The reference's labelled fallback (`identity_mode = "fallback_histogram"`): cosine of 64-bin grey
@@ -84,6 +90,11 @@ impl IdentityBackend for HistogramIdentity {
 
     fn mode(&self) -> IdentityMode {
         IdentityMode::FallbackHistogram
+    }
+
+    /// Grey histograms only.
+    fn reads_colour(&self) -> bool {
+        false
     }
 
     fn similarities(&self, input: &IdentityInput<'_>) -> Result<Vec<f64>, IdentityError> {
@@ -188,11 +199,7 @@ mod tests {
                 rgb.extend([v, v, v]);
             }
         }
-        Frame {
-            width: w,
-            height: h,
-            rgb,
-        }
+        Frame::rgb(w, h, rgb)
     }
 
     #[test]

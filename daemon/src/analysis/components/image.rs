@@ -8,6 +8,7 @@
 //! function returns plain measurements and the callers turn them into components.
 
 use super::Frame;
+use crate::analysis::decode::PixelFormat;
 
 /// An 8-bit grey plane, row-major, `px.len() == w * h` (OpenCV's grey of a frame, or a part of one).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,12 +33,13 @@ pub(crate) fn grey_of(r: u8, g: u8, b: u8) -> u8 {
 }
 
 impl Frame {
-    /// True when the buffer holds exactly `width · height` RGB pixels and the frame is not empty.
+    /// True when the buffer holds exactly `width · height` pixels of its format and the frame is not
+    /// empty.
     pub fn is_well_formed(&self) -> bool {
         let n = (self.width as u64)
             .checked_mul(self.height as u64)
-            .and_then(|n| n.checked_mul(3));
-        self.width > 0 && self.height > 0 && n == Some(self.rgb.len() as u64)
+            .and_then(|n| n.checked_mul(self.format.bytes_per_pixel() as u64));
+        self.width > 0 && self.height > 0 && n == Some(self.pixels.len() as u64)
     }
 }
 
@@ -56,9 +58,15 @@ impl Grey {
             (self.w, self.h) = (0, 0);
             return false;
         }
-        self.px.resize(f.rgb.len() / 3, 0);
-        for (o, p) in self.px.iter_mut().zip(f.rgb.chunks_exact(3)) {
-            *o = grey_of(p[0], p[1], p[2]);
+        match f.format {
+            PixelFormat::Rgb24 => {
+                self.px.resize(f.pixels.len() / 3, 0);
+                for (o, p) in self.px.iter_mut().zip(f.pixels.chunks_exact(3)) {
+                    *o = grey_of(p[0], p[1], p[2]);
+                }
+            }
+            // Already grey (the decoder's full-range luma).
+            PixelFormat::Grey => self.px.extend_from_slice(&f.pixels),
         }
         (self.w, self.h) = (f.width as usize, f.height as usize);
         true
@@ -420,11 +428,7 @@ mod tests {
         assert_eq!(s.std, 127.5);
         assert_eq!((s.dark_frac, s.bright_frac), (0.5, 0.5));
         assert_eq!(s.hist[0] + s.hist[63], 4);
-        let f = Frame {
-            width: 8,
-            height: 4,
-            rgb: vec![200; 8 * 4 * 3],
-        };
+        let f = Frame::rgb(8, 4, vec![200; 8 * 4 * 3]);
         let g = Grey::from_frame(&f).unwrap();
         let (small, sx, sy) = downscale_grey_region(&g, 4, [0, 0, 4, 2]).unwrap();
         assert_eq!((small.w, small.h, sx, sy), (4, 2, 2.0, 2.0));
@@ -437,11 +441,7 @@ mod tests {
         let ramp = plane(3, 2, |x, y| (x * 10 + y) as u8);
         let (cells, _, _) = downscale_grey_region(&ramp, 2, [0, 0, 2, 1]).unwrap();
         assert_eq!(cells.px, vec![1, 16]);
-        let bad = Frame {
-            width: 8,
-            height: 4,
-            rgb: vec![0; 5],
-        };
+        let bad = Frame::rgb(8, 4, vec![0; 5]);
         assert!(Grey::from_frame(&bad).is_none());
         assert!(downscale_grey_region(&Grey::default(), 4, [0, 0, 4, 4]).is_none());
     }

@@ -37,18 +37,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                     (s >> 56) as u8
                 })
                 .collect();
-            Frame {
-                width: w,
-                height: h,
-                rgb,
-            }
+            Frame::rgb(w, h, rgb)
         }),
         // Malformed buffer.
-        (0u32..8, 0u32..8, prop::collection::vec(any::<u8>(), 0..40)).prop_map(|(w, h, rgb)| Frame {
-            width: w,
-            height: h,
-            rgb
-        }),
+        (0u32..8, 0u32..8, prop::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(w, h, rgb)| Frame::rgb(w, h, rgb)),
     ]
 }
 

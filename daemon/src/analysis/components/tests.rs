@@ -75,11 +75,7 @@ fn base_frame() -> Frame {
             rgb.extend([v, v, v]);
         }
     }
-    Frame {
-        width: W,
-        height: H,
-        rgb,
-    }
+    Frame::rgb(W, H, rgb)
 }
 
 /// Sets the mouth ROI of `face_box()` to a checkerboard (variance above the occlusion floor) shifted
@@ -92,7 +88,7 @@ fn paint_mouth(f: &mut Frame, offset: f64) {
             let chk = if (x / 2 + y / 2) % 2 == 0 { -30.0 } else { 30.0 };
             let v = (128.0 + chk + offset).clamp(0.0, 255.0) as u8;
             let i = (y * W as usize + x) * 3;
-            f.rgb[i..i + 3].copy_from_slice(&[v, v, v]);
+            f.pixels[i..i + 3].copy_from_slice(&[v, v, v]);
         }
     }
 }
@@ -458,14 +454,7 @@ fn audio_match_on_the_fixture_speech() {
 
 #[test]
 fn black_frames_score_low_on_brightness_and_artifacts() {
-    let black = vec![
-        Frame {
-            width: W,
-            height: H,
-            rgb: vec![0; (W * H * 3) as usize]
-        };
-        N
-    ];
+    let black = vec![Frame::rgb(W, H, vec![0; (W * H * 3) as usize]); N];
     let env = envelope(16);
     let audio = speech_like(&env, 17);
     let a = run(&black, &audio, &audio, &Blind);
@@ -487,9 +476,9 @@ fn letterboxing_costs_the_artifact_term() {
     // Black bars of 10 % top and bottom: 20 % of the pixels are black → 1 − 0.2 / 0.35.
     let bar = (H / 10) as usize * W as usize * 3;
     for f in &mut frames {
-        let len = f.rgb.len();
-        f.rgb[..bar].iter_mut().for_each(|p| *p = 0);
-        f.rgb[len - bar..].iter_mut().for_each(|p| *p = 0);
+        let len = f.pixels.len();
+        f.pixels[..bar].iter_mut().for_each(|p| *p = 0);
+        f.pixels[len - bar..].iter_mut().for_each(|p| *p = 0);
     }
     let a = run(&frames, &audio, &audio, &Stub(face_box()));
     let expect = 1.0 - (2.0 * bar as f64 / (W * H * 3) as f64) / 0.35;
@@ -510,7 +499,7 @@ fn a_looped_clip_is_charged() {
         .map(|_| {
             let mut f = base_frame();
             let shift = (rng.next() * 60.0) as u8;
-            f.rgb.iter_mut().for_each(|p| *p = p.saturating_add(shift));
+            f.pixels.iter_mut().for_each(|p| *p = p.saturating_add(shift));
             f
         })
         .collect();
@@ -566,7 +555,7 @@ fn a_flat_mouth_while_loud_is_occluded() {
     for y in r[1]..r[3] {
         for x in r[0]..r[2] {
             let i = (y * W as usize + x) * 3;
-            f.rgb[i..i + 3].copy_from_slice(&[100, 100, 100]);
+            f.pixels[i..i + 3].copy_from_slice(&[100, 100, 100]);
         }
     }
     let a = run(&vec![f; N], &audio, &audio, &Stub(face_box()));
@@ -611,11 +600,7 @@ fn malformed_and_empty_inputs_are_reported_not_hidden() {
     assert_unit(&a);
     assert!(a.debug.issues.contains(&AnalysisIssue::NoFrames));
     assert!(a.has_validator_issue());
-    let bad = Frame {
-        width: 10,
-        height: 10,
-        rgb: vec![1, 2, 3],
-    };
+    let bad = Frame::rgb(10, 10, vec![1, 2, 3]);
     let nan_audio = vec![f32::NAN; 100];
     let frames = vec![bad, base_frame()];
     let media = Media {
@@ -691,7 +676,7 @@ fn haar_pipeline_on_a_fixture_portrait_with_timing() {
                 for x in r[0]..r[2] {
                     let k = (y * w + x) * 3;
                     for c in 0..3 {
-                        f.rgb[k + c] = (f64::from(f.rgb[k + c]) + d).clamp(0.0, 255.0) as u8;
+                        f.pixels[k + c] = (f64::from(f.pixels[k + c]) + d).clamp(0.0, 255.0) as u8;
                     }
                 }
             }

@@ -112,11 +112,12 @@ pub fn warp(frame: &Frame, to_crop: &Similarity, side: u32) -> Option<Frame> {
     }
     let inv = to_crop.inverse()?;
     let (w, h) = (i64::from(frame.width), i64::from(frame.height));
+    let pixels = frame.rgb_pixels();
     let px = |x: i64, y: i64, c: usize| -> f64 {
         if x < 0 || y < 0 || x >= w || y >= h {
             0.0
         } else {
-            f64::from(frame.rgb[((y * w + x) * 3) as usize + c])
+            f64::from(pixels[((y * w + x) * 3) as usize + c])
         }
     };
     let mut rgb = Vec::with_capacity(side as usize * side as usize * 3);
@@ -134,11 +135,7 @@ pub fn warp(frame: &Frame, to_crop: &Similarity, side: u32) -> Option<Frame> {
             }
         }
     }
-    Some(Frame {
-        width: side,
-        height: side,
-        rgb,
-    })
+    Some(Frame::rgb(side, side, rgb))
 }
 
 /// The aligned ArcFace crop of the face with landmarks `kps` (`None`: degenerate landmarks).
@@ -153,7 +150,7 @@ pub fn align(frame: &Frame, kps: &[[f32; 2]; 5]) -> Option<Frame> {
 pub fn push_input(crop: &Frame, out: &mut Vec<f32>) {
     for c in 0..3 {
         out.extend(
-            crop.rgb
+            crop.rgb_pixels()
                 .chunks_exact(3)
                 .map(|p| (f32::from(p[c]) - REC_MEAN) / REC_STD),
         );
@@ -237,11 +234,11 @@ mod tests {
     fn warp_samples_bilinearly_with_black_border() {
         // 4×1 ramp 0, 100, 200, 250 (R only). Crop = source shifted left by 0.5 px: dst x samples
         // src x + 0.5 → (50, 150, 225, 125): the last tap mixes 250 with the black border.
-        let frame = Frame {
-            width: 4,
-            height: 1,
-            rgb: [0u8, 100, 200, 250].iter().flat_map(|&v| [v, 0, 0]).collect(),
-        };
+        let frame = Frame::rgb(
+            4,
+            1,
+            [0u8, 100, 200, 250].iter().flat_map(|&v| [v, 0, 0]).collect(),
+        );
         let t = Similarity {
             a: 1.0,
             b: 0.0,
@@ -249,19 +246,15 @@ mod tests {
             ty: 0.0,
         };
         let out = warp(&frame, &t, 4).unwrap();
-        let r: Vec<u8> = out.rgb.chunks_exact(3).take(4).map(|p| p[0]).collect();
+        let r: Vec<u8> = out.pixels.chunks_exact(3).take(4).map(|p| p[0]).collect();
         assert_eq!(r, vec![50, 150, 225, 125]);
         // Row 1 of the crop is below the one-row frame: black.
-        assert!(out.rgb[12..24].iter().all(|&v| v == 0));
+        assert!(out.pixels[12..24].iter().all(|&v| v == 0));
     }
 
     #[test]
     fn recogniser_input_is_rgb_planes() {
-        let crop = Frame {
-            width: 1,
-            height: 2,
-            rgb: vec![255, 0, 128, 0, 255, 127],
-        };
+        let crop = Frame::rgb(1, 2, vec![255, 0, 128, 0, 255, 127]);
         let mut t = Vec::new();
         push_input(&crop, &mut t);
         let n = |v: f32| (v - 127.5) / 127.5;

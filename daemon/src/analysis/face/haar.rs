@@ -687,6 +687,11 @@ impl FaceDetector for HaarDetector {
     fn name(&self) -> &'static str {
         "haar"
     }
+
+    /// The cascade sees only grey (see above).
+    fn reads_colour(&self) -> bool {
+        false
+    }
 }
 
 /// True when `grey` can be `frame`'s plane (a well-formed frame of the same size): boxes are mapped

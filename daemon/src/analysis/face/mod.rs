@@ -67,6 +67,13 @@ pub trait FaceDetector {
 
     /// A short stable name for debug output (`"haar"`, `"scrfd"`…).
     fn name(&self) -> &'static str;
+
+    /// Whether the detector reads the frames' colour. When neither it nor the identity backend does,
+    /// the analyser has the decoder deliver grey frames (no colour conversion in ffmpeg, a third of
+    /// the bytes). Colour unless a detector says otherwise.
+    fn reads_colour(&self) -> bool {
+        true
+    }
 }
 
 /// While a face is followed with [`FaceDetector::detect_near`], every this many frames the whole frame
@@ -239,15 +246,11 @@ fn pad_black(frame: &Frame, pad: u32) -> Option<Frame> {
     let row = (w as usize).checked_mul(3)?;
     let mut rgb = vec![0u8; row.checked_mul(h as usize)?];
     let src_row = frame.width as usize * 3;
-    for (y, src) in frame.rgb.chunks_exact(src_row).enumerate() {
+    for (y, src) in frame.rgb_pixels().chunks_exact(src_row).enumerate() {
         let start = (y + pad as usize) * row + pad as usize * 3;
         rgb.get_mut(start..start + src_row)?.copy_from_slice(src);
     }
-    Some(Frame {
-        width: w,
-        height: h,
-        rgb,
-    })
+    Some(Frame::rgb(w, h, rgb))
 }
 
 #[cfg(test)]

@@ -98,8 +98,9 @@ pub fn input_tensor(frame: &Frame, lb: &Letterbox) -> Vec<f32> {
     let xs = resize_taps(frame.width, lb.new_w);
     let ys = resize_taps(frame.height, lb.new_h);
     let row = frame.width as usize * 3;
+    let pixels = frame.rgb_pixels();
     for (y, &(y0, y1, fy)) in ys.iter().enumerate().take(ih) {
-        let (r0, r1) = (&frame.rgb[y0 * row..][..row], &frame.rgb[y1 * row..][..row]);
+        let (r0, r1) = (&pixels[y0 * row..][..row], &pixels[y1 * row..][..row]);
         for (x, &(x0, x1, fx)) in xs.iter().enumerate().take(iw) {
             for c in 0..3 {
                 let top = lerp(f32::from(r0[x0 * 3 + c]), f32::from(r0[x1 * 3 + c]), fx);
@@ -254,11 +255,7 @@ mod tests {
     #[test]
     fn input_is_rgb_normalised_and_padded_black() {
         // A 2×1 frame (red, blue) into a 4×4 input: scale 2, resized 4×2 at the top.
-        let frame = Frame {
-            width: 2,
-            height: 1,
-            rgb: vec![255, 0, 0, 0, 0, 255],
-        };
+        let frame = Frame::rgb(2, 1, vec![255, 0, 0, 0, 0, 255]);
         let lb = Letterbox::new(2, 1, 4, 4).unwrap();
         assert_eq!((lb.new_w, lb.new_h), (4, 2));
         let t = input_tensor(&frame, &lb);

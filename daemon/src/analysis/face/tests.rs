@@ -37,11 +37,7 @@ pub(crate) fn load_png(path: &Path) -> Frame {
         png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
         other => panic!("unexpected colour type {other:?}"),
     };
-    Frame {
-        width: info.width,
-        height: info.height,
-        rgb,
-    }
+    Frame::rgb(info.width, info.height, rgb)
 }
 
 /// The Haar detector and the fixture portraits, or `None` (with a note) when they are not installed.
@@ -127,11 +123,7 @@ impl FaceDetector for OnlyWhenPadded {
 }
 
 fn grey_frame(w: u32, h: u32, v: u8) -> Frame {
-    Frame {
-        width: w,
-        height: h,
-        rgb: vec![v; (w * h * 3) as usize],
-    }
+    Frame::rgb(w, h, vec![v; (w * h * 3) as usize])
 }
 
 #[test]
@@ -160,11 +152,7 @@ fn pad_retry_boxes_come_back_in_frame_coordinates() {
     let fixed = Fixed(vec![fb(1.0, 2.0, 30.0, 40.0)]);
     assert_eq!(detect_largest(&fixed, &frame), Some(fb(1.0, 2.0, 30.0, 40.0)));
     // Malformed frames give no face and no panic.
-    let bad = Frame {
-        width: 10,
-        height: 10,
-        rgb: vec![0; 7],
-    };
+    let bad = Frame::rgb(10, 10, vec![0; 7]);
     assert_eq!(detect_largest(&fixed, &bad), None);
     assert_eq!(retry_padding(&grey_frame(1000, 10, 0)), 100);
 }
@@ -198,14 +186,7 @@ fn haar_finds_nothing_in_flat_or_tiny_images() {
     assert!(det.detect(&grey_frame(512, 512, 128)).is_empty());
     assert!(det.detect(&grey_frame(10, 10, 128)).is_empty());
     assert!(det.detect(&grey_frame(0, 0, 0)).is_empty());
-    assert!(
-        det.detect(&Frame {
-            width: 64,
-            height: 64,
-            rgb: vec![1; 5]
-        })
-        .is_empty()
-    );
+    assert!(det.detect(&Frame::rgb(64, 64, vec![1; 5])).is_empty());
     assert!(detect_largest(&det, &grey_frame(512, 512, 128)).is_none());
 }
 
@@ -219,11 +200,7 @@ fn haar_boxes_scale_with_the_frame() {
     let grey = crate::analysis::components::Grey::from_frame(f).unwrap();
     let (g, _, _) =
         crate::analysis::components::image::downscale_grey_region(&grey, 256, [0, 0, 256, 256]).unwrap();
-    let small = Frame {
-        width: 256,
-        height: 256,
-        rgb: g.px.iter().flat_map(|&p| [p, p, p]).collect(),
-    };
+    let small = Frame::rgb(256, 256, g.px.iter().flat_map(|&p| [p, p, p]).collect());
     let a = largest(&det.detect(f)).unwrap();
     let b = largest(&det.detect(&small)).unwrap();
     assert!((a.width() / b.width() - 2.0).abs() < 0.2, "{a:?} vs {b:?}");
