@@ -222,6 +222,24 @@ async fn a_good_clip_decodes_to_the_reference_samples() {
     );
 }
 
+#[test]
+fn a_grey_frame_reads_as_grey_everywhere() {
+    let frame = Frame::grey(2, 1, vec![10, 200]);
+    assert!(frame.is_well_formed());
+    assert_eq!(frame.pixel(1, 0), Some([200, 200, 200]));
+    assert_eq!(frame.pixel(2, 0), None);
+    // What a colour model is given: each grey value as R = G = B.
+    assert_eq!(&*frame.rgb_pixels(), &[10, 10, 10, 200, 200, 200]);
+    // Its grey plane is itself (RGB → grey would round R = G = B = v to v as well).
+    let grey = components::Grey::from_frame(&frame).unwrap();
+    assert_eq!(grey.px, vec![10, 200]);
+    let as_rgb = Frame::rgb(2, 1, frame.rgb_pixels().into_owned());
+    assert_eq!(components::Grey::from_frame(&as_rgb).unwrap().px, grey.px);
+    // A buffer of RGB length is not a well-formed grey frame.
+    assert!(!Frame::grey(2, 1, vec![0; 6]).is_well_formed());
+    assert!(components::Grey::from_frame(&Frame::grey(2, 1, vec![0; 6])).is_none());
+}
+
 #[tokio::test]
 async fn frames_are_in_rgb_order() {
     let dir = TempDir::new().unwrap();

@@ -232,6 +232,14 @@ fn haar_near_search_agrees_with_the_full_search() {
             "{name}"
         );
         assert_eq!(det.detect_grey(f, &grey), det.detect(f), "{name}");
+        // A grey frame (the decoder's delivery to this backend) is detected like its RGB original.
+        let as_grey = Frame::grey(f.width, f.height, grey.px.clone());
+        assert_eq!(det.detect(&as_grey), det.detect(f), "{name}");
+        assert_eq!(
+            det.detect_near(&as_grey, &hint),
+            det.detect_near(f, &hint),
+            "{name}"
+        );
         assert_eq!(
             det.detect_larger_grey(f, &grey, 50.0),
             det.detect_larger(f, 50.0),
