@@ -102,6 +102,7 @@ fn a_good_clip_gives_its_components_as_json_and_as_a_table() {
     assert_eq!(report["analysis"]["transcript_gate"]["passed"], true, "{report}");
     // 3.44 s at 25 fps is 86 frames: the reference's 80 are sampled.
     assert_eq!(report["analysis"]["frames"], 80);
+    assert_eq!(report["analysis"]["frame_format"], "grey");
 
     let table = case.analyze(&clip, &[]);
     assert_eq!(table.status.code(), Some(0), "{}", output_text(&table));
@@ -117,6 +118,8 @@ fn a_good_clip_gives_its_components_as_json_and_as_a_table() {
     assert!(line("gates").contains("sync"), "{table}");
     assert!(line("wer").contains("unavailable; audio match"), "{table}");
     assert!(line("backends").contains("face haar"), "{table}");
+    // Haar and the histogram identity read no colour: the decoder delivered grey frames.
+    assert!(line("backends").contains("frames grey"), "{table}");
 }
 
 #[test]

@@ -505,6 +505,14 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// The name in debug output (as serialised).
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelFormat::Rgb24 => "rgb24",
+            PixelFormat::Grey => "grey",
+        }
+    }
+
     /// Bytes per pixel.
     pub fn bytes_per_pixel(self) -> usize {
         match self {

@@ -238,6 +238,10 @@ fn a_grey_frame_reads_as_grey_everywhere() {
     // A buffer of RGB length is not a well-formed grey frame.
     assert!(!Frame::grey(2, 1, vec![0; 6]).is_well_formed());
     assert!(components::Grey::from_frame(&Frame::grey(2, 1, vec![0; 6])).is_none());
+    // Debug output names the formats as they serialise.
+    for format in [PixelFormat::Rgb24, PixelFormat::Grey] {
+        assert_eq!(serde_json::to_value(format).unwrap(), format.name());
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! timed miner here) or touch the daemon's state.
 
 use super::components::AnalysisDebug;
+use super::decode::PixelFormat;
 use super::{AnalysisFailure, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ChallengeId, Limits};
 use crate::config::Settings;
@@ -224,8 +225,11 @@ impl OfflineReport {
             (
                 "backends",
                 format!(
-                    "face {}, identity {}, asr {}",
-                    a.detector, a.identity_backend, self.debug.asr_backend
+                    "face {}, identity {}, asr {}, frames {}",
+                    a.detector,
+                    a.identity_backend,
+                    self.debug.asr_backend,
+                    a.frame_format.map_or("none", PixelFormat::name)
                 ),
             ),
             ("analysis_time", format!("{:.3} s", self.debug.analysis_time_sec)),

@@ -392,6 +392,7 @@ mod tests {
         let (frames, grey) = batch(PixelFormat::Grey).await;
         assert_eq!(frames.len(), 50);
         assert_eq!(streamed.debug.frames, 50);
+        assert_eq!(streamed.debug.frame_format, Some(PixelFormat::Grey));
         assert!(streamed.debug.frames_with_face > 40, "{:?}", streamed.debug);
         assert_eq!(streamed.components, grey.components);
         assert_eq!(streamed.debug.issues, grey.debug.issues);

@@ -46,7 +46,7 @@ pub use image::Grey;
 use image::{PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
 
 /// One decoded RGB24 frame: the decoder's type, so decoded frames reach the components without a copy.
-pub use crate::analysis::decode::Frame;
+pub use crate::analysis::decode::{Frame, PixelFormat};
 
 /// Everything one challenge's analysis reads, already decoded.
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +235,9 @@ pub struct AnalysisDebug {
     pub identity_mode: IdentityMode,
     /// Frames analysed.
     pub frames: usize,
+    /// What the frames were: `rgb24`, or `grey` (the decoder's luma, for backends that read no colour;
+    /// docs/scoring.md, "One colour order"). `None` without frames.
+    pub frame_format: Option<PixelFormat>,
     /// Frames with a face.
     pub frames_with_face: usize,
     /// `frames_with_face / frames` (from the detector in every identity mode).
@@ -670,6 +673,7 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
             identity_backend: identity_backend.name(),
             identity_mode: identity.mode,
             frames: n,
+            frame_format: frames.first().map(|f| f.format),
             frames_with_face,
             face_detect_ratio,
             sync_c: lip.sync_c,

@@ -599,6 +599,7 @@ fn malformed_and_empty_inputs_are_reported_not_hidden() {
     let a = analyse(&media, &det, None, None);
     assert_unit(&a);
     assert!(a.debug.issues.contains(&AnalysisIssue::NoFrames));
+    assert_eq!(a.debug.frame_format, None);
     assert!(a.has_validator_issue());
     let bad = Frame::rgb(10, 10, vec![1, 2, 3]);
     let nan_audio = vec![f32::NAN; 100];
@@ -612,6 +613,7 @@ fn malformed_and_empty_inputs_are_reported_not_hidden() {
     };
     let a = analyse(&media, &det, Some(""), Some(""));
     assert_unit(&a);
+    assert_eq!(a.debug.frame_format, Some(PixelFormat::Rgb24));
     assert!(
         a.debug
             .issues
