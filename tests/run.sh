@@ -13,6 +13,13 @@ phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "cargo test"
 cargo test --workspace --locked -- --skip gpu_
+phase "the onnx backend and talkheadd analyze under the service's syscall filter and W^X"
+# ONNX Runtime (loaded at run time), ffmpeg under prlimit and the analysis, confined as
+# systemd/talkheadd.service confines the daemon (tests/unit_sandbox.py: NoNewPrivileges=,
+# MemoryDenyWriteExecute=, SystemCallArchitectures=, SystemCallFilter=); no rebuild, same features.
+runner="CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER"
+env "$runner=$PWD/tests/unit_sandbox.py --" \
+    cargo test --workspace --locked --test onnx_face --test analyze_cli
 phase "Debian package: build from the binaries the tests just built, lintian, install, run, purge"
 # package.sh also runs tests/systemd_checks.sh --installed: systemd-analyze verify and the exposure
 # threshold on the units as installed.
