@@ -35,9 +35,13 @@ pub enum SocketError {
     },
 }
 
+/// Held while the process umask is narrowed for a bind.
+static UMASK_SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Bind the admin socket at `path` with permission bits `mode` and, when given, group `gid`.
 ///
-/// The umask is process-wide, so this runs at start-up before any other thread creates files.
+/// The umask is process-wide, so this runs at start-up before any other thread creates files (binds
+/// themselves are serialised).
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, SocketError> {
     let io = |source| SocketError::Io {
         path: path.to_owned(),
@@ -67,9 +71,17 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, So
         Err(e) => return Err(io(e)),
     }
     let mask = Mode::from_bits_truncate(!mode & 0o777);
-    let previous = umask(mask);
-    let bound = UnixListener::bind(path);
-    umask(previous);
+    let bound = {
+        // Two binds at once would each run under the other's umask (the daemon binds once, but the
+        // tests bind in parallel threads: one saw 0600 where it asked for 0660).
+        let _one_at_a_time = UMASK_SWAP
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = umask(mask);
+        let bound = UnixListener::bind(path);
+        umask(previous);
+        bound
+    };
     let listener = bound.map_err(|e| match e.kind() {
         // Lost a race with another instance starting at the same moment.
         ErrorKind::AddrInUse => SocketError::InUse(path.to_owned()),
