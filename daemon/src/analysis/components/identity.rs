@@ -33,7 +33,8 @@ pub enum IdentityError {
 pub struct IdentityInput<'a> {
     /// The challenge face, RGB.
     pub reference: &'a Frame,
-    /// The sampled output frames, RGB.
+    /// The sampled output frames: RGB, or the decoder's grey when neither this backend nor the face
+    /// detector reads colour ([`IdentityBackend::reads_colour`]).
     pub frames: &'a [Frame],
     /// Largest face per frame in frame coordinates (`None`: no face); same length as `frames`.
     pub faces: &'a [Option<FaceBox>],

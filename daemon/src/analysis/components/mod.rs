@@ -45,7 +45,8 @@ use crate::scoring::{ChallengeComponents, IdentityMode};
 pub use image::Grey;
 use image::{PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
 
-/// One decoded RGB24 frame: the decoder's type, so decoded frames reach the components without a copy.
+/// One decoded frame (RGB24, or grey for backends that read no colour): the decoder's type, so decoded
+/// frames reach the components without a copy.
 pub use crate::analysis::decode::{Frame, PixelFormat};
 
 /// Everything one challenge's analysis reads, already decoded.
@@ -330,7 +331,8 @@ impl FrameFacts {
 }
 
 /// [`FrameFacts`] one frame at a time. Only the current and the previous grey plane are alive, so
-/// every per-frame pass after the RGB → grey conversion runs on a plane still in cache.
+/// every per-frame pass after the conversion to grey (a copy for a grey frame) runs on a plane still
+/// in cache.
 #[derive(Default)]
 pub(crate) struct FrameFactsBuilder {
     facts: FrameFacts,
@@ -420,7 +422,8 @@ impl<'d> FramePass<'d> {
 
     /// Adds the sequence's next frame.
     pub fn push(&mut self, frame: &Frame) {
-        // One RGB → grey conversion per frame, shared by the detector and the pixel passes.
+        // One conversion to grey per frame (a copy when the decoder delivered grey), shared by the
+        // detector and the pixel passes.
         self.facts.convert(frame);
         let face = self
             .tracker

@@ -23,7 +23,8 @@ pub use onnx::{ArcFaceIdentity, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError};
 pub use crate::analysis::components::FaceBox;
 use crate::analysis::components::{Frame, Grey};
 
-/// A face detector over one decoded RGB frame.
+/// A face detector over one decoded frame: RGB, or the decoder's grey when it does not read colour
+/// ([`FaceDetector::reads_colour`]).
 pub trait FaceDetector {
     /// Every face found in `frame`, as boxes in the frame's own pixel coordinates. Must not panic on
     /// any frame (malformed buffers included: those give no face).
