@@ -16,10 +16,19 @@ cargo test --workspace --locked -- --skip gpu_
 phase "the onnx backend and talkheadd analyze under the service's syscall filter and W^X"
 # ONNX Runtime (loaded at run time), ffmpeg under prlimit and the analysis, confined as
 # systemd/talkheadd.service confines the daemon (tests/unit_sandbox.py: NoNewPrivileges=,
-# MemoryDenyWriteExecute=, SystemCallArchitectures=, SystemCallFilter=); no rebuild, same features.
-runner="CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER"
-env "$runner=$PWD/tests/unit_sandbox.py --" \
-    cargo test --workspace --locked --test onnx_face --test analyze_cli
+# MemoryDenyWriteExecute=, SystemCallArchitectures=, SystemCallFilter=). The test binaries are the ones
+# just built (the same cargo arguments build nothing; narrower ones would unify features differently
+# and rebuild), run from the package directory as cargo runs them.
+mapfile -t confined < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("onnx_face", "analyze_cli"):
+        print(m["executable"])')
+[ "${#confined[@]}" = 2 ] || { echo "expected the onnx_face and analyze_cli test binaries, found: ${confined[*]}" >&2; exit 1; }
+for test_binary in "${confined[@]}"; do
+  (cd daemon && ../tests/unit_sandbox.py -- "$test_binary")
+done
 phase "Debian package: build from the binaries the tests just built, lintian, install, run, purge"
 # package.sh also runs tests/systemd_checks.sh --installed: systemd-analyze verify and the exposure
 # threshold on the units as installed.
