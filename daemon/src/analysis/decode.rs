@@ -1569,10 +1569,10 @@ impl FramePlan {
 struct FrameSink<'p> {
     width: u32,
     height: u32,
-    format: PixelFormat,
     plan: &'p FramePlan,
     buffers: &'p FrameBuffers,
-    /// How frames are laid out on the pipe.
+    /// How frames are laid out on the pipe, which follows from their format: raw RGB, or grey in
+    /// YUV4MPEG2.
     framing: Framing,
     /// The frame being received; handed over only once all of it was written (a recycled buffer's
     /// old contents never reach a frame).
@@ -1681,7 +1681,6 @@ impl<'p> FrameSink<'p> {
         FrameSink {
             width,
             height,
-            format,
             plan,
             buffers,
             framing: match format {
@@ -1745,15 +1744,14 @@ impl Sink for FrameSink<'_> {
         if keep {
             let fresh = self.buffers.take(self.current.len());
             let mut pixels = std::mem::replace(&mut self.current, fresh);
-            if let Some(table) = to_full {
-                pixels.iter_mut().for_each(|p| *p = table[usize::from(*p)]);
-            }
-            (self.on_frame)(Frame {
-                width: self.width,
-                height: self.height,
-                format: self.format,
-                pixels,
-            });
+            let frame = match to_full {
+                None => Frame::rgb(self.width, self.height, pixels),
+                Some(table) => {
+                    pixels.iter_mut().for_each(|p| *p = table[usize::from(*p)]);
+                    Frame::grey(self.width, self.height, pixels)
+                }
+            };
+            (self.on_frame)(frame);
             self.kept_indices.push(index);
         }
         Ok(())
