@@ -110,6 +110,9 @@ const DETAIL_CHARS: usize = 300;
 /// What ffmpeg prints when an allocation fails (`ENOMEM`, e.g. under `RLIMIT_AS`).
 const OUT_OF_MEMORY: &str = "Cannot allocate memory";
 
+/// What a libavcodec decoder prints when it could not get a buffer for a picture.
+const NO_PICTURE_BUFFER: &str = "get_buffer() failed";
+
 /// Capacity asked for the decoder's stdout pipe.
 const PIPE_BYTES: nix::libc::c_int = 1 << 20;
 
@@ -1252,22 +1255,14 @@ async fn decode_streams(
             format!("more than {max_audio_bytes} bytes of decoded audio"),
         ));
     }
-    let decoded = sink.decoded;
-    if decoded + slack < total {
-        let tail = sanitise(last_line(&done.stderr), Some(&file.path));
-        return Err(bad(
-            BadOutputReason::Truncated,
-            format!(
-                "decoded {decoded} of {total} declared frames{}{tail}",
-                if tail.is_empty() { "" } else { ": " }
-            ),
-        ));
-    }
-    if let Some(e) = exit_failure(&done, &file.path) {
+    let frames = FramesReceived {
+        decoded: sink.decoded,
+        total,
+        slack,
+        kept: sink.kept_indices.len(),
+    };
+    if let Some(e) = frames_failure(&done, &frames, &file.path) {
         return Err(e);
-    }
-    if sink.kept_indices.is_empty() {
-        return Err(bad(BadOutputReason::Truncated, "no frame could be decoded"));
     }
     let samples = read_audio(&audio_path, max_audio_bytes)?;
     let declared = info.audio.duration_secs;
@@ -1278,7 +1273,60 @@ async fn decode_streams(
             format!("decoded {got:.3} s of {declared:.3} s of declared audio"),
         ));
     }
-    Ok((std::mem::take(&mut sink.kept_indices), decoded, samples))
+    Ok((std::mem::take(&mut sink.kept_indices), frames.decoded, samples))
+}
+
+/// How many frames a decode delivered against what the header declared.
+struct FramesReceived {
+    /// Decoded frames, as far as the frames received show.
+    decoded: usize,
+    /// Declared frames.
+    total: usize,
+    /// Frames that may be missing (see [`frame_slack`]).
+    slack: usize,
+    /// Sampled frames handed over.
+    kept: usize,
+}
+
+/// Why a finished decode's frames are unusable, if they are: a decode that came up short because the
+/// decoder could not allocate its pictures is `decoder_resource_limit` (ffmpeg may report that and
+/// still exit 0 with no picture: which happens depends on its threads' timing), any other short
+/// decode `truncated`, then a failed exit ([`exit_failure`]), then no frame at all.
+fn frames_failure(done: &Finished, frames: &FramesReceived, input: &Path) -> Option<DecodeError> {
+    let FramesReceived {
+        decoded,
+        total,
+        slack,
+        kept,
+    } = *frames;
+    let short = decoded + slack < total || kept == 0;
+    let tail = sanitise(last_line(&done.stderr), Some(input));
+    let colon = if tail.is_empty() { "" } else { ": " };
+    if short && allocation_failed(&done.stderr) {
+        return Some(bad(
+            BadOutputReason::DecoderResourceLimit,
+            format!(
+                "the decoder could not allocate its pictures ({}, {decoded} of {total} frames){colon}{tail}",
+                done.exit
+            ),
+        ));
+    }
+    if decoded + slack < total {
+        return Some(bad(
+            BadOutputReason::Truncated,
+            format!("decoded {decoded} of {total} declared frames{colon}{tail}"),
+        ));
+    }
+    if let Some(e) = exit_failure(done, input) {
+        return Some(e);
+    }
+    (kept == 0).then(|| bad(BadOutputReason::Truncated, "no frame could be decoded"))
+}
+
+/// What ffmpeg prints when it could not allocate: `ENOMEM` from the allocator, or a decoder that could
+/// not get a picture buffer (both under `RLIMIT_AS`; the latter also past `-max_pixels`).
+fn allocation_failed(stderr: &str) -> bool {
+    stderr.contains(OUT_OF_MEMORY) || stderr.contains(NO_PICTURE_BUFFER)
 }
 
 /// Reads the audio ffmpeg wrote (a regular file of at most `max` bytes) as `f32` samples.
@@ -1969,9 +2017,12 @@ fn exit_failure(done: &Finished, input: &Path) -> Option<DecodeError> {
                 if last.is_empty() { "" } else { ": " }
             ),
         )),
-        Exit::Code(_) if done.stderr.contains(OUT_OF_MEMORY) => Some(bad(
+        Exit::Code(_) if allocation_failed(&done.stderr) => Some(bad(
             R::DecoderResourceLimit,
-            format!("the decoder ran out of its address space ({}): {last}", done.exit),
+            format!(
+                "the decoder ran out of memory or past its pixel limit ({}): {last}",
+                done.exit
+            ),
         )),
         Exit::Code(_) => Some(bad(
             R::DecoderFailed,

@@ -1087,6 +1087,64 @@ fn frame_sink_refuses_y4m_it_did_not_ask_for_as_a_host_error() {
 }
 
 #[test]
+fn a_decoder_that_could_not_allocate_its_pictures_is_at_its_limit_whatever_its_exit() {
+    let input = Path::new("/collected/out.mp4");
+    let finished = |exit, stderr: &str| Finished {
+        exit,
+        stderr: stderr.to_owned(),
+    };
+    let frames = |decoded, kept| FramesReceived {
+        decoded,
+        total: 125,
+        slack: 2,
+        kept,
+    };
+    let classify = |done: &Finished, received: &FramesReceived| {
+        frames_failure(done, received, input).and_then(|e| e.reason())
+    };
+    let no_buffer = "[h264 @ 0x1] get_buffer() failed\n[h264 @ 0x1] thread_get_buffer() failed\n\
+                     Error while decoding stream #0:0: Invalid data found when processing input";
+    // Under RLIMIT_AS ffmpeg may exit 0 with no picture, or fail: the same limit either way.
+    for exit in [Exit::Success, Exit::Code(1), Exit::Code(69)] {
+        for received in [frames(0, 0), frames(40, 30)] {
+            assert_eq!(
+                classify(&finished(exit, no_buffer), &received),
+                Some(BadOutputReason::DecoderResourceLimit),
+                "{exit}"
+            );
+        }
+    }
+    let oom = "Error while decoding stream #0:0: Cannot allocate memory";
+    assert_eq!(
+        classify(&finished(Exit::Code(1), oom), &frames(125, 80)),
+        Some(BadOutputReason::DecoderResourceLimit)
+    );
+    // Without an allocation failure: short is truncated, no frame is truncated, a failed exit fails.
+    let corrupt = "Error while decoding stream #0:0: Invalid data found when processing input";
+    assert_eq!(
+        classify(&finished(Exit::Success, corrupt), &frames(40, 30)),
+        Some(BadOutputReason::Truncated)
+    );
+    assert_eq!(
+        classify(&finished(Exit::Success, corrupt), &frames(125, 0)),
+        Some(BadOutputReason::Truncated)
+    );
+    assert_eq!(
+        classify(&finished(Exit::Code(1), corrupt), &frames(125, 80)),
+        Some(BadOutputReason::DecoderFailed)
+    );
+    // A complete decode that once could not get a buffer (and recovered) is fine.
+    assert_eq!(
+        classify(&finished(Exit::Success, no_buffer), &frames(125, 80)),
+        None
+    );
+    let detail = frames_failure(&finished(Exit::Success, no_buffer), &frames(0, 0), input)
+        .and_then(|e| e.bad_output().map(|b| b.detail.clone()))
+        .unwrap();
+    assert!(detail.contains("0 of 125 frames"), "{detail}");
+}
+
+#[test]
 fn bounded_bytes_refuse_more_than_the_cap() {
     let mut sink = BoundedBytes::new(10);
     sink.space()[..8].copy_from_slice(b"12345678");
