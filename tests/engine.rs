@@ -109,6 +109,18 @@ fn run_logs(state: &Path, hotkey: &str) -> String {
 /// A miner behaviour, its build options and the verdict it must get.
 type Case = (Behaviour, &'static [(&'static str, &'static str)], &'static str);
 
+/// `plant=<id>:<audio sha256>,...` for every fixture challenge: the test miner writes each challenge's
+/// real answer into `/output` while it loads, before any task exists, and then answers nothing.
+fn plant_every_answer() -> &'static [(&'static str, &'static str)] {
+    let pairs: Vec<String> = images::challenges(&fixtures())
+        .unwrap()
+        .into_iter()
+        .map(|(id, dir)| format!("{id}:{}", images::sha256_file(&dir.join("audio.wav")).unwrap()))
+        .collect();
+    let plant: &'static str = Box::leak(pairs.join(",").into_boxed_str());
+    Box::leak(Box::new([("plant", plant)]))
+}
+
 #[test]
 fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
     let _engine = exclusive();
@@ -234,6 +246,48 @@ fn every_behaviour_gets_its_verdict_and_hostile_miners_touch_nothing() {
         !env.contains("/nonexistent.so"),
         "LD_PRELOAD from the image survived: {env}"
     );
+}
+
+#[test]
+fn answers_planted_before_their_task_never_count_and_a_kill_while_loading_names_the_daemons_reason() {
+    let _engine = exclusive();
+    let planted = plant_every_answer();
+    let flood: &[(&str, &str)] = &[("flood_entries", "10001"), ("ready", "never")];
+    let refs = build(&[(Behaviour::Good, planted), (Behaviour::Good, flood)]);
+    let setup = Setup::new("");
+    let extra = engine_config(setup.dir.path());
+    let setup = Setup { extra, ..setup };
+    let mut d = Daemon::start(&setup);
+    let (planter, flooder) = (Signer::from_seed(130), Signer::from_seed(131));
+    submit(
+        &d,
+        &[
+            (planter.hotkey.clone(), refs[0].clone(), 1000.0),
+            (flooder.hotkey.clone(), refs[1].clone(), 1001.0),
+        ],
+    );
+    d.wait_for_within("round 1 committed", ROUND_LIMIT);
+    let metrics = metrics_by_hotkey(&d);
+    let log = d.log();
+
+    // Every challenge's answer sat in /output before the first task was placed, and the miner never
+    // answered a task: the placement removed them, and the warm-up timed out.
+    let m = &metrics[&planter.hotkey];
+    assert_eq!(m["verdict"], "challenge_timeout", "{m}\n{log}");
+    assert_eq!(m["final_score"], 0.0, "{m}");
+    let error = m["error"].as_str().unwrap();
+    assert!(error.contains("warm-up challenge-0 failed"), "{error}");
+
+    // 10,001 entries in /output while loading: the quota watcher killed it before ready.txt, and the
+    // verdict says so (not "crashed", which the kill's exit would read as).
+    let m = &metrics[&flooder.hotkey];
+    assert_eq!(m["verdict"], "output_quota_exceeded", "{m}\n{log}");
+    let error = m["error"].as_str().unwrap();
+    assert!(
+        error.contains("more than 10000 entries") && error.contains("the daemon killed the container"),
+        "{error}"
+    );
+    assert!(d.stop().success());
 }
 
 /// Open the state file the daemon will use (creating it) and read its instance id: the daemon labels
@@ -374,6 +428,43 @@ fn sigkill_mid_evaluation_leaves_no_orphan_reruns_it_and_loses_nothing_committed
         d.log()
     );
     assert!(d.stop().success());
+}
+
+#[test]
+fn a_clean_stop_mid_evaluation_removes_every_container_it_created() {
+    let _engine = exclusive();
+    let refs = build(&[(Behaviour::Hang, &[])]);
+    let setup = Setup::new("");
+    let extra = engine_config(setup.dir.path());
+    let setup = Setup { extra, ..setup };
+    let instance = instance_of(&setup.dir.path().join("state.db"));
+    let mut d = Daemon::start(&setup);
+    let miner = Signer::from_seed(92);
+    submit(&d, &[(miner.hotkey.clone(), refs[0].clone(), 1000.0)]);
+    // The container is up and being timed on a challenge it will never answer.
+    d.wait_for_within(&format!("{} ready on", miner.hotkey), ROUND_LIMIT);
+    assert_eq!(labelled_containers(&instance).len(), 1);
+    let state = d.state.clone();
+    let log_path = d.dir.join(format!("daemon-{}.log", d.addr.port()));
+    // SIGTERM, as systemd stops the unit: the daemon exits cleanly, and only once its container is gone.
+    assert!(d.stop().success());
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(
+        labelled_containers(&instance),
+        Vec::<String>::new(),
+        "a container outlived the clean stop\n{log}"
+    );
+    // The interrupted evaluation was the host's doing: nothing was committed or charged for it.
+    let store = open_state(&state);
+    let runs = store
+        .runs_for(&Hotkey::parse(&miner.hotkey).unwrap(), 20)
+        .unwrap();
+    store.close().unwrap();
+    assert!(
+        runs.iter()
+            .all(|r| r.verdict == talkheadd::domain::Verdict::InfraError),
+        "{runs:?}"
+    );
 }
 
 /// Whether the engine holds an image under `reference`.

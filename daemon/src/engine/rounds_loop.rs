@@ -45,6 +45,9 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest the last image cache eviction may hold up a stop.
 const FINAL_EVICTION: Duration = Duration::from_secs(10);
+/// Longest the last sweep of this instance's containers may hold up a stop. With the HTTP drain and the
+/// final eviction it stays well inside the unit's `TimeoutStopSec=45s`.
+const FINAL_SWEEP: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to reach a Docker engine that stopped answering.
 const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -252,6 +255,20 @@ impl EvaluationLoop {
         evictor.abort();
         let _ = evictor.await;
         while self.prefetches.join_next().await.is_some() {}
+        // Every container this instance created goes before the stop completes. A run removes its own,
+        // but its cleanup can be cut short (an engine error after the kill leaves the removal to a
+        // background task that the stop would abandon), and a state file no later daemon opens would
+        // never have it reconciled.
+        match tokio::time::timeout(FINAL_SWEEP, self.env.engine.reconcile_orphans(&HashSet::new())).await {
+            Ok(Ok(runs)) if !runs.is_empty() => {
+                tracing::warn!(count = runs.len(), "removed containers left by runs at shutdown");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not sweep this instance's containers at shutdown")
+            }
+            Err(_) => tracing::warn!(?FINAL_SWEEP, "container sweep at shutdown cut short"),
+        }
         // One last trim for the runs that ended since (bounded: an engine that hangs must not hold up
         // the stop; what is left is trimmed after the next run).
         match tokio::time::timeout(FINAL_EVICTION, self.env.images.evict()).await {

@@ -6,7 +6,7 @@
 //! to retry later, never both: the host's failures are never charged to the miner.
 
 use super::metrics::{efficiency_metrics, failed_entry, scored_entry};
-use super::verdicts::{Failure, container_failure, gpu_failure, one_line};
+use super::verdicts::{Failure, container_failure, gpu_failure, one_line, quota_violation};
 use crate::analysis::{AnalysisFailure, AnalysisInput, Analyzer};
 use crate::challenges::{Challenge, ChallengeSet};
 use crate::clock::Clock;
@@ -20,15 +20,15 @@ use crate::gpu::cuda_requirement::{self, Compatibility};
 use crate::gpu::health::Fault;
 use crate::gpu::vram::{VramMeter, VramReading, VramSession, weakest};
 use crate::rounds::EvaluationTicket;
-use crate::runtime::job::{JobDir, OutputWatcher, READY_FILE, TaskJson};
+use crate::runtime::job::{JobDir, OutputWatcher, Placement, READY_FILE, TaskJson};
 use crate::runtime::pull::{PullFailure, backoff};
 use crate::runtime::spec::{self, RunSpecInput};
 use crate::runtime::{Engine, ImageCache, Provenance, PulledImage, RuntimeError};
 use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -173,6 +173,8 @@ pub async fn run_evaluation(
         Ok(metrics) => RunOutcome::Result(Box::new(metrics)),
         Err(Stop::Miner(f)) => RunOutcome::Result(Box::new(failed_metrics(env, &req, &f, &report))),
         Err(Stop::Infra(reason)) => RunOutcome::Infra(reason),
+        // `run_container` classifies every exit before returning; this is a bug of ours, not the miner's.
+        Err(Stop::Exited(phase)) => RunOutcome::Infra(format!("unclassified container exit {phase}")),
     };
     // The image stays cached for later rounds. Eviction is not done here: it would keep the GPU slot
     // busy while images are removed; the loop runs it once the slot is free.
@@ -184,6 +186,9 @@ pub async fn run_evaluation(
 enum Stop {
     Miner(Failure),
     Infra(String),
+    /// The container exited on its own during `phase` (e.g. "before ready.txt"): classified by
+    /// [`container_failure`] once the container has been inspected.
+    Exited(&'static str),
 }
 
 impl From<RuntimeError> for Stop {
@@ -370,7 +375,9 @@ async fn run_container(
         .map_or(0, |d| d.as_secs())
         .saturating_sub(1);
     let id = env.engine.create(&spec.name, spec.body).await?;
-    let quota_hit = Arc::new(AtomicBool::new(false));
+    // Set when the daemon itself kills the container (the output quota): that reason is the verdict,
+    // whatever phase the container was in and whatever exit the kill caused.
+    let daemon_kill: Arc<OnceLock<Failure>> = Arc::new(OnceLock::new());
     let guard = ContainerGuard {
         engine: env.engine.clone(),
         id: Some(id.clone()),
@@ -409,7 +416,7 @@ async fn run_container(
         id.clone(),
         job,
         policy.output_bytes,
-        quota_hit.clone(),
+        daemon_kill.clone(),
     );
 
     let result = async {
@@ -441,12 +448,7 @@ async fn run_container(
                     format!("no /output/ready.txt within {:?}", s.evaluation.ready_timeout),
                 )));
             }
-            Wait::Exited => {
-                return Err(Stop::Miner(Failure::new(
-                    Verdict::Crashed,
-                    "exited before ready.txt",
-                )));
-            }
+            Wait::Exited => return Err(Stop::Exited("before ready.txt")),
             Wait::Cancelled => return Err(Stop::Infra("daemon shutting down".into())),
             Wait::Io(e) => return Err(Stop::Infra(format!("watching /output: {e}"))),
         }
@@ -533,7 +535,7 @@ async fn run_container(
     }
     // A container that stopped before we killed it may have been stopped by dockerd (shutting down
     // or restarted) or an operator: that is never the miner's doing.
-    if *exited.borrow() && !quota_hit.load(Ordering::SeqCst) {
+    if *exited.borrow() && daemon_kill.get().is_none() {
         let outside = env.engine.stopped_externally(&id, created_unix).await?;
         if let Some(why) = outside {
             let _ = waiter.await;
@@ -546,25 +548,22 @@ async fn run_container(
     let outcome = env.engine.outcome(&id).await?;
     guard.remove().await?;
 
-    let mut runs = result?;
-    let quota_exceeded = quota_hit.load(Ordering::SeqCst);
-    let stopped_early = runs.iter().any(|r| r.container_stopped)
-        || (quota_exceeded && runs.iter().any(|r| r.result.is_err()));
-    if stopped_early || quota_exceeded {
-        let failure = container_failure(
-            &outcome,
-            &report.log_tail,
-            quota_exceeded,
-            req.slot.compute_capability.as_deref(),
-        );
-        for run in &mut runs {
-            if let Err(f) = &mut run.result
-                && (f.verdict == Verdict::Crashed || quota_exceeded)
-            {
-                *f = failure.clone();
-            }
+    if let Some(kill) = daemon_kill.get() {
+        return Err(Stop::Miner(kill.clone()));
+    }
+    let cc = req.slot.compute_capability.as_deref();
+    let runs = match result {
+        Err(Stop::Exited(phase)) => {
+            let failure = container_failure(&outcome, &report.log_tail, cc);
+            return Err(Stop::Miner(Failure::new(
+                failure.verdict,
+                format!("{phase}: {}", failure.reason),
+            )));
         }
-        return Err(Stop::Miner(failure));
+        other => other?,
+    };
+    if runs.iter().any(|r| r.container_stopped) {
+        return Err(Stop::Miner(container_failure(&outcome, &report.log_tail, cc)));
     }
     if let Some(warmup) = runs.iter().find(|r| !r.scored && r.result.is_err())
         && let Err(f) = &warmup.result
@@ -632,13 +631,14 @@ impl Drop for ContainerGuard {
     }
 }
 
-/// Measure `/output` every [`QUOTA_PERIOD`]; on excess, flag it and kill the container.
+/// Measure `/output` every [`QUOTA_PERIOD`]; on excess, record the reason as the daemon's kill and
+/// kill the container.
 fn spawn_quota_watch(
     engine: Engine,
     id: String,
     job: &JobDir,
     quota: u64,
-    hit: Arc<AtomicBool>,
+    daemon_kill: Arc<OnceLock<Failure>>,
 ) -> tokio::task::JoinHandle<()> {
     let output = job.output_dir().to_path_buf();
     tokio::spawn(async move {
@@ -651,9 +651,10 @@ fn spawn_quota_watch(
                 tokio::task::spawn_blocking(move || crate::runtime::job::usage_of(&dir, OUTPUT_ENTRY_LIMIT))
                     .await;
             let Ok(Ok(usage)) = usage else { continue };
-            if usage.bytes > quota || usage.entries > OUTPUT_ENTRY_LIMIT {
-                hit.store(true, Ordering::SeqCst);
-                tracing::warn!(container = %id, bytes = usage.bytes, entries = usage.entries, "output quota exceeded; killing");
+            if let Some(failure) = quota_violation(usage, quota, OUTPUT_ENTRY_LIMIT) {
+                tracing::warn!(container = %id, bytes = usage.bytes, entries = usage.entries, reason = %failure.reason, "output quota exceeded; killing");
+                // Recorded before the kill, so whoever sees the exit also sees why.
+                let _ = daemon_kill.set(failure);
                 let _ = engine.kill(&id).await;
                 return;
             }
@@ -710,9 +711,10 @@ async fn run_challenge(
         max_seconds: TASK_MAX_SECONDS,
     };
     let staging = Instant::now();
-    let t0 = job
+    let placement = job
         .stage_challenge(challenge.face(), challenge.audio(), &task)
         .map_err(infra("staging the challenge"))?;
+    let t0 = placement.visible_from;
     let placed_unix = super::timing::unix_at(t0);
     let timeout = env.settings.evaluation.challenge_timeout;
     let waited = wait_output(watcher, job, &json_name, timeout, exited, cancel).await;
@@ -723,7 +725,7 @@ async fn run_challenge(
             if tracing::enabled!(target: super::timing::TARGET, tracing::Level::DEBUG) {
                 let detected_unix = super::timing::unix_at(t1);
                 let (seen, written) = job
-                    .read_output(&json_name, RESULT_JSON_CAP)
+                    .read_output(&json_name, RESULT_JSON_CAP, Some(&placement))
                     .map_or((None, None), |b| super::timing::miner_reported(&b));
                 super::timing::ChallengeTiming {
                     challenge_id: &id,
@@ -738,7 +740,13 @@ async fn run_challenge(
             }
             (
                 Some(seconds),
-                read_result(job, &json_name, &video_name, scored, compute_capability),
+                read_result(
+                    job,
+                    (&json_name, &video_name),
+                    &placement,
+                    scored,
+                    compute_capability,
+                ),
             )
         }
         Wait::TimedOut => (
@@ -767,17 +775,18 @@ async fn run_challenge(
     })
 }
 
-/// Parse `{id}.json` and, for a scored success, copy `{id}.mp4` out of the container's reach.
+/// Parse `{id}.json` and, for a scored success, copy `{id}.mp4` out of the container's reach; both
+/// must have been written after `placement`.
 fn read_result(
     job: &JobDir,
-    json_name: &str,
-    video_name: &str,
+    (json_name, video_name): (&str, &str),
+    placement: &Placement,
     scored: bool,
     compute_capability: Option<&str>,
 ) -> Result<Option<PathBuf>, Failure> {
     let bad = |reason: String| Failure::new(Verdict::BadOutput, reason);
     let bytes = job
-        .read_output(json_name, RESULT_JSON_CAP)
+        .read_output(json_name, RESULT_JSON_CAP, Some(placement))
         .map_err(|e| bad(e.to_string()))?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("{json_name} is not valid JSON: {e}")))?;
@@ -792,7 +801,7 @@ fn read_result(
     if !scored {
         return Ok(None);
     }
-    job.collect_output(video_name, VIDEO_CAP)
+    job.collect_output(video_name, VIDEO_CAP, Some(placement))
         .map(Some)
         .map_err(|e| bad(e.to_string()))
 }

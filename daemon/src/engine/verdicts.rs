@@ -4,6 +4,7 @@
 
 use crate::domain::Verdict;
 use crate::runtime::ContainerOutcome;
+use crate::runtime::job::Usage;
 
 /// Log or error text that means the miner ran out of GPU memory.
 const CUDA_OOM: &[&str] = &[
@@ -84,20 +85,13 @@ fn capability_of_sm(after_sm: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
-/// Classify a container that stopped (or had to be stopped) before the run finished.
-/// `quota_exceeded` comes from the output watcher, which kills the container itself.
+/// Classify a container that stopped on its own before the run finished. (A container the daemon
+/// killed itself takes the daemon's reason instead: see `engine::run`.)
 pub fn container_failure(
     outcome: &ContainerOutcome,
     log_tail: &str,
-    quota_exceeded: bool,
     compute_capability: Option<&str>,
 ) -> Failure {
-    if quota_exceeded {
-        return Failure::new(
-            Verdict::OutputQuotaExceeded,
-            "the container wrote more than its /output quota",
-        );
-    }
     // The kernel's verdict, not exit code 137 alone (which any SIGKILL gives).
     if outcome.oom_killed {
         return Failure::new(
@@ -127,6 +121,22 @@ pub fn container_failure(
             format!("the container {how}; last log line: {last_line}"),
         )
     }
+}
+
+/// The verdict for `/output`'s usage against its byte quota and entry limit, if it is over either: the
+/// daemon then kills the container, and this is the run's verdict whatever phase it was in.
+pub fn quota_violation(usage: Usage, quota_bytes: u64, entry_limit: u64) -> Option<Failure> {
+    let reason = if usage.entries > entry_limit {
+        format!("/output held more than {entry_limit} entries; the daemon killed the container")
+    } else if usage.bytes > quota_bytes {
+        format!(
+            "/output held {} bytes, over its quota of {quota_bytes}; the daemon killed the container",
+            usage.bytes
+        )
+    } else {
+        return None;
+    };
+    Some(Failure::new(Verdict::OutputQuotaExceeded, reason))
 }
 
 /// Single line, printable, at most 300 characters: reasons end up in JSON, logs and tables.
@@ -159,33 +169,38 @@ mod tests {
             oom_killed: true,
             ..exited(137)
         };
-        assert_eq!(container_failure(&oom, "", false, None).verdict, Verdict::HostOom);
-        let killed = container_failure(&exited(137), "", false, None);
+        assert_eq!(container_failure(&oom, "", None).verdict, Verdict::HostOom);
+        let killed = container_failure(&exited(137), "", None);
         assert_eq!(killed.verdict, Verdict::Crashed);
         assert!(killed.reason.contains("signal 9"), "{}", killed.reason);
     }
 
     #[test]
-    fn quota_wins_over_everything() {
-        let oom = ContainerOutcome {
-            oom_killed: true,
-            ..exited(137)
-        };
-        assert_eq!(
-            container_failure(&oom, "CUDA out of memory", true, None).verdict,
-            Verdict::OutputQuotaExceeded
+    fn output_over_its_bytes_or_entries_is_a_quota_kill_naming_which() {
+        let usage = |bytes, entries| Usage { bytes, entries };
+        assert_eq!(quota_violation(usage(100, 10), 100, 10), None);
+        let bytes = quota_violation(usage(101, 1), 100, 10).unwrap();
+        assert_eq!(bytes.verdict, Verdict::OutputQuotaExceeded);
+        assert!(
+            bytes.reason.contains("101 bytes, over its quota of 100"),
+            "{}",
+            bytes.reason
+        );
+        let entries = quota_violation(usage(0, 11), 100, 10).unwrap();
+        assert_eq!(entries.verdict, Verdict::OutputQuotaExceeded);
+        assert!(
+            entries.reason.contains("more than 10 entries"),
+            "{}",
+            entries.reason
         );
     }
 
     #[test]
     fn cuda_failures_are_recognised_from_logs_and_name_the_architecture() {
         let log = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB";
-        assert_eq!(
-            container_failure(&exited(1), log, false, None).verdict,
-            Verdict::CudaOom
-        );
+        assert_eq!(container_failure(&exited(1), log, None).verdict, Verdict::CudaOom);
         let log = "RuntimeError: CUDA error: no kernel image is available for execution on the device";
-        let f = container_failure(&exited(1), log, false, Some("12.0"));
+        let f = container_failure(&exited(1), log, Some("12.0"));
         assert_eq!(f.verdict, Verdict::GpuArchUnsupported);
         assert!(f.reason.contains("compute capability 12.0"), "{}", f.reason);
         let warn = "NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation.";
@@ -197,7 +212,7 @@ mod tests {
             from_log.reason
         );
         // The inventory's figure wins over the log's.
-        let known = container_failure(&exited(1), warn, false, Some("12.0"));
+        let known = container_failure(&exited(1), warn, Some("12.0"));
         assert_eq!(known.verdict, Verdict::GpuArchUnsupported);
         assert!(
             known.reason.ends_with("no kernels for compute capability 12.0"),
@@ -213,7 +228,7 @@ mod tests {
 
     #[test]
     fn crashes_carry_the_exit_code_and_last_log_line() {
-        let f = container_failure(&exited(3), "starting\nboom: bad weights\n\n", false, None);
+        let f = container_failure(&exited(3), "starting\nboom: bad weights\n\n", None);
         assert_eq!(f.verdict, Verdict::Crashed);
         assert_eq!(
             f.reason,

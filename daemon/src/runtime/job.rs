@@ -9,6 +9,12 @@
 //! are watched against the quota. Readiness and results are detected with inotify on close/rename, so
 //! detection costs microseconds instead of the reference's 100 ms polling.
 //!
+//! A result counts only if it was written after its task was placed: placing a challenge first removes
+//! any `<id>.json`/`<id>.mp4` already there (a miner can guess challenge ids and plant answers while it
+//! loads), and a result whose inode last changed before the placement is refused as [`OutputError::Stale`]
+//! (a miner racing the removal). Both times come from the kernel's filesystem clock, so they compare
+//! without any clock of ours in between.
+//!
 //! Must not: follow a symlink the container made, open a FIFO or device, read unbounded data, or put a
 //! scoring reference anywhere the container can see.
 
@@ -68,6 +74,12 @@ pub enum OutputError {
         /// The cap.
         cap: u64,
     },
+    /// Written before its task was placed (planted in advance, not an answer to the task).
+    #[error("{name} was written before its task was placed")]
+    Stale {
+        /// File name.
+        name: String,
+    },
     /// An I/O error on the host side.
     #[error("reading {name}: {reason}")]
     Io {
@@ -86,6 +98,28 @@ pub struct Usage {
     pub bytes: u64,
     /// Directory entries seen.
     pub entries: u64,
+}
+
+/// A filesystem timestamp (seconds, nanoseconds), as the kernel stamps inodes: comparable only with
+/// other stamps of the same filesystem clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangeTime(i64, i64);
+
+impl ChangeTime {
+    fn of(meta: &fs::Metadata) -> ChangeTime {
+        ChangeTime(meta.ctime(), meta.ctime_nsec())
+    }
+}
+
+/// When a challenge was placed.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// The instant taken just before `task.json` became visible: the challenge's clock starts here.
+    pub visible_from: Instant,
+    /// The input directory's change time once `task.json` was renamed into it. Every file created or
+    /// changed after the placement carries a change time at least this late (same kernel clock, which
+    /// never runs behind an earlier stamp); a file planted before it carries an earlier one.
+    pub stamp: ChangeTime,
 }
 
 /// One evaluation's directories.
@@ -144,15 +178,23 @@ impl JobDir {
         &self.collected
     }
 
-    /// Place a challenge: face and audio first, `task.json` last, each atomically. Returns the instant
-    /// `task.json` became visible, which starts the challenge's clock.
-    pub fn stage_challenge(&self, face: &[u8], audio: &[u8], task: &TaskJson<'_>) -> io::Result<Instant> {
+    /// Place a challenge: its result names in `output/` are cleared, then face and audio, then
+    /// `task.json` last, each atomically. Returns when and as of which filesystem stamp `task.json`
+    /// became visible (see [`Placement`]).
+    pub fn stage_challenge(&self, face: &[u8], audio: &[u8], task: &TaskJson<'_>) -> io::Result<Placement> {
         // The previous challenge's task goes first, so a miner never pairs an old task with new media.
         remove_if_present(&self.input.join("task.json"))?;
+        // Answers planted before the task: best effort, as the miner owns `output/` (a directory it
+        // made under the name stays, and is refused as not a regular file when read).
+        for suffix in ["json", "mp4"] {
+            let _ = remove_if_present(&self.output.join(format!("{}.{suffix}", task.challenge_id)));
+        }
         write_atomic(&self.input, "face.png", face)?;
         write_atomic(&self.input, "audio.wav", audio)?;
         let json = serde_json::to_vec(task).map_err(io::Error::other)?;
-        write_atomic(&self.input, "task.json", &json)
+        let visible_from = write_atomic(&self.input, "task.json", &json)?;
+        let stamp = ChangeTime::of(&fs::metadata(&self.input)?);
+        Ok(Placement { visible_from, stamp })
     }
 
     /// Remove the current challenge's inputs.
@@ -168,9 +210,15 @@ impl JobDir {
         fs::symlink_metadata(self.output.join(name)).is_ok()
     }
 
-    /// Read a small output file (e.g. `{id}.json`) safely, at most `cap` bytes.
-    pub fn read_output(&self, name: &str, cap: u64) -> Result<Vec<u8>, OutputError> {
-        let (mut file, len) = self.open_output(name, cap)?;
+    /// Read a small output file (e.g. `{id}.json`) safely, at most `cap` bytes; with `written_after`,
+    /// a file last changed before that placement is [`OutputError::Stale`].
+    pub fn read_output(
+        &self,
+        name: &str,
+        cap: u64,
+        written_after: Option<&Placement>,
+    ) -> Result<Vec<u8>, OutputError> {
+        let (mut file, len) = self.open_output(name, cap, written_after)?;
         let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         Read::by_ref(&mut file)
             .take(cap + 1)
@@ -190,8 +238,14 @@ impl JobDir {
 
     /// Copy an output file (e.g. `{id}.mp4`) into `collected/`, out of the container's reach; returns
     /// the copy's path. At most `cap` bytes are read; the copy is written by us with mode 0600.
-    pub fn collect_output(&self, name: &str, cap: u64) -> Result<PathBuf, OutputError> {
-        let (file, _) = self.open_output(name, cap)?;
+    /// `written_after` as for [`JobDir::read_output`].
+    pub fn collect_output(
+        &self,
+        name: &str,
+        cap: u64,
+        written_after: Option<&Placement>,
+    ) -> Result<PathBuf, OutputError> {
+        let (file, _) = self.open_output(name, cap, written_after)?;
         let dest = self.collected.join(name);
         let io_err = |e: io::Error| OutputError::Io {
             name: name.to_owned(),
@@ -216,7 +270,12 @@ impl JobDir {
         Ok(dest)
     }
 
-    fn open_output(&self, name: &str, cap: u64) -> Result<(File, u64), OutputError> {
+    fn open_output(
+        &self,
+        name: &str,
+        cap: u64,
+        written_after: Option<&Placement>,
+    ) -> Result<(File, u64), OutputError> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(OutputError::NotRegular {
                 name: name.to_owned(),
@@ -253,6 +312,11 @@ impl JobDir {
             return Err(OutputError::TooLarge {
                 name: name.to_owned(),
                 cap,
+            });
+        }
+        if written_after.is_some_and(|p| ChangeTime::of(&meta) < p.stamp) {
+            return Err(OutputError::Stale {
+                name: name.to_owned(),
             });
         }
         Ok((file, meta.len()))
@@ -366,14 +430,16 @@ impl OutputWatcher {
     }
 
     /// Wait until `name` is complete in `output/`; returns when it was seen. Checks the directory
-    /// first, so a file finished before the call is found too. Cancel-safe: drop the future to stop.
+    /// first, so a file finished before the call is found too. An event for a file that is no longer
+    /// there (queued before the call, e.g. for an answer planted and since removed) is passed over.
+    /// Cancel-safe: drop the future to stop.
     pub async fn wait_for(&mut self, job: &JobDir, name: &str) -> io::Result<Instant> {
         if job.output_exists(name) {
             return Ok(Instant::now());
         }
         while let Some(event) = self.events.next().await {
             let event = event?;
-            if event.name.as_deref().is_some_and(|n| n == name) {
+            if event.name.as_deref().is_some_and(|n| n == name) && job.output_exists(name) {
                 return Ok(Instant::now());
             }
         }
@@ -437,23 +503,62 @@ mod tests {
     }
 
     #[test]
+    fn answers_planted_before_the_task_are_removed_or_refused_as_stale() {
+        let (_d, job) = job();
+        let out = job.output_dir();
+        // Planted while loading, under the names the next task will use: removed by the placement.
+        fs::write(out.join("c1.json"), br#"{"success":true}"#).unwrap();
+        fs::write(out.join("c1.mp4"), b"video").unwrap();
+        // A file the placement does not remove (a miner racing the removal leaves the same trace).
+        fs::write(out.join("c9.json"), br#"{"success":true}"#).unwrap();
+        let planted = ChangeTime::of(&fs::metadata(out.join("c9.json")).unwrap());
+        // Place until the filesystem clock has moved past the planted file's stamp (a coarse clock
+        // can give both the same stamp; a file of the same tick would be accepted).
+        let mut placement = job.stage_challenge(b"face", b"audio", &task("c1")).unwrap();
+        while placement.stamp <= planted {
+            placement = job.stage_challenge(b"face", b"audio", &task("c1")).unwrap();
+        }
+        assert!(!job.output_exists("c1.json") && !job.output_exists("c1.mp4"));
+        assert_eq!(
+            job.read_output("c9.json", 1024, Some(&placement)),
+            Err(OutputError::Stale {
+                name: "c9.json".into()
+            })
+        );
+        assert!(matches!(
+            job.collect_output("c9.json", 1024, Some(&placement)),
+            Err(OutputError::Stale { .. })
+        ));
+        // Without a placement to compare with, the same file reads.
+        assert!(job.read_output("c9.json", 1024, None).is_ok());
+        // Written after the placement: accepted.
+        fs::write(out.join("c1.json"), br#"{"success":true}"#).unwrap();
+        fs::write(out.join("c1.mp4"), b"video").unwrap();
+        assert!(job.read_output("c1.json", 1024, Some(&placement)).is_ok());
+        assert!(job.collect_output("c1.mp4", 1024, Some(&placement)).is_ok());
+    }
+
+    #[test]
     fn outputs_are_read_only_when_regular_and_small() {
         let (d, job) = job();
         let out = job.output_dir();
         fs::write(out.join("ok.json"), br#"{"success":true}"#).unwrap();
-        assert_eq!(job.read_output("ok.json", 1024).unwrap(), br#"{"success":true}"#);
+        assert_eq!(
+            job.read_output("ok.json", 1024, None).unwrap(),
+            br#"{"success":true}"#
+        );
 
         let secret = d.path().join("secret");
         fs::write(&secret, b"hotkey private key").unwrap();
         symlink(&secret, out.join("c1.mp4")).unwrap();
         assert_eq!(
-            job.read_output("c1.mp4", 1024),
+            job.read_output("c1.mp4", 1024, None),
             Err(OutputError::NotRegular {
                 name: "c1.mp4".into()
             })
         );
         assert!(matches!(
-            job.collect_output("c1.mp4", 1024),
+            job.collect_output("c1.mp4", 1024, None),
             Err(OutputError::NotRegular { .. })
         ));
 
@@ -463,7 +568,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            job.read_output("fifo.json", 1024),
+            job.read_output("fifo.json", 1024, None),
             Err(OutputError::NotRegular {
                 name: "fifo.json".into()
             })
@@ -471,7 +576,7 @@ mod tests {
 
         fs::create_dir(out.join("dir.json")).unwrap();
         assert_eq!(
-            job.read_output("dir.json", 1024),
+            job.read_output("dir.json", 1024, None),
             Err(OutputError::NotRegular {
                 name: "dir.json".into()
             })
@@ -479,20 +584,20 @@ mod tests {
 
         fs::write(out.join("big.json"), vec![b'x'; 2048]).unwrap();
         assert_eq!(
-            job.read_output("big.json", 1024),
+            job.read_output("big.json", 1024, None),
             Err(OutputError::TooLarge {
                 name: "big.json".into(),
                 cap: 1024
             })
         );
         assert_eq!(
-            job.read_output("none.json", 1024),
+            job.read_output("none.json", 1024, None),
             Err(OutputError::Missing {
                 name: "none.json".into()
             })
         );
         assert!(matches!(
-            job.read_output("../secret", 1024),
+            job.read_output("../secret", 1024, None),
             Err(OutputError::NotRegular { .. })
         ));
     }
@@ -501,12 +606,12 @@ mod tests {
     fn collected_copies_are_out_of_the_output_tree_and_capped() {
         let (_d, job) = job();
         fs::write(job.output_dir().join("c1.mp4"), vec![7u8; 5000]).unwrap();
-        let copy = job.collect_output("c1.mp4", 10_000).unwrap();
+        let copy = job.collect_output("c1.mp4", 10_000, None).unwrap();
         assert!(copy.starts_with(job.collected_dir()));
         assert_eq!(fs::read(&copy).unwrap().len(), 5000);
         fs::write(job.output_dir().join("c2.mp4"), vec![7u8; 5000]).unwrap();
         assert!(matches!(
-            job.collect_output("c2.mp4", 100),
+            job.collect_output("c2.mp4", 100, None),
             Err(OutputError::TooLarge { .. })
         ));
         assert!(!job.collected_dir().join("c2.mp4").exists());
@@ -562,5 +667,35 @@ mod tests {
         assert!(seen.elapsed().as_secs() < 10);
         // Already present: found immediately.
         watcher.wait_for(&job, "other.json").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_queued_for_a_file_since_removed_is_not_a_result() {
+        let (_d, job) = job();
+        let mut watcher = OutputWatcher::new(&job).unwrap();
+        let out = job.output_dir();
+        // Planted (its event queued, unread), then removed by the placement of its task.
+        fs::write(out.join("c1.json"), b"{}").unwrap();
+        fs::write(out.join("ready.txt"), b"ready").unwrap();
+        watcher.wait_for(&job, "ready.txt").await.unwrap();
+        job.stage_challenge(b"face", b"audio", &task("c1")).unwrap();
+        // Only the stale event is there to read: the wait must not end on it.
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            watcher.wait_for(&job, "c1.json"),
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "a queued event for a removed file was taken for the result"
+        );
+        fs::write(out.join("c1.json"), b"{}").unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            watcher.wait_for(&job, "c1.json"),
+        )
+        .await
+        .expect("watcher timed out")
+        .unwrap();
     }
 }

@@ -128,13 +128,78 @@ async fn main() -> Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let result = run(port, &miners).await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // A clean stop, as systemd does it: SIGTERM, then the daemon removes every container it created.
+    let stopped = stop(&mut daemon).await;
+    let result = result
+        .and(stopped)
+        .and(no_containers_left(&dir.path().join("state.db")).await);
     if result.is_err() {
         let log = std::fs::read_to_string(dir.path().join("talkheadd.log")).unwrap_or_default();
         eprintln!("--- talkheadd log ---\n{log}");
     }
     result
+}
+
+/// Longest the daemon may take to stop after SIGTERM (its unit allows 45 s).
+const STOP_LIMIT: Duration = Duration::from_secs(45);
+
+/// SIGTERM the daemon and wait for it to exit (SIGKILL after [`STOP_LIMIT`], which is an error).
+async fn stop(daemon: &mut std::process::Child) -> Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.id()).context("daemon pid")?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("sending SIGTERM")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.try_wait()? {
+            return if status.success() {
+                Ok(())
+            } else {
+                bail!("talkheadd exited with {status} after SIGTERM")
+            };
+        }
+        if started.elapsed() > STOP_LIMIT {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            bail!("talkheadd did not stop within {STOP_LIMIT:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The stopped daemon left no container behind (it labels them with its state file's instance id).
+async fn no_containers_left(state: &std::path::Path) -> Result<()> {
+    let store = talkheadd::store::Store::open(
+        state,
+        talkheadd::store::StoreOptions {
+            map_size_bytes: 64 << 20,
+            history_per_miner: 20,
+            max_submissions: 100,
+        },
+    )?;
+    let instance = store.instance_id().to_owned();
+    store.close()?;
+    let docker = images::docker().await?;
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec!["talkhead.run".to_owned(), format!("talkhead.instance={instance}")],
+    )]);
+    let left = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    if !left.is_empty() {
+        let ids: Vec<String> = left.into_iter().filter_map(|c| c.id).collect();
+        bail!(
+            "talkheadd left {} container(s) behind: {}",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
+    println!("== talkheadd stopped cleanly and left no container behind");
+    Ok(())
 }
 
 async fn run(port: u16, miners: &[(String, String, &str)]) -> Result<()> {

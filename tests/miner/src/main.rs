@@ -32,6 +32,12 @@
 //! before the file is written and renamed into place: the bench's miner-reported clock, shared with
 //! the host through the kernel's CLOCK_REALTIME).
 //!
+//! Two options act while the miner "loads", before `ready.txt`: `flood_entries=N` creates N empty files
+//! `/output/flood-<n>` (the output quota's entry limit), and `plant=<id>:<audio sha256>,...` writes, for
+//! each pair, the baked video of that audio as `/output/<id>.mp4` and `{"success": true}` as
+//! `/output/<id>.json`: answers prepared for challenge ids the miner guessed. A planting miner then
+//! never answers a task itself.
+//!
 //! Outside a container, `TALKHEAD_TEST_MINER_ROOT` names a directory that stands for `/`: the miner
 //! then reads `<root>/miner.conf`, `<root>/input`, `<root>/videos` and writes `<root>/output`.
 
@@ -145,6 +151,10 @@ struct Config {
     poll: Duration,
     /// Answers carry `task_seen_unix` and `written_at_unix`.
     report_times: bool,
+    /// Empty files created in `/output` before `ready.txt`.
+    flood_entries: u64,
+    /// (challenge id, audio sha256) answers written before `ready.txt`.
+    plant: Vec<(String, String)>,
 }
 
 impl Config {
@@ -210,6 +220,21 @@ impl Config {
             Some("true" | "yes") => true,
             Some(other) => return Err(format!("report_times={other}: expected true or false")),
         };
+        let flood_entries = number(&mut pairs, "flood_entries")?.unwrap_or(0);
+        let plant = pairs
+            .remove("plant")
+            .map(|list| {
+                list.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|pair| {
+                        pair.split_once(':')
+                            .map(|(id, sha)| (id.to_owned(), sha.to_owned()))
+                            .ok_or_else(|| format!("plant: `{pair}` is not <id>:<audio sha256>"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         if let Some(key) = pairs.keys().next() {
             return Err(format!("unknown key `{key}`"));
         }
@@ -226,6 +251,8 @@ impl Config {
             targets,
             poll,
             report_times,
+            flood_entries,
+            plant,
         })
     }
 }
@@ -651,6 +678,26 @@ fn main() {
         ));
         sleep(config.startup_delay);
     }
+    for n in 0..config.flood_entries {
+        if let Err(e) = File::create(paths.output.join(format!("flood-{n}"))) {
+            log(format_args!("flooding /output stopped at {n} entries: {e}"));
+            break;
+        }
+    }
+    if config.flood_entries > 0 {
+        log(format_args!(
+            "flooded /output with {} entries",
+            config.flood_entries
+        ));
+    }
+    for (id, sha) in &config.plant {
+        let planted = fs::copy(
+            paths.videos.join(format!("{sha}.mp4")),
+            paths.output.join(format!("{id}.mp4")),
+        )
+        .and_then(|_| write_atomic(&paths.output, &format!("{id}.json"), br#"{"success": true}"#));
+        log(format_args!("planted an answer for {id}: {}", outcome(&planted)));
+    }
     if config.write_ready {
         if let Err(e) = write_atomic(&paths.output, "ready.txt", b"ready\n") {
             log(format_args!("cannot write ready.txt: {e}"));
@@ -666,6 +713,15 @@ fn main() {
     let mut last_problem: Option<String> = None;
     loop {
         match read_task(&paths) {
+            Ok(Some(task)) if !config.plant.is_empty() => {
+                if last_id.as_deref() != Some(task.id.as_str()) {
+                    log(format_args!(
+                        "task challenge_id={}: not answering (planted answers)",
+                        task.id
+                    ));
+                    last_id = Some(task.id);
+                }
+            }
             Ok(Some(task)) if last_id.as_deref() != Some(task.id.as_str()) => {
                 TASK_SEEN.store(unix_now().to_bits(), std::sync::atomic::Ordering::Relaxed);
                 last_problem = None;
@@ -715,6 +771,23 @@ mod tests {
         assert!(Config::parse("behaviour=nope").is_err());
         assert!(Config::parse("behaviour=good colour=blue").is_err());
         assert!(Config::parse("delay_ms=3").is_err());
+    }
+
+    #[test]
+    fn loading_options_parse_and_refuse_malformed_pairs() {
+        let c = Config::parse("behaviour=good flood_entries=10001 plant=c-0:ab,c-1:cd\n").unwrap();
+        assert_eq!(c.flood_entries, 10001);
+        assert_eq!(
+            c.plant,
+            vec![
+                ("c-0".to_owned(), "ab".to_owned()),
+                ("c-1".to_owned(), "cd".to_owned())
+            ]
+        );
+        let c = Config::parse("behaviour=good\n").unwrap();
+        assert_eq!((c.flood_entries, c.plant.len()), (0, 0));
+        assert!(Config::parse("behaviour=good plant=c-0\n").is_err());
+        assert!(Config::parse("behaviour=good flood_entries=many\n").is_err());
     }
 
     #[test]
