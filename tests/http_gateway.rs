@@ -501,3 +501,52 @@ fn silent_and_stalled_clients_are_cut_off_by_the_timeouts() {
     assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
     assert!(d.stop().success());
 }
+
+/// Writes a whole `POST /update` (headers, then `body_len` bytes) before reading anything, as Python's
+/// `http.client` and `requests` do, then reads the answer to the end.
+fn post_everything_then_read(d: &Daemon, extra_headers: &str, body_len: usize) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(d.addr)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    write!(
+        stream,
+        "POST /update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {body_len}\r\n\r\n"
+    )?;
+    let chunk = vec![b' '; 1 << 20];
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+#[test]
+fn a_client_that_sends_its_whole_body_before_reading_gets_the_refusal_not_a_reset() {
+    let signer = Signer::from_seed(5);
+    let setup = Setup::new(&format!("[auth]\nallowed_hotkeys = [\"{}\"]\n", signer.hotkey));
+    let d = Daemon::start(&setup);
+    // 38 MB, over the default max_body_bytes: refused from its Content-Length, before a byte is read.
+    let legacy = signer.legacy("/update", now());
+    let headers: String = legacy.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let answer = post_everything_then_read(&d, &headers, 38_000_000).expect("connection reset");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"error\":\"body_too_large\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Refused on its headers (no signature), with a body the client sends anyway.
+    let answer = post_everything_then_read(&d, "", 3_000_000).expect("connection reset");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("\"error\":\"missing_header\""), "{answer}");
+    // The gateway still serves after discarding.
+    let r = d.request(&HttpRequest::new("GET", "/healthz"));
+    assert_eq!(r.status, 200);
+    assert!(d.stop().success());
+    assert!(stored(&setup.dir.path().join("state.db")).is_empty());
+}

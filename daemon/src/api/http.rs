@@ -5,6 +5,12 @@
 //! body is read, bodies are bounded while streaming (a `Content-Length` over the limit is refused before
 //! a byte is read), every item of a batch is validated before anything is stored, and each request has a
 //! deadline. Connections are capped by a semaphore and drained gracefully on shutdown.
+//!
+//! A request refused before its body was read (too large, unauthenticated, wrong type...) is answered at
+//! once, and the rest of its body is then read and discarded, bounded in bytes and time, before the
+//! connection closes: clients that write their whole body before reading the answer (Python's
+//! `http.client`, hence `requests`, which validators use) would otherwise see the close as a
+//! connection reset and never read the status and its JSON reason.
 
 use super::auth::{Authenticator, Authorized};
 use super::error::{ApiError, ItemProblem};
@@ -13,9 +19,10 @@ use crate::config::HttpSettings;
 use crate::domain::{Hotkey, ImageRef, Submission};
 use crate::service::Service;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -29,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest header block accepted (hyper's read buffer; requests with bigger headers get 431).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most bytes of a refused body read and discarded after the answer, and for how long: enough for the
+/// bodies validators send, bounded so a refused client cannot hold a connection slot for long.
+const DISCARD_BYTES: u64 = 64 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// The routes the gateway knows; also the `route` label of request metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,44 +154,59 @@ impl Gateway {
     /// Answer one request (never fails: errors become JSON answers).
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let route = Route::of(req.uri().path());
-        let response =
-            match tokio::time::timeout(self.limits.request_timeout, self.dispatch(route, req)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => error_response(&e),
-                Err(_) => error_response(&ApiError::Timeout),
-            };
+        let (parts, body) = req.into_parts();
+        // `Some` until a handler has read the body to its end.
+        let mut unread = Some(body);
+        let dispatched = self.dispatch(route, &parts, &mut unread);
+        let (response, timed_out) = match tokio::time::timeout(self.limits.request_timeout, dispatched).await
+        {
+            Ok(Ok(r)) => (r, false),
+            Ok(Err(e)) => (error_response(&e), false),
+            Err(_) => (error_response(&ApiError::Timeout), true),
+        };
         self.prom
             .observe_request(route.label(), response.status().as_u16());
-        response
+        match unread {
+            // A stalled client is not sending; one that was told not to (no `100 Continue`) won't.
+            Some(body) if !body.is_end_stream() && !timed_out && !expects_continue(&parts) => {
+                discard_then_close(body, response)
+            }
+            _ => response,
+        }
     }
 
-    async fn dispatch(&self, route: Route, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-        match (route, req.method()) {
-            (Route::Update, &Method::POST) => self.update(req).await,
+    async fn dispatch(
+        &self,
+        route: Route,
+        parts: &Parts,
+        body: &mut Option<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
+        match (route, &parts.method) {
+            (Route::Update, &Method::POST) => self.update(parts, body).await,
             (Route::Update, _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-            (Route::Metrics, &Method::GET | &Method::HEAD) => self.metrics(req).await,
+            (Route::Metrics, &Method::GET | &Method::HEAD) => self.metrics(parts).await,
             (Route::Metrics, _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
             (Route::Healthz, &Method::GET | &Method::HEAD) => self.healthz().await,
             (Route::Prometheus, &Method::GET) => self.prometheus().await,
             (Route::Healthz | Route::Prometheus, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
-            (Route::Other, _) => Err(ApiError::NotFound(sanitise(req.uri().path()))),
+            (Route::Other, _) => Err(ApiError::NotFound(sanitise(parts.uri.path()))),
         }
     }
 
-    fn authenticate(&self, req: &Request<Incoming>) -> Result<Authorized, ApiError> {
+    fn authenticate(&self, parts: &Parts) -> Result<Authorized, ApiError> {
         let now = self.service.clock().now_unix();
         Ok(self.auth.check_headers(
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-            req.headers(),
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            &parts.headers,
             now,
         )?)
     }
 
-    async fn update(&self, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-        let authorized = self.authenticate(&req)?;
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+    async fn update(&self, parts: &Parts, body: &mut Option<Incoming>) -> Result<HttpResponse, ApiError> {
+        let authorized = self.authenticate(parts)?;
+        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
             let is_json = ct
                 .to_str()
                 .ok()
@@ -190,7 +216,7 @@ impl Gateway {
                 return Err(ApiError::UnsupportedMediaType);
             }
         }
-        let body = read_body(req, self.limits.max_body_bytes).await?;
+        let body = read_body(&parts.headers, body, self.limits.max_body_bytes).await?;
         self.auth.check_body(&authorized, &body)?;
         let batch = parse_batch(&body, self.limits.max_batch)?;
         let count = batch.len();
@@ -210,14 +236,14 @@ impl Gateway {
         ))
     }
 
-    async fn metrics(&self, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    async fn metrics(&self, parts: &Parts) -> Result<HttpResponse, ApiError> {
         if !self.public_metrics {
-            let authorized = self.authenticate(&req)?;
+            let authorized = self.authenticate(parts)?;
             // GET carries no body; a signed digest must still match the empty one.
             self.auth.check_body(&authorized, &[])?;
         }
         let version = self.service.metrics_version().await?;
-        if if_none_match(req.headers().get(header::IF_NONE_MATCH), version) {
+        if if_none_match(parts.headers.get(header::IF_NONE_MATCH), version) {
             return Ok(
                 with_etag(Response::builder().status(StatusCode::NOT_MODIFIED), version)
                     .body(Full::new(Bytes::new()))
@@ -225,7 +251,7 @@ impl Gateway {
             );
         }
         let (version, body) = self.service.metrics_body().await?;
-        let body = if req.method() == Method::HEAD {
+        let body = if parts.method == Method::HEAD {
             Bytes::new()
         } else {
             body
@@ -257,21 +283,73 @@ impl Gateway {
 }
 
 /// Read the body, refusing it as soon as it is known to exceed `limit` (from `Content-Length`, or while
-/// streaming for chunked bodies).
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
+/// streaming for chunked bodies). The body is taken out of `unread` only once read to its end; a
+/// refused one stays there, for [`discard_then_close`].
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    unread: &mut Option<Incoming>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    let Some(body) = unread.as_mut() else {
+        return Ok(Bytes::new());
+    };
+    let mut collected = Vec::with_capacity(declared.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            collected.extend_from_slice(data);
+        }
     }
+    *unread = None;
+    Ok(Bytes::from(collected))
+}
+
+/// Whether the client waits for `100 Continue` before sending its body (curl does for large ones): an
+/// answer sent first tells it not to send at all, so there is nothing to discard.
+fn expects_continue(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Answer with `response` and `Connection: close`, and meanwhile read and drop the rest of `body`
+/// (at most [`DISCARD_BYTES`] for at most [`DISCARD_TIME`]), so the connection closes after the
+/// client has sent everything instead of resetting under it.
+fn discard_then_close(mut body: Incoming, mut response: HttpResponse) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    tokio::spawn(async move {
+        let mut discarded = 0u64;
+        let drained = tokio::time::timeout(DISCARD_TIME, async {
+            while discarded <= DISCARD_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    Some(Err(_)) | None => return true,
+                }
+            }
+            false
+        })
+        .await;
+        if drained != Ok(true) {
+            tracing::debug!(discarded, "stopped discarding a refused request body; closing");
+        }
+    });
+    response
 }
 
 /// Validate a whole `/update` body. Any bad item rejects the batch, listing every problem.
