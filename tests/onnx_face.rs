@@ -124,7 +124,7 @@ fn scrfd_decodes_letterboxed_anchors_to_frame_pixels() {
 fn the_detector_sees_rgb_not_bgr() {
     let backend = backend();
     // The test detector reads input channel 0 only: a red block is a face, a blue one is not. Fed BGR
-    // (the reference's bug, protocol.md 10.3 #11), it would be the other way round.
+    // (the reference's bug, docs/reference.md#weakness-11), it would be the other way round.
     assert_eq!(
         backend
             .detect_faces(&frame(0, 0, Some([255, 0, 0])))

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Static checks of the systemd units (design.md section 7):
+# Static checks of the systemd units (docs/reference.md#systemd-targets):
 #   1. systemd-analyze verify: both units parse, every referenced command and unit exists;
 #   2. systemd-analyze security --offline=true: exposure of talkheadd.service at most $MAX_EXPOSURE
 #      (default 1.5, "OK"); the script fails above it.

@@ -1,7 +1,7 @@
 //! Request authentication: sr25519 signed headers from an allow-list of public hotkeys.
 //!
 //! Owns both wire schemes (see `docs/auth.md`):
-//! - **legacy**, byte-compatible with the reference validator (protocol.md §2.1): `X-Hotkey`,
+//! - **legacy**, byte-compatible with the reference validator (docs/reference.md#auth-headers): `X-Hotkey`,
 //!   `X-Timestamp`, `X-Signature` over `<Bytes>{path}:{int(ts)}:{hotkey}</Bytes>`;
 //! - **talkhead-v1** (`X-Auth-Scheme: talkhead-v1`), which also binds the method, query, a nonce and the
 //!   SHA-256 of the body, and rejects replays through a bounded in-memory nonce cache.

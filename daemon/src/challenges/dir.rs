@@ -1,6 +1,6 @@
-//! The local directory source (`evaluation.challenges_dir`, design.md §4): one sub-directory per
-//! challenge, in sorted name order, whose name is the challenge id, holding `face.png`, `audio.wav`
-//! and optionally `text.txt`.
+//! The local directory source (`evaluation.challenges_dir`, docs/reference.md#challenge-dir): one
+//! sub-directory per challenge, in sorted name order, whose name is the challenge id, holding `face.png`,
+//! `audio.wav` and optionally `text.txt`.
 //!
 //! Owns the safe reading of those files: symlinks are never followed (neither a challenge directory nor
 //! a file inside one), only regular files are opened (a FIFO or a device is refused before `open`, and

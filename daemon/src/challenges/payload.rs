@@ -1,4 +1,5 @@
-//! The pure parser of `/challenge` payloads (protocol.md §3.1), minus the reference's holes.
+//! The pure parser of `/challenge` payloads (docs/reference.md#challenge-subnet), minus the reference's
+//! holes.
 //!
 //! Owns the accepted shapes: a top-level list, or an object with a `challenges` list; items as a list
 //! `[text, audio_b64, face_b64, ...]` (id `challenge-{index}`) or an object
@@ -8,7 +9,7 @@
 //!
 //! Must not: read any host path. A payload carrying `challenges_dir`, `challenge_dir`, `face_path` or
 //! `audio_path` (at the top level or in any item, whatever the value) is refused as a whole
-//! (protocol.md §10.2 bug 9). It also must not skip a broken item, substitute an id for an invalid
+//! (docs/reference.md#weakness-9). It also must not skip a broken item, substitute an id for an invalid
 //! one, accept duplicate ids, decode a field that cannot fit the limits, or do any I/O.
 
 use base64::Engine as _;

@@ -1,6 +1,6 @@
 //! The executor's own hotkey, used only to sign `GET {SUBNET_API_URL}/challenge` the way the reference
-//! does (protocol.md §2.1): `X-Hotkey`, `X-Timestamp` (integer seconds), `X-Signature` (hex sr25519,
-//! context `b"substrate"`) over `<Bytes>{path}:{timestamp}:{hotkey}</Bytes>`.
+//! does (docs/reference.md#auth-challenge): `X-Hotkey`, `X-Timestamp` (integer seconds), `X-Signature` (hex
+//! sr25519, context `b"substrate"`) over `<Bytes>{path}:{timestamp}:{hotkey}</Bytes>`.
 //!
 //! Owns loading the key from a bittensor hotkey file (`secretSeed` and/or `privateKey`, checked against
 //! `ss58Address` and `publicKey`), named by a path or a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`,
@@ -9,8 +9,9 @@
 //! Must not: take the key itself from configuration, accept a key file that group or others can access,
 //! accept key material that does not match the declared address, or expose the secret in any error,
 //! log line or `Debug` output (schnorrkel zeroes its secret key on drop). Signing the `/challenge`
-//! request with the validator key on the host that runs miner containers is the reference's bug 8; this
-//! module keeps the key out of the config and the containers' reach but cannot make it unnecessary.
+//! request with the validator key on the host that runs miner containers is the reference's bug 8
+//! (docs/reference.md#weakness-8); this module keeps the key out of the config and the containers' reach but
+//! cannot make it unnecessary.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -1,5 +1,5 @@
 //! The Subnet API source: `GET {SUBNET_API_URL}/challenge`, signed with the executor's hotkey as the
-//! reference does (protocol.md §2.1), then parsed by [`parse_payload`].
+//! reference does (docs/reference.md#auth-challenge), then parsed by [`parse_payload`].
 //!
 //! Owns the HTTP exchange: connect and total timeouts, no redirects, the status checked before any byte
 //! of the body is looked at, the body streamed under a hard cap (no decompression is enabled, so the

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Embedded defaults (design.md section 4; the reference's values where it has one).
+/// Embedded defaults (docs/reference.md#config-defaults; the reference's values where it has one).
 pub mod defaults {
     /// HTTP listen address: loopback only, port 8000 as the reference.
     pub const HTTP_LISTEN: &str = "127.0.0.1:8000";

@@ -1,5 +1,6 @@
-//! The metrics document of one evaluation, in the reference's `/metrics` shape (protocol.md 1.3) with
-//! talkheadd's additive fields (`verdict`, `run_id`, `round`, `stage_times`, `gpu`, `measurement`).
+//! The metrics document of one evaluation, in the reference's `/metrics` shape
+//! (docs/reference.md#metrics-shape) with talkheadd's additive fields (`verdict`, `run_id`, `round`,
+//! `stage_times`, `gpu`, `measurement`).
 //!
 //! Field names are a wire contract read by existing validators: add fields, never rename or remove them.
 
@@ -109,15 +110,15 @@ pub struct ChallengeMetrics {
     /// Failure reason, present on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// How the components were obtained (protocol.md 5.3's `debug`), present on success. Additive:
-    /// the reference's readers ignore it.
+    /// How the components were obtained (the `debug` of docs/reference.md#scoring-quality), present on
+    /// success. Additive: the reference's readers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<ChallengeDebug>,
 }
 
-/// The `debug` object of a scored challenge: the reference's intermediate values (protocol.md 5.3)
-/// plus the backends that produced them and the time the analysis took. A plain struct of scalars and
-/// two short strings, so that `/metrics` stays cheap to serialise.
+/// The `debug` object of a scored challenge: the reference's intermediate values
+/// (docs/reference.md#scoring-quality) plus the backends that produced them and the time the analysis took. A
+/// plain struct of scalars and two short strings, so that `/metrics` stays cheap to serialise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChallengeDebug {
     /// Sync confidence `(corr + 1) / 2` as the gates saw it.
@@ -139,7 +140,8 @@ pub struct ChallengeDebug {
     pub analysis_time_sec: f64,
 }
 
-/// The efficiency block (protocol.md 1.3 / 6) plus talkheadd's flags.
+/// The efficiency block (docs/reference.md#metrics-shape and docs/reference.md#scoring-efficiency) plus
+/// talkheadd's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EfficiencyMetrics {
     /// Mean peak VRAM in GB over the scored challenges; null when unavailable.

@@ -1,4 +1,4 @@
-//! The verdict vocabulary (design.md section 4): the outcome of one challenge or one whole evaluation.
+//! The verdict vocabulary (docs/reference.md#verdicts): the outcome of one challenge or one whole evaluation.
 //!
 //! The strings are a public contract (stored, served by `/metrics`, logged as `VERDICT=`); never rename
 //! a variant's serialised form.

@@ -45,7 +45,7 @@ const QUOTA_PERIOD: Duration = Duration::from_millis(25);
 const OUTPUT_ENTRY_LIMIT: u64 = 10_000;
 /// Consecutive challenge timeouts after which the miner is deemed wedged and the run stops.
 const MAX_CONSECUTIVE_TIMEOUTS: usize = 2;
-/// task.json constants (protocol.md 3.4).
+/// task.json constants (docs/reference.md#task-json).
 const TASK_SEED: u64 = 123;
 const TASK_FPS: u32 = 25;
 const TASK_RESOLUTION: u32 = 512;

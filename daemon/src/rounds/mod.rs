@@ -1,5 +1,5 @@
-//! The round state machine (protocol.md 8.2 with bugs 20, 24 and 26 fixed), as pure functions over
-//! in-memory records.
+//! The round state machine (docs/reference.md#rounds with bugs 20, 24 and 26 of docs/reference.md#weaknesses
+//! fixed), as pure functions over in-memory records.
 //!
 //! This module owns the *rules*: what an upsert does to a miner, which miners are pending, whether a
 //! result may be staged, when a round commits and who is re-evaluated next. It owns no storage, no clock

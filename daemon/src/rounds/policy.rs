@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_CARRY_ROUNDS: u64 = 10;
 /// Which miners a commit sends back for evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReevaluatePolicy {
-    /// Every miner is re-evaluated every round (the reference's behaviour, protocol.md 8.2).
+    /// Every miner is re-evaluated every round (the reference's behaviour, docs/reference.md#rounds).
     #[default]
     All,
     /// The top `top_k` eligible miners by ranking are re-evaluated next round. The others keep their

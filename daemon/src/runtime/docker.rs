@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Label every container the daemon creates carries (design.md section 4).
+/// Label every container the daemon creates carries (docs/reference.md#container-labels).
 pub const RUN_LABEL: &str = super::spec::LABEL_RUN;
 
 /// Failures talking to the engine.

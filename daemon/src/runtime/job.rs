@@ -1,4 +1,4 @@
-//! The miner file protocol on the host side (protocol.md section 4), done safely.
+//! The miner file protocol on the host side (docs/reference.md#miner-protocol), done safely.
 //!
 //! A job directory holds three sibling directories: `input/` (bind-mounted read-only at `/input`),
 //! `output/` (bind-mounted read-write at `/output`, the only place the container can write) and
@@ -33,7 +33,7 @@ const HOSTILE_OPEN_FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | 
 /// The readiness marker a miner writes once its model is loaded.
 pub const READY_FILE: &str = "ready.txt";
 
-/// `/input/task.json` (protocol.md 3.4).
+/// `/input/task.json` (docs/reference.md#task-json).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskJson<'a> {
     /// Challenge id (validated: a safe file name).

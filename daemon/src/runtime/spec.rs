@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Label carrying the run id on every container the daemon creates (design.md section 4).
+/// Label carrying the run id on every container the daemon creates (docs/reference.md#container-labels).
 pub const LABEL_RUN: &str = "talkhead.run";
 /// Label marking containers the daemon owns (start-up reconciliation kills and removes them).
 pub const LABEL_MANAGED: &str = "talkhead.managed";

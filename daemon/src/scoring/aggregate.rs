@@ -1,5 +1,5 @@
 //! Run aggregation: the scored challenges of one evaluation → the run's `quality_score`, efficiency
-//! block and `final_score` (protocol.md 5.3 "Run score" and 6).
+//! block and `final_score` (docs/reference.md#scoring-run).
 //!
 //! Owns: [`score_challenge`] (the per-challenge entry: quality, informational efficiency and final),
 //! [`score_run`] (means over all scored challenges, caps from the worst) and the cohort re-scoring done

@@ -16,11 +16,12 @@ pub const BLEND_SUM_TOLERANCE: f64 = 1e-9;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringConfig {
-    /// Weights of the per-challenge quality blend (protocol.md 5.3).
+    /// Weights of the per-challenge quality blend (docs/reference.md#scoring-quality).
     pub blend: BlendWeights,
-    /// Multiplicative gates and the WER hard fail (protocol.md 5.3, plus the sync-correlation fix).
+    /// Multiplicative gates and the WER hard fail (docs/reference.md#scoring-quality, plus the
+    /// sync-correlation fix).
     pub gates: GateConfig,
-    /// Efficiency factor, caps and normalisation (protocol.md 6).
+    /// Efficiency factor, caps and normalisation (docs/reference.md#scoring-efficiency).
     pub efficiency: EfficiencyConfig,
     /// Two final scores closer than this are a tie, settled by the tie-break keys (`TIE_QUALITY_EPSILON`).
     pub tie_epsilon: f64,
@@ -83,7 +84,8 @@ pub struct GateConfig {
     /// Sync gate fires when `sync_c` is below this (0.45, the reference's `SYNC_C_THRESHOLD`).
     pub sync_c_threshold: f64,
     /// Sync gate also fires when the implied correlation `2·sync_c − 1` is below this (0.05). Not in the
-    /// reference: it fixes protocol.md 10.3 #14, where zero correlation (`sync_c` 0.5) passed the gate.
+    /// reference: it fixes docs/reference.md#weakness-14, where zero correlation (`sync_c` 0.5) passed the
+    /// gate.
     pub min_sync_correlation: f64,
     /// Multiplier of the sync gate (0.2).
     pub sync_multiplier: f64,

@@ -1,12 +1,12 @@
 //! Efficiency: inference time and peak VRAM → norms → a soft factor in `[0, 1]`, plus hard caps on the
-//! worst challenge (protocol.md 6).
+//! worst challenge (docs/reference.md#scoring-efficiency).
 //!
 //! Owns: measurement sanitising, the per-run summary (means and worsts), linear and cohort
 //! normalisation, the factor, and the cap decision. Must not: measure anything, read a clock, log, or
 //! allocate on the per-challenge path (only the cohort functions, run once per round, allocate).
 //!
-//! Deviation from the reference (protocol.md 10.3 #18): a missing metric (no usable sample at all) is
-//! normalised as if it were equal to its reference (norm 1.0) and flagged, in linear and cohort mode
+//! Deviation from the reference (docs/reference.md#weakness-18): a missing metric (no usable sample at all)
+//! is normalised as if it were equal to its reference (norm 1.0) and flagged, in linear and cohort mode
 //! alike, and the reported `efficiency_factor` is exactly the one the final score uses. The reference
 //! gave a missing VRAM norm 0 (a host-dependent free advantage) and reported a factor of 0.0 while
 //! scoring with 1.0.

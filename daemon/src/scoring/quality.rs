@@ -1,12 +1,13 @@
 //! Per-challenge quality: clamp the analysis components, blend them, apply the multiplicative gates and
-//! the WER hard fail (protocol.md 5.3).
+//! the WER hard fail (docs/reference.md#scoring-quality).
 //!
 //! Owns: [`ChallengeComponents`] → [`QualityScore`]. Must not: compute components (that is analysis),
 //! allocate, log, or read anything but its arguments; it runs once per scored challenge on the hot path.
 //!
 //! Deviations from the reference, on purpose:
 //! - the sync gate also fires when the correlation implied by `sync_c` (`2·sync_c − 1`) is below
-//!   `gates.min_sync_correlation` (protocol.md 10.3 #14: zero correlation gave `sync_c` 0.5 and passed);
+//!   `gates.min_sync_correlation` (docs/reference.md#weakness-14: zero correlation gave `sync_c` 0.5 and
+//!   passed);
 //! - a non-finite component is replaced by its *worst* value (0 for the "higher is better" scores, 1 for
 //!   `penalty`, `wer` and `sync_d`) and flagged, so a broken measurement never helps a miner.
 
@@ -149,7 +150,8 @@ impl ChallengeComponents {
     }
 }
 
-/// Scores one challenge's components with the blend and gates of `cfg` (protocol.md 5.3 + the sync fix).
+/// Scores one challenge's components with the blend and gates of `cfg` (docs/reference.md#scoring-quality +
+/// the sync fix).
 ///
 /// `quality = 0` if `wer > wer_hard_fail`, else `clamp01(gate · (Σ wᵢ·cᵢ − w_p·penalty))`, where
 /// `gate` is the product of the multipliers of the gates that fired. Pure and allocation-free.

@@ -1,4 +1,4 @@
-//! Ranking and the winner rule: which miner the validator should pay (protocol.md 1.4).
+//! Ranking and the winner rule: which miner the validator should pay (docs/reference.md#winner-rule).
 //!
 //! Owns: eligibility, the pairwise rule [`should_prefer`] (talkhead-subnet@ddaf736, extended to a total
 //! order), the deterministic [`rank`] and [`select_winner`]. Must not: know about hotkey registration,
@@ -50,7 +50,8 @@ impl<'a> RankCandidate<'a> {
         }
     }
 
-    /// Eligible to win (protocol.md 1.4 @57711d5): caller-eligible and a finite `final_score > 0`.
+    /// Eligible to win (docs/reference.md#winner-rule, @57711d5): caller-eligible and a finite
+    /// `final_score > 0`.
     #[inline]
     pub fn is_eligible(&self) -> bool {
         self.eligible && self.final_score.is_finite() && self.final_score > 0.0

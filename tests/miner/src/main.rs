@@ -1,9 +1,9 @@
 //! `talkhead-test-miner`: a stand-in for a talking-head miner, run inside FROM-scratch images by
 //! talkheadd's integration tests, benches and demo.
 //!
-//! It speaks the miner container protocol (protocol.md section 4). Once "loaded" (after an optional
-//! start-up delay) it writes `/output/ready.txt`, then polls `/input/task.json` every 5 ms. Each time
-//! the `challenge_id` there differs from the last one handled, it handles the challenge according to
+//! It speaks the miner container protocol (docs/reference.md#miner-protocol). Once "loaded" (after an
+//! optional start-up delay) it writes `/output/ready.txt`, then polls `/input/task.json` every 5 ms. Each
+//! time the `challenge_id` there differs from the last one handled, it handles the challenge according to
 //! its *behaviour*, read from `/miner.conf` (baked into the image, see [`Config`]):
 //!
 //! | behaviour | what it does with a challenge |

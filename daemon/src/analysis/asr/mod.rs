@@ -1,4 +1,4 @@
-//! Speech recognition behind the WER (protocol.md 5.2, `audio`): the [`SpeechRecognizer`] seam, the
+//! Speech recognition behind the WER (docs/reference.md#component-audio): the [`SpeechRecognizer`] seam, the
 //! backend the configuration asks for (`[analysis.asr] backend`), and which texts the WER compares.
 //!
 //! Owns: [`from_settings`] (`none` → no recogniser; `whisper` → `whisper::Whisper`, compiled only

@@ -2,7 +2,7 @@
 //! quality, from decoded samples and texts. No speech recognition here: the caller passes the ASR
 //! hypothesis, or `None` when no ASR backend is configured.
 //!
-//! Owns (protocol.md 5.2 "audio"):
+//! Owns (docs/reference.md#component-audio):
 //! - `wer` = word-level Levenshtein distance / reference words, capped at 1, over lowercased
 //!   whitespace tokens with surrounding punctuation stripped;
 //! - `tsim = (corr + 1) / 2` of mean-abs envelopes over chunks of `max(400, n / 50)` samples of the
@@ -14,7 +14,7 @@
 //!   [`audio_match`](mod@super::audio_match)).
 //!
 //! Must not: invent a WER (the reference's silent `wer = 0.5` with no reference text passed its gate,
-//! 10.3 #15), or read files.
+//! docs/reference.md#weakness-15), or read files.
 
 use serde::Serialize;
 

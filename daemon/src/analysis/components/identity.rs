@@ -2,8 +2,8 @@
 //!
 //! Owns: the [`IdentityBackend`] seam (the builtin [`HistogramIdentity`] now; an ONNX InsightFace
 //! backend later) and the reference's summary `identity = clamp01(0.75·mean + 0.25·p10)`
-//! (protocol.md 5.2). `face_detect_ratio` comes from the face detector in every mode (see
-//! [`super::analyse_with`]), not from the identity backend.
+//! (docs/reference.md#component-identity). `face_detect_ratio` comes from the face detector in every mode
+//! (see [`super::analyse_with`]), not from the identity backend.
 //!
 //! Must not: detect faces itself, decide gates (the scoring core does), or turn a backend failure into
 //! a silent 0: a failure comes back as an [`IdentityError`] that the caller reports as an issue.

@@ -1,6 +1,6 @@
 //! The lipsync component: mouth-region motion against the loudness envelope of the output's audio.
 //!
-//! Owns (protocol.md 5.2 "lipsync"): the mouth ROI of each frame's face box, the per-frame mouth
+//! Owns (docs/reference.md#component-lipsync): the mouth ROI of each frame's face box, the per-frame mouth
 //! signal, the RMS envelope of the video's audio resampled to the frames, the lagged correlation,
 //! `sync_c`, `sync_d` and `lipsync`, and the windowed local correlation series that `desync_spikes`
 //! reads. Deviations (each in `docs/scoring.md`):
@@ -10,7 +10,7 @@
 //! - when the correlation is not measurable — no face at all, a mouth that does not move beyond
 //!   codec noise ([`MIN_MOUTH_ACTIVITY`]), or silent audio — `sync_c` is 0 and `sync_d` 1 with an
 //!   explicit [`LipsyncStatus`], instead of the reference's correlation 0 → `sync_c` 0.5, which
-//!   passed its gate (10.3 #14).
+//!   passed its gate (docs/reference.md#weakness-14).
 //!
 //! Must not: look at anything but the planes, boxes and audio it is given, or decide the gate (the
 //! scoring core does).
@@ -246,7 +246,7 @@ pub fn local_window(n: usize) -> usize {
 
 /// Local (windowed) correlation of mouth signal and envelope along time, at `lag`: one value per
 /// window start, `None` where a window is flat. This is the per-time series `desync_spikes` reads
-/// (the reference used the ≤ 17 per-lag values instead, 10.3 #16).
+/// (the reference used the ≤ 17 per-lag values instead, docs/reference.md#weakness-16).
 pub(crate) fn local_correlation(mouth: &[f64], env: &[f64], lag: i32) -> Vec<Option<f64>> {
     let n = mouth.len().min(env.len());
     let k = lag.unsigned_abs() as usize;

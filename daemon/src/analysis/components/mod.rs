@@ -1,6 +1,7 @@
 //! The native analysis components: pure functions from decoded media to the per-challenge
-//! [`ChallengeComponents`] the scoring core consumes (protocol.md 5.1–5.2, with the bug fixes of
-//! 10.3 listed in `docs/scoring.md`, "Analysis components: deviations from the reference").
+//! [`ChallengeComponents`] the scoring core consumes (docs/reference.md#scoring-components, with the fixes of
+//! docs/reference.md#weaknesses listed in `docs/scoring.md`, "Analysis components: deviations from the
+//! reference").
 //!
 //! Owns: the input types ([`Frame`], [`Media`], [`FaceBox`]), the one-pass per-frame facts every
 //! component shares, and [`analyse`] / [`analyse_with`], which run the face detector over the sampled
@@ -52,7 +53,7 @@ pub use crate::analysis::decode::{Frame, PixelFormat};
 /// Everything one challenge's analysis reads, already decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct Media<'a> {
-    /// The sampled frames of the output (up to 80, evenly spaced, protocol.md 5.1).
+    /// The sampled frames of the output (up to 80, evenly spaced, docs/reference.md#scoring-preprocessing).
     pub frames: &'a [Frame],
     /// The output's frame rate (validated; the components work on the sampled frames).
     pub fps: f64,

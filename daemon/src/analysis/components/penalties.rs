@@ -1,21 +1,23 @@
 //! The seven penalties and their weighted sum, each measured over time (per sampled frame or per
 //! audio window).
 //!
-//! Owns (protocol.md 5.2 "penalties", weights summing to 1):
+//! Owns (docs/reference.md#component-penalties, weights summing to 1):
 //! - `freeze` 0.18: fraction of consecutive sampled-frame pairs with mean |Δgrey| < 0.8 (1 when there
 //!   is no pair at all);
 //! - `loop` 0.12: ≥ 12 frames; `k = max(3, n / 5)`; correlation `c` of the per-frame mean intensity of
 //!   the first k and the last k frames; `(c − 0.85) / 0.15` when `c > 0.85`;
 //! - `face_missing` 0.22: `(0.80 − face_detect_ratio) / 0.80` below 0.80;
 //! - `offscreen` 0.12: fraction of detected boxes within 2 % of a frame edge; 0 when no face was ever
-//!   seen (`face_missing` already charges that; the reference added a full 1.0 on top, 10.3 #16);
+//!   seen (`face_missing` already charges that; the reference added a full 1.0 on top,
+//!   docs/reference.md#weakness-16);
 //! - `mouth_occlusion` 0.10: fraction of frames with a face where the envelope is > 0.04 and the
 //!   mouth ROI's pixel variance (0–1 scale) is < 0.005;
 //! - `silent_mismatch` 0.16: per 0.1 s window where the challenge audio is active, `(0.15 − r) / 0.15`
 //!   with `r` the output/challenge energy ratio (the output's best window within ±0.2 s), averaged —
 //!   the reference's whole-track ratio let half a clip of silence pass;
 //! - `desync_spikes` 0.10: over the per-time local correlation series of the lipsync component (not
-//!   the ≤ 17 per-lag values, 10.3 #16; at least 8 values), `clamp01(frac(z < −1.5) / 0.4)`;
+//!   the ≤ 17 per-lag values, docs/reference.md#weakness-16; at least 8 values),
+//!   `clamp01(frac(z < −1.5) / 0.4)`;
 //! - `penalty = clamp01(Σ wᵢ·pᵢ)`.
 //!
 //! Must not: read pixels or samples beyond what these definitions need, or return anything outside

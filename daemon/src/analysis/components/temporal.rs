@@ -1,6 +1,6 @@
 //! The temporal component: identity consistency and smooth motion over the sampled frames.
 //!
-//! Owns (protocol.md 5.2 "temporal"):
+//! Owns (docs/reference.md#component-temporal):
 //! - id consistency (≥ 3 similarities) `0.7·mean(sims) + 0.3·(1 − clamp01(std / 0.25))`, else 0;
 //! - motion `0.6·smoothness(speed of the face-box centre, px per sampled frame) +
 //!   0.4·smoothness(mouth signal)`, each 0 when there are too few values to measure;

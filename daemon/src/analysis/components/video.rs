@@ -1,6 +1,6 @@
 //! The video component: per-frame image quality (aesthetic) and motion naturalness.
 //!
-//! Owns (protocol.md 5.2 "video"), on grey = 0.299R + 0.587G + 0.114B:
+//! Owns (docs/reference.md#component-video), on grey = 0.299R + 0.587G + 0.114B:
 //! - blur `clamp01(LaplacianVar / 500)`;
 //! - brightness/contrast `0.6·(1 − |mean − 127| / 127) + 0.4·clamp01(std / 64)` (each term clamped);
 //! - face size: box area / frame area, 1 in `[0.10, 0.45]`, `ratio / 0.10` below, `(0.70 − ratio) / 0.25`

@@ -3,9 +3,9 @@
 //! Owns: the [`FaceDetector`] seam, the builtin [`HaarDetector`] (OpenCV Haar cascade evaluated
 //! natively), the `onnx` backend ([`OnnxFaceBackend`]: InsightFace SCRFD + ArcFace through ONNX
 //! Runtime, with its pure pre/post-processing in [`scrfd`] and [`align`]), and the reference's per-frame procedure on top of any detector: pick the *largest* face
-//! by real area (fixing protocol.md 10.3 #12, where the key was `x2·y2`), and retry once on a
+//! by real area (fixing docs/reference.md#weakness-12, where the key was `x2·y2`), and retry once on a
 //! black-padded copy when nothing is found, shifting the boxes back to the unpadded frame (fixing
-//! 10.3 #13, where they stayed in padded coordinates).
+//! docs/reference.md#weakness-13, where they stayed in padded coordinates).
 //!
 //! Must not: score anything, keep state across frames, do I/O after construction, or return boxes
 //! in any coordinate system but the frame's own pixels.
@@ -98,7 +98,7 @@ impl FaceBox {
         if h.is_finite() && h > 0.0 { h } else { 0.0 }
     }
 
-    /// Real area `w · h` (the reference sorted on `x2 · y2`, protocol.md 10.3 #12).
+    /// Real area `w · h` (the reference sorted on `x2 · y2`, docs/reference.md#weakness-12).
     pub fn area(&self) -> f32 {
         self.width() * self.height()
     }

@@ -5,7 +5,7 @@
 //! signatures, every failure naming its configuration key), running them, [`OnnxFaceBackend`] as a
 //! [`FaceDetector`] (`"scrfd"`, boxes with landmarks), and [`ArcFaceIdentity`], the identity backend of
 //! `identity_mode = "insightface"`: cosine of ArcFace embeddings between the reference face and each
-//! sampled frame's face (protocol.md 5.2). The arithmetic lives in [`super::scrfd`] and
+//! sampled frame's face (docs/reference.md#component-identity). The arithmetic lives in [`super::scrfd`] and
 //! [`super::align`].
 //!
 //! Must not: decide scores or gates, read files after construction, or turn an inference failure into

@@ -83,7 +83,7 @@ impl Letterbox {
 ///
 /// Why RGB: InsightFace reads images with OpenCV (BGR) and builds the blob with `swapRB=True`, so the
 /// network is fed RGB. Our frames are RGB already, so they go in as they are. (The reference decoded
-/// frames to RGB and then let InsightFace swap them again, feeding BGR: protocol.md 10.3 #11.)
+/// frames to RGB and then let InsightFace swap them again, feeding BGR: docs/reference.md#weakness-11.)
 ///
 /// The frame is resized with OpenCV's `INTER_LINEAR` rule (half-pixel centres, edge clamped, no
 /// anti-aliasing) and the rest of the canvas is black before normalisation, as in `SCRFD.detect`.
