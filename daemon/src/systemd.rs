@@ -6,11 +6,14 @@
 //! never unset: unsetting variables in a multi-threaded process is a data race, and later notifications
 //! must keep working.
 //!
-//! Socket activation hands us file descriptors 3, 4, ... that systemd opened for us. Turning such a
-//! number into an owned descriptor is the one place in the daemon that needs `unsafe`; it happens once,
-//! behind a [`OnceLock`], after the variables have been checked against our own pid and each descriptor
-//! has been checked to be an open socket. Everything else (parsing the variables, the watchdog interval)
-//! is a pure function over strings, tested without touching the process environment.
+//! The variables are read by the `sd-notify` crate, with libsystemd's rules: `listen_fds_with_names`
+//! (`LISTEN_PID` must be our pid, one name per descriptor or none at all, every descriptor marked
+//! `FD_CLOEXEC` so that the daemon's children, ffmpeg and prlimit, do not inherit its listening
+//! sockets) and `watchdog_enabled` (`WATCHDOG_PID`, when present, must be our pid). What this module
+//! adds is ownership: socket activation hands us file descriptors 3, 4, ... that systemd opened for
+//! us, and turning such a number into an owned descriptor is the one place in the daemon that needs
+//! `unsafe`; it happens once, behind a [`OnceLock`], after each descriptor has been checked to be an
+//! open socket, and each is then handed out by name at most once.
 //!
 //! Must not: block, fail the daemon (a failed notification is logged and dropped), or hand the same
 //! descriptor out twice.
@@ -27,11 +30,11 @@ pub const LISTEN_FDS_START: RawFd = 3;
 /// The `FileDescriptorName=` of the admin socket in `talkheadd.socket`.
 pub const ADMIN_FD_NAME: &str = "admin";
 
-/// The name libsystemd reports for a descriptor when `LISTEN_FDNAMES` is absent.
+/// The name libsystemd (and `sd-notify`) reports for a descriptor when `LISTEN_FDNAMES` is absent.
 pub const UNNAMED_FD: &str = "unknown";
 
 fn notify(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(false, states) {
+    if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
@@ -60,102 +63,15 @@ pub fn watchdog() {
 }
 
 /// How often to call [`watchdog`]: half of `WATCHDOG_USEC` (as sd_watchdog_enabled(3) advises), or
-/// `None` when no watchdog applies to this process. Read once and cached.
+/// `None` when no watchdog applies to this process (`WATCHDOG_PID` names another one, or the interval
+/// is absent, malformed or zero). Read once and cached.
 pub fn watchdog_interval() -> Option<Duration> {
     static INTERVAL: OnceLock<Option<Duration>> = OnceLock::new();
     *INTERVAL.get_or_init(|| {
-        let usec = std::env::var("WATCHDOG_USEC").ok();
-        let pid = std::env::var("WATCHDOG_PID").ok();
-        parse_watchdog(usec.as_deref(), pid.as_deref(), std::process::id())
+        sd_notify::watchdog_enabled()
+            .filter(|usec| !usec.is_zero())
+            .map(|usec| usec / 2)
     })
-}
-
-/// Pure part of [`watchdog_interval`], with libsystemd's rules: `WATCHDOG_USEC` must be a positive
-/// number; `WATCHDOG_PID`, when present, must be our pid (when absent the watchdog applies to us).
-pub fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<Duration> {
-    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
-    if let Some(pid) = pid {
-        let pid: u32 = pid.trim().parse().ok()?;
-        if pid != my_pid {
-            return None;
-        }
-    }
-    Some(Duration::from_micros(usec / 2))
-}
-
-/// Why the socket-activation variables were ignored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ListenFdsError {
-    /// `LISTEN_PID` or `LISTEN_FDS` is not a number.
-    #[error("{var} is not a number: '{value}'")]
-    NotANumber {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// `LISTEN_FDNAMES` names a different number of descriptors than `LISTEN_FDS` counts.
-    #[error("LISTEN_FDNAMES has {names} names for {fds} descriptors")]
-    NameCount {
-        /// Names given.
-        names: usize,
-        /// Descriptors counted.
-        fds: usize,
-    },
-    /// An absurd descriptor count.
-    #[error("LISTEN_FDS = {0} is out of range")]
-    TooMany(u64),
-}
-
-/// Pure part of socket activation: which descriptors (numbers and names) the variables describe, with
-/// sd_listen_fds_with_names(3)'s rules. Variables meant for another process (`LISTEN_PID` differs, as
-/// in a child that inherited them) or absent variables describe no descriptors. Without
-/// `LISTEN_FDNAMES` every descriptor is called [`UNNAMED_FD`].
-pub fn parse_listen_env(
-    listen_pid: Option<&str>,
-    listen_fds: Option<&str>,
-    listen_fdnames: Option<&str>,
-    my_pid: u32,
-) -> Result<Vec<(RawFd, String)>, ListenFdsError> {
-    let (Some(pid), Some(fds)) = (listen_pid, listen_fds) else {
-        return Ok(Vec::new());
-    };
-    let number = |var: &'static str, value: &str| {
-        value
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| ListenFdsError::NotANumber {
-                var,
-                value: value.to_owned(),
-            })
-    };
-    if number("LISTEN_PID", pid)? != u64::from(my_pid) {
-        return Ok(Vec::new());
-    }
-    let count = number("LISTEN_FDS", fds)?;
-    // systemd caps a unit at a few thousand descriptors; anything near RawFd::MAX is garbage.
-    if count > 4096 {
-        return Err(ListenFdsError::TooMany(count));
-    }
-    let count = count as usize;
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    let names: Vec<String> = match listen_fdnames {
-        Some(names) => names.split(':').map(str::to_owned).collect(),
-        None => vec![UNNAMED_FD.to_owned(); count],
-    };
-    if names.len() != count {
-        return Err(ListenFdsError::NameCount {
-            names: names.len(),
-            fds: count,
-        });
-    }
-    Ok(names
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name))
-        .collect())
 }
 
 /// Descriptors received from systemd and not yet taken, in `LISTEN_FDS` order.
@@ -167,16 +83,10 @@ fn inherited() -> &'static Mutex<Vec<(String, OwnedFd)>> {
 /// Read the variables and take ownership of the descriptors they describe. Runs once (behind
 /// [`inherited`]'s `OnceLock`).
 fn adopt_listen_fds() -> Vec<(String, OwnedFd)> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
-    let described = match parse_listen_env(
-        pid.as_deref(),
-        fds.as_deref(),
-        names.as_deref(),
-        std::process::id(),
-    ) {
-        Ok(d) => d,
+    // sd-notify checks LISTEN_PID against our pid (variables inherited by a child describe nothing),
+    // pairs the descriptors with LISTEN_FDNAMES (or UNNAMED_FD) and sets FD_CLOEXEC on each.
+    let described = match sd_notify::listen_fds_with_names() {
+        Ok(described) => described,
         Err(e) => {
             tracing::warn!(error = %e, "ignoring malformed socket-activation variables");
             return Vec::new();
@@ -194,16 +104,7 @@ fn adopt_listen_fds() -> Vec<(String, OwnedFd)> {
             tracing::warn!(fd, name = %name, "LISTEN_FDS names a descriptor that is not an open socket; ignored");
             continue;
         }
-        let owned = own_inherited_fd(fd);
-        // systemd passes the descriptors without FD_CLOEXEC; the daemon's children (ffmpeg, prlimit)
-        // must not inherit its listening sockets.
-        if let Err(e) = nix::fcntl::fcntl(
-            owned.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        ) {
-            tracing::warn!(fd, error = %e, "cannot set FD_CLOEXEC on an inherited socket");
-        }
-        adopted.push((name, owned));
+        adopted.push((name, own_inherited_fd(fd)));
     }
     adopted
 }
@@ -212,8 +113,9 @@ fn adopt_listen_fds() -> Vec<(String, OwnedFd)> {
 #[allow(unsafe_code)]
 fn own_inherited_fd(fd: RawFd) -> OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is one of the descriptors systemd opened for this process: `LISTEN_PID` equals our
-    // pid and `fd` lies in `LISTEN_FDS_START .. LISTEN_FDS_START + LISTEN_FDS`, and it was just checked
+    // SAFETY: `fd` is one of the descriptors systemd opened for this process: sd-notify checked that
+    // `LISTEN_PID` equals our pid and `fd` lies in `LISTEN_FDS_START .. LISTEN_FDS_START + LISTEN_FDS`
+    // (it could set FD_CLOEXEC on it, so it is open), and it was just checked
     // to be an open socket. Nothing else in the process owns it: the daemon never refers to
     // descriptors by number, and this function is only called from `adopt_listen_fds`, which runs once
     // behind a `OnceLock`, so each descriptor gets exactly one owner.
@@ -314,87 +216,238 @@ fn check_listener(fd: &OwnedFd, family: nix::sys::socket::AddressFamily) -> Resu
 
 #[cfg(test)]
 mod tests {
+    //! The variables are only read once per process (and setting them in a multi-threaded test
+    //! process would race), so each case runs this test binary again, as systemd would start the
+    //! daemon: `sh` puts a Unix listener at descriptor 3 and a TCP listener at 4, sets `LISTEN_PID`
+    //! (or `WATCHDOG_PID`) to its own pid when the case says `self`, and execs the binary, which runs
+    //! only [`activated_process`]. That test reads what to expect from the environment and checks
+    //! what the module hands out.
+
     use super::*;
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
 
-    #[test]
-    fn watchdog_is_half_the_interval_for_this_pid() {
-        assert_eq!(
-            parse_watchdog(Some("30000000"), Some("42"), 42),
-            Some(Duration::from_secs(15))
-        );
-        // libsystemd: without WATCHDOG_PID the watchdog applies to the process.
-        assert_eq!(
-            parse_watchdog(Some("2000000"), None, 42),
-            Some(Duration::from_secs(1))
-        );
-    }
+    /// Set in the re-executed binary: [`activated_process`] does nothing without it.
+    const CHILD: &str = "TALKHEADD_SYSTEMD_TEST_CHILD";
+    /// What [`activated_process`] must find: `named`, `unnamed`, `wrong_kind` or `none`.
+    const EXPECT_SOCKETS: &str = "TALKHEADD_SYSTEMD_TEST_SOCKETS";
+    /// The watchdog interval it must find, in milliseconds, or `none`.
+    const EXPECT_WATCHDOG_MS: &str = "TALKHEADD_SYSTEMD_TEST_WATCHDOG_MS";
+    /// Where the parent bound the Unix listener, and the TCP listener's port.
+    const UNIX_PATH: &str = "TALKHEADD_SYSTEMD_TEST_UNIX_PATH";
+    const TCP_PORT: &str = "TALKHEADD_SYSTEMD_TEST_TCP_PORT";
 
-    #[test]
-    fn watchdog_for_another_process_or_malformed_is_off() {
-        assert_eq!(parse_watchdog(Some("30000000"), Some("41"), 42), None);
-        assert_eq!(parse_watchdog(None, Some("42"), 42), None);
-        assert_eq!(parse_watchdog(Some("0"), Some("42"), 42), None);
-        assert_eq!(parse_watchdog(Some("soon"), None, 42), None);
-        assert_eq!(parse_watchdog(Some("1000"), Some("x"), 42), None);
-    }
+    /// The variables a case may set; everything else of them is removed from the child's environment.
+    const SYSTEMD_VARS: [&str; 6] = [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "NOTIFY_SOCKET",
+    ];
 
-    #[test]
-    fn listen_env_with_names() {
-        let fds = parse_listen_env(Some("7"), Some("2"), Some("admin:http"), 7).unwrap();
-        assert_eq!(fds, vec![(3, "admin".to_owned()), (4, "http".to_owned())]);
-    }
+    /// Descriptor 0 (the Unix listener) to 3 and descriptor 2 (the TCP listener) to 4, stdin from
+    /// /dev/null and stderr to stdout, `self` replaced by the shell's pid (which `exec` keeps), then the
+    /// test binary ($0) running only the child test.
+    const SCRIPT: &str = r#"exec 3<&0 4<&2 </dev/null 2>&1
+[ "$LISTEN_PID" = self ] && LISTEN_PID=$$
+[ "$WATCHDOG_PID" = self ] && WATCHDOG_PID=$$
+exec "$0" --exact systemd::tests::activated_process --nocapture --test-threads 1"#;
 
-    #[test]
-    fn listen_env_without_names_is_unknown() {
-        let fds = parse_listen_env(Some("7"), Some("1"), None, 7).unwrap();
-        assert_eq!(fds, vec![(3, UNNAMED_FD.to_owned())]);
-    }
-
-    #[test]
-    fn listen_env_for_another_pid_or_absent_is_empty() {
+    /// Runs [`activated_process`] in a fresh process started like systemd starts the daemon, with
+    /// `env` (of [`SYSTEMD_VARS`]) and the expectations; fails with the child's output if it does.
+    fn run_activated(env: &[(&str, &str)], sockets: &str, watchdog_ms: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let unix_path = dir.path().join("admin.sock");
+        let unix = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port().to_string();
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(std::env::current_exe().unwrap());
+        for var in SYSTEMD_VARS {
+            command.env_remove(var);
+        }
+        command
+            .envs(env.iter().copied())
+            .env(CHILD, "1")
+            .env(EXPECT_SOCKETS, sockets)
+            .env(EXPECT_WATCHDOG_MS, watchdog_ms)
+            .env(UNIX_PATH, &unix_path)
+            .env(TCP_PORT, &port)
+            .stdin(Stdio::from(OwnedFd::from(unix)))
+            .stderr(Stdio::from(OwnedFd::from(tcp)))
+            .stdout(Stdio::piped());
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            parse_listen_env(Some("8"), Some("2"), Some("a:b"), 7)
-                .unwrap()
-                .is_empty()
+            out.status.success(),
+            "{env:?}: the activated process failed:\n{text}"
         );
-        assert!(parse_listen_env(None, Some("2"), None, 7).unwrap().is_empty());
-        assert!(parse_listen_env(Some("7"), None, None, 7).unwrap().is_empty());
+        // The filter matched: the checks ran (a renamed test would otherwise pass vacuously).
         assert!(
-            parse_listen_env(Some("7"), Some("0"), Some(""), 7)
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            parse_listen_env(Some("7"), Some("0"), None, 7)
-                .unwrap()
-                .is_empty()
+            text.contains("1 passed"),
+            "{env:?}: the child test did not run:\n{text}"
         );
     }
 
+    /// The child's half (a no-op in the ordinary test run).
     #[test]
-    fn listen_env_malformed_is_an_error() {
-        assert!(matches!(
-            parse_listen_env(Some("seven"), Some("1"), None, 7),
-            Err(ListenFdsError::NotANumber {
-                var: "LISTEN_PID",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_listen_env(Some("7"), Some("-1"), None, 7),
-            Err(ListenFdsError::NotANumber {
-                var: "LISTEN_FDS",
-                ..
-            })
-        ));
-        assert_eq!(
-            parse_listen_env(Some("7"), Some("2"), Some("admin"), 7),
-            Err(ListenFdsError::NameCount { names: 1, fds: 2 })
-        );
-        assert_eq!(
-            parse_listen_env(Some("7"), Some("100000"), None, 7),
-            Err(ListenFdsError::TooMany(100000))
-        );
+    fn activated_process() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let expect = |var| std::env::var(var).unwrap();
+        let watchdog = match expect(EXPECT_WATCHDOG_MS).as_str() {
+            "none" => None,
+            ms => Some(Duration::from_millis(ms.parse().unwrap())),
+        };
+        assert_eq!(watchdog_interval(), watchdog, "watchdog interval");
+
+        let cloexec = |fd: &dyn AsFd| {
+            let flags = nix::fcntl::fcntl(fd.as_fd().as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        };
+        let nonblocking = |fd: &dyn AsFd| {
+            let flags = nix::fcntl::fcntl(fd.as_fd().as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+        };
+        let unix_path = std::path::PathBuf::from(expect(UNIX_PATH));
+        let port: u16 = expect(TCP_PORT).parse().unwrap();
+        match expect(EXPECT_SOCKETS).as_str() {
+            "named" => {
+                // Names map to their descriptors, each checked for its kind, non-blocking for tokio,
+                // close-on-exec for the daemon's children; each is handed out once.
+                let admin = take_unix_listener(ADMIN_FD_NAME).expect("the admin socket");
+                let addr = admin.local_addr().unwrap();
+                assert_eq!(addr.as_pathname(), Some(unix_path.as_path()));
+                let http = take_tcp_listener("http").expect("the http socket");
+                assert_eq!(http.local_addr().unwrap().port(), port);
+                for fd in [&admin as &dyn AsFd, &http] {
+                    assert!(cloexec(fd), "inherited sockets are close-on-exec");
+                    assert!(nonblocking(fd), "inherited sockets are non-blocking");
+                }
+                assert!(take_unix_listener(ADMIN_FD_NAME).is_none());
+                assert!(take_tcp_listener("http").is_none());
+                assert!(listen_fds_by_name().is_empty());
+            }
+            "unnamed" => {
+                // Without LISTEN_FDNAMES both are "unknown": the first (descriptor 3, the Unix
+                // listener) is kept, the second closed.
+                let mut fds = listen_fds_by_name();
+                assert_eq!(fds.len(), 1, "{fds:?}");
+                let fd = fds.remove(UNNAMED_FD).expect("named unknown");
+                let unix = std::os::unix::net::UnixListener::from(fd);
+                assert_eq!(
+                    unix.local_addr().unwrap().as_pathname(),
+                    Some(unix_path.as_path())
+                );
+                assert!(take_unix_listener(ADMIN_FD_NAME).is_none());
+            }
+            "wrong_kind" => {
+                // A name given to the other kind of socket: refused (and closed), not misused.
+                assert!(
+                    take_tcp_listener("http").is_none(),
+                    "descriptor 3 is a Unix socket"
+                );
+                assert!(take_unix_listener(ADMIN_FD_NAME).is_none(), "descriptor 4 is TCP");
+                assert!(listen_fds_by_name().is_empty());
+            }
+            "none" => {
+                // Nothing adopted, and the descriptors left as they were: open, not ours to close.
+                assert!(listen_fds_by_name().is_empty());
+                assert!(take_unix_listener(ADMIN_FD_NAME).is_none());
+                for fd in [LISTEN_FDS_START, LISTEN_FDS_START + 1] {
+                    assert!(nix::sys::stat::fstat(fd).is_ok(), "descriptor {fd} was closed");
+                }
+            }
+            other => panic!("unknown expectation {other}"),
+        }
+    }
+
+    #[test]
+    fn names_map_to_the_passed_descriptors() {
+        // As systemd starts talkheadd.service with talkheadd.socket: both sockets named.
+        let env = [
+            ("LISTEN_PID", "self"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "admin:http"),
+            ("WATCHDOG_USEC", "30000000"),
+            ("WATCHDOG_PID", "self"),
+        ];
+        run_activated(&env, "named", "15000");
+    }
+
+    #[test]
+    fn missing_names_are_unknown() {
+        // Without WATCHDOG_PID the watchdog applies to the process (libsystemd's rule).
+        let env = [
+            ("LISTEN_PID", "self"),
+            ("LISTEN_FDS", "2"),
+            ("WATCHDOG_USEC", "2000000"),
+        ];
+        run_activated(&env, "unnamed", "1000");
+    }
+
+    #[test]
+    fn a_name_on_the_wrong_kind_of_socket_is_refused() {
+        let env = [
+            ("LISTEN_PID", "self"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "http:admin"),
+        ];
+        run_activated(&env, "wrong_kind", "none");
+    }
+
+    #[test]
+    fn variables_for_another_process_are_ignored() {
+        // A child that inherited the daemon's variables: another pid in LISTEN_PID and WATCHDOG_PID.
+        let env = [
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "admin:http"),
+            ("WATCHDOG_USEC", "30000000"),
+            ("WATCHDOG_PID", "1"),
+        ];
+        run_activated(&env, "none", "none");
+    }
+
+    #[test]
+    fn malformed_variables_are_ignored() {
+        let cases: [&[(&str, &str)]; 3] = [
+            // A name count that is not the descriptor count; a zero watchdog interval.
+            &[
+                ("LISTEN_PID", "self"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "admin"),
+                ("WATCHDOG_USEC", "0"),
+            ],
+            // Not numbers.
+            &[
+                ("LISTEN_PID", "seven"),
+                ("LISTEN_FDS", "2"),
+                ("WATCHDOG_USEC", "soon"),
+            ],
+            &[
+                ("LISTEN_PID", "self"),
+                ("LISTEN_FDS", "-1"),
+                ("WATCHDOG_USEC", "30000000"),
+                ("WATCHDOG_PID", "x"),
+            ],
+        ];
+        for env in cases {
+            let watchdog = if env.contains(&("WATCHDOG_PID", "x")) {
+                // sd-notify ignores an unreadable WATCHDOG_PID, as libsystemd does not: the watchdog
+                // then applies to the process. Harmless (systemd writes a number), but pinned here.
+                "15000"
+            } else {
+                "none"
+            };
+            run_activated(env, "none", watchdog);
+        }
     }
 
     #[test]
