@@ -30,7 +30,7 @@ use super::image_lru::{CachedImage, plan_eviction};
 use super::{Engine, PulledImage, RuntimeError};
 use crate::clock::Clock;
 use crate::domain::ImageRef;
-use crate::store::{PulledImageRecord, Store, StoreError};
+use crate::store::{PulledImageRecord, Store, StoreError, WorkerFailed};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -137,19 +137,26 @@ fn store_err(e: StoreError) -> RuntimeError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, RuntimeError> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .map_err(|e| RuntimeError::Api {
+/// The image cache is the runtime's only user of the store: a store call that never returned (see
+/// [`Store::blocking`]) is this engine-side failure.
+impl From<WorkerFailed> for RuntimeError {
+    fn from(e: WorkerFailed) -> Self {
+        RuntimeError::Api {
             call: "image cache task",
-            reason: e.to_string(),
-        })?
-        .map_err(store_err)
+            reason: e.0,
+        }
+    }
 }
 
 impl ImageCache {
+    /// A call of the cache's own store, through [`Store::blocking`], with its failure as the runtime's.
+    async fn stored<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        self.store.blocking(move |s| op(s).map_err(store_err)).await
+    }
+
     /// A cache of at most `budget` bytes of idle images on `engine`, recorded in `store`.
     pub fn new(engine: Engine, store: Store, budget: u64, clock: Arc<dyn Clock>) -> ImageCache {
         ImageCache {
@@ -200,13 +207,13 @@ impl ImageCache {
     }
 
     async fn record(&self, pinned: &str) -> Result<Option<PulledImageRecord>, RuntimeError> {
-        let (store, key) = (self.store.clone(), pinned.to_owned());
-        blocking(move || store.pulled_image(&key)).await
+        let key = pinned.to_owned();
+        self.stored(move |s| s.pulled_image(&key)).await
     }
 
     async fn forget(&self, pinned: &str) -> Result<(), RuntimeError> {
-        let (store, key) = (self.store.clone(), pinned.to_owned());
-        blocking(move || store.forget_pulled_image(&key))
+        let key = pinned.to_owned();
+        self.stored(move |s| s.forget_pulled_image(&key))
             .await
             .map(|_| ())
     }
@@ -262,8 +269,8 @@ impl ImageCache {
                 // Until a run uses it.
                 pulled_ahead: ahead && purpose == Purpose::Ahead,
             };
-            let (store, key) = (self.store.clone(), pinned.to_owned());
-            blocking(move || store.record_pulled_image(&key, &record)).await?;
+            let key = pinned.to_owned();
+            self.stored(move |s| s.record_pulled_image(&key, &record)).await?;
             let provenance = if ahead && purpose == Purpose::Run {
                 Provenance::PrePulled
             } else {
@@ -288,8 +295,8 @@ impl ImageCache {
             last_used: now,
             pulled_ahead: purpose == Purpose::Ahead,
         };
-        let (store, key) = (self.store.clone(), pinned.to_owned());
-        blocking(move || store.record_pulled_image(&key, &record)).await?;
+        let key = pinned.to_owned();
+        self.stored(move |s| s.record_pulled_image(&key, &record)).await?;
         Ok((pulled, Provenance::Pulled))
     }
 
@@ -335,8 +342,7 @@ impl ImageCache {
     /// others are forgotten on the way. An image whose gate is held (a pull or removal in progress) is
     /// taken as it is recorded.
     async fn present_records(&self) -> Result<Vec<(String, PulledImageRecord)>, RuntimeError> {
-        let store = self.store.clone();
-        let records = blocking(move || store.pulled_images()).await?;
+        let records = self.stored(|s| s.pulled_images()).await?;
         let mut present = Vec::with_capacity(records.len());
         for (pinned, record) in records {
             let gate = lock(&self.state).gates.get(&pinned).cloned();

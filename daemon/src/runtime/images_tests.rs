@@ -144,3 +144,13 @@ async fn an_image_removed_and_pulled_again_outside_the_daemon_is_never_removed_b
     assert_eq!(cache.evict().await.unwrap(), Vec::<String>::new());
     assert!(present(&untagged.pinned()), "the operator's image was removed");
 }
+
+#[test]
+fn a_store_call_that_never_returned_is_an_image_cache_task_failure() {
+    // No engine needed: the mapping the cache's store calls (`ImageCache::stored`) give a lost worker.
+    let e = RuntimeError::from(WorkerFailed("task 3 panicked".into()));
+    assert!(
+        matches!(&e, RuntimeError::Api { call: "image cache task", reason } if reason == "task 3 panicked"),
+        "{e:?}"
+    );
+}

@@ -10,7 +10,9 @@ pub mod admin;
 use crate::clock::Clock;
 use crate::domain::Submission;
 use crate::engine::rounds_loop::LoopControl;
-use crate::store::{MetricsRow, Store, StoreError, StoredMetricsRow, SubmissionCounts, UpsertReport};
+use crate::store::{
+    MetricsRow, Store, StoreError, StoredMetricsRow, SubmissionCounts, UpsertReport, WorkerFailed,
+};
 use bytes::Bytes;
 use hyper::StatusCode;
 
@@ -40,6 +42,12 @@ pub enum ServiceError {
     /// A part of the daemon the operation needs is not running.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<WorkerFailed> for ServiceError {
+    fn from(e: WorkerFailed) -> Self {
+        ServiceError::Worker(e.0)
+    }
 }
 
 /// What kind of failure an error is, for every surface: the one mapping to HTTP statuses and gRPC codes.
@@ -228,14 +236,12 @@ impl Service {
         self.clock.as_ref()
     }
 
+    /// [`Store::blocking`] with the service's error type (so that closures may use `?` on store calls).
     async fn blocking<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || op(&store))
-            .await
-            .map_err(|e| ServiceError::Worker(e.to_string()))?
+        self.store.blocking(op).await
     }
 
     /// Upsert a validated batch in one transaction (`POST /update`). Duplicated hotkeys: the last wins.
@@ -301,6 +307,18 @@ mod tests {
     use crate::rounds::ReevaluatePolicy;
     use crate::store::{RankInput, StoreOptions};
     use serde::Serialize;
+
+    #[test]
+    fn a_store_call_that_never_returned_is_the_worker_failure() {
+        let e = ServiceError::from(WorkerFailed("task 7 panicked".into()));
+        assert!(
+            matches!(&e, ServiceError::Worker(m) if m == "task 7 panicked"),
+            "{e:?}"
+        );
+        assert_eq!(e.reason(), "internal_worker_failed");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.to_string(), "internal worker failed: task 7 panicked");
+    }
 
     /// The reference's `MinerMetricsResponse`, serialised by serde_json: what the body must say.
     #[derive(Serialize)]

@@ -6,6 +6,13 @@ use crate::rounds::RoundError;
 use std::io;
 use std::path::PathBuf;
 
+/// A store call handed to the blocking pool by [`super::Store::blocking`] did not return: it panicked,
+/// or the runtime is shutting down. The call's own errors come back as they are; this is the only
+/// failure the hand-over adds, and each caller's error type says what it means there (`From`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store worker failed: {0}")]
+pub struct WorkerFailed(pub String);
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -26,7 +26,7 @@ pub use crate::rounds::{
 };
 pub use calibration::{CalibrationRecord, KEPT_CALIBRATIONS};
 pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
-pub use error::StoreError;
+pub use error::{StoreError, WorkerFailed};
 pub use images::PulledImageRecord;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
@@ -310,6 +310,25 @@ fn len_u64(
 }
 
 impl Store {
+    /// Runs `op` on a clone of this handle on tokio's blocking pool: the one way async code calls the
+    /// store (every call is synchronous LMDB work that must not run on an executor thread). `op`'s own
+    /// result comes back unchanged; if it never returns (it panicked, or the runtime is shutting down)
+    /// the caller gets its error type's conversion of [`WorkerFailed`].
+    pub async fn blocking<T, E>(
+        &self,
+        op: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerFailed> + Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || op(&store)).await {
+            Ok(result) => result,
+            Err(e) => Err(E::from(WorkerFailed(e.to_string()))),
+        }
+    }
+
     /// Open (creating if needed) the state file at `path`.
     ///
     /// The environment is the single data file at `path` (LMDB `NOSUBDIR`; LMDB adds `<path>-lock`).

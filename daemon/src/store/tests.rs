@@ -684,3 +684,76 @@ proptest! {
         }
     }
 }
+
+/// What an async caller of [`Store::blocking`] sees: the call's own error, or the hand-over's.
+#[derive(Debug)]
+enum CallerError {
+    Store(StoreError),
+    Worker(WorkerFailed),
+}
+
+impl From<WorkerFailed> for CallerError {
+    fn from(e: WorkerFailed) -> Self {
+        CallerError::Worker(e)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_runs_the_call_off_the_executor_and_returns_its_result() {
+    let (_dir, _path, store) = fresh();
+    let executor = std::thread::current().id();
+    let (version, thread) = store
+        .blocking(|s| {
+            s.metrics_version()
+                .map(|v| (v, std::thread::current().id()))
+                .map_err(CallerError::Store)
+        })
+        .await
+        .unwrap();
+    assert_eq!(version, store.metrics_version().unwrap());
+    assert_ne!(thread, executor, "the store call ran on the executor thread");
+    // A write made by the call is seen through this handle: the call got a clone of the same store.
+    store
+        .blocking(|s| {
+            s.upsert_submissions(&[sub(0, 0, 1.0)], 100.0)
+                .map_err(CallerError::Store)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.counts().unwrap().submissions, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_passes_the_call_s_error_through_and_reports_a_panic_as_worker_failed() {
+    let (_dir, _path, store) = fresh();
+    let refused = store
+        .blocking(|_| -> Result<(), _> {
+            Err(CallerError::Store(StoreError::InvalidOptions {
+                reason: "refused",
+            }))
+        })
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CallerError::Store(StoreError::InvalidOptions {
+                reason: "refused"
+            }))
+        ),
+        "{refused:?}"
+    );
+    let panicked = store
+        .blocking(|_| -> Result<(), CallerError> { panic!("store call panicked") })
+        .await;
+    match panicked {
+        Err(CallerError::Worker(WorkerFailed(message))) => assert!(message.contains("panic"), "{message}"),
+        other => panic!("expected WorkerFailed, got {other:?}"),
+    }
+    // The store is still usable after a call panicked.
+    assert!(
+        store
+            .blocking(|s| s.metrics_version().map_err(CallerError::Store))
+            .await
+            .is_ok()
+    );
+}
