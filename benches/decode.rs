@@ -7,7 +7,10 @@
 //! end` (what the engine runs per challenge: the daemon's analyser from the embedded configuration
 //! with virtual GPUs, i.e. header check, sandboxed decode of 80 grey frames (the decoder's luma: the
 //! builtin backend reads no colour) + mono 16 kHz audio, the builtin Haar detector and every
-//! component), and the parts: `probe` (for a plain MP4, the in-process header reading), `decode` (one
+//! component; the challenge's source audio is decoded by the first iteration and kept by the analyser,
+//! as it is across miners in production), and the parts: `source audio` (the challenge's WAV through
+//! ffmpeg's downmix and resampler, what the first analysis of each challenge adds beside the output's
+//! decode), `probe` (for a plain MP4, the in-process header reading), `decode` (one
 //! sandboxed ffmpeg run, frames in the analyser's format), `probe_and_decode` and
 //! `components alone` (every component on frames decoded beforehand: what the analysis would add to
 //! the decode if the per-frame half did not run beside it); the first two again in CPU time
@@ -32,7 +35,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod media;
 use talkheadd::analysis::components::{Media, analyse};
 use talkheadd::analysis::decode::{
-    DecodeLimits, Expectation, Frame, PixelFormat, decode_each, probe, probe_and_decode_each,
+    DecodeLimits, Expectation, Frame, PixelFormat, decode_each, decode_wav, probe, probe_and_decode_each,
 };
 use talkheadd::analysis::face::HaarDetector;
 use talkheadd::analysis::frame_buffers::FrameBuffers;
@@ -98,6 +101,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("probe", |b| {
         b.iter(|| rt.block_on(probe(black_box(&clip), &limits)).unwrap());
     });
+    // Paid once per challenge (the analyser keeps the result by clip digest), beside the output's
+    // decode.
+    group.bench_function("source audio (ffmpeg, first analysis of a challenge)", |b| {
+        b.iter(|| {
+            rt.block_on(decode_wav(black_box(challenge.audio()), &limits))
+                .unwrap()
+        });
+    });
     // The decode parts in the format the builtin analyser has frames delivered in (grey: Haar and the
     // histogram identity read no colour; `MediaAnalyzer::frame_format`), into recycled buffers as in
     // the analyser.
@@ -151,7 +162,7 @@ fn bench(c: &mut Criterion) {
         ))
         .unwrap();
     let face = pipeline::decode_face(&challenge).unwrap();
-    let source = pipeline::decode_wav_mono_16k(challenge.audio()).unwrap();
+    let source = rt.block_on(decode_wav(challenge.audio(), &limits)).unwrap();
     let detector = HaarDetector::from_opencv_xml(CASCADE).unwrap();
     group.bench_function("components alone (builtin, after the decode)", |b| {
         b.iter(|| {

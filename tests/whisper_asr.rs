@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use talkheadd::analysis::asr::{self, SpeechRecognizer, whisper::Whisper};
-use talkheadd::analysis::pipeline::decode_wav_mono_16k;
+use talkheadd::analysis::decode::{DecodeLimits, decode_wav};
 use talkheadd::config::{self, ConfigLocation, Settings};
 
 fn model() -> PathBuf {
@@ -62,8 +62,16 @@ fn challenge() -> PathBuf {
     fixtures().join("challenge-0")
 }
 
+/// The fixture's audio as the analysis hands it to the recogniser (mono 16 kHz through ffmpeg).
 fn fixture_audio() -> Vec<f32> {
-    decode_wav_mono_16k(&std::fs::read(challenge().join("audio.wav")).unwrap()).unwrap()
+    let wav = std::fs::read(challenge().join("audio.wav")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(decode_wav(&wav, &DecodeLimits::default()))
+        .unwrap()
 }
 
 #[test]

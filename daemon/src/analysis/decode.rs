@@ -1,10 +1,12 @@
-//! Sandboxed probing and decoding of an untrusted output video (protocol.md 5.1; 10.1 item 4;
-//! 10.3 item 19).
+//! Sandboxed probing and decoding of an untrusted output video (docs/reference.md#scoring-preprocessing;
+//! docs/reference.md#weakness-4; docs/reference.md#weakness-19).
 //!
 //! Owns: turning the collected copy of a miner's `{id}.mp4` into validated header facts
 //! ([`ProbeInfo`]), the frames the reference samples (up to 80, evenly spaced, **RGB** order, or grey
 //! for a caller that reads no colour: [`PixelFormat`]) and the soundtrack as mono 16 kHz `f32`
-//! ([`Decoded`]); or into one specific [`BadOutputReason`].
+//! ([`Decoded`]); or into one specific [`BadOutputReason`]. Also the challenge's source clip, through
+//! the very same downmix and resampler as the soundtrack ([`decode_wav`]), so that the two sides of
+//! every audio comparison are treated alike.
 //!
 //! How: the header of a plain MP4 is read in-process by a bounded box parser ([`super::mp4`]) that
 //! hands ffprobe's fields to the same validation; any other file is probed by ffprobe. Debian's
@@ -636,8 +638,9 @@ impl fmt::Debug for Decoded {
     }
 }
 
-/// The reference's frame sampling (protocol.md 5.1): a count ≤ 0 is treated as `max_frames`; every
-/// frame when the count is at most `max_frames`, else `int(i·total/max_frames)` for `i < max_frames`.
+/// The reference's frame sampling (docs/reference.md#scoring-preprocessing): a count ≤ 0 is treated as
+/// `max_frames`; every frame when the count is at most `max_frames`, else `int(i·total/max_frames)` for
+/// `i < max_frames`.
 pub fn sample_indices(total: usize, max_frames: usize) -> Vec<usize> {
     let total = if total == 0 { max_frames } else { total };
     if total <= max_frames {
@@ -1216,17 +1219,10 @@ async fn decode_streams(
             "-vn".to_owned(),
             "-sn".to_owned(),
             "-dn".to_owned(),
-            "-ac".to_owned(),
-            "1".to_owned(),
-            "-ar".to_owned(),
-            AUDIO_SAMPLE_RATE.to_string(),
-            "-c:a".to_owned(),
-            "pcm_f32le".to_owned(),
-            "-f".to_owned(),
-            "f32le".to_owned(),
         ]
         .map(OsString::from),
     );
+    args.extend(mono_16k_output_args());
     args.push(audio_url);
     let rate = f64::from(AUDIO_SAMPLE_RATE);
     // At most max_duration_secs (+1 s) of audio may be written: beyond, SIGXFSZ stops the run.
@@ -1352,6 +1348,119 @@ fn read_audio(path: &Path, max: u64) -> Result<Vec<f32>, DecodeError> {
     let bytes =
         std::fs::read(path).map_err(|e| DecodeError::Infra(format!("cannot read the decoded audio: {e}")))?;
     Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// The audio output options of every decode: downmix to mono and resample to [`AUDIO_SAMPLE_RATE`]
+/// with ffmpeg's defaults (swresample: the channels' sum scaled by 1/√2 for stereo, a windowed-sinc
+/// low-pass resampler, so nothing above the new Nyquist frequency folds back), as raw `f32le`. The
+/// output's soundtrack and the challenge's source audio both go through exactly these, so every
+/// comparison of the two (lip sync, the audio match, ASR) sees the same downmix and the same filter.
+fn mono_16k_output_args() -> [OsString; 8] {
+    [
+        "-ac".to_owned(),
+        "1".to_owned(),
+        "-ar".to_owned(),
+        AUDIO_SAMPLE_RATE.to_string(),
+        "-c:a".to_owned(),
+        "pcm_f32le".to_owned(),
+        "-f".to_owned(),
+        "f32le".to_owned(),
+    ]
+    .map(OsString::from)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Challenge audio
+
+/// `-codec_whitelist` of a challenge clip: the PCM encodings challenge validation accepts (8-bit WAV is
+/// unsigned).
+const WAV_DECODER_WHITELIST: &str = "pcm_u8,pcm_s16le,pcm_s24le,pcm_s32le,pcm_f32le";
+
+/// A challenge's source audio (a RIFF/WAVE PCM clip, validated when the challenge was loaded) as mono
+/// 16 kHz `f32` in [-1, 1], decoded by ffmpeg with the output's own audio options
+/// ([`mono_16k_output_args`]) under the same sandbox as the output (prlimit, empty environment,
+/// private directory, `-protocol_whitelist file`, the WAV demuxer and PCM decoders only, the decode
+/// timeout), reading from a copy in a private scratch directory and writing nothing but its stdout,
+/// which is bounded by the clip's header (its duration at 16 kHz, plus a second).
+///
+/// Every failure is [`DecodeError::Infra`]: the challenge is the validator's, never the miner's.
+pub async fn decode_wav(wav: &[u8], limits: &DecodeLimits) -> Result<Vec<f32>, DecodeError> {
+    let infra = |detail: String| DecodeError::Infra(format!("challenge audio: {detail}"));
+    let reader = hound::WavReader::new(std::io::Cursor::new(wav)).map_err(|e| infra(e.to_string()))?;
+    let declared_secs = f64::from(reader.duration()) / f64::from(reader.spec().sample_rate.max(1));
+    let max_bytes = ((declared_secs + 1.0) * f64::from(AUDIO_SAMPLE_RATE) * 4.0).ceil();
+    let max_bytes = if max_bytes < 1e12 {
+        max_bytes as usize
+    } else {
+        1 << 40
+    };
+
+    let scratch = ScratchDir::new()?;
+    let path = scratch.0.join("source.wav");
+    tokio::fs::write(&path, wav)
+        .await
+        .map_err(|e| infra(format!("cannot write the scratch copy: {e}")))?;
+    let mut url = OsString::from("file:");
+    url.push(path.as_os_str());
+    let mut args: Vec<OsString> = [
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        "wav",
+        "-codec_whitelist",
+        WAV_DECODER_WHITELIST,
+        "-f",
+        "wav",
+        "-i",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    args.push(url);
+    args.extend(["-map", "0:a:0", "-vn", "-sn", "-dn"].map(OsString::from));
+    args.extend(mono_16k_output_args());
+    args.push("pipe:1".into());
+
+    let mut sink = BoundedBytes::new(max_bytes);
+    let run = RunSpec {
+        program: &limits.tools.ffmpeg,
+        args: &args,
+        cwd: &scratch.0,
+        deadline: Instant::now() + limits.decode_timeout,
+        max_file_bytes: 0,
+    };
+    let done = run_limited(&run, limits, &mut sink).await.map_err(|e| match e {
+        RunError::Timeout => infra(format!(
+            "ffmpeg did not finish within {:.3} s",
+            limits.decode_timeout.as_secs_f64()
+        )),
+        RunError::Output(b) => infra(format!("ffmpeg: {}", b.detail)),
+        RunError::Infra(reason) => infra(format!("ffmpeg: {reason}")),
+    })?;
+    if done.exit != Exit::Success {
+        return Err(infra(format!(
+            "ffmpeg failed ({}): {}",
+            done.exit,
+            sanitise(last_line(&done.stderr), Some(&path))
+        )));
+    }
+    if !sink.bytes.len().is_multiple_of(4) {
+        return Err(infra(format!(
+            "ffmpeg wrote {} bytes, not whole samples",
+            sink.bytes.len()
+        )));
+    }
+    Ok(sink
+        .bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect())

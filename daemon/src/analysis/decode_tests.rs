@@ -1448,3 +1448,201 @@ async fn files_outside_the_plain_mp4_case_are_left_to_ffprobe() {
     let (fast, slow) = both_probes(&two_videos, &limits).await;
     assert_eq!(fast.unwrap().video.index, slow.video.index);
 }
+
+// --- challenge audio ------------------------------------------------------------------------------
+
+/// A 16-bit PCM WAV at `rate` with `channels`, `frames` long, whose channel `c` of frame `i` is
+/// `sample(i, c)` (in [-1, 1]).
+fn wav_bytes(rate: u32, channels: u16, frames: usize, sample: impl Fn(usize, u16) -> f64) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
+    for i in 0..frames {
+        for c in 0..channels {
+            writer
+                .write_sample((sample(i, c) * 32767.0).round() as i16)
+                .unwrap();
+        }
+    }
+    writer.finalize().unwrap();
+    cursor.into_inner()
+}
+
+/// `seconds` of a sine of `freq` Hz and amplitude `amp` at `rate`, mono.
+fn tone_wav(rate: u32, freq: f64, amp: f64, seconds: f64) -> Vec<u8> {
+    let frames = (seconds * f64::from(rate)) as usize;
+    wav_bytes(rate, 1, frames, |i, _| {
+        amp * (std::f64::consts::TAU * freq * i as f64 / f64::from(rate)).sin()
+    })
+}
+
+/// Amplitude of the `freq` component of `x` (sampled at `rate`): one DFT bin, scaled so that a sine
+/// of amplitude `a` reads `a`.
+fn tone_amplitude(x: &[f32], rate: f64, freq: f64) -> f64 {
+    let (mut re, mut im) = (0.0, 0.0);
+    for (n, &v) in x.iter().enumerate() {
+        let phase = std::f64::consts::TAU * freq * n as f64 / rate;
+        re += f64::from(v) * phase.cos();
+        im -= f64::from(v) * phase.sin();
+    }
+    2.0 * (re * re + im * im).sqrt() / x.len().max(1) as f64
+}
+
+/// The linear interpolation the challenge audio used to be resampled with (no low-pass filter).
+fn linear_resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
+    let ratio = f64::from(from) / f64::from(to);
+    let n = (x.len() as f64 / ratio).floor() as usize;
+    (0..n)
+        .map(|i| {
+            let pos = i as f64 * ratio;
+            let j = pos.floor() as usize;
+            let frac = (pos - j as f64) as f32;
+            let (a, b) = (x[j.min(x.len() - 1)], x[(j + 1).min(x.len() - 1)]);
+            a + (b - a) * frac
+        })
+        .collect()
+}
+
+/// The middle of a resampled clip: the resampler's filter rings at the clip's two ends.
+fn interior(x: &[f32]) -> &[f32] {
+    &x[x.len() / 10..x.len() * 9 / 10]
+}
+
+#[tokio::test]
+async fn a_tone_above_the_new_nyquist_frequency_does_not_alias() {
+    let limits = DecodeLimits::default();
+    // 12 kHz in 44.1 kHz audio: above 8 kHz, the Nyquist frequency of 16 kHz. Linear interpolation
+    // folds it to 16 − 12 = 4 kHz, which the envelope and the audio match would read as signal.
+    let wav = tone_wav(44_100, 12_000.0, 0.5, 1.0);
+    let resampled = within(decode_wav(&wav, &limits)).await.unwrap();
+    assert!(
+        (15_990..=16_010).contains(&resampled.len()),
+        "{}",
+        resampled.len()
+    );
+    let level = rms(interior(&resampled));
+    assert!(
+        level < 0.005,
+        "a 12 kHz tone (rms 0.354) resampled to 16 kHz left rms {level}"
+    );
+    let alias = tone_amplitude(interior(&resampled), 16_000.0, 4_000.0);
+    assert!(alias < 0.005, "4 kHz alias of amplitude {alias}");
+
+    // What the old linear interpolation did with the same clip: a strong alias at 4 kHz.
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(&wav)).unwrap();
+    let samples: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect();
+    let linear = linear_resample(&samples, 44_100, 16_000);
+    let linear_alias = tone_amplitude(interior(&linear), 16_000.0, 4_000.0);
+    assert!(
+        linear_alias > 0.05,
+        "linear interpolation's alias: {linear_alias}"
+    );
+    assert!(rms(interior(&linear)) > 0.05);
+}
+
+#[tokio::test]
+async fn a_tone_below_the_new_nyquist_frequency_passes_unchanged() {
+    let limits = DecodeLimits::default();
+    for (rate, freq) in [
+        (44_100, 1_000.0),
+        (48_000, 3_000.0),
+        (22_050, 440.0),
+        (8_000, 1_000.0),
+    ] {
+        let wav = tone_wav(rate, freq, 0.5, 1.0);
+        let resampled = within(decode_wav(&wav, &limits)).await.unwrap();
+        let amplitude = tone_amplitude(interior(&resampled), 16_000.0, freq);
+        assert!(
+            (amplitude - 0.5).abs() < 0.01,
+            "{freq} Hz at {rate} Hz: amplitude {amplitude}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn challenge_audio_is_downmixed_and_normalised_like_the_soundtrack() {
+    let limits = DecodeLimits::default();
+    // 16 kHz mono: the samples as they are, scaled to [-1, 1] (no resampling).
+    let mono = wav_bytes(16_000, 1, 3, |i, _| [0.5, -0.5, 0.0][i]);
+    let decoded = within(decode_wav(&mono, &limits)).await.unwrap();
+    let expected: Vec<f32> = [16384, -16384, 0].iter().map(|&s| s as f32 / 32768.0).collect();
+    assert_eq!(decoded, expected);
+    // Stereo: ffmpeg's downmix, (left + right) / √2, as the output's soundtrack gets.
+    let stereo = wav_bytes(16_000, 2, 2, |i, c| [[0.5, 0.0], [-0.5, -0.5]][i][usize::from(c)]);
+    let decoded = within(decode_wav(&stereo, &limits)).await.unwrap();
+    let half = 16384.0 / 32768.0 * std::f32::consts::FRAC_1_SQRT_2;
+    assert_eq!(decoded.len(), 2);
+    assert!((decoded[0] - half).abs() < 1e-4, "{decoded:?}");
+    assert!((decoded[1] + 2.0 * half).abs() < 1e-4, "{decoded:?}");
+    // 32 kHz: half the samples, the level kept.
+    let hi = wav_bytes(32_000, 1, 3_200, |_, _| 0.25);
+    let decoded = within(decode_wav(&hi, &limits)).await.unwrap();
+    assert_eq!(decoded.len(), 1_600);
+    assert!(interior(&decoded).iter().all(|s| (s - 0.25).abs() < 1e-3));
+    // Not a WAV: the host's problem (the challenge was validated), never the miner's.
+    assert!(matches!(
+        within(decode_wav(b"not a wav", &limits)).await,
+        Err(DecodeError::Infra(_))
+    ));
+    let broken = missing_tool(|t| &mut t.ffmpeg);
+    assert!(matches!(
+        within(decode_wav(&mono, &broken)).await,
+        Err(DecodeError::Infra(_))
+    ));
+}
+
+#[tokio::test]
+async fn challenge_audio_and_output_soundtrack_go_through_the_same_resampler() {
+    let dir = TempDir::new().unwrap();
+    let limits = DecodeLimits::default();
+    // 44.1 kHz stereo speech-band tones plus a 12 kHz one, as the challenge's WAV and, untouched
+    // (PCM), as the soundtrack of an output video.
+    let wav = wav_bytes(44_100, 2, 44_100, |i, c| {
+        let t = i as f64 / 44_100.0;
+        let tone = |f: f64| (std::f64::consts::TAU * f * t).sin();
+        if c == 0 {
+            0.3 * tone(440.0) + 0.2 * tone(12_000.0)
+        } else {
+            0.3 * tone(1_000.0)
+        }
+    });
+    let wav_path = dir.path().join("source.wav");
+    std::fs::write(&wav_path, &wav).unwrap();
+    let video = ffmpeg(
+        &dir,
+        "out.mkv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=25:duration=1",
+            "-i",
+            wav_path.to_str().unwrap(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "pcm_s16le",
+        ],
+    );
+    let info = within(probe(&video, &limits)).await.unwrap();
+    let soundtrack = within(decode(&video, &info, &limits)).await.unwrap().audio;
+    let source = within(decode_wav(&wav, &limits)).await.unwrap();
+    let n = soundtrack.len().min(source.len());
+    assert!(n >= 15_900, "{} and {} samples", soundtrack.len(), source.len());
+    let worst = soundtrack[..n]
+        .iter()
+        .zip(&source[..n])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "the two sides differ by up to {worst}");
+}

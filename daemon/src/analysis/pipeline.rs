@@ -1,10 +1,13 @@
 //! The production [`Analyzer`]: sandboxed decode of the output ([`super::decode`]) beside one blocking
-//! worker per analysis, which decodes the challenge's reference face and source audio while ffmpeg
-//! starts, runs the per-frame half of the components ([`components::FramePass`]) on each sampled frame
-//! as ffmpeg delivers it, then, given the decoded audio, the speech recogniser when one is configured
+//! worker per analysis, which decodes the challenge's reference face while ffmpeg starts, runs the
+//! per-frame half of the components ([`components::FramePass`]) on each sampled frame as ffmpeg
+//! delivers it, then, given the decoded audio, the speech recogniser when one is configured
 //! ([`super::asr`]) and the rest of the native components ([`super::components`]); the frames'
 //! buffers then go back to the analyser's [`FrameBuffers`] for the next decode (up to 128 MiB stay
-//! resident between analyses). Owns the glue and
+//! resident between analyses). The challenge's source audio is decoded by ffmpeg with the output's
+//! own audio options ([`decode::decode_wav`]: one downmix and one resampler for both sides), beside
+//! the output's decode the first time a challenge is analysed, and kept by clip digest for the
+//! next miners' runs of that challenge. Owns the glue and
 //! the mapping of failures: a bad file is the miner's `bad_output`; anything wrong on the host
 //! (including an analysis issue of validator origin) is infrastructure, retried and never scored.
 
@@ -16,10 +19,10 @@ use super::decode::{self, DecodeError, DecodeLimits, Expectation, PixelFormat};
 use super::face::FaceDetector;
 use super::frame_buffers::FrameBuffers;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
-use crate::challenges::{Challenge, ImageFormat};
-use std::io::Cursor;
-use std::sync::Arc;
+use crate::challenges::Challenge;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// Decode + builtin components.
@@ -31,6 +34,63 @@ pub struct MediaAnalyzer {
     asr: Option<Arc<dyn SpeechRecognizer>>,
     /// Frame buffers recycled from one analysis to the next (resident memory, no page faults).
     buffers: Arc<FrameBuffers>,
+    /// The challenges' source audio, decoded once per clip.
+    sources: Arc<SourceAudioCache>,
+}
+
+/// Most bytes of decoded source audio the analyser keeps: 64 clips of 30 s (the default challenge
+/// limits' most) at 16 kHz take 123 MB, so a whole set stays decoded and no miner's run pays the
+/// decode again.
+pub const SOURCE_AUDIO_CACHE_BYTES: usize = 128 << 20;
+
+/// Decoded source audio by the clip's SHA-256: every miner's run of a challenge compares against the
+/// same clip, so ffmpeg decodes it once per challenge rather than once per analysis. Holds at most
+/// [`SOURCE_AUDIO_CACHE_BYTES`] of samples, dropping the least recently used clip first (the newest is
+/// always kept).
+struct SourceAudioCache {
+    /// Least recently used first.
+    clips: Mutex<Clips>,
+    /// [`SOURCE_AUDIO_CACHE_BYTES`] (smaller in tests).
+    budget_bytes: usize,
+}
+
+/// Decoded clips by SHA-256, least recently used first.
+type Clips = VecDeque<([u8; 32], Arc<[f32]>)>;
+
+impl Default for SourceAudioCache {
+    fn default() -> Self {
+        SourceAudioCache {
+            clips: Mutex::default(),
+            budget_bytes: SOURCE_AUDIO_CACHE_BYTES,
+        }
+    }
+}
+
+impl SourceAudioCache {
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<[f32]>> {
+        let mut clips = self.clips.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = clips.iter().position(|(d, _)| d == digest)?;
+        let entry = clips.remove(i)?;
+        let samples = Arc::clone(&entry.1);
+        clips.push_back(entry);
+        Some(samples)
+    }
+
+    fn insert(&self, digest: [u8; 32], samples: Arc<[f32]>) {
+        let mut clips = self.clips.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two analyses of a new challenge may both have decoded it: one copy is enough.
+        clips.retain(|(d, _)| *d != digest);
+        clips.push_back((digest, samples));
+        let bytes = |clips: &Clips| {
+            clips
+                .iter()
+                .map(|(_, s)| s.len() * size_of::<f32>())
+                .sum::<usize>()
+        };
+        while clips.len() > 1 && bytes(&clips) > self.budget_bytes {
+            clips.pop_front();
+        }
+    }
 }
 
 impl MediaAnalyzer {
@@ -47,6 +107,7 @@ impl MediaAnalyzer {
             identity: Arc::new(HistogramIdentity),
             asr: None,
             buffers: Arc::new(FrameBuffers::default()),
+            sources: Arc::default(),
         }
     }
 
@@ -77,6 +138,21 @@ impl MediaAnalyzer {
     fn asr_name(&self) -> &'static str {
         self.asr.as_ref().map_or("none", |a| a.name())
     }
+
+    /// The challenge's source audio as mono 16 kHz: kept from an earlier analysis of the same clip, or
+    /// decoded now ([`decode::decode_wav`]). A failure is the host's (the challenge is the validator's).
+    async fn source_audio(&self, challenge: &Challenge) -> Result<Arc<[f32]>, AnalysisFailure> {
+        let digest = challenge.audio_sha256();
+        if let Some(samples) = self.sources.get(digest) {
+            return Ok(samples);
+        }
+        let samples: Arc<[f32]> = decode::decode_wav(challenge.audio(), &self.limits)
+            .await
+            .map_err(|e| AnalysisFailure::Infra(e.to_string()))?
+            .into();
+        self.sources.insert(*digest, Arc::clone(&samples));
+        Ok(samples)
+    }
 }
 
 impl Analyzer for MediaAnalyzer {
@@ -88,12 +164,13 @@ impl Analyzer for MediaAnalyzer {
             let expectation = Expectation::new(audio_duration, input.max_seconds);
             // The analysis runs on one blocking thread, fed each sampled frame as ffmpeg delivers it:
             // before the first frame comes (ffmpeg takes ~100 ms to start) it decodes the challenge's
-            // face and audio, then follows the face and runs the pixel passes frame by frame while the
-            // rest decodes, then, given the decoded audio, the speech recogniser and the remaining
-            // components. One thread for all of it, because the onnx backend attributes a detection
-            // failure to the identity computed after it on the same thread.
+            // face, then follows the face and runs the pixel passes frame by frame while the rest
+            // decodes, then, given both soundtracks (the output's and the challenge's, decoded alike
+            // beside the frames), the speech recogniser and the remaining components. One thread for
+            // all of it, because the onnx backend attributes a detection failure to the identity
+            // computed after it on the same thread.
             let (frame_tx, frame_rx) = std::sync::mpsc::channel::<Frame>();
-            let (audio_tx, audio_rx) = std::sync::mpsc::channel::<(f64, Vec<f32>)>();
+            let (audio_tx, audio_rx) = std::sync::mpsc::channel::<(f64, Vec<f32>, Arc<[f32]>)>();
             let decode_failed = Arc::new(AtomicBool::new(false));
             let worker = {
                 let detector = Arc::clone(&self.detector);
@@ -105,8 +182,7 @@ impl Analyzer for MediaAnalyzer {
                 tokio::task::spawn_blocking(move || {
                     // This thread served other analyses before: nothing of theirs may be charged here.
                     crate::analysis::face::forget_detection_failures();
-                    let references = decode_face(&challenge)
-                        .and_then(|face| Ok((face, decode_wav_mono_16k(challenge.audio())?)));
+                    let face = decode_face(&challenge);
                     let mut pass = FramePass::new(detector.as_ref());
                     let mut frames = Vec::new();
                     for frame in frame_rx {
@@ -120,13 +196,13 @@ impl Analyzer for MediaAnalyzer {
                     let followed = pass.finish();
                     let analysis = (|| {
                         // Nothing comes when the decode failed (its error is the answer).
-                        let Ok((fps, video_audio)) = audio_rx.recv() else {
+                        let Ok((fps, video_audio, source_audio)) = audio_rx.recv() else {
                             crate::analysis::face::forget_detection_failures();
                             return Err(AnalysisFailure::Infra(
                                 "the decode ended without its audio".into(),
                             ));
                         };
-                        let (face, source_audio) = references.map_err(AnalysisFailure::Infra)?;
+                        let face = face.map_err(AnalysisFailure::Infra)?;
                         let transcript = challenge.text();
                         let (reference, hypothesis) =
                             asr::transcripts(recogniser.as_deref(), transcript, &source_audio, &video_audio)
@@ -155,15 +231,17 @@ impl Analyzer for MediaAnalyzer {
                 // The receiver only goes away if the worker panicked, which its join reports.
                 let _ = frame_tx.send(frame);
             };
-            let decoded = decode::probe_and_decode_each(
-                input.video,
-                &self.limits,
-                &expectation,
-                self.frame_format(),
-                &self.buffers,
-                &mut hand_over,
-            )
-            .await;
+            let (decoded, source_audio) = tokio::join!(
+                decode::probe_and_decode_each(
+                    input.video,
+                    &self.limits,
+                    &expectation,
+                    self.frame_format(),
+                    &self.buffers,
+                    &mut hand_over,
+                ),
+                self.source_audio(challenge),
+            );
             drop(hand_over);
             let decoded = decoded.map_err(|e| match e {
                 DecodeError::BadOutput(b) => AnalysisFailure::BadOutput {
@@ -172,10 +250,11 @@ impl Analyzer for MediaAnalyzer {
                 },
                 DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
             });
-            match decoded {
-                Ok((_, d)) => {
+            // The output's verdict first: a bad file is the miner's whatever became of the source.
+            match decoded.and_then(|decoded| Ok((decoded, source_audio?))) {
+                Ok(((_, d), source_audio)) => {
                     // The worker only goes away if it panicked, which its join reports.
-                    let _ = audio_tx.send((d.fps, d.audio));
+                    let _ = audio_tx.send((d.fps, d.audio, source_audio));
                 }
                 Err(e) => {
                     // The worker stops at its next frame and ends on its own.
@@ -216,113 +295,71 @@ impl Analyzer for MediaAnalyzer {
     }
 }
 
-/// The challenge face as an RGB frame (it was validated when the challenge was loaded).
+/// The challenge face as an RGB frame (it was validated, by the same decoder, when the challenge was
+/// loaded).
 pub fn decode_face(challenge: &Challenge) -> Result<Frame, String> {
-    let bytes = challenge.face();
-    match challenge.face_format() {
-        ImageFormat::Png => {
-            let mut decoder = png::Decoder::new(Cursor::new(bytes));
-            decoder.set_transformations(png::Transformations::normalize_to_color8());
-            let mut reader = decoder.read_info().map_err(|e| format!("reference face: {e}"))?;
-            let mut buf = vec![0u8; reader.output_buffer_size()];
-            let info = reader
-                .next_frame(&mut buf)
-                .map_err(|e| format!("reference face: {e}"))?;
-            buf.truncate(info.buffer_size());
-            let rgb = match info.color_type {
-                png::ColorType::Rgb => buf,
-                png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-                png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
-                png::ColorType::GrayscaleAlpha => {
-                    buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
-                }
-                png::ColorType::Indexed => return Err("reference face: indexed PNG was not expanded".into()),
-            };
-            Ok(Frame::rgb(info.width, info.height, rgb))
-        }
-        ImageFormat::Jpeg => {
-            let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-            let pixels = decoder.decode().map_err(|e| format!("reference face: {e}"))?;
-            let info = decoder.info().ok_or("reference face: no JPEG header")?;
-            let rgb = match info.pixel_format {
-                jpeg_decoder::PixelFormat::RGB24 => pixels,
-                jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-                other => return Err(format!("reference face: unsupported JPEG pixel format {other:?}")),
-            };
-            Ok(Frame::rgb(u32::from(info.width), u32::from(info.height), rgb))
-        }
-    }
-}
-
-/// The challenge audio as mono 16 kHz samples in [-1, 1] (channels averaged, linear resampling).
-pub fn decode_wav_mono_16k(bytes: &[u8]) -> Result<Vec<f32>, String> {
-    let mut reader =
-        hound::WavReader::new(Cursor::new(bytes)).map_err(|e| format!("challenge audio: {e}"))?;
-    let spec = reader.spec();
-    let channels = usize::from(spec.channels.max(1));
-    let samples: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()
-        }
-    }
-    .map_err(|e| format!("challenge audio: {e}"))?;
-    let mono: Vec<f32> = samples
-        .chunks(channels)
-        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
-        .collect();
-    let rate = spec.sample_rate;
-    if rate == decode::AUDIO_SAMPLE_RATE || mono.is_empty() {
-        return Ok(mono);
-    }
-    let ratio = f64::from(rate) / f64::from(decode::AUDIO_SAMPLE_RATE);
-    let out_len = (mono.len() as f64 / ratio).floor() as usize;
-    Ok((0..out_len)
-        .map(|i| {
-            let pos = i as f64 * ratio;
-            let j = pos.floor() as usize;
-            let frac = (pos - j as f64) as f32;
-            let a = mono[j.min(mono.len() - 1)];
-            let b = mono[(j + 1).min(mono.len() - 1)];
-            a + (b - a) * frac
-        })
-        .collect())
+    let face = crate::challenges::decode_rgb(challenge.face()).map_err(|e| format!("reference face: {e}"))?;
+    Ok(Frame::rgb(face.width, face.height, face.pixels))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn wav(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
-        let spec = hound::WavSpec {
-            channels,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
+    #[test]
+    fn the_source_audio_cache_keeps_the_most_recently_used_clips_within_its_budget() {
+        let cache = SourceAudioCache {
+            clips: Mutex::default(),
+            budget_bytes: 3 * 100 * size_of::<f32>(),
         };
-        let mut cursor = Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut cursor, spec).unwrap();
-        for s in samples {
-            w.write_sample(*s).unwrap();
-        }
-        w.finalize().unwrap();
-        cursor.into_inner()
+        let clip = |n: usize| -> Arc<[f32]> { vec![0.5; n].into() };
+        let (a, b, c, d) = ([1; 32], [2; 32], [3; 32], [4; 32]);
+        cache.insert(a, clip(100));
+        cache.insert(b, clip(100));
+        cache.insert(c, clip(100));
+        let kept = cache.get(&a).unwrap();
+        assert!(
+            Arc::ptr_eq(&kept, &cache.get(&a).unwrap()),
+            "a hit is the kept clip, not a copy"
+        );
+        // Over the budget: the least recently used (b, since a was just read) goes.
+        cache.insert(d, clip(100));
+        assert!(cache.get(&b).is_none());
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some() && cache.get(&d).is_some());
+        // The same clip decoded twice (two analyses of a new challenge) is kept once.
+        cache.insert(d, clip(100));
+        assert_eq!(cache.clips.lock().unwrap().len(), 3);
+        // A clip larger than the whole budget is still kept (alone): the analysis in flight uses it.
+        cache.insert(b, clip(1000));
+        assert_eq!(cache.clips.lock().unwrap().len(), 1);
+        assert!(cache.get(&b).is_some());
     }
 
-    #[test]
-    fn audio_is_downmixed_normalised_and_resampled() {
-        let mono = decode_wav_mono_16k(&wav(16_000, 1, &[16384, -16384, 0])).unwrap();
-        assert_eq!(mono, vec![0.5, -0.5, 0.0]);
-        let stereo = decode_wav_mono_16k(&wav(16_000, 2, &[16384, 0, -16384, -16384])).unwrap();
-        assert_eq!(stereo, vec![0.25, -0.5]);
-        let hi = decode_wav_mono_16k(&wav(32_000, 1, &vec![8192; 3200])).unwrap();
-        assert_eq!(hi.len(), 1600);
-        assert!(hi.iter().all(|s| (s - 0.25).abs() < 1e-6));
-        assert!(decode_wav_mono_16k(b"not a wav").is_err());
+    #[tokio::test]
+    async fn the_source_audio_is_decoded_once_per_clip_like_the_output_soundtrack() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (_, challenge) = face_clip_and_challenge(dir.path());
+        let analyzer = MediaAnalyzer::new(DecodeLimits::default(), haar(), "haar");
+        let first = analyzer.source_audio(&challenge).await.unwrap();
+        assert_eq!(
+            *first,
+            *decode::decode_wav(challenge.audio(), &DecodeLimits::default())
+                .await
+                .unwrap()
+        );
+        // 2 s at 16 kHz.
+        assert_eq!(first.len(), 32_000);
+        // Another miner's run of the same challenge: the same samples, not decoded again.
+        let again = analyzer.source_audio(&challenge).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // A tool that cannot run fails the analysis as the host's fault, never the miner's.
+        let mut limits = DecodeLimits::default();
+        limits.tools.ffmpeg = "/nonexistent/ffmpeg".into();
+        let broken = MediaAnalyzer::new(limits, haar(), "haar");
+        assert!(matches!(
+            broken.source_audio(&challenge).await,
+            Err(AnalysisFailure::Infra(_))
+        ));
     }
 
     /// A 2 s clip of the first fixture face, gently turning, over a 440 Hz tone, and the challenge it
@@ -377,7 +414,7 @@ mod tests {
                         .await
                         .unwrap();
                 let face = decode_face(challenge).unwrap();
-                let source = decode_wav_mono_16k(challenge.audio()).unwrap();
+                let source = decode::decode_wav(challenge.audio(), limits).await.unwrap();
                 let media = Media {
                     frames: &frames,
                     fps: decoded.fps,

@@ -3,11 +3,14 @@
 //!
 //! Owns format sniffing (magic bytes), the header checks (image dimensions before any pixel is decoded,
 //! WAV channel count / rate / sample format before any sample is read), the full decode that proves the
-//! data is not truncated or corrupt, and the transcript rules.
+//! data is not truncated or corrupt, the transcript rules, and the daemon's one PNG/JPEG → RGB decoder
+//! ([`decode_rgb`]: the analysis's reference face, the tests' fixture portraits), so that a face that
+//! validates is a face the analysis can read.
 //!
-//! Must not: allocate a whole decoded image (PNGs are decoded row by row, JPEG output is bounded by the
-//! dimension limit), trust a size a header announces, decode anything larger than the limits, or
-//! accept the compressed audio (mp3, ogg, flac) the reference's Freesound previews produced.
+//! Must not: allocate a whole decoded image while validating (PNGs are decoded row by row, JPEG output
+//! is bounded by the dimension limit), trust a size a header announces, decode anything larger than
+//! the limits, or accept the compressed audio (mp3, ogg, flac) the reference's Freesound previews
+//! produced.
 
 use std::fmt;
 use std::io::Cursor;
@@ -18,6 +21,8 @@ use super::error::{MediaError, TextError};
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 const JPEG_MAGIC: &[u8] = &[0xFF, 0xD8, 0xFF];
 const IMAGE_EXPECTED: &str = "a PNG or JPEG image";
+/// What a JPEG must be for [`decode_rgb`] (and so for [`validate_face`]).
+const JPEG_EXPECTED: &str = "a PNG image or an 8-bit greyscale or colour (YCbCr/RGB) JPEG image";
 const AUDIO_EXPECTED: &str = "RIFF/WAVE PCM audio";
 /// Bound on what the PNG decoder may allocate for ancillary chunks (ICC profiles, compressed text).
 const PNG_DECODER_BYTES: usize = 8 * 1024 * 1024;
@@ -71,6 +76,27 @@ pub struct ImageInfo {
     pub height: u32,
 }
 
+/// An image decoded to 8-bit RGB by [`decode_rgb`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width × height` pixels, row by row, each R, G, B (3 bytes).
+    pub pixels: Vec<u8>,
+}
+
+impl fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RgbImage")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("pixel_bytes", &self.pixels.len())
+            .finish()
+    }
+}
+
 /// WAV sample encodings accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SampleFormat {
@@ -99,13 +125,39 @@ pub struct AudioInfo {
 }
 
 /// Checks that `bytes` is a PNG or JPEG face within `limits`: size, magic bytes, dimensions from the
-/// header, then a full decode.
+/// header, then a full decode (for a JPEG, [`decode_rgb`]'s: what validates is what the analysis reads).
 pub fn validate_face(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, MediaError> {
     check_size(bytes, limits.max_face_bytes)?;
+    match sniff_image(bytes)? {
+        ImageFormat::Png => validate_png(bytes, limits),
+        ImageFormat::Jpeg => validate_jpeg(bytes, limits),
+    }
+}
+
+/// Decodes a PNG or JPEG (the format sniffed from its magic bytes, as [`validate_face`] does) to 8-bit
+/// RGB: palettes expanded, 16-bit PNG samples cut to their high byte, grey replicated into the three
+/// channels, alpha dropped. The daemon's one image decoder. Its refusals are [`validate_face`]'s:
+/// [`MediaError::Empty`]; [`MediaError::UnsupportedFormat`] or [`MediaError::Unrecognised`] for data
+/// that is neither; [`MediaError::CorruptImage`] (with the format) for data that does not decode, a
+/// JPEG without its end-of-image marker included; [`MediaError::UnsupportedFormat`] for a JPEG whose
+/// samples have no RGB reading here (CMYK, 16-bit lossless grey). No dimension limit applies (what it
+/// is given was validated, or is a test fixture); the decoders' allocation bounds do.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, MediaError> {
+    if bytes.is_empty() {
+        return Err(MediaError::Empty);
+    }
+    match sniff_image(bytes)? {
+        ImageFormat::Png => decode_png_rgb(bytes),
+        ImageFormat::Jpeg => decode_jpeg_rgb(bytes, |_, _| Ok(()), usize::MAX),
+    }
+}
+
+/// The image format the magic bytes announce, or the refusal naming what they are instead.
+fn sniff_image(bytes: &[u8]) -> Result<ImageFormat, MediaError> {
     if bytes.starts_with(PNG_MAGIC) {
-        validate_png(bytes, limits)
+        Ok(ImageFormat::Png)
     } else if bytes.starts_with(JPEG_MAGIC) {
-        validate_jpeg(bytes, limits)
+        Ok(ImageFormat::Jpeg)
     } else {
         Err(match detect_other(bytes) {
             Some(detected) => MediaError::UnsupportedFormat {
@@ -254,16 +306,12 @@ fn check_dimensions(width: u32, height: u32, limits: &Limits) -> Result<(), Medi
 }
 
 fn validate_png(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, MediaError> {
-    let corrupt = |detail: String| MediaError::CorruptImage {
-        format: ImageFormat::Png,
-        detail,
-    };
     // IHDR must be the first chunk: length 13, type, then width and height (big-endian).
     let header = bytes
         .get(8..24)
-        .ok_or_else(|| corrupt("truncated before the IHDR chunk".into()))?;
+        .ok_or_else(|| corrupt_png("truncated before the IHDR chunk".into()))?;
     if header.get(0..8) != Some(&[0, 0, 0, 13, b'I', b'H', b'D', b'R'][..]) {
-        return Err(corrupt("the first chunk is not a 13-byte IHDR".into()));
+        return Err(corrupt_png("the first chunk is not a 13-byte IHDR".into()));
     }
     let be32 = |range: std::ops::Range<usize>| {
         header
@@ -275,28 +323,26 @@ fn validate_png(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, MediaError> 
     let (width, height) = (be32(8..12), be32(12..16));
     check_dimensions(width, height, limits)?;
 
-    let mut decoder = png::Decoder::new_with_limits(
-        Cursor::new(bytes),
-        png::Limits {
-            bytes: PNG_DECODER_BYTES,
-        },
-    );
-    decoder.set_transformations(png::Transformations::IDENTITY);
-    decoder.set_ignore_text_chunk(true);
-    let mut reader = decoder.read_info().map_err(|e| corrupt(e.to_string()))?;
+    let mut reader = png_reader(bytes, png::Transformations::IDENTITY)?;
     let info = reader.info();
     if (info.width, info.height) != (width, height) {
-        return Err(corrupt("the decoder disagrees with the IHDR dimensions".into()));
+        return Err(corrupt_png(
+            "the decoder disagrees with the IHDR dimensions".into(),
+        ));
     }
     // Row by row: proves every row inflates and unfilters without holding the whole image.
     let mut rows: u64 = 0;
-    while reader.next_row().map_err(|e| corrupt(e.to_string()))?.is_some() {
+    while reader
+        .next_row()
+        .map_err(|e| corrupt_png(e.to_string()))?
+        .is_some()
+    {
         rows += 1;
     }
     if rows == 0 {
-        return Err(corrupt("no image rows".into()));
+        return Err(corrupt_png("no image rows".into()));
     }
-    reader.finish().map_err(|e| corrupt(e.to_string()))?;
+    reader.finish().map_err(|e| corrupt_png(e.to_string()))?;
     Ok(ImageInfo {
         format: ImageFormat::Png,
         width,
@@ -305,34 +351,131 @@ fn validate_png(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, MediaError> 
 }
 
 fn validate_jpeg(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, MediaError> {
-    let corrupt = |detail: String| MediaError::CorruptImage {
+    let side = usize::try_from(limits.max_face_side).unwrap_or(usize::MAX);
+    let max_buffer = side.saturating_mul(side).saturating_mul(4);
+    let image = decode_jpeg_rgb(bytes, |w, h| check_dimensions(w, h, limits), max_buffer)?;
+    Ok(ImageInfo {
+        format: ImageFormat::Jpeg,
+        width: image.width,
+        height: image.height,
+    })
+}
+
+fn corrupt_png(detail: String) -> MediaError {
+    MediaError::CorruptImage {
+        format: ImageFormat::Png,
+        detail,
+    }
+}
+
+fn corrupt_jpeg(detail: String) -> MediaError {
+    MediaError::CorruptImage {
         format: ImageFormat::Jpeg,
         detail,
+    }
+}
+
+/// A PNG reader past the header, with the decoder's allocation bound on ancillary data and text chunks
+/// skipped.
+fn png_reader(
+    bytes: &[u8],
+    transformations: png::Transformations,
+) -> Result<png::Reader<Cursor<&[u8]>>, MediaError> {
+    let mut decoder = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits {
+            bytes: PNG_DECODER_BYTES,
+        },
+    );
+    decoder.set_transformations(transformations);
+    decoder.set_ignore_text_chunk(true);
+    decoder.read_info().map_err(|e| corrupt_png(e.to_string()))
+}
+
+/// The first (for an APNG, the default) image of a PNG as 8-bit RGB.
+fn decode_png_rgb(bytes: &[u8]) -> Result<RgbImage, MediaError> {
+    // EXPAND (palette → RGB, grey below 8 bits → 8 bits, tRNS → alpha) and STRIP_16.
+    let mut reader = png_reader(bytes, png::Transformations::normalize_to_color8())?;
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| corrupt_png(e.to_string()))?;
+    buf.truncate(info.buffer_size());
+    let pixels = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => return Err(corrupt_png("the palette was not expanded".into())),
     };
+    rgb_image(info.width, info.height, pixels, ImageFormat::Png)
+}
+
+/// Decodes a JPEG to 8-bit RGB: `check` sees the frame header's dimensions before any scan is decoded,
+/// and the decoder may allocate at most `max_buffer` bytes for the picture.
+fn decode_jpeg_rgb(
+    bytes: &[u8],
+    check: impl FnOnce(u32, u32) -> Result<(), MediaError>,
+    max_buffer: usize,
+) -> Result<RgbImage, MediaError> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.read_info().map_err(|e| corrupt(e.to_string()))?;
-    let info = decoder.info().ok_or_else(|| corrupt("no frame header".into()))?;
+    decoder.read_info().map_err(|e| corrupt_jpeg(e.to_string()))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| corrupt_jpeg("no frame header".into()))?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
-    check_dimensions(width, height, limits)?;
-    let side = usize::try_from(limits.max_face_side).unwrap_or(usize::MAX);
-    decoder.set_max_decoding_buffer_size(side.saturating_mul(side).saturating_mul(4));
-    let pixels = decoder.decode().map_err(|e| corrupt(e.to_string()))?;
+    check(width, height)?;
+    decoder.set_max_decoding_buffer_size(max_buffer);
+    let pixels = decoder.decode().map_err(|e| corrupt_jpeg(e.to_string()))?;
     let expected = usize::from(info.width)
         .saturating_mul(usize::from(info.height))
         .saturating_mul(info.pixel_format.pixel_bytes());
     if pixels.len() != expected {
-        return Err(corrupt(format!(
+        return Err(corrupt_jpeg(format!(
             "decoded {} bytes, expected {expected}",
             pixels.len()
         )));
     }
     if !has_jpeg_end(bytes) {
-        return Err(corrupt("truncated: no end-of-image marker".into()));
+        return Err(corrupt_jpeg("truncated: no end-of-image marker".into()));
     }
-    Ok(ImageInfo {
-        format: ImageFormat::Jpeg,
+    rgb_image(
         width,
         height,
+        jpeg_to_rgb(info.pixel_format, pixels)?,
+        ImageFormat::Jpeg,
+    )
+}
+
+/// jpeg-decoder's samples as RGB: colour as it is, 8-bit grey replicated. CMYK (whose inversion
+/// conventions differ between Adobe's encoders) and 16-bit lossless grey (whose precision the decoder
+/// does not report) are refused rather than guessed.
+fn jpeg_to_rgb(format: jpeg_decoder::PixelFormat, pixels: Vec<u8>) -> Result<Vec<u8>, MediaError> {
+    let unsupported = |detected| MediaError::UnsupportedFormat {
+        detected,
+        expected: JPEG_EXPECTED,
+    };
+    match format {
+        jpeg_decoder::PixelFormat::RGB24 => Ok(pixels),
+        jpeg_decoder::PixelFormat::L8 => Ok(pixels.iter().flat_map(|&g| [g, g, g]).collect()),
+        jpeg_decoder::PixelFormat::L16 => Err(unsupported("a 16-bit greyscale (lossless) JPEG image")),
+        jpeg_decoder::PixelFormat::CMYK32 => Err(unsupported("a CMYK JPEG image")),
+    }
+}
+
+/// The image, once its pixels are checked to be exactly `width × height` RGB triples.
+fn rgb_image(width: u32, height: u32, pixels: Vec<u8>, format: ImageFormat) -> Result<RgbImage, MediaError> {
+    let expected = (width as usize).saturating_mul(height as usize).saturating_mul(3);
+    if pixels.len() != expected || pixels.is_empty() {
+        return Err(MediaError::CorruptImage {
+            format,
+            detail: format!("{width}x{height} px decoded to {} RGB bytes", pixels.len()),
+        });
+    }
+    Ok(RgbImage {
+        width,
+        height,
+        pixels,
     })
 }
 
@@ -584,6 +727,214 @@ mod tests {
             validate_face(&png(64, 64), &tight),
             Err(MediaError::TooLarge { limit: 100, .. })
         ));
+    }
+
+    /// `decode_rgb`'s pixel (x, y).
+    fn rgb_at(image: &RgbImage, x: u32, y: u32) -> [u8; 3] {
+        let i = ((y * image.width + x) * 3) as usize;
+        [image.pixels[i], image.pixels[i + 1], image.pixels[i + 2]]
+    }
+
+    #[test]
+    fn decode_rgb_reads_rgb_and_rgba_pngs() {
+        // testkit's gradient: pixel (x, y) is (x mod 251, y mod 241, (x ^ y) mod 239).
+        let image = decode_rgb(&png(300, 260)).unwrap();
+        assert_eq!(
+            (image.width, image.height, image.pixels.len()),
+            (300, 260, 300 * 260 * 3)
+        );
+        for (x, y) in [(0, 0), (7, 3), (255, 250), (299, 259)] {
+            assert_eq!(
+                rgb_at(&image, x, y),
+                [(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8]
+            );
+        }
+        // Alpha is dropped, not blended.
+        let rgba = [10, 20, 30, 0, 40, 50, 60, 128, 70, 80, 90, 255, 1, 2, 3, 4];
+        let image = decode_rgb(&png_with(
+            (2, 2),
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            &rgba,
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(image.pixels, [10, 20, 30, 40, 50, 60, 70, 80, 90, 1, 2, 3]);
+    }
+
+    #[test]
+    fn decode_rgb_replicates_grey_pngs() {
+        let grey = decode_rgb(&png_with(
+            (3, 1),
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            &[0, 128, 255],
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(grey.pixels, [0, 0, 0, 128, 128, 128, 255, 255, 255]);
+        let grey_alpha = decode_rgb(&png_with(
+            (2, 1),
+            png::ColorType::GrayscaleAlpha,
+            png::BitDepth::Eight,
+            &[9, 0, 200, 255],
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(grey_alpha.pixels, [9, 9, 9, 200, 200, 200]);
+        // Below 8 bits, grey is scaled to the full range: 1-bit 0/1 is 0/255.
+        let bits = decode_rgb(&png_with(
+            (8, 1),
+            png::ColorType::Grayscale,
+            png::BitDepth::One,
+            &[0b1010_0000],
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(rgb_at(&bits, 0, 0), [255; 3]);
+        assert_eq!(rgb_at(&bits, 1, 0), [0; 3]);
+        assert_eq!(rgb_at(&bits, 2, 0), [255; 3]);
+    }
+
+    #[test]
+    fn decode_rgb_keeps_the_high_byte_of_16_bit_pngs() {
+        // Big-endian samples: 0x1234 → 0x12.
+        let rgb16 = [
+            0x12, 0x34, 0xAB, 0xCD, 0xFF, 0x00, 0x00, 0xFF, 0x80, 0x01, 0x7F, 0xFF,
+        ];
+        let image = decode_rgb(&png_with(
+            (2, 1),
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            &rgb16,
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(image.pixels, [0x12, 0xAB, 0xFF, 0x00, 0x80, 0x7F]);
+        let grey16 = decode_rgb(&png_with(
+            (2, 1),
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            &[0xFE, 0xFF, 0x01, 0x00],
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(grey16.pixels, [0xFE, 0xFE, 0xFE, 0x01, 0x01, 0x01]);
+    }
+
+    #[test]
+    fn decode_rgb_expands_palette_pngs() {
+        let palette = vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 7, 8, 9];
+        let indexed = decode_rgb(&png_with(
+            (4, 1),
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            &[3, 2, 1, 0],
+            Some(palette.clone()),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(indexed.pixels, [7, 8, 9, 0, 0, 255, 0, 255, 0, 255, 0, 0]);
+        // With transparency (expanded to RGBA by the decoder, alpha dropped here) and 2-bit indices.
+        let transparent = decode_rgb(&png_with(
+            (4, 1),
+            png::ColorType::Indexed,
+            png::BitDepth::Two,
+            &[0b00_01_10_11],
+            Some(palette),
+            Some(vec![0, 128]),
+        ))
+        .unwrap();
+        assert_eq!(transparent.pixels, [255, 0, 0, 0, 255, 0, 0, 0, 255, 7, 8, 9]);
+    }
+
+    #[test]
+    fn decode_rgb_reads_colour_and_grey_jpegs() {
+        let bytes = jpeg();
+        let image = decode_rgb(&bytes).unwrap();
+        assert_eq!((image.width, image.height), (64, 80));
+        // Colour JPEG samples are the decoder's RGB, unchanged.
+        let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(&bytes));
+        assert_eq!(image.pixels, decoder.decode().unwrap());
+        assert_eq!(
+            decoder.info().unwrap().pixel_format,
+            jpeg_decoder::PixelFormat::RGB24
+        );
+
+        let (grey, value) = grey_jpeg();
+        let image = decode_rgb(&grey).unwrap();
+        assert_eq!(
+            (image.width, image.height, image.pixels.len()),
+            (64, 64, 64 * 64 * 3)
+        );
+        for y in 0..64 {
+            for x in 0..64 {
+                assert_eq!(rgb_at(&image, x, y), [value(x, y); 3], "({x}, {y})");
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_samples_without_an_rgb_reading_are_refused() {
+        for format in [jpeg_decoder::PixelFormat::CMYK32, jpeg_decoder::PixelFormat::L16] {
+            let err = jpeg_to_rgb(format, vec![0; 16]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    MediaError::UnsupportedFormat {
+                        expected: JPEG_EXPECTED,
+                        ..
+                    }
+                ),
+                "{format:?}: {err}"
+            );
+        }
+        assert_eq!(
+            jpeg_to_rgb(jpeg_decoder::PixelFormat::L8, vec![1, 2]).unwrap(),
+            [1, 1, 1, 2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn decode_rgb_refuses_what_validation_refuses() {
+        let png = png(128, 128);
+        let jpeg = jpeg();
+        let refused: [&[u8]; 7] = [
+            b"",
+            b"GIF89a\x40\0\x40\0",
+            b"hello world",
+            &png[..png.len() / 2],
+            &png[..30],
+            &jpeg[..jpeg.len() / 2],
+            &jpeg[..40],
+        ];
+        for bytes in refused {
+            let decoded = decode_rgb(bytes).unwrap_err();
+            let validated = validate_face(bytes, &limits()).unwrap_err();
+            assert_eq!(
+                std::mem::discriminant(&decoded),
+                std::mem::discriminant(&validated),
+                "{decoded} / {validated}"
+            );
+            if let (MediaError::CorruptImage { format: a, .. }, MediaError::CorruptImage { format: b, .. }) =
+                (&decoded, &validated)
+            {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(decode_rgb(b""), Err(MediaError::Empty));
+        // Whatever validates decodes, at the validated size.
+        for bytes in [png, jpeg, grey_jpeg().0, super::super::testkit::png(64, 4096)] {
+            let info = validate_face(&bytes, &limits()).unwrap();
+            let image = decode_rgb(&bytes).unwrap();
+            assert_eq!((image.width, image.height), (info.width, info.height));
+        }
     }
 
     #[test]

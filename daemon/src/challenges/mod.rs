@@ -6,13 +6,15 @@
 //!   `{id}.json` / `{id}.mp4`), [`Challenge`] (a face that fully decodes as PNG or JPEG, a PCM WAV clip,
 //!   an optional transcript) and [`ChallengeSet`] (the round's ordered challenges and their content hash);
 //! - the two sources of issue 3 requirement 6: a local directory ([`load_directory`], the format of
-//!   design.md §4) and the Subnet API ([`SubnetApiSource`], `GET {SUBNET_API_URL}/challenge` signed as
-//!   protocol.md §2.1 by a [`Signer`] whose key is loaded from a file or a systemd credential);
-//! - the pure parser of every `/challenge` payload form of protocol.md §3.1 ([`parse_payload`]).
+//!   docs/reference.md#challenge-dir) and the Subnet API ([`SubnetApiSource`],
+//!   `GET {SUBNET_API_URL}/challenge` signed as docs/reference.md#auth-challenge by a [`Signer`] whose key is
+//!   loaded from a file or a systemd credential);
+//! - the pure parser of every `/challenge` payload form of docs/reference.md#challenge-subnet
+//!   ([`parse_payload`]).
 //!
 //! Must not: read a host path named by remote input (`challenges_dir`, `challenge_dir`, `face_path`,
-//! `audio_path` are refused, protocol.md §10.2 bug 9), follow a symlink or open a FIFO or device inside a
-//! challenge directory, read more than a size limit from anything, parse the body of a non-2xx
+//! `audio_path` are refused, docs/reference.md#weakness-9), follow a symlink or open a FIFO or device inside
+//! a challenge directory, read more than a size limit from anything, parse the body of a non-2xx
 //! response, follow redirects, hand out a challenge that failed validation, or put key material in an
 //! error, a log line or a `Debug` string. It does not schedule retries: errors say whether they are
 //! transient ([`ChallengeError::is_transient`]) and the caller backs off.
@@ -34,7 +36,8 @@ pub(crate) use dir::read_bounded;
 pub use error::{Asset, ChallengeError, IdError, KeyError, MediaError, TextError, UnsafeFileReason};
 pub use id::ChallengeId;
 pub use media::{
-    AudioInfo, ImageFormat, ImageInfo, SampleFormat, validate_audio, validate_face, validate_text,
+    AudioInfo, ImageFormat, ImageInfo, RgbImage, SampleFormat, decode_rgb, validate_audio, validate_face,
+    validate_text,
 };
 pub use payload::parse_payload;
 pub use set::{Challenge, ChallengeSet};

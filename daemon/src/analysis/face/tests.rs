@@ -22,22 +22,10 @@ pub(crate) fn fixtures_dir() -> PathBuf {
     }
 }
 
-/// Decodes a PNG into an RGB24 frame (grey, alpha and palette expanded).
+/// Decodes a fixture portrait into an RGB24 frame, with the daemon's image decoder.
 pub(crate) fn load_png(path: &Path) -> Frame {
-    let mut dec = png::Decoder::new(std::fs::File::open(path).unwrap());
-    dec.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = dec.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let rgb = match info.color_type {
-        png::ColorType::Rgb => buf,
-        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
-        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-        other => panic!("unexpected colour type {other:?}"),
-    };
-    Frame::rgb(info.width, info.height, rgb)
+    let image = crate::challenges::decode_rgb(&std::fs::read(path).unwrap()).unwrap();
+    Frame::rgb(image.width, image.height, image.pixels)
 }
 
 /// The Haar detector and the fixture portraits, or `None` (with a note) when they are not installed.
