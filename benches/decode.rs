@@ -82,7 +82,7 @@ fn bench(c: &mut Criterion) {
     let limits = DecodeLimits::default();
     let expectation = Expectation::new(5.0, 5.0);
     let info = rt.block_on(probe(&clip, &limits)).unwrap();
-    let analyzer = rt.block_on(default_analyzer(&settings)).unwrap();
+    let analyzer = rt.block_on(default_analyzer(&settings.analysis)).unwrap();
     let input = AnalysisInput {
         video: &clip,
         challenge: &challenge,

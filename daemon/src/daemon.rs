@@ -126,7 +126,7 @@ async fn evaluation_loop(
     let env = Arc::new(RunEnv {
         engine,
         images,
-        analyzer: crate::analysis::default_analyzer(settings)
+        analyzer: crate::analysis::default_analyzer(&settings.analysis)
             .await
             .map_err(DaemonError::Engine)?,
         settings: settings.clone(),

@@ -123,10 +123,10 @@ fn analyze(settings: &talkheadd::config::Settings, args: AnalyzeArgs) -> ExitCod
         text: args.text,
     };
     let result = runtime.block_on(async {
-        let analyzer = talkheadd::analysis::default_analyzer(settings)
+        let analyzer = talkheadd::analysis::default_analyzer(&settings.analysis)
             .await
             .map_err(OfflineError::Host)?;
-        offline::analyse_file(analyzer.as_ref(), settings, &request).await
+        offline::analyse_file(analyzer.as_ref(), &settings.scoring, &request).await
     });
     match result {
         Ok(report) if args.json => {

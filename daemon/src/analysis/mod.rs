@@ -12,6 +12,7 @@ pub mod frame_buffers;
 pub mod mp4;
 pub mod offline;
 pub mod pipeline;
+pub mod settings;
 pub mod y4m;
 
 /// Test media made with ffmpeg, shared with the integration tests and the decode bench.
@@ -107,11 +108,11 @@ pub trait Analyzer: Send + Sync {
 /// ONNX Runtime) and the speech backend of `[analysis.asr]`. A backend that cannot load is an error
 /// naming its key (exit 78).
 pub async fn default_analyzer(
-    settings: &crate::config::Settings,
+    settings: &settings::AnalysisSettings,
 ) -> Result<std::sync::Arc<dyn Analyzer>, String> {
-    use crate::config::FaceBackend;
+    use settings::FaceBackend;
     use std::sync::Arc;
-    let face = &settings.analysis.face;
+    let face = &settings.face;
     let limits = decode::DecodeLimits::default();
     let analyzer = match &face.backend {
         FaceBackend::Builtin => {
@@ -137,6 +138,6 @@ pub async fn default_analyzer(
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;
-    let asr = asr::from_settings(&settings.analysis.asr)?;
+    let asr = asr::from_settings(&settings.asr)?;
     Ok(Arc::new(analyzer.with_asr(asr)))
 }

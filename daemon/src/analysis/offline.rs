@@ -13,9 +13,8 @@ use super::components::AnalysisDebug;
 use super::decode::PixelFormat;
 use super::{AnalysisFailure, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ChallengeId, Limits};
-use crate::config::Settings;
 use crate::domain::metrics::ChallengeDebug;
-use crate::scoring::{QualityScore, score_quality};
+use crate::scoring::{QualityScore, ScoringConfig, score_quality};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -91,7 +90,7 @@ pub struct OfflineReport {
 /// Loads the request's files as a challenge and analyses the video with `analyzer`.
 pub async fn analyse_file(
     analyzer: &dyn Analyzer,
-    settings: &Settings,
+    scoring: &ScoringConfig,
     request: &OfflineRequest,
 ) -> Result<OfflineReport, OfflineError> {
     let challenge = load_challenge(request)?;
@@ -106,12 +105,12 @@ pub async fn analyse_file(
             OfflineError::Host(format!("analysis failed on this host: {reason}"))
         }
     })?;
-    Ok(report(&request.video, &analysis, settings))
+    Ok(report(&request.video, &analysis, scoring))
 }
 
-/// The report of one analysis scored with `settings.scoring`.
-fn report(video: &Path, analysis: &ChallengeAnalysis, settings: &Settings) -> OfflineReport {
-    let quality = score_quality(&analysis.components, &settings.scoring);
+/// The report of one analysis scored with `scoring`.
+fn report(video: &Path, analysis: &ChallengeAnalysis, scoring: &ScoringConfig) -> OfflineReport {
+    let quality = score_quality(&analysis.components, scoring);
     OfflineReport {
         video: video.to_path_buf(),
         quality,

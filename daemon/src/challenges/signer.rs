@@ -25,8 +25,8 @@ use serde::Deserialize;
 use super::error::{KeyError, sanitize};
 use crate::domain::hotkey::Hotkey;
 
-/// The signed-header scheme's names are the gateway's: what this module signs, `api::auth` verifies.
-pub use crate::api::auth::{HEADER_HOTKEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, SIGNING_CONTEXT};
+/// The signed-header scheme's names: what this module signs, `api::auth` verifies.
+pub use crate::domain::signing::{HEADER_HOTKEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, SIGNING_CONTEXT};
 /// Environment variable systemd sets for units with `LoadCredential=`.
 pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 

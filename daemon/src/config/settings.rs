@@ -6,7 +6,9 @@
 
 use super::raw::RawConfig;
 use super::{ConfigProblem, Origins};
+pub use crate::analysis::settings::{AnalysisSettings, AsrBackend, FaceBackend, FaceSettings};
 use crate::domain::Hotkey;
+pub use crate::gpu::{GpuMode, GpuSelector, GpuSettings};
 use crate::rounds::ReevaluatePolicy;
 use crate::runtime::spec::ContainerPolicy;
 use crate::scoring::ScoringConfig;
@@ -219,95 +221,6 @@ pub struct DockerSettings {
     pub image_cache_bytes: u64,
     /// Pending submissions pulled ahead while evaluations run.
     pub prepull_ahead: u32,
-}
-
-/// How GPUs are discovered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuMode {
-    /// Real GPUs through NVML.
-    Nvml,
-    /// N virtual slots on a host without NVML.
-    Virtual(u32),
-}
-
-/// `[gpu]`
-#[derive(Debug, Clone)]
-pub struct GpuSettings {
-    /// Discovery mode.
-    pub mode: GpuMode,
-    /// `gpu.devices`: the GPUs the daemon may use (empty: all).
-    pub devices: Vec<GpuSelector>,
-    /// When faults quarantine a GPU and for how long.
-    pub health: crate::gpu::health::HealthPolicy,
-    /// `gpu.max_temperature_c`.
-    pub max_temperature_c: u32,
-    /// `gpu.vram_sample_hz`.
-    pub vram_sample_hz: u32,
-    /// `gpu.same_model_per_round`.
-    pub same_model_per_round: bool,
-    /// `gpu.virtual_cuda_version`: the driver CUDA version virtual slots claim (`None`: unknown).
-    pub virtual_cuda_version: Option<String>,
-    /// `gpu.calibration_image`: the reference image evaluated on each GPU once per round.
-    pub calibration_image: Option<crate::domain::ImageRef>,
-}
-
-/// One GPU named in `gpu.devices`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuSelector {
-    /// By NVML index.
-    Index(u32),
-    /// By NVML UUID.
-    Uuid(String),
-}
-
-impl std::fmt::Display for GpuSelector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GpuSelector::Index(i) => write!(f, "GPU index {i}"),
-            GpuSelector::Uuid(u) => write!(f, "GPU {u}"),
-        }
-    }
-}
-
-/// `[analysis]`
-#[derive(Debug, Clone)]
-pub struct AnalysisSettings {
-    /// `[analysis.face]`: face detection and identity.
-    pub face: FaceSettings,
-    /// `[analysis.asr]`: the speech recogniser behind the WER.
-    pub asr: AsrBackend,
-}
-
-/// `[analysis.face]`
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaceSettings {
-    /// Which backend detects faces and measures identity.
-    pub backend: FaceBackend,
-    /// The builtin detector's Haar cascade (used by `builtin`).
-    pub cascade: PathBuf,
-}
-
-/// `analysis.face.backend`
-#[derive(Debug, Clone, PartialEq)]
-pub enum FaceBackend {
-    /// Haar cascade detector, `fallback_histogram` identity.
-    Builtin,
-    /// InsightFace SCRFD + ArcFace through ONNX Runtime, `insightface` identity.
-    Onnx(crate::analysis::face::OnnxFaceConfig),
-}
-
-/// `[analysis.asr] backend`: which speech recogniser transcribes the outputs' audio.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AsrBackend {
-    /// None: the WER is reported unavailable and the audio-match check is the transcript gate.
-    None,
-    /// whisper.cpp (cargo feature `whisper`) with this ggml model.
-    Whisper {
-        /// `[analysis.asr] model`.
-        model: PathBuf,
-        /// `[analysis.asr] timeout_secs`: the most one transcription may take.
-        timeout: Duration,
-    },
 }
 
 /// `[admin]`

@@ -5,9 +5,31 @@
 //! Field names are a wire contract read by existing validators: add fields, never rename or remove them.
 
 use super::Verdict;
-use crate::scoring::IdentityMode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// How the identity score was obtained; only InsightFace mode arms the face-detect gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMode {
+    /// A real face detector + recogniser ran (reference `"insightface"`).
+    Insightface,
+    /// Whole-image histogram fallback; `face_detect_ratio` is meaningless (reference `"fallback_histogram"`).
+    FallbackHistogram,
+    /// No identity model, or no face in the reference image (reference `"insightface_no_ref_face"`).
+    Unavailable,
+}
+
+impl IdentityMode {
+    /// The string written to metrics (`debug.identity_mode`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Insightface => "insightface",
+            Self::FallbackHistogram => "fallback_histogram",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
 
 /// Committed or staged metrics of one evaluation of one miner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

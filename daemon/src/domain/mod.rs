@@ -7,6 +7,7 @@
 pub mod hotkey;
 pub mod image_ref;
 pub mod metrics;
+pub mod signing;
 pub mod submission;
 pub mod verdict;
 

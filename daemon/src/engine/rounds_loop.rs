@@ -1370,7 +1370,7 @@ mod tests {
         let env = Arc::new(RunEnv {
             engine,
             images,
-            analyzer: crate::analysis::default_analyzer(&settings).await.unwrap(),
+            analyzer: crate::analysis::default_analyzer(&settings.analysis).await.unwrap(),
             settings: settings.clone(),
             clock: clock.clone(),
             container_user: super::super::run::ContainerUser::resolve(&settings.container.user),

@@ -11,14 +11,30 @@ pub mod cuda_requirement;
 pub mod health;
 pub mod nvml;
 pub mod placement;
+pub mod settings;
 pub mod vram;
 
-use crate::runtime::spec::GpuAssignment;
 use serde::Serialize;
 use std::sync::Arc;
 use vram::{UnavailableMeter, VramMeter};
 
 pub use board::{GpuBoard, GpuState, GpuStatus};
+pub use settings::{GpuMode, GpuSelector, GpuSettings};
+
+/// The GPU a run is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GpuAssignment {
+    /// One physical NVIDIA GPU, by NVML UUID (`GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+    Nvidia {
+        /// The GPU's UUID; validated by [`crate::runtime::spec::build`].
+        uuid: String,
+    },
+    /// A virtual slot on a host without NVML: the container gets no GPU at all.
+    Virtual {
+        /// Slot number (scheduling only; nothing of it reaches the container).
+        slot: u32,
+    },
+}
 
 /// One place an evaluation can run.
 #[derive(Debug, Clone, PartialEq, Eq)]

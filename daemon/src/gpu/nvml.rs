@@ -8,9 +8,8 @@
 use super::cgroup::ContainerProcs;
 use super::health::Fault;
 use super::vram::{SampledSession, SamplerShared, VramMeter, VramSession, run_sampler};
+use super::{GpuAssignment, GpuSelector};
 use super::{GpuInfo, GpuInventory, GpuSlot, ProbeResult};
-use crate::config::GpuSelector;
-use crate::runtime::spec::GpuAssignment;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::bitmasks::event::EventTypes;

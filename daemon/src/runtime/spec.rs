@@ -208,20 +208,8 @@ impl ContainerPolicy {
     }
 }
 
-/// The GPU a run is pinned to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum GpuAssignment {
-    /// One physical NVIDIA GPU, by NVML UUID (`GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
-    Nvidia {
-        /// The GPU's UUID; validated by [`build`].
-        uuid: String,
-    },
-    /// A virtual slot on a host without NVML: the container gets no GPU at all.
-    Virtual {
-        /// Slot number (scheduling only; nothing of it reaches the container).
-        slot: u32,
-    },
-}
+/// The GPU a run is pinned to (the GPU layer's type: it places runs, this module builds their spec).
+pub use crate::gpu::GpuAssignment;
 
 /// Everything one run's container depends on. Only `policy` comes from configuration.
 #[derive(Debug, Clone)]

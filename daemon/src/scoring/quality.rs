@@ -16,28 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::config::ScoringConfig;
 use super::math::clamp01;
 
-/// How the identity score was obtained; only InsightFace mode arms the face-detect gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentityMode {
-    /// A real face detector + recogniser ran (reference `"insightface"`).
-    Insightface,
-    /// Whole-image histogram fallback; `face_detect_ratio` is meaningless (reference `"fallback_histogram"`).
-    FallbackHistogram,
-    /// No identity model, or no face in the reference image (reference `"insightface_no_ref_face"`).
-    Unavailable,
-}
-
-impl IdentityMode {
-    /// The string written to metrics (`debug.identity_mode`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Insightface => "insightface",
-            Self::FallbackHistogram => "fallback_histogram",
-            Self::Unavailable => "unavailable",
-        }
-    }
-}
+/// How the identity score was obtained (a [`crate::domain`] type, as the metrics document carries it).
+pub use crate::domain::metrics::IdentityMode;
 
 /// Raw component scores of one challenge, as the analysis produced them (not yet clamped).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

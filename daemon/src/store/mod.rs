@@ -14,6 +14,7 @@ mod controls;
 mod error;
 mod gpus;
 mod images;
+mod metrics_body;
 mod registry;
 mod schema;
 mod tables;
@@ -28,6 +29,7 @@ pub use calibration::{CalibrationRecord, KEPT_CALIBRATIONS};
 pub use controls::{BlockRecord, BlockTarget, MinerView, ReevaluateOutcome};
 pub use error::{StoreError, WorkerFailed};
 pub use images::PulledImageRecord;
+pub use metrics_body::{MetricsBodyRow, render_metrics_body};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 use crate::domain::{EvaluationMetrics, Hotkey, Submission, Verdict};

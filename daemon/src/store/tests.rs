@@ -2,13 +2,13 @@
 //! migration and refusal, atomicity under injected failures, limits, history pruning, and equivalence
 //! with the in-memory [`RoundBook`] over random operation sequences.
 
+use super::render_metrics_body;
 use super::*;
 use crate::domain::Verdict;
 use crate::rounds::testkit::{
     HOTKEYS, LIMIT, Op, SCORES, TIMES, hotkey, image, metrics, op, policy, rank, sub, topk, verdict,
 };
 use crate::rounds::{CommittedResult, RoundBook, SubmissionRecord};
-use crate::service::render_metrics_body;
 use heed::types::{Bytes, SerdeJson, Str};
 use proptest::prelude::*;
 use std::path::PathBuf;

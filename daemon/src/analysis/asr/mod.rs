@@ -11,7 +11,7 @@
 //! Must not: normalise text (the WER does, in `components::audio`), or turn a recogniser failure into
 //! a score: it is the host's problem and the caller reports it as such.
 
-use crate::config::AsrBackend;
+use super::settings::AsrBackend;
 use std::sync::Arc;
 
 pub mod ggml;

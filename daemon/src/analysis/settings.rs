@@ -1,0 +1,46 @@
+//! `[analysis]`: the settings the analysis owns (face backend, speech backend). [`crate::config`]
+//! validates the file's values into them; nothing here reads configuration itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[analysis]`
+#[derive(Debug, Clone)]
+pub struct AnalysisSettings {
+    /// `[analysis.face]`: face detection and identity.
+    pub face: FaceSettings,
+    /// `[analysis.asr]`: the speech recogniser behind the WER.
+    pub asr: AsrBackend,
+}
+
+/// `[analysis.face]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceSettings {
+    /// Which backend detects faces and measures identity.
+    pub backend: FaceBackend,
+    /// The builtin detector's Haar cascade (used by `builtin`).
+    pub cascade: PathBuf,
+}
+
+/// `analysis.face.backend`
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaceBackend {
+    /// Haar cascade detector, `fallback_histogram` identity.
+    Builtin,
+    /// InsightFace SCRFD + ArcFace through ONNX Runtime, `insightface` identity.
+    Onnx(super::face::OnnxFaceConfig),
+}
+
+/// `[analysis.asr] backend`: which speech recogniser transcribes the outputs' audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsrBackend {
+    /// None: the WER is reported unavailable and the audio-match check is the transcript gate.
+    None,
+    /// whisper.cpp (cargo feature `whisper`) with this ggml model.
+    Whisper {
+        /// `[analysis.asr] model`.
+        model: PathBuf,
+        /// `[analysis.asr] timeout_secs`: the most one transcription may take.
+        timeout: Duration,
+    },
+}
