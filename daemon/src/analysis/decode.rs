@@ -2155,10 +2155,5 @@ fn sanitise(text: &str, input: Option<&Path>) -> String {
     if let Some(path) = input.and_then(Path::to_str).filter(|p| !p.is_empty()) {
         text = text.replace(path, "<input>");
     }
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .take(DETAIL_CHARS)
-        .collect();
-    clean.trim().to_owned()
+    crate::domain::text::echo(&text, DETAIL_CHARS)
 }

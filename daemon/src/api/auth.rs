@@ -840,24 +840,9 @@ fn first_non_visible(bytes: &[u8]) -> usize {
     bytes.iter().position(|b| !b.is_ascii_graphic()).unwrap_or(0)
 }
 
-/// A header value made safe to echo: at most [`ECHO_MAX_CHARS`] characters, anything but printable
-/// ASCII replaced by `?`, and a trailing `…` when cut.
+/// A header value made safe to echo (at most [`ECHO_MAX_CHARS`] characters; [`crate::domain::text`]).
 fn sanitize(bytes: &[u8]) -> String {
-    let mut out: String = bytes
-        .iter()
-        .take(ECHO_MAX_CHARS)
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                char::from(b)
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    if bytes.len() > ECHO_MAX_CHARS {
-        out.push('…');
-    }
-    out
+    crate::domain::text::echo(&String::from_utf8_lossy(bytes), ECHO_MAX_CHARS)
 }
 
 /// Total order on finite expiry instants, so they can key a `BTreeMap`.
@@ -1403,7 +1388,8 @@ mod tests {
         let AuthError::BadTimestamp { value, .. } = &err else {
             panic!("{err:?}")
         };
-        assert_eq!(value, &format!("{}?{}…", "A".repeat(20), "B".repeat(11)));
+        // 32 characters with the cut mark: the invalid byte is echoed as `?`.
+        assert_eq!(value, &format!("{}?{}…", "A".repeat(20), "B".repeat(10)));
         assert!(!err.to_string().contains('\u{ff}'));
     }
 

@@ -503,10 +503,7 @@ fn error_response(e: &ApiError) -> HttpResponse {
 
 /// A path echoed in an error: bounded and printable.
 fn sanitise(path: &str) -> String {
-    path.chars()
-        .take(128)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
+    crate::domain::text::echo(path, 128)
 }
 
 #[cfg(test)]

@@ -557,19 +557,9 @@ impl ChallengeError {
     }
 }
 
-/// Makes untrusted text safe to echo: at most [`ECHO_MAX_CHARS`] characters, control and other
-/// non-printing characters escaped by `{:?}`-style rules on output (callers format with `{:?}`), and
-/// an ellipsis when truncated.
+/// Makes untrusted text safe to echo: at most [`ECHO_MAX_CHARS`] characters ([`crate::domain::text`]).
 pub(crate) fn sanitize(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(ECHO_MAX_CHARS)
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if text.chars().nth(ECHO_MAX_CHARS).is_some() {
-        out.push('…');
-    }
-    out
+    crate::domain::text::echo(text, ECHO_MAX_CHARS)
 }
 
 #[cfg(test)]
@@ -578,10 +568,10 @@ mod tests {
 
     #[test]
     fn sanitize_truncates_and_replaces_controls() {
-        assert_eq!(sanitize("a\nb"), "a\u{FFFD}b");
+        assert_eq!(sanitize("a\nb"), "a b");
         let long = "x".repeat(200);
         let s = sanitize(&long);
-        assert_eq!(s.chars().count(), ECHO_MAX_CHARS + 1);
+        assert_eq!(s.chars().count(), ECHO_MAX_CHARS);
         assert!(s.ends_with('…'));
         assert_eq!(sanitize(&"y".repeat(ECHO_MAX_CHARS)), "y".repeat(ECHO_MAX_CHARS));
     }

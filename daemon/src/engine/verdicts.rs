@@ -141,13 +141,7 @@ pub fn quota_violation(usage: Usage, quota_bytes: u64, entry_limit: u64) -> Opti
 
 /// Single line, printable, at most 300 characters: reasons end up in JSON, logs and tables.
 pub fn one_line(text: &str) -> String {
-    let mut s: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect();
-    s.truncate(s.trim_end().len());
-    s
+    crate::domain::text::echo(text, 300)
 }
 
 #[cfg(test)]

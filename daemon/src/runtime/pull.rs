@@ -95,13 +95,7 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 
 /// Bounded, printable, single-line: engine messages can echo registry bodies.
 pub fn sanitise(message: &str) -> String {
-    message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    crate::domain::text::echo(message, 300)
 }
 
 #[cfg(test)]
