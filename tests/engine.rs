@@ -435,7 +435,13 @@ fn a_clean_stop_mid_evaluation_removes_every_container_it_created() {
     let _engine = exclusive();
     let refs = build(&[(Behaviour::Hang, &[])]);
     let setup = Setup::new("");
-    let extra = engine_config(setup.dir.path());
+    // evaluation.work_dir elsewhere than the tests' usual `jobs`: the job directories go there.
+    let work_dir = setup.dir.path().join("elsewhere").join("work");
+    let extra = engine_config(setup.dir.path()).replace(
+        &format!("work_dir = \"{}\"", setup.dir.path().join("jobs").display()),
+        &format!("work_dir = \"{}\"", work_dir.display()),
+    );
+    assert!(extra.contains("elsewhere"), "{extra}");
     let setup = Setup { extra, ..setup };
     let instance = instance_of(&setup.dir.path().join("state.db"));
     let mut d = Daemon::start(&setup);
@@ -444,6 +450,10 @@ fn a_clean_stop_mid_evaluation_removes_every_container_it_created() {
     // The container is up and being timed on a challenge it will never answer.
     d.wait_for_within(&format!("{} ready on", miner.hotkey), ROUND_LIMIT);
     assert_eq!(labelled_containers(&instance).len(), 1);
+    let jobs: Vec<_> = std::fs::read_dir(&work_dir).unwrap().flatten().collect();
+    assert_eq!(jobs.len(), 1, "one job directory under evaluation.work_dir");
+    assert!(jobs[0].path().join("input").is_dir() && jobs[0].path().join("output").is_dir());
+    assert!(!setup.dir.path().join("jobs").exists());
     let state = d.state.clone();
     let log_path = d.dir.join(format!("daemon-{}.log", d.addr.port()));
     // SIGTERM, as systemd stops the unit: the daemon exits cleanly, and only once its container is gone.
@@ -453,6 +463,11 @@ fn a_clean_stop_mid_evaluation_removes_every_container_it_created() {
         labelled_containers(&instance),
         Vec::<String>::new(),
         "a container outlived the clean stop\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&work_dir).unwrap().count(),
+        0,
+        "the interrupted run's job directory is removed"
     );
     // The interrupted evaluation was the host's doing: nothing was committed or charged for it.
     let store = open_state(&state);

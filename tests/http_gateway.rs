@@ -550,3 +550,36 @@ fn a_client_that_sends_its_whole_body_before_reading_gets_the_refusal_not_a_rese
     assert!(d.stop().success());
     assert!(stored(&setup.dir.path().join("state.db")).is_empty());
 }
+
+#[test]
+fn max_connections_holds_further_clients_until_a_connection_closes() {
+    use std::io::{Read, Write};
+    let mut setup = Setup::new("[auth]\nrequire_signature = false\n");
+    setup.http = "max_connections = 1\n".into();
+    let d = Daemon::start(&setup);
+    // The one connection the gateway serves: open, saying nothing yet.
+    let first = std::net::TcpStream::connect(d.addr).unwrap();
+    // A second client is left in the kernel's backlog: its request gets no answer while the first
+    // connection lives.
+    let mut second = std::net::TcpStream::connect(d.addr).unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = second.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered beside a held connection: {early:?}"
+    );
+    // Once the first closes, the second is accepted and answered.
+    drop(first);
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    let mut raw = Vec::new();
+    second.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(d.stop().success());
+}

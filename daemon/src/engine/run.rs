@@ -21,7 +21,7 @@ use crate::gpu::health::Fault;
 use crate::gpu::vram::{VramMeter, VramReading, VramSession, weakest};
 use crate::rounds::EvaluationTicket;
 use crate::runtime::job::{JobDir, OutputWatcher, Placement, READY_FILE, TaskJson};
-use crate::runtime::pull::{PullFailure, backoff};
+use crate::runtime::pull::{PullFailure, registry_refusal, retry_wait, size_refusal};
 use crate::runtime::spec::{self, RunSpecInput};
 use crate::runtime::{Engine, ImageCache, Provenance, PulledImage, RuntimeError};
 use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
@@ -240,15 +240,9 @@ async fn evaluate(
     report
         .stage_times
         .insert("pull".into(), started.elapsed().as_secs_f64());
-    if image.size_bytes > s.docker.max_image_bytes {
+    if let Some(why) = size_refusal(image.size_bytes, s.docker.max_image_bytes) {
         let _ = env.images.discard(&req.ticket.image_ref).await;
-        return Err(Stop::Miner(Failure::new(
-            Verdict::ImageRejected,
-            format!(
-                "image is {} bytes, over docker.max_image_bytes = {}",
-                image.size_bytes, s.docker.max_image_bytes
-            ),
-        )));
+        return Err(Stop::Miner(Failure::new(Verdict::ImageRejected, why)));
     }
 
     if let Some(failure) = check_cuda_requirement(req, &image, report) {
@@ -307,14 +301,8 @@ async fn pull(
 ) -> Result<(PulledImage, Provenance), Stop> {
     let s = &env.settings;
     let image = &req.ticket.image_ref;
-    if !s.docker.allowed_registries.is_empty() {
-        let registry = image.registry().unwrap_or("docker.io");
-        if !s.docker.allowed_registries.iter().any(|r| r == registry) {
-            return Err(Stop::Miner(Failure::new(
-                Verdict::ImageRejected,
-                format!("registry {registry} is not in docker.allowed_registries"),
-            )));
-        }
+    if let Some(why) = registry_refusal(image, &s.docker.allowed_registries) {
+        return Err(Stop::Miner(Failure::new(Verdict::ImageRejected, why)));
     }
     let mut attempt = 1;
     loop {
@@ -323,19 +311,23 @@ async fn pull(
                 tracing::info!(run_id = %req.run_id, image_source = source.as_str(), "image ready");
                 return Ok((pulled, source));
             }
-            Err(RuntimeError::Pull {
-                failure: PullFailure::Infra(reason),
-                ..
-            }) if attempt < s.docker.pull_attempts => {
-                let wait = backoff(attempt, Duration::from_secs(60));
-                tracing::warn!(run_id = %req.run_id, attempt, ?wait, %reason, "pull failed (infrastructure); retrying");
+            Err(e) => {
+                let wait = match &e {
+                    RuntimeError::Pull { failure, .. } => {
+                        retry_wait(failure, attempt, s.docker.pull_attempts)
+                    }
+                    _ => None,
+                };
+                let Some(wait) = wait else {
+                    return Err(e.into());
+                };
+                tracing::warn!(run_id = %req.run_id, attempt, ?wait, reason = %e, "pull failed (infrastructure); retrying");
                 tokio::select! {
                     () = cancel.cancelled() => return Err(Stop::Infra("daemon shutting down".into())),
                     () = tokio::time::sleep(wait) => {}
                 }
                 attempt += 1;
             }
-            Err(e) => return Err(e.into()),
         }
     }
 }

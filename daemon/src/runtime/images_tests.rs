@@ -3,6 +3,7 @@
 //! known to be only its own.
 
 use super::*;
+use crate::runtime::pull::PullFailure;
 use std::process::Command;
 
 const REGISTRY: &str = "127.0.0.1:5000";
@@ -153,4 +154,34 @@ fn a_store_call_that_never_returned_is_an_image_cache_task_failure() {
         matches!(&e, RuntimeError::Api { call: "image cache task", reason } if reason == "task 3 panicked"),
         "{e:?}"
     );
+}
+
+/// `evaluation.pull_timeout_secs`: a registry that accepts connections and never answers holds a pull
+/// only until the configured timeout, and that is the host's failure, never the miner's.
+#[tokio::test]
+async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold every connection, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let image = ImageRef::parse(&format!("127.0.0.1:{port}/stall/x@sha256:{}", "c".repeat(64))).unwrap();
+    let timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let failure = cache.acquire(&image, timeout).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            &failure,
+            RuntimeError::Pull { failure: PullFailure::Infra(reason), .. } if reason.contains("did not finish within 2s")
+        ),
+        "{failure:?}"
+    );
+    assert!(took >= timeout && took < Duration::from_secs(20), "{took:?}");
 }

@@ -5,7 +5,7 @@
 //! retried later and never scored). Unknown failures are treated as infrastructure: a miner is only
 //! charged for what is positively known to be its own doing.
 
-use crate::domain::Verdict;
+use crate::domain::{ImageRef, Verdict};
 use std::time::Duration;
 
 /// Who answers for a failed pull.
@@ -93,6 +93,32 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
     Duration::from_secs(secs).min(cap)
 }
 
+/// Longest wait between two pull attempts of one run.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// `docker.allowed_registries`: `None` when `image` may be pulled (an empty list allows every
+/// registry; an image without a registry host is Docker Hub's, `docker.io`), else why not.
+pub fn registry_refusal(image: &ImageRef, allowed: &[String]) -> Option<String> {
+    let registry = image.registry().unwrap_or("docker.io");
+    (!allowed.is_empty() && !allowed.iter().any(|r| r == registry))
+        .then(|| format!("registry {registry} is not in docker.allowed_registries"))
+}
+
+/// `docker.max_image_bytes`: `None` when an image of `size_bytes` may run, else why not.
+pub fn size_refusal(size_bytes: u64, max_image_bytes: u64) -> Option<String> {
+    (size_bytes > max_image_bytes)
+        .then(|| format!("image is {size_bytes} bytes, over docker.max_image_bytes = {max_image_bytes}"))
+}
+
+/// `docker.pull_attempts`: after attempt `attempt` (1-based) failed with `failure`, how long to wait
+/// before the next one, or `None` to stop (a miner's failure, or the attempts are spent).
+pub fn retry_wait(failure: &PullFailure, attempt: u32, pull_attempts: u32) -> Option<Duration> {
+    match failure {
+        PullFailure::Infra(_) if attempt < pull_attempts => Some(backoff(attempt, MAX_RETRY_WAIT)),
+        _ => None,
+    }
+}
+
 /// Bounded, printable, single-line: engine messages can echo registry bodies.
 pub fn sanitise(message: &str) -> String {
     crate::domain::text::echo(message, 300)
@@ -150,6 +176,52 @@ mod tests {
         let got: Vec<u64> = (1..=7).map(|a| backoff(a, cap).as_secs()).collect();
         assert_eq!(got, vec![2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(u32::MAX, cap), cap);
+    }
+
+    fn image(reference: &str) -> ImageRef {
+        ImageRef::parse(&format!("{reference}@sha256:{}", "a".repeat(64))).unwrap()
+    }
+
+    #[test]
+    fn allowed_registries_refuse_other_hosts_and_docker_hub_is_docker_io() {
+        let allowed = vec!["127.0.0.1:5000".to_owned(), "docker.io".to_owned()];
+        assert_eq!(registry_refusal(&image("127.0.0.1:5000/m/x"), &allowed), None);
+        assert_eq!(registry_refusal(&image("miner/x"), &allowed), None);
+        assert_eq!(
+            registry_refusal(&image("ghcr.io/m/x"), &allowed).as_deref(),
+            Some("registry ghcr.io is not in docker.allowed_registries")
+        );
+        let only_local = vec!["127.0.0.1:5000".to_owned()];
+        assert!(registry_refusal(&image("miner/x"), &only_local).is_some());
+        assert_eq!(
+            registry_refusal(&image("ghcr.io/m/x"), &[]),
+            None,
+            "empty: all allowed"
+        );
+    }
+
+    #[test]
+    fn an_image_over_max_image_bytes_is_refused_at_the_limit_allowed() {
+        assert_eq!(size_refusal(1000, 1000), None);
+        assert_eq!(
+            size_refusal(1001, 1000).as_deref(),
+            Some("image is 1001 bytes, over docker.max_image_bytes = 1000")
+        );
+    }
+
+    #[test]
+    fn pull_attempts_bound_the_retries_of_infrastructure_failures_only() {
+        let infra = PullFailure::Infra("i/o timeout".into());
+        let miner = PullFailure::Miner("manifest unknown".into());
+        // pull_attempts = 3: two retries, 2 s then 4 s apart, then stop.
+        assert_eq!(retry_wait(&infra, 1, 3), Some(Duration::from_secs(2)));
+        assert_eq!(retry_wait(&infra, 2, 3), Some(Duration::from_secs(4)));
+        assert_eq!(retry_wait(&infra, 3, 3), None);
+        // pull_attempts = 1: never retried.
+        assert_eq!(retry_wait(&infra, 1, 1), None);
+        // The miner's failure is final at once.
+        assert_eq!(retry_wait(&miner, 1, 3), None);
+        assert_eq!(retry_wait(&infra, 9, 20), Some(MAX_RETRY_WAIT));
     }
 
     #[test]
