@@ -544,6 +544,25 @@ fn a_client_that_sends_its_whole_body_before_reading_gets_the_refusal_not_a_rese
     let answer = post_everything_then_read(&d, "", 3_000_000).expect("connection reset");
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.contains("\"error\":\"missing_header\""), "{answer}");
+    // Python's own client (what validators use, through `requests`): it sends the whole body first.
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         req = urllib.request.Request('http://{}/update', data=b' ' * 38_000_000,\n\
+             headers={{'Content-Type': 'application/json'}}, method='POST')\n\
+         try:\n    urllib.request.urlopen(req, timeout=30)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n",
+        d.addr
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.starts_with("401 "),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The gateway still serves after discarding.
     let r = d.request(&HttpRequest::new("GET", "/healthz"));
     assert_eq!(r.status, 200);
