@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use talkheadd::analysis::components::{
@@ -20,6 +20,7 @@ use talkheadd::analysis::components::{
 use talkheadd::analysis::face::{
     ArcFaceIdentity, FaceDetector, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError, track_largest,
 };
+use talkheadd::config::{self, ConfigLocation, FaceBackend, Settings};
 use talkheadd::scoring::IdentityMode;
 
 /// The test models' constants (tests/onnx/make_models.py): box distances and keypoint offsets in
@@ -261,4 +262,177 @@ fn load_failures_name_their_key() {
         e.to_string().starts_with("analysis.face.onnxruntime_library "),
         "{e}"
     );
+}
+
+/// Settings read by talkheadd's configuration loader from a file whose `[analysis.face]` table points
+/// at the test models and adds `face_keys`; `analysis_keys` go in `[analysis]` (the old flat names).
+fn settings_from_file(dir: &Path, analysis_keys: &str, face_keys: &str) -> Settings {
+    let models = test_dir();
+    let file = dir.join("talkheadd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[store]\npath = \"{}\"\n[analysis]\n{analysis_keys}\n[analysis.face]\n\
+             onnxruntime_library = \"{}\"\ndetector_model = \"{}\"\nrecognizer_model = \"{}\"\n{face_keys}\n",
+            dir.join("state.db").display(),
+            models.join("libonnxruntime.so").display(),
+            models.join("det_10g_test.onnx").display(),
+            models.join("w600k_r50_test.onnx").display(),
+        ),
+    )
+    .unwrap();
+    config::load(&ConfigLocation::Explicit(file), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings
+}
+
+/// The backend the daemon would load from `settings` (what `default_analyzer` does with it).
+fn backend_of(settings: &Settings) -> OnnxFaceBackend {
+    let FaceBackend::Onnx(onnx) = &settings.analysis.face.backend else {
+        panic!(
+            "expected the onnx backend, got {:?}",
+            settings.analysis.face.backend
+        )
+    };
+    OnnxFaceBackend::load(onnx).unwrap()
+}
+
+/// A 1280×720 black frame with a `side`×`side` block of red `r` at (640, 384).
+fn red_block(side: u32, r: u8) -> Frame {
+    let (w, h) = (1280u32, 720u32);
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let inside = (640..640 + side).contains(&x) && (384..384 + side).contains(&y);
+            rgb.extend(if inside { [r, 0, 0] } else { [0, 0, 0] });
+        }
+    }
+    Frame::rgb(w, h, rgb)
+}
+
+/// `analysis.face.backend = "onnx"` (and its old name `analysis.face_backend`) in a configuration
+/// file gives the daemon's analyser SCRFD detection with ArcFace identity, where the default is the
+/// Haar detector with the histogram identity. `analysis.face.threads = 3` reaches the sessions,
+/// which load and detect; the intra-op thread count changes no result, so nothing else about it is
+/// observable here.
+#[tokio::test]
+async fn the_face_backend_key_picks_scrfd_and_arcface_for_the_daemons_analyser() {
+    let dir = tempfile::tempdir().unwrap();
+    backend(); // this process's ONNX Runtime is the test one
+    for (analysis_keys, face_keys) in [
+        ("", "backend = \"onnx\"\nthreads = 3"),
+        ("face_backend = \"onnx\"", "threads = 3"),
+    ] {
+        let settings = settings_from_file(dir.path(), analysis_keys, face_keys);
+        let analyzer = talkheadd::analysis::default_analyzer(&settings.analysis)
+            .await
+            .unwrap();
+        let described = analyzer.describe();
+        assert!(
+            described.contains("scrfd face detector") && described.contains("arcface identity"),
+            "{analysis_keys} {face_keys}: {described}"
+        );
+        let FaceBackend::Onnx(onnx) = &settings.analysis.face.backend else {
+            unreachable!()
+        };
+        assert_eq!(onnx.threads, 3);
+        let dets = backend_of(&settings).detect_faces(&red_block(64, 255)).unwrap();
+        assert_eq!(dets.len(), 1, "{dets:?}");
+    }
+    // Without the key: the builtin backend (Debian's cascade, as tests/setup.sh installs it).
+    let settings = settings_from_file(dir.path(), "", "");
+    assert_eq!(settings.analysis.face.backend, FaceBackend::Builtin);
+    let analyzer = talkheadd::analysis::default_analyzer(&settings.analysis)
+        .await
+        .unwrap();
+    let described = analyzer.describe();
+    assert!(
+        described.contains("haar face detector") && !described.contains("arcface"),
+        "{described}"
+    );
+}
+
+/// `analysis.face.det_size` is the side of the detector input when the model's is dynamic (det_10g's
+/// and the test model's are). At 320 a 1280×720 frame is scaled by 0.25 instead of 0.5: a 128-pixel
+/// face fills one stride-32 cell and is found at the same place (its left eye, keypoint offset 0, is
+/// the anchor centre (640, 384) in frame pixels at both sizes), while a 64-pixel face covers only a
+/// quarter of a cell and is lost. The test model's box distances are fixed in stride units, so the box
+/// in frame pixels is 32·BOX/scale: twice as large at 320, which pins the input size too.
+#[test]
+fn det_size_from_the_configuration_sets_the_detector_input() {
+    let dir = tempfile::tempdir().unwrap();
+    backend();
+    let at_640 = backend_of(&settings_from_file(dir.path(), "", "backend = \"onnx\""));
+    let at_320 = backend_of(&settings_from_file(
+        dir.path(),
+        "",
+        "backend = \"onnx\"\ndet_size = 320",
+    ));
+    assert_eq!(at_640.det_input_size(), (640, 640));
+    assert_eq!(at_320.det_input_size(), (320, 320));
+
+    let eye_at_anchor = |d: &&talkheadd::analysis::face::scrfd::Detection| {
+        (d.kps[0][0] - 640.0).abs() < 1e-3 && (d.kps[0][1] - 384.0).abs() < 1e-3
+    };
+    let big = red_block(128, 255);
+    let found_640 = at_640.detect_faces(&big).unwrap();
+    let d640 = found_640
+        .iter()
+        .find(eye_at_anchor)
+        .unwrap_or_else(|| panic!("{found_640:?}"));
+    let found_320 = at_320.detect_faces(&big).unwrap();
+    assert_eq!(found_320.len(), 1, "{found_320:?}");
+    let d320 = found_320
+        .iter()
+        .find(eye_at_anchor)
+        .unwrap_or_else(|| panic!("{found_320:?}"));
+    let box_at = |scale: f32| {
+        let (cx, cy, s) = (640.0 * scale, 384.0 * scale, 32.0);
+        [
+            (cx - BOX[0] * s) / scale,
+            (cy - BOX[1] * s) / scale,
+            (cx + BOX[2] * s) / scale,
+            (cy + BOX[3] * s) / scale,
+        ]
+    };
+    for (d, scale) in [(d640, 0.5), (d320, 0.25)] {
+        for (got, want) in d.bbox.iter().zip(box_at(scale)) {
+            assert!((got - want).abs() < 1e-3, "scale {scale}: {:?}", d.bbox);
+        }
+    }
+    assert_eq!(box_at(0.25), [512.0, 192.0, 896.0, 704.0]);
+
+    let small = red_block(64, 255);
+    assert_eq!(at_640.detect_faces(&small).unwrap().len(), 1);
+    assert!(at_320.detect_faces(&small).unwrap().is_empty());
+}
+
+/// `analysis.face.det_threshold` reaches the decoder: a face scoring about 0.52 (a cell of red 192:
+/// sigmoid(20 · ((192 − 127.5)/128 − 0.5))) is found at 0.15 and at the default 0.5 but not at 0.95,
+/// while a full-red face (0.99995) passes all three.
+#[test]
+fn det_threshold_from_the_configuration_drops_weaker_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    backend();
+    let at = |threshold: &str| {
+        backend_of(&settings_from_file(
+            dir.path(),
+            "",
+            &format!("backend = \"onnx\"\n{threshold}"),
+        ))
+    };
+    let (low, default, high) = (at("det_threshold = 0.15"), at(""), at("det_threshold = 0.95"));
+    let weak = red_block(64, 192);
+    let score = 1.0 / (1.0 + (-20.0f32 * ((192.0 - 127.5) / 128.0 - 0.5)).exp());
+    assert!((0.5..0.55).contains(&score), "{score}");
+    for b in [&low, &default] {
+        let dets = b.detect_faces(&weak).unwrap();
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert!((dets[0].score - score).abs() < 1e-4, "{dets:?}");
+    }
+    assert!(high.detect_faces(&weak).unwrap().is_empty());
+    let strong = red_block(64, 255);
+    for b in [&low, &default, &high] {
+        assert_eq!(b.detect_faces(&strong).unwrap().len(), 1);
+    }
 }

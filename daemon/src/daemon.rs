@@ -15,7 +15,7 @@ use crate::gpu::{GpuInventory, VirtualInventory};
 use crate::runtime::{Engine, ImageCache};
 use crate::service::Service;
 use crate::service::admin::{AdminContext, ReloadReport, Reloader, RuntimeInfo};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError};
 use crate::systemd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,18 +230,10 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
     let started = std::time::Instant::now();
     let settings = Arc::new(settings);
     let store_settings = settings.store.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        Store::open(
-            &store_settings.path,
-            StoreOptions {
-                map_size_bytes: store_settings.map_size_bytes,
-                history_per_miner: store_settings.history_per_miner,
-                max_submissions: store_settings.max_submissions,
-            },
-        )
-    })
-    .await
-    .map_err(|e| DaemonError::Task(e.to_string()))??;
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&store_settings.path, store_settings.options()))
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))??;
     tracing::info!(path = %settings.store.path.display(), "state store open");
 
     if !settings.auth.require_signature {

@@ -90,12 +90,20 @@ pub fn choose_output(format: LogFormat, env: &Surroundings) -> Output {
     }
 }
 
+/// The log filter: `RUST_LOG` (`rust_log`, its value when set and Unicode) when it parses, else
+/// `log.level` (`level`), else `info`. Pure: the caller reads the environment.
+fn filter_for(level: &str, rust_log: Option<&str>) -> EnvFilter {
+    rust_log
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
 /// Install the global subscriber.
 pub fn init(settings: &LogSettings) {
     let filter = || {
-        EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(&settings.level))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
+        let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+        filter_for(&settings.level, rust_log.as_deref())
     };
     let plain = || {
         tracing_subscriber::fmt()
@@ -183,6 +191,44 @@ mod tests {
             choose_output(LogFormat::Journald, &env(None, None, None)),
             Output::Journald
         );
+    }
+
+    /// Whether a subscriber filtered by `filter` records an event of `level` from this module
+    /// (target `talkheadd::logging::tests`).
+    fn records(filter: EnvFilter, level: tracing::Level) -> bool {
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || match level {
+            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+            tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+        })
+    }
+
+    #[test]
+    fn log_level_applies_unless_rust_log_is_set() {
+        use tracing::Level;
+        // RUST_LOG unset: log.level decides.
+        let f = || filter_for("warn", None);
+        assert!(records(f(), Level::WARN));
+        assert!(!records(f(), Level::INFO));
+        let f = || filter_for("talkheadd=debug", None);
+        assert!(records(f(), Level::DEBUG));
+        assert!(!records(f(), Level::TRACE));
+        // RUST_LOG set: it wins over log.level, both ways.
+        let f = || filter_for("warn", Some("talkheadd=trace"));
+        assert!(records(f(), Level::TRACE));
+        assert_eq!(f().to_string(), "talkheadd=trace");
+        let f = || filter_for("talkheadd=debug", Some("error"));
+        assert!(records(f(), Level::ERROR));
+        assert!(!records(f(), Level::WARN));
+        // A RUST_LOG that does not parse is ignored, and an impossible level (validation refuses it)
+        // falls back to info.
+        let f = || filter_for("warn", Some("talkheadd=loud"));
+        assert!(records(f(), Level::WARN) && !records(f(), Level::INFO));
+        let f = || filter_for("talkheadd=loud", None);
+        assert!(records(f(), Level::INFO) && !records(f(), Level::DEBUG));
     }
 
     #[test]

@@ -144,6 +144,17 @@ pub struct StoreSettings {
     pub max_submissions: usize,
 }
 
+impl StoreSettings {
+    /// What [`crate::store::Store::open`] takes from these settings.
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            map_size_bytes: self.map_size_bytes,
+            history_per_miner: self.history_per_miner,
+            max_submissions: self.max_submissions,
+        }
+    }
+}
+
 /// `[auth]`
 #[derive(Debug, Clone)]
 pub struct AuthSettings {

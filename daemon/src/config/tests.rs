@@ -76,6 +76,27 @@ fn no_file_at_all_gives_the_embedded_defaults() {
 }
 
 #[test]
+fn the_store_section_is_what_the_store_opens_with() {
+    let f = Fixture::new();
+    let path = f.file(
+        "c.toml",
+        &format!(
+            "{}map_size_mb = 16\nhistory_per_miner = 7\nmax_submissions = 9\n",
+            f.state()
+        ),
+    );
+    let options = f.load(&path).unwrap().settings.store.options();
+    assert_eq!(
+        (
+            options.map_size_bytes,
+            options.history_per_miner,
+            options.max_submissions
+        ),
+        (16 << 20, 7, 9)
+    );
+}
+
+#[test]
 fn an_explicit_missing_file_is_an_error_naming_it() {
     let f = Fixture::new();
     let path = f.dir.path().join("absent.toml");

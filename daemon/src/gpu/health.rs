@@ -29,6 +29,8 @@ pub enum Fault {
     Temperature {
         /// Degrees Celsius.
         celsius: u32,
+        /// The configured `gpu.max_temperature_c` it exceeds.
+        limit_c: u32,
     },
     /// A process the daemon did not start uses the GPU.
     ForeignProcess {
@@ -48,7 +50,12 @@ impl std::fmt::Display for Fault {
             Fault::Xid { code } => write!(f, "XID {code}"),
             Fault::Ecc { new_errors } => write!(f, "{new_errors} new uncorrected ECC errors"),
             Fault::Throttled { reasons } => write!(f, "throttled: {reasons}"),
-            Fault::Temperature { celsius } => write!(f, "temperature {celsius} °C"),
+            Fault::Temperature { celsius, limit_c } => {
+                write!(
+                    f,
+                    "temperature {celsius} °C (over gpu.max_temperature_c {limit_c})"
+                )
+            }
             Fault::ForeignProcess { pid } => write!(f, "foreign process {pid} on the GPU"),
             Fault::ProbeFailed { detail } => write!(f, "probe failed: {detail}"),
         }
@@ -226,9 +233,24 @@ mod tests {
             quarantine_after: 1,
             quarantine_secs: 10.0,
         });
-        h.fault(&Fault::Temperature { celsius: 95 }, 0.0);
+        h.fault(
+            &Fault::Temperature {
+                celsius: 95,
+                limit_c: 90,
+            },
+            0.0,
+        );
         assert!(h.due_for_probe(10.0));
-        assert_eq!(h.fault(&Fault::Temperature { celsius: 94 }, 10.0), None);
+        assert_eq!(
+            h.fault(
+                &Fault::Temperature {
+                    celsius: 94,
+                    limit_c: 90
+                },
+                10.0
+            ),
+            None
+        );
         assert!(!h.due_for_probe(15.0));
         assert!(h.due_for_probe(20.0));
     }

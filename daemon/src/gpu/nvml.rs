@@ -44,6 +44,21 @@ pub struct ProbeLimits {
     pub max_temperature_c: u32,
 }
 
+/// `gpu.max_temperature_c`: a GPU hotter than `limit` °C is faulty; exactly at the limit it is not.
+/// Pure.
+fn temperature_fault(celsius: u32, limit: u32) -> Option<Fault> {
+    (celsius > limit).then_some(Fault::Temperature {
+        celsius,
+        limit_c: limit,
+    })
+}
+
+/// `gpu.vram_sample_hz` as the sampler's period: one sample every `1 / hz` seconds, at 50 Hz or
+/// faster whatever is asked (configuration validation already refuses less). Pure.
+fn sample_period(hz: u32) -> Duration {
+    Duration::from_secs_f64(1.0 / f64::from(hz.max(50)))
+}
+
 /// Keep the GPUs `gpu.devices` selects (all when empty), in inventory order. Pure.
 pub fn select(all: &[GpuInfo], selectors: &[GpuSelector]) -> Result<Vec<GpuInfo>, String> {
     if selectors.is_empty() {
@@ -184,7 +199,7 @@ impl NvmlInventory {
             gpus,
             accounting,
             limits,
-            sample_period: Duration::from_secs_f64(1.0 / f64::from(sample_hz.max(50))),
+            sample_period: sample_period(sample_hz),
             ecc_seen: Mutex::new(BTreeMap::new()),
             xids,
             stop_xid,
@@ -311,10 +326,12 @@ impl GpuInventory for NvmlInventory {
                 });
             }
         }
-        if let Ok(t) = d.temperature(TemperatureSensor::Gpu)
-            && t > self.limits.max_temperature_c
+        if let Some(fault) = d
+            .temperature(TemperatureSensor::Gpu)
+            .ok()
+            .and_then(|t| temperature_fault(t, self.limits.max_temperature_c))
         {
-            return ProbeResult::Fault(Fault::Temperature { celsius: t });
+            return ProbeResult::Fault(fault);
         }
         if let Some(reasons) = d.current_throttle_reasons().ok().and_then(bad_throttle) {
             return ProbeResult::Fault(Fault::Throttled { reasons });
@@ -446,6 +463,39 @@ mod tests {
         assert_eq!(picked.iter().map(|g| g.index).collect::<Vec<_>>(), vec![0, 2]);
         let err = select(&all, &[GpuSelector::Index(7)]).err().unwrap_or_default();
         assert!(err.contains("7") && err.contains("GPU-b"), "{err}");
+    }
+
+    #[test]
+    fn hotter_than_max_temperature_c_is_a_fault_naming_both() {
+        assert_eq!(temperature_fault(90, 90), None);
+        assert_eq!(temperature_fault(40, 90), None);
+        let fault = temperature_fault(91, 90);
+        assert_eq!(
+            fault,
+            Some(Fault::Temperature {
+                celsius: 91,
+                limit_c: 90
+            })
+        );
+        let text = fault.map(|f| f.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("91 °C") && text.contains("gpu.max_temperature_c 90"),
+            "{text}"
+        );
+        // Another limit moves the edge with it.
+        assert_eq!(temperature_fault(91, 95), None);
+        assert!(temperature_fault(96, 95).is_some());
+    }
+
+    #[test]
+    fn vram_sample_hz_sets_the_sampler_period() {
+        assert_eq!(sample_period(100), Duration::from_millis(10));
+        assert_eq!(sample_period(50), Duration::from_millis(20));
+        assert_eq!(sample_period(1000), Duration::from_millis(1));
+        assert_eq!(sample_period(200), Duration::from_millis(5));
+        // Below the 50 Hz floor (validation refuses it anyway) the floor applies.
+        assert_eq!(sample_period(10), Duration::from_millis(20));
+        assert_eq!(sample_period(0), Duration::from_millis(20));
     }
 
     #[test]

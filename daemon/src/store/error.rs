@@ -123,7 +123,7 @@ pub enum StoreError {
     },
     /// The memory map is full: the configured map size is too small.
     #[error(
-        "state file is full (map size {map_size} bytes) while writing table {table}: raise store.map_size"
+        "state file is full (map size {map_size} bytes) while writing table {table}: raise store.map_size_mb"
     )]
     Full {
         /// Configured map size.

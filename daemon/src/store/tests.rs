@@ -757,3 +757,62 @@ async fn blocking_passes_the_call_s_error_through_and_reports_a_panic_as_worker_
             .is_ok()
     );
 }
+
+/// `store.map_size_mb` bounds what the state file can hold. Read through the configuration loader and
+/// opened the way the daemon opens it (daemon.rs builds [`StoreOptions`] from these three fields):
+/// the smallest map the configuration accepts (16 MiB) fills up under 24 MiB of run history and
+/// refuses the write that does not fit with [`StoreError::Full`], naming the key to raise, and keeps
+/// what it had; a 64 MiB map takes the same writes.
+#[test]
+fn the_configured_map_size_bounds_what_the_state_file_holds() {
+    const RUNS: u64 = 96;
+    const LOG_BYTES: usize = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    // What `store.map_size_mb = mb` opens the store with (config::tests checks the mapping).
+    let open = |mb: usize| -> Store {
+        Store::open(
+            &dir.path().join(format!("state-{mb}.db")),
+            StoreOptions {
+                map_size_bytes: mb << 20,
+                history_per_miner: 1000,
+                max_submissions: 100,
+            },
+        )
+        .unwrap()
+    };
+    // 256 KiB of log per run, different for each so a run read back is the one written.
+    let big_run = |n: u64| RunRecord {
+        log_tail: Some(format!("{n:08}").repeat(LOG_BYTES / 8)),
+        ..run(0, n)
+    };
+
+    let small = open(16);
+    let mut written = 0;
+    let full = loop {
+        match small.record_run(&big_run(written)) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            written < RUNS,
+            "{RUNS} runs of {LOG_BYTES} bytes fit in a 16 MiB map"
+        );
+    };
+    assert!(written > 0, "not even one run fit: {full}");
+    assert_eq!(full.reason(), "store_full", "{full}");
+    let StoreError::Full { map_size, .. } = &full else {
+        panic!("expected Full, got {full:?}")
+    };
+    assert_eq!(*map_size, 16 << 20);
+    assert!(full.to_string().contains("raise store.map_size_mb"), "{full}");
+    // The refused write left nothing behind and the earlier ones are intact.
+    let kept = small.runs_for(&hotkey(0), 1000).unwrap();
+    assert_eq!(kept.len() as u64, written);
+    assert_eq!(kept[0], big_run(written - 1));
+
+    let large = open(64);
+    for n in 0..RUNS {
+        large.record_run(&big_run(n)).unwrap();
+    }
+    assert_eq!(large.runs_for(&hotkey(0), 1000).unwrap().len() as u64, RUNS);
+}

@@ -229,6 +229,12 @@ impl OnnxFaceBackend {
         })
     }
 
+    /// `(width, height)` of the detector input: the model's own size, or `det_size` square where the
+    /// model's is dynamic (as det_10g's is).
+    pub fn det_input_size(&self) -> (u32, u32) {
+        self.det_size
+    }
+
     /// Every face SCRFD finds in `frame` (after NMS), in frame pixels.
     pub fn detect_faces(&self, frame: &Frame) -> Result<Vec<Detection>, String> {
         if !frame.is_well_formed() {

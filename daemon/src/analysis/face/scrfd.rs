@@ -352,6 +352,36 @@ mod tests {
     }
 
     #[test]
+    fn the_threshold_decides_which_anchors_are_faces() {
+        // Three far-apart anchors of stride 16 on a 64×64 input (cells (0,0), (3,0), (0,3): boxes
+        // that do not overlap, so NMS keeps every one that passes): scores 0.9, 0.5 and 0.2.
+        let (mut s, b, k) = one_hot(16, 0, 0.9, [0.5; 4], [0.0; 10]);
+        s[6] = 0.5;
+        s[24] = 0.2;
+        let outs = [StrideOutputs {
+            stride: 16,
+            scores: &s,
+            bboxes: &b,
+            kps: &k,
+        }];
+        let lb = Letterbox::new(64, 64, 64, 64).unwrap();
+        let scores = |threshold: f32| -> Vec<f32> {
+            decode(&outs, &lb, threshold)
+                .unwrap()
+                .iter()
+                .map(|d| d.score)
+                .collect()
+        };
+        assert_eq!(scores(0.15), vec![0.9, 0.5, 0.2]);
+        // The reference's 0.5 keeps a score equal to it (InsightFace: `scores >= det_thresh`).
+        assert_eq!(scores(SCORE_THRESHOLD), vec![0.9, 0.5]);
+        assert_eq!(scores(0.95), Vec::<f32>::new());
+        // Below the background score (0.01) every anchor passes: one face per cell of the 4×4 grid
+        // (NMS merges the two anchors of a cell).
+        assert_eq!(scores(0.005).len(), 16);
+    }
+
+    #[test]
     fn wrong_layout_is_an_error() {
         let (s, b, k) = one_hot(16, 0, 0.9, [0.0; 4], [0.0; 10]);
         let lb = Letterbox::new(64, 64, 64, 64).unwrap();
