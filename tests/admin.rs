@@ -33,7 +33,15 @@ fn ctl_binary(dir: &Path) -> PathBuf {
         built.display()
     );
     let copy = dir.join("talkheadctl");
-    std::fs::copy(&built, &copy).unwrap();
+    // Copied by a child process, never through a descriptor of ours: a test thread forking meanwhile
+    // (every test starts processes) would inherit our write descriptor until its exec, and running the
+    // copy then fails with ETXTBSY ("Text file busy"), as a test run here once did.
+    let copied = std::process::Command::new("cp")
+        .arg(&built)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp {} {}", built.display(), copy.display());
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     copy
 }
