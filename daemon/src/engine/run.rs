@@ -824,10 +824,7 @@ async fn analyse_and_score(
             peak_vram_gb: vram.gib(),
         };
         let failure = match run.map(|r| &r.result) {
-            None => Some(Failure::new(
-                Verdict::Crashed,
-                "not attempted: the run stopped early",
-            )),
+            None => Some(not_attempted(&runs)),
             Some(Err(f)) => Some(f.clone()),
             Some(Ok(None)) => Some(Failure::new(Verdict::BadOutput, "no video collected")),
             Some(Ok(Some(video))) => {
@@ -893,6 +890,24 @@ async fn analyse_and_score(
     Ok(metrics)
 }
 
+/// Why a scored challenge was never placed: the daemon stops a run after [`MAX_CONSECUTIVE_TIMEOUTS`]
+/// timeouts in a row (the miner is wedged), and the challenges it did not reach say so, not "crashed".
+fn not_attempted(runs: &[ChallengeRun]) -> Failure {
+    let timed_out = |r: &ChallengeRun| matches!(&r.result, Err(f) if f.verdict == Verdict::ChallengeTimeout);
+    if runs.len() >= MAX_CONSECUTIVE_TIMEOUTS
+        && runs.iter().rev().take(MAX_CONSECUTIVE_TIMEOUTS).all(timed_out)
+    {
+        Failure::new(
+            Verdict::ChallengeTimeout,
+            format!(
+                "not attempted: the daemon stopped the run after {MAX_CONSECUTIVE_TIMEOUTS} consecutive challenge timeouts"
+            ),
+        )
+    } else {
+        Failure::new(Verdict::Crashed, "not attempted: the run stopped early")
+    }
+}
+
 fn base_metrics(
     env: &RunEnv,
     req: &RunRequest<'_>,
@@ -925,4 +940,37 @@ fn base_metrics(
 
 fn failed_metrics(env: &RunEnv, req: &RunRequest<'_>, f: &Failure, report: &RunReport) -> EvaluationMetrics {
     base_metrics(env, req, f.verdict, Some(f.reason.clone()), report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(id: &str, result: Result<Option<PathBuf>, Failure>) -> ChallengeRun {
+        ChallengeRun {
+            id: id.to_owned(),
+            scored: true,
+            seconds: Some(1.0),
+            result,
+            container_stopped: false,
+            vram: VramReading::UNAVAILABLE,
+        }
+    }
+
+    #[test]
+    fn challenges_left_after_consecutive_timeouts_are_timeouts_the_daemon_decided() {
+        let timeout = || Err(Failure::new(Verdict::ChallengeTimeout, "no result within 10s"));
+        let wedged = [ran("a", Ok(None)), ran("b", timeout()), ran("c", timeout())];
+        let f = not_attempted(&wedged);
+        assert_eq!(f.verdict, Verdict::ChallengeTimeout);
+        assert!(
+            f.reason.contains("2 consecutive challenge timeouts"),
+            "{}",
+            f.reason
+        );
+        // One timeout then an answer: not why the run stopped.
+        let other = [ran("a", timeout()), ran("b", Ok(None))];
+        assert_eq!(not_attempted(&other).verdict, Verdict::Crashed);
+        assert_eq!(not_attempted(&[]).verdict, Verdict::Crashed);
+    }
 }
