@@ -39,11 +39,13 @@
 //!    them; `metrics_version`, the ETag, moves when `/metrics` would change. The service then wakes
 //!    the evaluation loop.
 //! 3. **Scheduling.** [`engine::rounds_loop`] is the only writer of results. Each tick it feeds the
-//!    systemd watchdog, asks the store for the open round's pending tickets, fixes the round's
-//!    challenge set once ([`challenges`]: a local directory or the Subnet API's `GET /challenge`,
-//!    signed by [`challenges::Signer`]; every face, clip and id validated, the set persisted by hash so
-//!    a restart resumes it), applies operator blocks and [`engine::duplicates`], and places tickets on
-//!    free GPU slots with the pure [`gpu::placement`]. Slots come from the [`gpu`] inventory (NVML, or
+//!    systemd watchdog, gathers a snapshot and applies what the pure [`engine::plan`] decides over it
+//!    (effects in [`engine`]'s dispatch, slot, gate and challenge-set modules): it asks the store for
+//!    the open round's pending tickets, fixes the round's challenge set once ([`challenges`]: a local
+//!    directory or the Subnet API's `GET /challenge`, signed by [`challenges::Signer`]; every face,
+//!    clip and id validated, the set persisted by hash so a restart resumes it), applies operator
+//!    blocks and [`engine::duplicates`], and places tickets on free GPU slots with the pure
+//!    [`gpu::placement`]. Slots come from the [`gpu`] inventory (NVML, or
 //!    virtual slots), minus drained and quarantined GPUs ([`gpu::health`]); [`engine::gate`] holds
 //!    every dispatch while the Docker engine is unreachable or not yet swept, and [`engine::tasks`]
 //!    frees a slot however its run task ends. With `gpu.calibration_image`, [`engine::calibration`]
@@ -118,6 +120,8 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod gpu;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod rounds;
 pub mod runtime;

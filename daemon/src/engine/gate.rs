@@ -2,10 +2,19 @@
 //! runs and calibrations alike) while the Docker engine does not answer, nor after it answers again
 //! until this instance's leftover containers have been swept; both wait on one capped backoff.
 //!
-//! Pure book-keeping: the loop pings the engine and runs the sweep, and tells the gate what happened.
+//! [`EngineGate`] is pure book-keeping; [`check`] is the effect the loop applies when its plan asks
+//! for the engine ([`super::plan::Need::Engine`]): ping, sweep, tell the gate what happened. [`final_sweep`]
+//! removes this instance's containers at shutdown.
 
+use super::verdicts::one_line;
+use crate::runtime::Engine;
 use crate::runtime::pull::backoff;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+/// Longest the last sweep of this instance's containers may hold up a stop. With the HTTP drain and the
+/// final eviction it stays well inside the unit's `TimeoutStopSec=45s`.
+const FINAL_SWEEP: Duration = Duration::from_secs(10);
 
 /// What stands between the loop and the next dispatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +100,78 @@ impl EngineGate {
         let wait = backoff(attempts, self.max_backoff);
         self.down = Some((attempts, now + wait, why));
         wait
+    }
+}
+
+/// Whether containers may be started now. `None`: go on. `Some(wait)`: not before `wait` — the engine
+/// does not answer (dockerd stopped or restarting), or it answers again but the containers the
+/// interrupted runs left behind (all but those of the runs in `keep`) could not be swept yet; nothing is
+/// dispatched (calibrations included) and the next attempt is after a capped backoff, so no miner is
+/// charged for the outage. Why is said in the logs and the `systemctl status` line.
+pub async fn check(
+    gate: &mut EngineGate,
+    engine: &Engine,
+    keep: &HashSet<String>,
+    now: Instant,
+) -> Option<Duration> {
+    if let Some(wait) = gate.waiting(now) {
+        return Some(wait);
+    }
+    let host = engine.host().to_owned();
+    if !engine.ping().await {
+        let wait = gate.unreachable(now);
+        let attempts = gate.blocked().map_or(1, |(a, _)| a);
+        tracing::warn!(%host, attempts, ?wait, "Docker engine not reachable; evaluations wait for it (miners are not charged)");
+        crate::systemd::status(&format!(
+            "Docker engine not reachable at {host}; nothing is dispatched (attempt {attempts}, next in {}s)",
+            wait.as_secs()
+        ));
+        return Some(wait);
+    }
+    if let Some((attempts, Blocked::Unreachable)) = gate.blocked() {
+        tracing::info!(%host, attempts, "Docker engine reachable again");
+    }
+    if !gate.reachable() {
+        gate.open();
+        return None;
+    }
+    let swept = engine.reconcile_orphans(keep).await;
+    if let Ok(runs) = &swept
+        && !runs.is_empty()
+    {
+        tracing::warn!(
+            count = runs.len(),
+            "removed containers left by runs that failed on the host's side"
+        );
+    }
+    let wait = gate.swept(swept.map(|_| ()).map_err(|e| e.to_string()), now)?;
+    let attempts = gate.blocked().map_or(1, |(a, _)| a);
+    let reason = match gate.blocked() {
+        Some((_, Blocked::SweepFailed(r))) => r.clone(),
+        _ => String::new(),
+    };
+    tracing::warn!(%host, attempts, ?wait, error = %reason, "could not sweep this instance's leftover containers; nothing is dispatched until a sweep succeeds");
+    crate::systemd::status(&format!(
+        "leftover containers not swept yet ({}): nothing is dispatched (attempt {attempts}, next in {}s)",
+        one_line(&reason),
+        wait.as_secs()
+    ));
+    Some(wait)
+}
+
+/// Every container this instance created goes before the stop completes. A run removes its own, but its
+/// cleanup can be cut short (an engine error after the kill leaves the removal to a background task
+/// that the stop would abandon), and a state file no later daemon opens would never have it reconciled.
+pub async fn final_sweep(engine: &Engine) {
+    match tokio::time::timeout(FINAL_SWEEP, engine.reconcile_orphans(&HashSet::new())).await {
+        Ok(Ok(runs)) if !runs.is_empty() => {
+            tracing::warn!(count = runs.len(), "removed containers left by runs at shutdown");
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not sweep this instance's containers at shutdown")
+        }
+        Err(_) => tracing::warn!(?FINAL_SWEEP, "container sweep at shutdown cut short"),
     }
 }
 

@@ -6,10 +6,12 @@
 //! through one [`ErrorClass`] to both HTTP statuses and gRPC codes.
 
 pub mod admin;
+mod control;
+
+pub use control::LoopControl;
 
 use crate::clock::Clock;
 use crate::domain::Submission;
-use crate::engine::rounds_loop::LoopControl;
 use crate::store::{Store, StoreError, SubmissionCounts, UpsertReport, WorkerFailed};
 use bytes::Bytes;
 use hyper::StatusCode;
