@@ -2,7 +2,7 @@
 //! runtime (each call on a blocking thread), and the one error type of a loop step ([`LoopError`]).
 
 use crate::challenges::{ChallengeError, ChallengeSet};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError, WorkerFailed};
 
 /// Why a loop step failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,14 +18,19 @@ pub enum LoopError {
     Internal(String),
 }
 
-/// Run a store operation on a blocking thread.
+impl From<WorkerFailed> for LoopError {
+    fn from(e: WorkerFailed) -> LoopError {
+        LoopError::Internal(e.to_string())
+    }
+}
+
+/// Run a store operation on a blocking thread ([`Store::blocking`], the one way async code calls the
+/// store).
 pub(super) async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    store: &Store,
+    op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, LoopError> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .map_err(|e| LoopError::Internal(e.to_string()))?
-        .map_err(LoopError::Store)
+    store.blocking(move |s| op(s).map_err(LoopError::Store)).await
 }
 
 /// Load a challenge set (directory reads, decoding) on a blocking thread.

@@ -44,7 +44,7 @@ impl RoundSet {
         settings: &Settings,
     ) -> Result<Arc<ChallengeSet>, LoopError> {
         let s = store.clone();
-        let round = blocking(move || s.round_state()).await?;
+        let round = blocking(&s, move |s| s.round_state()).await?;
         if let (Some(hash), Some(current)) = (&round.challenge_set_hash, &self.current)
             && current.hash() == hash
         {
@@ -76,7 +76,7 @@ impl RoundSet {
                     .map_err(|e| LoopError::Internal(format!("persisting the challenge set: {e}")))?;
                 let store = store.clone();
                 let hash = set.hash().to_owned();
-                blocking(move || store.set_challenge_set(&hash)).await?;
+                blocking(&store, move |store| store.set_challenge_set(&hash)).await?;
                 tracing::info!(
                     round = round.number,
                     hash = set.hash(),

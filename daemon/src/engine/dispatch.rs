@@ -136,7 +136,7 @@ impl Dispatcher {
         tasks.spawn(held, async move {
             let done = calibration::run(&env, meter.as_ref(), &c, &set, &cancel).await;
             let recorded = match done.record {
-                Some(record) => blocking(move || store.record_calibration(&record)).await,
+                Some(record) => blocking(&store, move |store| store.record_calibration(&record)).await,
                 None => Ok(()),
             };
             Finished {
@@ -164,7 +164,7 @@ impl Dispatcher {
                 let outcome = RunOutcome::Infra(reason.clone());
                 let record = calibration::record(&c, &outcome, self.env.clock.now_unix());
                 let store = self.store.clone();
-                let recorded = blocking(move || store.record_calibration(&record)).await;
+                let recorded = blocking(&store, move |store| store.record_calibration(&record)).await;
                 return Finished {
                     slot,
                     hotkey: None,
@@ -206,7 +206,7 @@ impl Dispatcher {
             image_source: None,
         };
         let store = self.store.clone();
-        let recorded = blocking(move || store.record_run(&record)).await;
+        let recorded = blocking(&store, move |store| store.record_run(&record)).await;
         Finished {
             slot,
             hotkey: Some(ticket.hotkey.to_string()),
@@ -258,7 +258,7 @@ impl Dispatcher {
             "duplicate image digest settled without a run"
         );
         let store = self.store.clone();
-        blocking(move || {
+        blocking(&store, move |store| {
             store.stage_result(&ticket, metrics)?;
             store.record_run(&record)
         })
@@ -290,7 +290,7 @@ pub(super) async fn run_task(
     );
     let blocked = {
         let (store, hotkey, image) = (store.clone(), ticket.hotkey.clone(), ticket.image_ref.clone());
-        blocking(move || store.blocking_rule(&hotkey, &image)).await
+        blocking(&store, move |store| store.blocking_rule(&hotkey, &image)).await
     };
     let started_at = env.clock.now_unix();
     env.events.publish(EventKind::RunStarted {
@@ -376,7 +376,7 @@ pub(super) async fn run_task(
             record.metrics = Some((*metrics).clone());
             let verdict = metrics.verdict;
             let t = ticket.clone();
-            let staged = blocking(move || {
+            let staged = blocking(&store, move |store| {
                 let outcome = store.stage_result(&t, *metrics)?;
                 store.record_run(&record)?;
                 Ok(outcome)
@@ -402,7 +402,7 @@ pub(super) async fn run_task(
         RunOutcome::Infra(reason) => {
             span.in_scope(|| tracing::warn!(verdict = %Verdict::InfraError, %reason, "run ended in an infrastructure failure"));
             record.reason = Some(reason.clone());
-            let recorded = blocking(move || store.record_run(&record)).await;
+            let recorded = blocking(&store, move |store| store.record_run(&record)).await;
             Finished {
                 slot: slot_index,
                 hotkey: Some(hotkey),

@@ -85,7 +85,10 @@ impl EvaluationLoop {
         let store = self.store.clone();
         let epsilon = self.env.settings.scoring.tie_epsilon;
         let policy = self.env.settings.evaluation.reevaluate;
-        let committed = blocking(move || store.commit_round_if_complete(&policy, &ranker(epsilon))).await?;
+        let committed = blocking(&store, move |store| {
+            store.commit_round_if_complete(&policy, &ranker(epsilon))
+        })
+        .await?;
         let Some(c) = committed else {
             return Ok(false);
         };

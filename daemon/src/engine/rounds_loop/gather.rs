@@ -47,11 +47,11 @@ impl EvaluationLoop {
             return Ok(snap);
         }
         let store = self.store.clone();
-        let drained = blocking(move || store.drained_gpus()).await?;
+        let drained = blocking(&store, move |store| store.drained_gpus()).await?;
         self.slots.refresh(&drained, self.env.clock.now_unix());
         snap.slots = self.slots.states();
         let store = self.store.clone();
-        snap.pending = blocking(move || store.pending()).await?;
+        snap.pending = blocking(&store, move |store| store.pending()).await?;
         let round = match snap.pending.first() {
             Some(t) => Some(t.round),
             // Nothing pending: the round may still need calibrating before it commits.
@@ -60,7 +60,7 @@ impl EvaluationLoop {
                 && settings.gpu.calibration_image.is_some() =>
             {
                 let store = self.store.clone();
-                let round = blocking(move || store.round_state()).await?.number;
+                let round = blocking(&store, move |store| store.round_state()).await?.number;
                 snap.open_round = Some(round);
                 Some(round)
             }
@@ -70,7 +70,7 @@ impl EvaluationLoop {
             // After a restart, the calibrations stored for the round count as done.
             if self.calibrated.0 != round {
                 let store = self.store.clone();
-                let stored = blocking(move || store.calibrations(Some(round))).await?;
+                let stored = blocking(&store, move |store| store.calibrations(Some(round))).await?;
                 self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
             }
             snap.calibration = Some(CalibrationState {
@@ -81,7 +81,7 @@ impl EvaluationLoop {
         }
         if !snap.pending.is_empty() {
             let store = self.store.clone();
-            snap.duplicates.miners = blocking(move || store.miners()).await?;
+            snap.duplicates.miners = blocking(&store, move |store| store.miners()).await?;
         }
         Ok(snap)
     }
