@@ -39,3 +39,25 @@ impl Clock for FixedClock {
         self.0
     }
 }
+
+/// A clock that reads what the test last set (tests: time that passes without waiting for it).
+#[derive(Debug, Default)]
+pub struct SteppedClock(std::sync::atomic::AtomicU64);
+
+impl SteppedClock {
+    /// A clock reading `unix` until [`SteppedClock::set`].
+    pub fn new(unix: f64) -> SteppedClock {
+        SteppedClock(std::sync::atomic::AtomicU64::new(unix.to_bits()))
+    }
+
+    /// Read `unix` from now on.
+    pub fn set(&self, unix: f64) {
+        self.0.store(unix.to_bits(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for SteppedClock {
+    fn now_unix(&self) -> f64 {
+        f64::from_bits(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

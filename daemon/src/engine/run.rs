@@ -319,6 +319,16 @@ async fn pull(
                     _ => None,
                 };
                 let Some(wait) = wait else {
+                    // Attempts spent on the host's side of failures: retried in a later run, unless
+                    // the registry has stayed unreachable while others served (the miner's choice).
+                    if let RuntimeError::Pull {
+                        failure: PullFailure::Infra(reason),
+                        ..
+                    } = &e
+                        && let Some(why) = env.images.pull_exhausted(image, reason)
+                    {
+                        return Err(Stop::Miner(Failure::new(Verdict::PullFailed, why)));
+                    }
                     return Err(e.into());
                 };
                 tracing::warn!(run_id = %req.run_id, attempt, ?wait, reason = %e, "pull failed (infrastructure); retrying");

@@ -27,6 +27,7 @@
 //! image meanwhile waits for the removal to finish, then pulls it again.
 
 use super::image_lru::{CachedImage, plan_eviction};
+use super::pull::PullLedger;
 use super::{Engine, PulledImage, RuntimeError};
 use crate::clock::Clock;
 use crate::domain::ImageRef;
@@ -106,6 +107,8 @@ pub struct ImageCache {
     /// One eviction at a time (it plans from the records, then removes victim by victim, each
     /// checked again under its gate).
     evicting: tokio::sync::Mutex<()>,
+    /// Which registries serve pulls, and which images keep failing on the host's side.
+    ledger: Mutex<PullLedger>,
 }
 
 /// Keeps an image from being evicted while a run uses it; released on drop.
@@ -166,6 +169,7 @@ impl ImageCache {
             clock,
             state: Arc::default(),
             evicting: tokio::sync::Mutex::new(()),
+            ledger: Mutex::default(),
         }
     }
 
@@ -282,6 +286,10 @@ impl ImageCache {
             self.forget_absent(pinned).await?;
         }
         let pulled = self.engine.pull(image, timeout).await?;
+        self.ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pulled(image);
         let (repo, tag) = marker_for(self.engine.instance(), pinned);
         if let Err(e) = self.engine.tag(&pulled.id, &repo, &tag).await {
             // Unmarked, it would never be removed: undo the pull (the caller retries).
@@ -310,6 +318,17 @@ impl ImageCache {
         self.forget(pinned).await?;
         tracing::info!(image = %pinned, "a cached image was removed outside the daemon; its record is forgotten");
         Ok(true)
+    }
+
+    /// A run spent all its pull attempts of `image` on failures of the host's side, the last being
+    /// `last_error`: `Some(reason)` once its registry's unreachability is the miner's doing
+    /// ([`PullLedger`]), `None` while it is still retried as the host's.
+    pub fn pull_exhausted(&self, image: &ImageRef, last_error: &str) -> Option<String> {
+        let now = self.clock.now_unix();
+        self.ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .exhausted(image, now, last_error)
     }
 
     /// Pull `image` ahead of its run if the cache has room; failures are only logged (the run's own

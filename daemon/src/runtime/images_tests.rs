@@ -156,12 +156,8 @@ fn a_store_call_that_never_returned_is_an_image_cache_task_failure() {
     );
 }
 
-/// `evaluation.pull_timeout_secs`: a registry that accepts connections and never answers holds a pull
-/// only until the configured timeout, and that is the host's failure, never the miner's.
-#[tokio::test]
-async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = cache(dir.path()).await;
+/// A registry on 127.0.0.1 that accepts connections and never answers; an image reference on it.
+fn stalling_registry() -> ImageRef {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // Accept and hold every connection, answering nothing.
@@ -171,7 +167,16 @@ async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
             held.push(stream);
         }
     });
-    let image = ImageRef::parse(&format!("127.0.0.1:{port}/stall/x@sha256:{}", "c".repeat(64))).unwrap();
+    ImageRef::parse(&format!("127.0.0.1:{port}/stall/x@sha256:{}", "c".repeat(64))).unwrap()
+}
+
+/// `evaluation.pull_timeout_secs`: a registry that accepts connections and never answers holds a pull
+/// only until the configured timeout, and that is the host's failure, never the miner's.
+#[tokio::test]
+async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let image = stalling_registry();
     let timeout = Duration::from_secs(2);
     let started = std::time::Instant::now();
     let failure = cache.acquire(&image, timeout).await.unwrap_err();
@@ -184,4 +189,42 @@ async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
         "{failure:?}"
     );
     assert!(took >= timeout && took < Duration::from_secs(20), "{took:?}");
+}
+
+/// A miner whose registry never answers cannot hold rounds open for ever: once its runs have failed
+/// for the host's reasons over the ledger's span while another registry served a real pull, the
+/// unreachable registry is the miner's (`pull_failed`).
+#[tokio::test]
+async fn a_registry_that_stays_unreachable_while_another_serves_becomes_the_miners_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_small(&dir.path().join("state.db"));
+    let engine = Engine::connect("unix:///var/run/docker.sock", store.instance_id())
+        .await
+        .unwrap();
+    let clock = Arc::new(crate::clock::SteppedClock::new(1_000.0));
+    let cache = ImageCache::new(engine, store, 0, clock.clone());
+    let dead = stalling_registry();
+    let timeout = Duration::from_secs(1);
+    let failed_run = async |at: f64| {
+        clock.set(at);
+        let RuntimeError::Pull {
+            failure: PullFailure::Infra(reason),
+            ..
+        } = cache.acquire(&dead, timeout).await.unwrap_err()
+        else {
+            panic!("expected an infrastructure failure")
+        };
+        cache.pull_exhausted(&dead, &reason)
+    };
+    assert_eq!(failed_run(1_000.0).await, None);
+    // The local registry serves a real pull meanwhile: this host's network works.
+    let probe = Probe::push("ledger");
+    cache.acquire(&probe.image, PULL).await.unwrap();
+    assert_eq!(failed_run(1_300.0).await, None);
+    let verdict = failed_run(1_700.0).await.expect("the miner's after the span");
+    assert!(
+        verdict.contains(&format!("registry {} unreachable", dead.registry().unwrap()))
+            && verdict.contains("did not finish within 1s"),
+        "{verdict}"
+    );
 }

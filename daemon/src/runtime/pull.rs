@@ -6,6 +6,7 @@
 //! charged for what is positively known to be its own doing.
 
 use crate::domain::{ImageRef, Verdict};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Who answers for a failed pull.
@@ -119,6 +120,80 @@ pub fn retry_wait(failure: &PullFailure, attempt: u32, pull_attempts: u32) -> Op
     }
 }
 
+/// Runs in a row whose pull attempts were all spent on the host's side of failures, and the time they
+/// must span, before an image's unreachable registry is its miner's doing rather than the host's.
+pub const UNREACHABLE_RUNS: u32 = 3;
+/// See [`UNREACHABLE_RUNS`].
+pub const UNREACHABLE_SPAN_SECS: f64 = 600.0;
+
+/// Who answers for a registry that cannot be reached. An infrastructure failure is retried and never
+/// charged, but a miner can point its image at a registry that never answers (a dead host, a
+/// firewalled port, a server that stalls): retried for ever, its evaluation would hold every round
+/// open and no result would ever be committed. The ledger remembers, per image, the runs whose pulls
+/// all failed on the host's side, and the successful pulls per registry host: once an image has failed
+/// [`UNREACHABLE_RUNS`] runs in a row over at least [`UNREACHABLE_SPAN_SECS`] while pulls from other
+/// registries succeeded meanwhile (so this host's network works), its registry is the miner's problem.
+#[derive(Debug, Default)]
+pub struct PullLedger {
+    /// Successful pulls per registry host.
+    pulled: HashMap<String, u64>,
+    /// Images whose runs' pulls keep failing on the host's side, by pinned reference.
+    failing: HashMap<String, Failing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    runs: u32,
+    since_unix: f64,
+    /// Pulls from other registries counted when the first of these runs failed.
+    others_then: u64,
+}
+
+/// The registry host an image is pulled from (`docker.io` when the reference names none).
+fn registry_of(image: &ImageRef) -> &str {
+    image.registry().unwrap_or("docker.io")
+}
+
+impl PullLedger {
+    /// `image` was pulled from its registry: the registry works, and the image is no longer failing.
+    pub fn pulled(&mut self, image: &ImageRef) {
+        *self.pulled.entry(registry_of(image).to_owned()).or_default() += 1;
+        self.failing.remove(&image.pinned());
+    }
+
+    fn pulled_elsewhere(&self, host: &str) -> u64 {
+        self.pulled
+            .iter()
+            .filter(|(h, _)| h.as_str() != host)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// A run spent all its pull attempts of `image` on failures of the host's side, the last being
+    /// `last_error`, at `now_unix`. `None` while that is still the host's business (retried later);
+    /// `Some(reason)` once the registry's unreachability is the miner's (see [`PullLedger`]).
+    pub fn exhausted(&mut self, image: &ImageRef, now_unix: f64, last_error: &str) -> Option<String> {
+        let host = registry_of(image);
+        let others = self.pulled_elsewhere(host);
+        let failing = self.failing.entry(image.pinned()).or_insert(Failing {
+            runs: 0,
+            since_unix: now_unix,
+            others_then: others,
+        });
+        failing.runs += 1;
+        let span = now_unix - failing.since_unix;
+        (failing.runs >= UNREACHABLE_RUNS && span >= UNREACHABLE_SPAN_SECS && others > failing.others_then)
+            .then(|| {
+                format!(
+                    "registry {host} unreachable from this host in {} runs over {:.0} min while other registries served pulls; last error: {}",
+                    failing.runs,
+                    span / 60.0,
+                    sanitise(last_error)
+                )
+            })
+    }
+}
+
 /// Bounded, printable, single-line: engine messages can echo registry bodies.
 pub fn sanitise(message: &str) -> String {
     crate::domain::text::echo(message, 300)
@@ -222,6 +297,41 @@ mod tests {
         // The miner's failure is final at once.
         assert_eq!(retry_wait(&miner, 1, 3), None);
         assert_eq!(retry_wait(&infra, 9, 20), Some(MAX_RETRY_WAIT));
+    }
+
+    #[test]
+    fn an_unreachable_registry_becomes_the_miners_only_when_others_serve_pulls_over_time() {
+        let dead = image("203.0.113.9:5000/m/x");
+        let other = image("127.0.0.1:5000/m/y");
+        let mut ledger = PullLedger::default();
+        // Three failed runs within ten minutes: still the host's business.
+        assert_eq!(ledger.exhausted(&dead, 0.0, "i/o timeout"), None);
+        ledger.pulled(&other);
+        assert_eq!(ledger.exhausted(&dead, 60.0, "i/o timeout"), None);
+        assert_eq!(ledger.exhausted(&dead, 120.0, "i/o timeout"), None);
+        // Past the span, with another registry serving meanwhile: the miner's.
+        let reason = ledger.exhausted(&dead, 700.0, "dial tcp: i/o timeout\n").unwrap();
+        assert!(
+            reason.starts_with("registry 203.0.113.9:5000 unreachable from this host in 4 runs over 12 min"),
+            "{reason}"
+        );
+        assert!(reason.ends_with("last error: dial tcp: i/o timeout"), "{reason}");
+        // It pulls again: forgiven, and counted from scratch next time.
+        ledger.pulled(&dead);
+        assert_eq!(ledger.exhausted(&dead, 800.0, "i/o timeout"), None);
+    }
+
+    #[test]
+    fn without_pulls_from_other_registries_an_unreachable_registry_stays_the_hosts() {
+        let dead = image("203.0.113.9:5000/m/x");
+        let same_host = image("203.0.113.9:5000/m/z");
+        let mut ledger = PullLedger::default();
+        for (n, at) in [0.0, 300.0, 600.0, 900.0, 3600.0].into_iter().enumerate() {
+            assert_eq!(ledger.exhausted(&dead, at, "no route to host"), None, "run {n}");
+        }
+        // A pull from the same registry says nothing about this host's network beyond it.
+        ledger.pulled(&same_host);
+        assert_eq!(ledger.exhausted(&dead, 4000.0, "no route to host"), None);
     }
 
     #[test]
