@@ -173,6 +173,9 @@ fn every_call_works_for_root_with_tables_json_and_exit_codes() {
         human.contains("round            1: 0/2 evaluated, 2 queued"),
         "{human}"
     );
+    // No evaluation loop here: no scheduler decision to show.
+    assert!(s["scheduler"].is_null(), "{s}");
+    assert!(human.contains("no decision yet"), "{human}");
 
     // miners: the human table, exactly
     let miners = ctl.run(&["miners"]);
@@ -410,9 +413,19 @@ fn watch_streams_a_whole_run_in_order_and_resumes_without_gap_or_repeat() {
         1.0,
     )])));
     assert_eq!(r.status, 200);
-    let after = json(&ctl.run(&["--json", "status"]))["last_event_seq"]
-        .as_u64()
-        .unwrap();
+    // The paused loop's decision, as status shows it: the miner held back, and why.
+    d.wait_for("evaluation paused: 1 miners pending");
+    let status = json(&ctl.run(&["--json", "status"]));
+    let scheduler = &status["scheduler"];
+    assert_eq!(scheduler["summary"], "paused", "{status}");
+    assert_eq!(scheduler["held"][0]["hotkey"], HK_A, "{status}");
+    assert_eq!(scheduler["held"][0]["reason"], "paused", "{status}");
+    let human = stdout(&ctl.run(&["status"]));
+    assert!(
+        human.contains("scheduler        paused") && human.contains("HELD BACK"),
+        "{human}"
+    );
+    let after = status["last_event_seq"].as_u64().unwrap();
     // run_started, stage start/ready/challenges, 3 challenges, stage analysis, verdict, round_committed
     let total = 10;
     let watcher = Command::new(&ctl.bin)

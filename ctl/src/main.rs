@@ -313,7 +313,32 @@ fn status_text(s: &pb::Status, style: Style) -> String {
             },
         ),
         ("metrics version", s.metrics_version.to_string()),
+        (
+            "scheduler",
+            s.scheduler
+                .as_ref()
+                .map_or("no decision yet".into(), |d| d.summary.clone()),
+        ),
     ]);
+    if let Some(d) = s
+        .scheduler
+        .as_ref()
+        .filter(|d| !d.held.is_empty() || !d.idle.is_empty())
+    {
+        out.push('\n');
+        out += &table(
+            &["held back", "why"],
+            d.held
+                .iter()
+                .map(|h| vec![format!("miner {}", short_key(&h.hotkey)), h.reason.clone()])
+                .chain(
+                    d.idle
+                        .iter()
+                        .map(|g| vec![format!("gpu {}", g.id), g.reason.clone()]),
+                )
+                .collect(),
+        );
+    }
     if !s.gpus.is_empty() {
         out.push('\n');
         out += &table(

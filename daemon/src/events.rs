@@ -121,6 +121,20 @@ pub struct ActiveRun {
     pub started_at: f64,
 }
 
+/// The scheduler's latest decision, as `talkheadctl status` shows it: the gist of the evaluation loop's
+/// last tick and every pending miner it held back, and every free GPU it left idle, with why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SchedulerNote {
+    /// Unix time of the tick.
+    pub at_unix: f64,
+    /// What the tick came to (e.g. "runs placed", "paused", "waiting for the Docker engine").
+    pub summary: String,
+    /// (miner hotkey, why it was not dispatched).
+    pub held: Vec<(String, String)>,
+    /// (GPU, why it takes nothing).
+    pub idle: Vec<(String, String)>,
+}
+
 /// A subscription: the backlog the client asked for, then live events.
 pub struct Subscription {
     /// Events after the requested sequence number that were still in the backlog.
@@ -137,6 +151,7 @@ struct Inner {
     next_seq: u64,
     backlog: VecDeque<Event>,
     board: BTreeMap<String, ActiveRun>,
+    scheduler: Option<SchedulerNote>,
 }
 
 /// The event bus (cheap to clone; all clones share one log).
@@ -164,6 +179,7 @@ impl EventBus {
                 next_seq: base + 1,
                 backlog: VecDeque::with_capacity(BACKLOG),
                 board: BTreeMap::new(),
+                scheduler: None,
             })),
             tx,
             clock,
@@ -223,6 +239,17 @@ impl EventBus {
     /// What every busy GPU is running, by GPU.
     pub fn board(&self) -> Vec<ActiveRun> {
         self.lock().board.values().cloned().collect()
+    }
+
+    /// Record the scheduler's latest decision (replacing the previous one; not an event: the loop
+    /// decides several times a second when busy, and only the latest matters).
+    pub fn set_scheduler(&self, note: SchedulerNote) {
+        self.lock().scheduler = Some(note);
+    }
+
+    /// The scheduler's latest decision, once it has made one.
+    pub fn scheduler(&self) -> Option<SchedulerNote> {
+        self.lock().scheduler.clone()
     }
 }
 

@@ -404,6 +404,20 @@ fn status_to_pb(s: StatusReport) -> pb::Status {
         paused: s.paused,
         metrics_version: s.metrics_version,
         last_event_seq: s.last_event_seq,
+        scheduler: s.scheduler.map(|n| pb::Scheduler {
+            at_unix: n.at_unix,
+            summary: n.summary,
+            held: n
+                .held
+                .into_iter()
+                .map(|(hotkey, reason)| pb::HeldMiner { hotkey, reason })
+                .collect(),
+            idle: n
+                .idle
+                .into_iter()
+                .map(|(id, reason)| pb::IdleGpu { id, reason })
+                .collect(),
+        }),
     }
 }
 

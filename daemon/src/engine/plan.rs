@@ -335,6 +335,87 @@ pub enum SlotHold {
     OtherModel,
 }
 
+impl std::fmt::Display for GateHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GateHold::Unreachable => "the Docker engine does not answer",
+            GateHold::SweepFailed => "leftover containers are not swept yet",
+        })
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Paused => f.write_str("paused"),
+            Why::Settled => f.write_str("duplicate digests settled"),
+            Why::Finishing => f.write_str("nothing pending; runs finishing"),
+            Why::Committing => f.write_str("nothing pending; the round commits"),
+            Why::Idle => f.write_str("idle: nothing pending"),
+            Why::BackedOff => f.write_str("everything pending is running or backed off"),
+            Why::EngineGate(why) => write!(f, "waiting: {why}"),
+            Why::ChallengesUnavailable => f.write_str("waiting: the round's challenges are unavailable"),
+            Why::Placed => f.write_str("runs placed"),
+        }
+    }
+}
+
+impl Hold {
+    /// Why, for people; `now` turns a backoff into the time left.
+    pub fn describe(&self, now: Instant) -> String {
+        match self {
+            Hold::Paused => "paused".to_owned(),
+            Hold::Running => "running".to_owned(),
+            Hold::BackedOff(until) => format!(
+                "backed off after an infrastructure failure ({:.0} s left)",
+                until.saturating_duration_since(now).as_secs_f64()
+            ),
+            Hold::WaitingForOriginal(of) => format!("waiting for the original submission ({of})"),
+            Hold::EngineGate(why) => format!("waiting: {why}"),
+            Hold::ChallengesUnavailable => "waiting: the round's challenges are unavailable".to_owned(),
+            Hold::SameDigest => "a run of the same image digest goes first".to_owned(),
+            Hold::OtherModel(model) => format!("the round is measured on {model}; none of those is free"),
+            Hold::NoFreeSlot => "no free GPU".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SlotHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotHold::Drained => "drained",
+            SlotHold::Quarantined => "quarantined",
+            SlotHold::OtherModel => "not the round's GPU model",
+        })
+    }
+}
+
+impl TickOutcome {
+    /// What `talkheadctl status` shows of this tick: the gist, held miners and idle slots (named by
+    /// their GPU's UUID from `slots`) in words, stamped `now_unix`.
+    pub fn note(&self, slots: &[SlotState], now: Instant, now_unix: f64) -> crate::events::SchedulerNote {
+        crate::events::SchedulerNote {
+            at_unix: now_unix,
+            summary: self.why.to_string(),
+            held: self
+                .held
+                .iter()
+                .map(|h| (h.hotkey.clone(), h.reason.describe(now)))
+                .collect(),
+            idle: self
+                .idle_slots
+                .iter()
+                .map(|(i, why)| {
+                    let gpu = slots
+                        .get(*i)
+                        .map_or_else(|| format!("slot {i}"), |s| s.uuid.clone());
+                    (gpu, why.to_string())
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Decide one tick.
 pub fn plan(s: &Snapshot) -> Plan {
     let mut out = TickOutcome::default();

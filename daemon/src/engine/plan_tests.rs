@@ -478,3 +478,31 @@ fn a_duplicate_digest_is_settled_without_a_run_and_the_tick_goes_again() {
         Some(&Hold::WaitingForOriginal(key(1)))
     );
 }
+
+#[test]
+fn the_ticks_note_says_in_words_who_was_held_and_which_gpu_idles() {
+    let now = Instant::now();
+    let mut s = snapshot(now, 2);
+    s.slots[1].drained = true;
+    s.pending = vec![ticket(1, 'a'), ticket(2, 'b'), ticket(3, 'c')];
+    s.backoff.insert(key(3), now + Duration::from_secs(90));
+    let d = decide(&s);
+    let note = d.outcome.note(&s.slots, now, s.now_unix);
+    assert_eq!(note.summary, "runs placed");
+    assert_eq!(note.at_unix, 1_000.0);
+    // Miner 1 takes the one GPU in service; miner 2 waits for it, miner 3 is backed off.
+    assert_eq!(dispatches(&d), vec![(0, key(1))]);
+    let held: BTreeMap<String, String> = note.held.into_iter().collect();
+    assert_eq!(held.get(&key(2)).map(String::as_str), Some("no free GPU"));
+    assert_eq!(
+        held.get(&key(3)).map(String::as_str),
+        Some("backed off after an infrastructure failure (90 s left)")
+    );
+    assert!(!held.contains_key(&key(1)));
+    assert_eq!(note.idle, vec![("GPU-1".to_owned(), "drained".to_owned())]);
+
+    s.paused = true;
+    let paused = decide(&s).outcome.note(&s.slots, now, s.now_unix);
+    assert_eq!(paused.summary, "paused");
+    assert!(paused.held.iter().all(|(_, why)| why == "paused"), "{paused:?}");
+}

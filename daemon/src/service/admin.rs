@@ -96,6 +96,8 @@ pub struct StatusReport {
     pub metrics_version: u64,
     /// Newest event.
     pub last_event_seq: u64,
+    /// The scheduler's latest decision, once it made one.
+    pub scheduler: Option<crate::events::SchedulerNote>,
 }
 
 /// One row of the committed ranking.
@@ -244,6 +246,7 @@ impl Service {
             paused: self.control.is_paused(),
             metrics_version: round.metrics_version,
             last_event_seq: admin.events.last_seq(),
+            scheduler: admin.events.scheduler(),
         })
     }
 

@@ -43,6 +43,42 @@ pub struct Status {
     /// Sequence number of the newest event (resume point for Watch).
     #[prost(uint64, tag = "15")]
     pub last_event_seq: u64,
+    /// The scheduler's latest decision; absent before its first tick (or without an evaluation loop).
+    #[prost(message, optional, tag = "16")]
+    pub scheduler: ::core::option::Option<Scheduler>,
+}
+/// What the evaluation loop decided on its latest tick, and why.
+#[derive(serde::Serialize)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Scheduler {
+    #[prost(double, tag = "1")]
+    pub at_unix: f64,
+    /// The gist: "runs placed", "paused", "waiting: the Docker engine does not answer", ...
+    #[prost(string, tag = "2")]
+    pub summary: ::prost::alloc::string::String,
+    /// Pending miners it did not dispatch.
+    #[prost(message, repeated, tag = "3")]
+    pub held: ::prost::alloc::vec::Vec<HeldMiner>,
+    /// Free GPUs it left idle.
+    #[prost(message, repeated, tag = "4")]
+    pub idle: ::prost::alloc::vec::Vec<IdleGpu>,
+}
+#[derive(serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeldMiner {
+    #[prost(string, tag = "1")]
+    pub hotkey: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IdleGpu {
+    /// UUID, or virtual-N.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[derive(serde::Serialize)]
 #[derive(Clone, PartialEq, ::prost::Message)]

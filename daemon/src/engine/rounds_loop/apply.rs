@@ -5,7 +5,7 @@ use super::{EvaluationLoop, status_line};
 use crate::challenges::ChallengeSet;
 use crate::engine::blocking::{LoopError, blocking};
 use crate::engine::calibration::{self, Calibration};
-use crate::engine::plan::{Action, Decision, Next, Snapshot};
+use crate::engine::plan::{Action, Decision, Next, Snapshot, Why};
 use crate::engine::slots::Busy;
 use crate::events::EventKind;
 use crate::rounds::{EvaluationTicket, ranker};
@@ -24,6 +24,25 @@ impl EvaluationLoop {
     ) -> Result<Option<Duration>, LoopError> {
         let mut next = decision.next;
         tracing::trace!(outcome = ?decision.outcome, "tick planned");
+        let note = decision.outcome.note(&snap.slots, snap.now, snap.now_unix);
+        if self
+            .env
+            .events
+            .scheduler()
+            .is_none_or(|last| (&last.summary, last.held.len()) != (&note.summary, note.held.len()))
+        {
+            tracing::debug!(
+                held = note.held.len(),
+                idle = note.idle.len(),
+                "scheduler: {}",
+                note.summary
+            );
+            if decision.outcome.why == Why::Paused {
+                // `systemctl status` says why nothing runs (the gate and the challenges say theirs).
+                crate::systemd::status(&format!("evaluation paused: {} miners pending", note.held.len()));
+            }
+        }
+        self.env.events.set_scheduler(note);
         for action in decision.actions {
             match action {
                 Action::Settle { ticket, metrics } => {

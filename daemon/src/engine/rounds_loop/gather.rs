@@ -43,15 +43,16 @@ impl EvaluationLoop {
             round_model: self.round_model.clone(),
             prepull_ahead: usize::try_from(settings.docker.prepull_ahead).unwrap_or(0),
         };
-        if snap.paused {
-            return Ok(snap);
-        }
         let store = self.store.clone();
         let drained = blocking(&store, move |store| store.drained_gpus()).await?;
         self.slots.refresh(&drained, self.env.clock.now_unix());
         snap.slots = self.slots.states();
         let store = self.store.clone();
         snap.pending = blocking(&store, move |store| store.pending()).await?;
+        if snap.paused {
+            // Read even so: `talkheadctl status` shows who is held back by the pause.
+            return Ok(snap);
+        }
         let round = match snap.pending.first() {
             Some(t) => Some(t.round),
             // Nothing pending: the round may still need calibrating before it commits.
