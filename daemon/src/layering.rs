@@ -166,6 +166,31 @@ mod tests {
         );
     }
 
+    /// Inside the analysis: the decoder and the pixel operations are leaves, the face backends use
+    /// them, and the components use the face backends, never the other way round.
+    #[test]
+    fn the_face_backends_and_the_pixel_leaves_never_use_the_components() {
+        let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/analysis");
+        let mut files = Vec::new();
+        rust_files(&analysis.join("face"), &mut files);
+        files.extend(["image.rs", "decode.rs", "y4m.rs", "mp4.rs"].map(|f| analysis.join(f)));
+        let mut wrong = Vec::new();
+        for file in &files {
+            let code = code_of(&std::fs::read_to_string(file).unwrap_or_default());
+            for needle in [
+                "analysis::components",
+                "super::components",
+                "super::super::components",
+            ] {
+                if code.contains(needle) {
+                    wrong.push(format!("{} names {needle}", file.display()));
+                }
+            }
+        }
+        assert!(files.len() > 8, "read only {files:?}");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn the_scan_sees_crate_paths_and_root_climbing_supers_only() {
         let code = code_of(

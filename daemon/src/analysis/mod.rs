@@ -9,6 +9,7 @@ pub mod components;
 pub mod decode;
 pub mod face;
 pub mod frame_buffers;
+pub mod image;
 pub mod mp4;
 pub mod offline;
 pub mod pipeline;

@@ -17,7 +17,7 @@
 pub mod audio;
 pub mod audio_match;
 pub mod identity;
-pub(crate) mod image;
+pub(crate) use super::image;
 pub mod lipsync;
 pub mod penalties;
 mod stats;
@@ -33,9 +33,10 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
+pub use crate::analysis::face::{FaceBox, IdentityBackend, IdentityError, IdentityInput};
 pub use audio::{AudioDetail, WerUnavailable, wer};
 pub use audio_match::{AUDIO_MATCH_THRESHOLD, AudioMatch, audio_match};
-pub use identity::{HistogramIdentity, IdentityBackend, IdentityDetail, IdentityError, IdentityInput};
+pub use identity::{HistogramIdentity, IdentityDetail};
 pub use lipsync::{LipsyncDetail, LipsyncStatus};
 pub use penalties::PenaltyDetail;
 pub use temporal::TemporalDetail;
@@ -63,26 +64,6 @@ pub struct Media<'a> {
     pub source_audio: &'a [f32],
     /// The decoded challenge face, RGB.
     pub reference_face: &'a Frame,
-}
-
-/// A face box in the frame's own pixel coordinates (never padded ones).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct FaceBox {
-    /// Left edge.
-    pub x1: f32,
-    /// Top edge.
-    pub y1: f32,
-    /// Right edge (exclusive).
-    pub x2: f32,
-    /// Bottom edge (exclusive).
-    pub y2: f32,
-    /// Detector-specific confidence, higher is better (Haar: the group's neighbour count); only
-    /// comparable within one detector.
-    pub score: f32,
-    /// The five face landmarks (eyes, nose, mouth corners, `[x, y]` in the same pixels as the box)
-    /// when the detector finds them (SCRFD does, Haar does not); what ArcFace alignment needs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub landmarks: Option<[[f32; 2]; 5]>,
 }
 
 /// Knobs of the analysis that are not reference constants.

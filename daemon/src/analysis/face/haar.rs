@@ -26,8 +26,8 @@ use std::path::Path;
 
 use super::cascade::{Cascade, CascadeError};
 use super::{FaceBox, FaceDetector};
-use crate::analysis::components::Frame;
-use crate::analysis::components::image::{Grey, downscale_grey_region, working_grid};
+use crate::analysis::decode::Frame;
+use crate::analysis::image::{Grey, downscale_grey_region, working_grid};
 
 /// Tunables of the Haar detector (OpenCV's `detectMultiScale` arguments plus the working size).
 #[derive(Debug, Clone, Copy, PartialEq)]

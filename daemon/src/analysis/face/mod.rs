@@ -13,6 +13,7 @@
 pub mod align;
 mod cascade;
 pub mod haar;
+pub mod identity;
 pub mod onnx;
 pub mod scrfd;
 
@@ -20,8 +21,31 @@ pub use cascade::CascadeError;
 pub use haar::{HaarDetector, HaarParams};
 pub use onnx::{ArcFaceIdentity, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError};
 
-pub use crate::analysis::components::FaceBox;
-use crate::analysis::components::{Frame, Grey};
+use crate::analysis::decode::Frame;
+use crate::analysis::image::Grey;
+use serde::Serialize;
+
+pub use identity::{IdentityBackend, IdentityError, IdentityInput};
+
+/// A face box in the frame's own pixel coordinates (never padded ones).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct FaceBox {
+    /// Left edge.
+    pub x1: f32,
+    /// Top edge.
+    pub y1: f32,
+    /// Right edge (exclusive).
+    pub x2: f32,
+    /// Bottom edge (exclusive).
+    pub y2: f32,
+    /// Detector-specific confidence, higher is better (Haar: the group's neighbour count); only
+    /// comparable within one detector.
+    pub score: f32,
+    /// The five face landmarks (eyes, nose, mouth corners, `[x, y]` in the same pixels as the box)
+    /// when the detector finds them (SCRFD does, Haar does not); what ArcFace alignment needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<[[f32; 2]; 5]>,
+}
 
 /// A face detector over one decoded frame: RGB, or the decoder's grey when it does not read colour
 /// ([`FaceDetector::reads_colour`]).

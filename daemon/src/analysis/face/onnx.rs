@@ -21,9 +21,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, ValueType};
 
 use super::align::{self, ARCFACE_SIDE};
+use super::identity::{IdentityBackend, IdentityError, IdentityInput};
 use super::scrfd::{self, Detection, Letterbox, STRIDES, StrideOutputs};
 use super::{FaceBox, FaceDetector, Frame, detect_largest};
-use crate::analysis::components::{IdentityBackend, IdentityError, IdentityInput};
 use crate::scoring::IdentityMode;
 
 /// Where the backend's files are and how hard it may work (`[analysis.face]` with `backend = "onnx"`).

@@ -185,9 +185,8 @@ fn haar_boxes_scale_with_the_frame() {
         return;
     };
     let (_, f) = &faces[0];
-    let grey = crate::analysis::components::Grey::from_frame(f).unwrap();
-    let (g, _, _) =
-        crate::analysis::components::image::downscale_grey_region(&grey, 256, [0, 0, 256, 256]).unwrap();
+    let grey = crate::analysis::image::Grey::from_frame(f).unwrap();
+    let (g, _, _) = crate::analysis::image::downscale_grey_region(&grey, 256, [0, 0, 256, 256]).unwrap();
     let small = Frame::rgb(256, 256, g.px.iter().flat_map(|&p| [p, p, p]).collect());
     let a = largest(&det.detect(f)).unwrap();
     let b = largest(&det.detect(&small)).unwrap();
@@ -213,7 +212,7 @@ fn haar_near_search_agrees_with_the_full_search() {
         };
         let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
         // The per-frame passes hand over the grey plane they computed: the same boxes come back.
-        let grey = crate::analysis::components::Grey::from_frame(f).unwrap();
+        let grey = crate::analysis::image::Grey::from_frame(f).unwrap();
         assert_eq!(
             det.detect_near_grey(f, &grey, &hint),
             det.detect_near(f, &hint),
@@ -234,12 +233,8 @@ fn haar_near_search_agrees_with_the_full_search() {
             "{name}"
         );
         // A plane of another size is not this frame's: nothing is mapped through it.
-        let (half, _, _) = crate::analysis::components::image::downscale_grey_region(
-            &grey,
-            grey.w / 2,
-            [0, 0, grey.w, grey.h],
-        )
-        .unwrap();
+        let (half, _, _) =
+            crate::analysis::image::downscale_grey_region(&grey, grey.w / 2, [0, 0, grey.w, grey.h]).unwrap();
         assert!(det.detect_grey(f, &half).is_empty(), "{name}");
         let tol = 0.12 * full.width();
         assert!(

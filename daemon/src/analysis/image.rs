@@ -1,4 +1,5 @@
-//! Grey planes and the few pixel operations the components and the face detector share.
+//! Grey planes and the few pixel operations the components and the face detector share (a leaf of
+//! the analysis: it uses only the decoder's [`Frame`]).
 //!
 //! Owns: RGB24 → grey conversion (OpenCV's fixed-point `0.299R + 0.587G + 0.114B`), the per-frame
 //! statistics that need one pass over the pixels (mean, std, Laplacian variance, dark/bright fractions,
@@ -7,8 +8,7 @@
 //! Must not: allocate per pixel, panic on any size (0×0 and 1×1 included), or know about scores; every
 //! function returns plain measurements and the callers turn them into components.
 
-use super::Frame;
-use crate::analysis::decode::PixelFormat;
+use super::decode::{Frame, PixelFormat};
 
 /// An 8-bit grey plane, row-major, `px.len() == w * h` (OpenCV's grey of a frame, or a part of one).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
