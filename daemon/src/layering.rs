@@ -74,7 +74,14 @@ mod tests {
             if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
                 continue;
             }
-            named.insert(ident(&code[at + "crate::".len()..]));
+            let rest = &code[at + "crate::".len()..];
+            match rest.strip_prefix('{') {
+                // `crate::{engine::X, store}`: the first name of each top-level element.
+                Some(group) => named.extend(group_heads(group).into_iter().map(|h| ident(h.trim_start()))),
+                None => {
+                    named.insert(ident(rest));
+                }
+            }
         }
         // `super::` chains that climb to the crate root.
         for (at, _) in code.match_indices("super::") {
@@ -93,6 +100,28 @@ mod tests {
             }
         }
         named
+    }
+
+    /// The top-level elements of a `{...}` use group, `group` starting after its `{`.
+    fn group_heads(group: &str) -> Vec<&str> {
+        let mut heads = Vec::new();
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    heads.push(&group[start..i]);
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    heads.push(&group[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        heads
     }
 
     fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
@@ -201,6 +230,10 @@ mod tests {
         assert_eq!(
             modules_named("super::events::x", 1),
             BTreeSet::from(["events".to_owned()])
+        );
+        assert_eq!(
+            modules_named("use crate::{engine::{a, b}, store::Store,\n    clock};", 1),
+            BTreeSet::from(["engine".to_owned(), "store".to_owned(), "clock".to_owned()])
         );
     }
 }

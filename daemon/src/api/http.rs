@@ -7,8 +7,9 @@
 //! deadline. Connections are capped by a semaphore and drained gracefully on shutdown.
 //!
 //! A request refused before its body was read (too large, unauthenticated, wrong type...) is answered at
-//! once, and the rest of its body is then read and discarded, bounded in bytes and time, before the
-//! connection closes: clients that write their whole body before reading the answer (Python's
+//! once, and the rest of its body is then read and discarded, bounded in bytes, time and how many at
+//! once, before the connection closes (not for a stalled body, nor for a client waiting for a
+//! `100 Continue` it never got): clients that write their whole body before reading the answer (Python's
 //! `http.client`, hence `requests`, which validators use) would otherwise see the close as a
 //! connection reset and never read the status and its JSON reason.
 
@@ -40,6 +41,12 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// bodies validators send, bounded so a refused client cannot hold a connection slot for long.
 const DISCARD_BYTES: u64 = 64 << 20;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
+/// Most refused bodies discarded at once: each holds its connection's slot while it lasts, so a flood
+/// of refused requests must not hold `http.max_connections` for long; beyond it a refused request's
+/// connection closes at once.
+const MAX_DISCARDS: usize = 16;
+/// Most bytes reserved for a body before they arrive (a declared length is only a claim).
+const BODY_RESERVE: usize = 1 << 20;
 
 /// The routes the gateway knows; also the `route` label of request metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +87,16 @@ pub struct Gateway {
     prom: Arc<PromMetrics>,
     limits: HttpSettings,
     public_metrics: bool,
+    discards: Arc<Semaphore>,
+}
+
+/// A request's body until a handler has read it to its end.
+struct RequestBody {
+    /// `None` once read to its end.
+    unread: Option<Incoming>,
+    /// Whether it was polled: for a client that sent `Expect: 100-continue`, hyper then told it to
+    /// send the body.
+    polled: bool,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -99,6 +116,7 @@ impl Gateway {
             prom,
             limits,
             public_metrics,
+            discards: Arc::new(Semaphore::new(MAX_DISCARDS)),
         }
     }
 
@@ -155,9 +173,11 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let route = Route::of(req.uri().path());
         let (parts, body) = req.into_parts();
-        // `Some` until a handler has read the body to its end.
-        let mut unread = Some(body);
-        let dispatched = self.dispatch(route, &parts, &mut unread);
+        let mut body = RequestBody {
+            unread: Some(body),
+            polled: false,
+        };
+        let dispatched = self.dispatch(route, &parts, &mut body);
         let (response, timed_out) = match tokio::time::timeout(self.limits.request_timeout, dispatched).await
         {
             Ok(Ok(r)) => (r, false),
@@ -166,10 +186,12 @@ impl Gateway {
         };
         self.prom
             .observe_request(route.label(), response.status().as_u16());
-        match unread {
-            // A stalled client is not sending; one that was told not to (no `100 Continue`) won't.
-            Some(body) if !body.is_end_stream() && !timed_out && !expects_continue(&parts) => {
-                discard_then_close(body, response)
+        let told_not_to_send = expects_continue(&parts) && !body.polled;
+        match body.unread {
+            // A stalled client is not sending; one that waits for `100 Continue` and never got it
+            // won't.
+            Some(rest) if !rest.is_end_stream() && !timed_out && !told_not_to_send => {
+                self.discard_then_close(rest, response)
             }
             _ => response,
         }
@@ -179,7 +201,7 @@ impl Gateway {
         &self,
         route: Route,
         parts: &Parts,
-        body: &mut Option<Incoming>,
+        body: &mut RequestBody,
     ) -> Result<HttpResponse, ApiError> {
         match (route, &parts.method) {
             (Route::Update, &Method::POST) => self.update(parts, body).await,
@@ -204,7 +226,7 @@ impl Gateway {
         )?)
     }
 
-    async fn update(&self, parts: &Parts, body: &mut Option<Incoming>) -> Result<HttpResponse, ApiError> {
+    async fn update(&self, parts: &Parts, body: &mut RequestBody) -> Result<HttpResponse, ApiError> {
         let authorized = self.authenticate(parts)?;
         if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
             let is_json = ct
@@ -263,6 +285,40 @@ impl Gateway {
             .unwrap_or_default())
     }
 
+    /// Answer with `response` and `Connection: close`, and meanwhile read and drop the rest of `body`
+    /// (at most [`DISCARD_BYTES`] for at most [`DISCARD_TIME`], and at most [`MAX_DISCARDS`] bodies at
+    /// once), so the connection closes after the client has sent everything instead of resetting
+    /// under it.
+    fn discard_then_close(&self, mut body: Incoming, mut response: HttpResponse) -> HttpResponse {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let Ok(permit) = self.discards.clone().try_acquire_owned() else {
+            tracing::debug!("too many refused bodies being discarded; closing at once");
+            return response;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut discarded = 0u64;
+            let drained = tokio::time::timeout(DISCARD_TIME, async {
+                while discarded <= DISCARD_BYTES {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        }
+                        Some(Err(_)) | None => return true,
+                    }
+                }
+                false
+            })
+            .await;
+            if drained != Ok(true) {
+                tracing::debug!(discarded, "stopped discarding a refused request body; closing");
+            }
+        });
+        response
+    }
+
     async fn healthz(&self) -> Result<HttpResponse, ApiError> {
         let version = self.service.metrics_version().await?;
         let body = serde_json::json!({ "status": "ok", "metrics_version": version });
@@ -283,11 +339,11 @@ impl Gateway {
 }
 
 /// Read the body, refusing it as soon as it is known to exceed `limit` (from `Content-Length`, or while
-/// streaming for chunked bodies). The body is taken out of `unread` only once read to its end; a
-/// refused one stays there, for [`discard_then_close`].
+/// streaming for chunked bodies). The body is taken out of `body` only once read to its end; a
+/// refused one stays there, for [`Gateway::discard_then_close`].
 async fn read_body(
     headers: &hyper::HeaderMap,
-    unread: &mut Option<Incoming>,
+    body: &mut RequestBody,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
@@ -297,11 +353,13 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let Some(body) = unread.as_mut() else {
+    let Some(incoming) = body.unread.as_mut() else {
         return Ok(Bytes::new());
     };
-    let mut collected = Vec::with_capacity(declared.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
-    while let Some(frame) = body.frame().await {
+    body.polled = true;
+    let reserve = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let mut collected = Vec::with_capacity(reserve.min(BODY_RESERVE));
+    while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
             if collected.len() + data.len() > limit {
@@ -310,7 +368,7 @@ async fn read_body(
             collected.extend_from_slice(data);
         }
     }
-    *unread = None;
+    body.unread = None;
     Ok(Bytes::from(collected))
 }
 
@@ -322,34 +380,6 @@ fn expects_continue(parts: &Parts) -> bool {
         .get(header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
-}
-
-/// Answer with `response` and `Connection: close`, and meanwhile read and drop the rest of `body`
-/// (at most [`DISCARD_BYTES`] for at most [`DISCARD_TIME`]), so the connection closes after the
-/// client has sent everything instead of resetting under it.
-fn discard_then_close(mut body: Incoming, mut response: HttpResponse) -> HttpResponse {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    tokio::spawn(async move {
-        let mut discarded = 0u64;
-        let drained = tokio::time::timeout(DISCARD_TIME, async {
-            while discarded <= DISCARD_BYTES {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    }
-                    Some(Err(_)) | None => return true,
-                }
-            }
-            false
-        })
-        .await;
-        if drained != Ok(true) {
-            tracing::debug!(discarded, "stopped discarding a refused request body; closing");
-        }
-    });
-    response
 }
 
 /// Validate a whole `/update` body. Any bad item rejects the batch, listing every problem.

@@ -1,9 +1,9 @@
 //! Untrusted text made safe to echo (in JSON answers, verdict reasons, logs and tables): one set of
 //! rules for every place that repeats what a miner, a registry, a client or a tool wrote.
 
-/// `text` as one line of printable ASCII of at most `max_chars` characters: line breaks and tabs
-/// become spaces, every other control, format (bidi overrides, zero-width) or non-ASCII character
-/// becomes `?`, surrounding blanks are trimmed, and a cut is marked with a trailing `…` (counted in
+/// `text` as one line of printable ASCII (and the cut mark `…`) of at most `max_chars` characters: line
+/// breaks and tabs become spaces, every other control, format (bidi overrides, zero-width) or
+/// non-ASCII character becomes `?`, surrounding blanks are trimmed, and a cut is marked with a trailing `…` (counted in
 /// `max_chars`).
 pub fn echo(text: &str, max_chars: usize) -> String {
     let cut = text.trim().chars().nth(max_chars).is_some();
@@ -18,7 +18,8 @@ pub fn echo(text: &str, max_chars: usize) -> String {
         .take(keep)
         .map(|c| match c {
             '\n' | '\r' | '\t' => ' ',
-            c if c.is_ascii_graphic() || c == ' ' => c,
+            // The cut mark passes, so text echoed twice keeps the first cut's mark.
+            c if c.is_ascii_graphic() || c == ' ' || c == '…' => c,
             _ => '?',
         })
         .collect();
@@ -43,6 +44,8 @@ mod tests {
         let cut = echo(&"x".repeat(11), 10);
         assert_eq!(cut, format!("{}…", "x".repeat(9)));
         assert_eq!(cut.chars().count(), 10);
+        // Echoed again, inside a longer reason: the first cut stays marked.
+        assert_eq!(echo(&format!("reason: {cut}"), 100), format!("reason: {cut}"));
         assert_eq!(echo("", 10), "");
     }
 }

@@ -325,7 +325,9 @@ async fn pull(
                         failure: PullFailure::Infra(reason),
                         ..
                     } = &e
-                        && let Some(why) = env.images.pull_exhausted(image, reason)
+                        && let Some(why) =
+                            env.images
+                                .pull_exhausted(image, reason, &s.docker.allowed_registries)
                     {
                         return Err(Stop::Miner(Failure::new(Verdict::PullFailed, why)));
                     }
@@ -439,6 +441,15 @@ async fn run_container(
         report
             .stage_times
             .insert("ready".into(), ready_started.elapsed().as_secs_f64());
+        if !matches!(ready, Wait::Seen(_))
+            && let Some(fault) = vram.take_fault()
+        {
+            // A GPU that faulted or throttled while the model loaded explains a load that failed or
+            // never finished: the host's doing, never the miner's.
+            let why = format!("GPU {} fault while the model loaded: {fault}", req.slot.uuid);
+            report.gpu_fault = Some(fault);
+            return Err(Stop::Infra(why));
+        }
         match ready {
             Wait::Seen(_) => crate::systemd::status(&format!(
                 "round {}: {} ready on {}, running challenges",
@@ -722,6 +733,12 @@ async fn run_challenge(
     let waited = wait_output(watcher, job, &json_name, timeout, exited, cancel).await;
     let container_stopped = matches!(waited, Wait::Exited);
     let (seconds, result) = match waited {
+        Wait::Seen(_) if placement.wall_clock_stepped_back() => {
+            // Results are dated by inode change times against the placement's: not after a step.
+            return Err(Stop::Infra(format!(
+                "the wall clock stepped back during challenge {id}; its result cannot be dated"
+            )));
+        }
         Wait::Seen(t1) => {
             let seconds = t1.saturating_duration_since(t0).as_secs_f64();
             if tracing::enabled!(target: super::timing::TARGET, tracing::Level::DEBUG) {

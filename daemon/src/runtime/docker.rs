@@ -160,9 +160,12 @@ impl Engine {
             image: pinned.clone(),
             failure,
         };
+        // Progress messages seen: a pull that times out with none never heard from the registry.
+        let progress = std::sync::atomic::AtomicU64::new(0);
         let pulling = async {
             let mut stream = self.docker.create_image(Some(options), None, None);
             while let Some(item) = stream.next().await {
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = item {
                     let status = match &e {
                         bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
@@ -178,8 +181,12 @@ impl Engine {
         match tokio::time::timeout(timeout, pulling).await {
             Ok(result) => result?,
             Err(_) => {
+                let heard = match progress.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => pull::NOTHING_HEARD.to_owned(),
+                    n => format!("{n} progress messages"),
+                };
                 return Err(fail(PullFailure::Infra(format!(
-                    "pull did not finish within {timeout:?}"
+                    "pull did not finish within {timeout:?} ({heard})"
                 ))));
             }
         }

@@ -321,14 +321,14 @@ impl ImageCache {
     }
 
     /// A run spent all its pull attempts of `image` on failures of the host's side, the last being
-    /// `last_error`: `Some(reason)` once its registry's unreachability is the miner's doing
-    /// ([`PullLedger`]), `None` while it is still retried as the host's.
-    pub fn pull_exhausted(&self, image: &ImageRef, last_error: &str) -> Option<String> {
+    /// `last_error`; `vouched` are `docker.allowed_registries`. `Some(reason)` once its registry's
+    /// unreachability is the miner's doing ([`PullLedger`]), `None` while it is retried as the host's.
+    pub fn pull_exhausted(&self, image: &ImageRef, last_error: &str, vouched: &[String]) -> Option<String> {
         let now = self.clock.now_unix();
         self.ledger
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .exhausted(image, now, last_error)
+            .exhausted(image, now, last_error, vouched)
     }
 
     /// Pull `image` ahead of its run if the cache has room; failures are only logged (the run's own

@@ -184,7 +184,7 @@ async fn a_pull_from_a_registry_that_never_answers_ends_at_the_pull_timeout() {
     assert!(
         matches!(
             &failure,
-            RuntimeError::Pull { failure: PullFailure::Infra(reason), .. } if reason.contains("did not finish within 2s")
+            RuntimeError::Pull { failure: PullFailure::Infra(reason), .. } if reason.contains("did not finish within 2s (the registry sent nothing)")
         ),
         "{failure:?}"
     );
@@ -214,7 +214,7 @@ async fn a_registry_that_stays_unreachable_while_another_serves_becomes_the_mine
         else {
             panic!("expected an infrastructure failure")
         };
-        cache.pull_exhausted(&dead, &reason)
+        cache.pull_exhausted(&dead, &reason, &[])
     };
     assert_eq!(failed_run(1_000.0).await, None);
     // The local registry serves a real pull meanwhile: this host's network works.
@@ -224,7 +224,7 @@ async fn a_registry_that_stays_unreachable_while_another_serves_becomes_the_mine
     let verdict = failed_run(1_700.0).await.expect("the miner's after the span");
     assert!(
         verdict.contains(&format!("registry {} unreachable", dead.registry().unwrap()))
-            && verdict.contains("did not finish within 1s"),
+            && verdict.contains("did not finish within 1s (the registry sent nothing)"),
         "{verdict}"
     );
 }

@@ -1,10 +1,12 @@
 //! The miner file protocol on the host side (docs/reference.md#miner-protocol), done safely.
 //!
-//! A job directory holds three sibling directories: `input/` (bind-mounted read-only at `/input`),
-//! `output/` (bind-mounted read-write at `/output`, the only place the container can write) and
-//! `collected/` (never mounted: outputs are copied here before anything analyses them). Files are
-//! placed in `input/` atomically (temporary name, then rename), `task.json` last, so a miner never sees
-//! a half-written challenge. Everything under `output/` is hostile: it is opened with `O_NOFOLLOW` and
+//! A job directory holds four sibling directories: `input/` (bind-mounted read-only at `/input`),
+//! `output/` (bind-mounted read-write at `/output`, the only place the container can write),
+//! `collected/` (never mounted: outputs are copied here before anything analyses them) and `staging/`
+//! (never mounted: a challenge's files are written and synced there, then renamed into `input/`,
+//! `task.json` last). A miner never sees a half-written challenge, and no file of a challenge is
+//! visible before its clock starts (a miner watching `/input` gets no head start on the face or the
+//! audio while they are written). Everything under `output/` is hostile: it is opened with `O_NOFOLLOW` and
 //! `O_NONBLOCK`, must be a regular file, and is read up to a size cap; the tree's size and entry count
 //! are watched against the quota. Readiness and results are detected with inotify on close/rename, so
 //! detection costs microseconds instead of the reference's 100 ms polling.
@@ -24,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 use tokio_stream::StreamExt;
 
 /// `O_NOFOLLOW` | `O_NONBLOCK` | `O_CLOEXEC`: never follow the last component, never block on a FIFO.
@@ -114,12 +116,37 @@ impl ChangeTime {
 /// When a challenge was placed.
 #[derive(Debug, Clone, Copy)]
 pub struct Placement {
-    /// The instant taken just before `task.json` became visible: the challenge's clock starts here.
+    /// The instant taken just before the challenge's first file appeared in `input/`: its clock
+    /// starts here.
     pub visible_from: Instant,
-    /// The input directory's change time once `task.json` was renamed into it. Every file created or
-    /// changed after the placement carries a change time at least this late (same kernel clock, which
-    /// never runs behind an earlier stamp); a file planted before it carries an earlier one.
+    /// The input directory's change time once `task.json` was renamed into it. A file created or
+    /// changed after the placement carries a change time at least this late, as long as the wall
+    /// clock the kernel stamps inodes with did not step back meanwhile
+    /// ([`Placement::wall_clock_stepped_back`]); a file planted before it carries an earlier one.
     pub stamp: ChangeTime,
+    /// The wall clock at `visible_from`.
+    wall: SystemTime,
+}
+
+/// How far the wall clock may fall behind the monotonic clock before a step back is assumed.
+const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(1);
+
+impl Placement {
+    /// Whether the wall clock stepped back since the placement (NTP stepping, a VM resumed, an
+    /// operator's `date`): change times are then no proof of when a result was written, and a
+    /// result must be neither accepted nor refused on them.
+    pub fn wall_clock_stepped_back(&self) -> bool {
+        stepped_back(self.wall, self.visible_from, SystemTime::now(), Instant::now())
+    }
+}
+
+/// [`Placement::wall_clock_stepped_back`] with both clocks' readings passed in.
+fn stepped_back(wall_then: SystemTime, mono_then: Instant, wall_now: SystemTime, mono_now: Instant) -> bool {
+    let mono = mono_now.saturating_duration_since(mono_then);
+    match wall_now.duration_since(wall_then) {
+        Ok(wall) => wall + CLOCK_STEP_TOLERANCE < mono,
+        Err(_) => true,
+    }
 }
 
 /// One evaluation's directories.
@@ -129,6 +156,7 @@ pub struct JobDir {
     input: PathBuf,
     output: PathBuf,
     collected: PathBuf,
+    staging: PathBuf,
 }
 
 impl JobDir {
@@ -145,9 +173,11 @@ impl JobDir {
         let input = root.join("input");
         let output = root.join("output");
         let collected = root.join("collected");
+        let staging = root.join("staging");
         fs::DirBuilder::new().mode(0o755).create(&input)?;
         fs::DirBuilder::new().mode(0o700).create(&output)?;
         fs::DirBuilder::new().mode(0o700).create(&collected)?;
+        fs::DirBuilder::new().mode(0o700).create(&staging)?;
         if let Some((uid, gid)) = container_owner {
             nix::unistd::chown(
                 &output,
@@ -160,6 +190,7 @@ impl JobDir {
             input,
             output,
             collected,
+            staging,
         })
     }
 
@@ -189,12 +220,24 @@ impl JobDir {
         for suffix in ["json", "mp4"] {
             let _ = remove_if_present(&self.output.join(format!("{}.{suffix}", task.challenge_id)));
         }
-        write_atomic(&self.input, "face.png", face)?;
-        write_atomic(&self.input, "audio.wav", audio)?;
         let json = serde_json::to_vec(task).map_err(io::Error::other)?;
-        let visible_from = write_atomic(&self.input, "task.json", &json)?;
+        let files: [(&str, &[u8]); 3] = [("face.png", face), ("audio.wav", audio), ("task.json", &json)];
+        for (name, bytes) in files {
+            write_synced(&self.staging.join(name), bytes)?;
+        }
+        // The clock starts before the first file appears in `input/`: what the miner can see of this
+        // challenge, it sees on the clock.
+        let visible_from = Instant::now();
+        let wall = SystemTime::now();
+        for (name, _) in files {
+            fs::rename(self.staging.join(name), self.input.join(name))?;
+        }
         let stamp = ChangeTime::of(&fs::metadata(&self.input)?);
-        Ok(Placement { visible_from, stamp })
+        Ok(Placement {
+            visible_from,
+            stamp,
+            wall,
+        })
     }
 
     /// Remove the current challenge's inputs.
@@ -393,23 +436,17 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Write `dir/name` through a temporary file and a rename, so readers see all or nothing.
-/// Returns the instant taken just before the rename: the file cannot be visible any earlier, so a
-/// time measured from it never comes out shorter than what a reader of the file really took.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<Instant> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    remove_if_present(&tmp)?;
+/// Write `path` (a fresh file of ours, replacing whatever was there) and sync it.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    remove_if_present(path)?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)?;
+        .open(path)?;
     file.write_all(bytes)?;
-    file.sync_data()?;
-    let visible_from = Instant::now();
-    fs::rename(&tmp, dir.join(name))?;
-    Ok(visible_from)
+    file.sync_data()
 }
 
 /// Watches `output/` for files that are complete: closed after writing, or renamed into place.
@@ -482,6 +519,8 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, vec!["audio.wav", "face.png", "task.json"]);
+        // Written in the never-mounted staging directory, then moved: nothing left there.
+        assert_eq!(fs::read_dir(&job.staging).unwrap().count(), 0);
         let json: serde_json::Value =
             serde_json::from_slice(&fs::read(job.input_dir().join("task.json")).unwrap()).unwrap();
         assert_eq!(json["challenge_id"], "c1");
@@ -536,6 +575,39 @@ mod tests {
         fs::write(out.join("c1.mp4"), b"video").unwrap();
         assert!(job.read_output("c1.json", 1024, Some(&placement)).is_ok());
         assert!(job.collect_output("c1.mp4", 1024, Some(&placement)).is_ok());
+    }
+
+    #[test]
+    fn a_wall_clock_that_falls_behind_the_monotonic_one_is_a_step_back() {
+        let (wall, mono) = (SystemTime::now(), Instant::now());
+        let later = |d: Duration| mono + d;
+        // In step: 10 s on both.
+        assert!(!stepped_back(
+            wall,
+            mono,
+            wall + Duration::from_secs(10),
+            later(Duration::from_secs(10))
+        ));
+        // Stepped forward: not a step back (a forward step cannot make a planted file look fresh).
+        assert!(!stepped_back(
+            wall,
+            mono,
+            wall + Duration::from_secs(100),
+            later(Duration::from_secs(1))
+        ));
+        // Wall clock behind where it was, or 5 s short of the monotonic time: stepped back.
+        assert!(stepped_back(
+            wall,
+            mono,
+            wall - Duration::from_secs(2),
+            later(Duration::from_secs(1))
+        ));
+        assert!(stepped_back(
+            wall,
+            mono,
+            wall + Duration::from_secs(5),
+            later(Duration::from_secs(10))
+        ));
     }
 
     #[test]

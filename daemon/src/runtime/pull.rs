@@ -120,24 +120,72 @@ pub fn retry_wait(failure: &PullFailure, attempt: u32, pull_attempts: u32) -> Op
     }
 }
 
-/// Runs in a row whose pull attempts were all spent on the host's side of failures, and the time they
-/// must span, before an image's unreachable registry is its miner's doing rather than the host's.
+/// What a timed-out pull says when the engine relayed nothing from the registry (no manifest, no layer).
+pub const NOTHING_HEARD: &str = "the registry sent nothing";
+
+/// Runs in a row whose pull attempts all failed to reach the registry, and the time they must span,
+/// before an image's unreachable registry is its miner's doing rather than the host's.
 pub const UNREACHABLE_RUNS: u32 = 3;
 /// See [`UNREACHABLE_RUNS`].
 pub const UNREACHABLE_SPAN_SECS: f64 = 600.0;
+/// Past this span an unreachable registry is the miner's even without a pull from another registry
+/// to show that this host's network works (every other image may be cached): the longest a dead
+/// registry can hold a round open.
+pub const UNREACHABLE_MAX_SPAN_SECS: f64 = 3600.0;
+/// Failing images forgotten after this long without a new failure (the ledger stays bounded).
+const FORGET_AFTER_SECS: f64 = 86_400.0;
+
+/// Public registries whose outages are never a miner's doing (a miner cannot make them unreachable
+/// for its image alone; what it can do there, a missing manifest or no access, is `pull_failed`
+/// already). Operators vouch for more with `docker.allowed_registries`.
+const WELL_KNOWN_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "registry-1.docker.io",
+    "index.docker.io",
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "public.ecr.aws",
+    "nvcr.io",
+    "registry.k8s.io",
+    "mcr.microsoft.com",
+];
+
+/// Engine messages that mean the registry was never reached (name resolution, connection, TLS), as
+/// opposed to a registry that answered badly (429, 5xx, EOF mid-transfer) or a host problem (disk).
+const UNREACHABLE_CAUSES: &[&str] = &[
+    "no such host",
+    "connection refused",
+    "network is unreachable",
+    "no route to host",
+    "i/o timeout",
+    "tls handshake timeout",
+    NOTHING_HEARD,
+];
+
+/// Whether a pull failure's message says the registry was never reached.
+pub fn never_reached(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    UNREACHABLE_CAUSES.iter().any(|c| lower.contains(c))
+}
 
 /// Who answers for a registry that cannot be reached. An infrastructure failure is retried and never
-/// charged, but a miner can point its image at a registry that never answers (a dead host, a
+/// charged, but a miner can point its image at a registry host that never answers (a dead host, a
 /// firewalled port, a server that stalls): retried for ever, its evaluation would hold every round
-/// open and no result would ever be committed. The ledger remembers, per image, the runs whose pulls
-/// all failed on the host's side, and the successful pulls per registry host: once an image has failed
-/// [`UNREACHABLE_RUNS`] runs in a row over at least [`UNREACHABLE_SPAN_SECS`] while pulls from other
-/// registries succeeded meanwhile (so this host's network works), its registry is the miner's problem.
+/// open and no result would ever be committed. The ledger remembers successful pulls per registry host
+/// and, per image, the runs whose attempts all failed to reach its registry. The registry becomes the
+/// miner's problem (`pull_failed`) only when all of these hold:
+/// - the failures say the registry was never reached ([`never_reached`]), not that it answered badly;
+/// - the registry is neither a well-known public one nor one the operator vouched for;
+/// - [`UNREACHABLE_RUNS`] runs in a row failed, over at least [`UNREACHABLE_SPAN_SECS`];
+/// - that registry served no pull meanwhile;
+/// - another registry served a pull meanwhile (this host's network works), or the failures span
+///   [`UNREACHABLE_MAX_SPAN_SECS`].
 #[derive(Debug, Default)]
 pub struct PullLedger {
     /// Successful pulls per registry host.
     pulled: HashMap<String, u64>,
-    /// Images whose runs' pulls keep failing on the host's side, by pinned reference.
+    /// Images whose runs keep failing to reach their registry, by pinned reference.
     failing: HashMap<String, Failing>,
 }
 
@@ -145,7 +193,9 @@ pub struct PullLedger {
 struct Failing {
     runs: u32,
     since_unix: f64,
-    /// Pulls from other registries counted when the first of these runs failed.
+    last_unix: f64,
+    /// Pulls from its own registry, and from the others, counted when the first of these runs failed.
+    own_then: u64,
     others_then: u64,
 }
 
@@ -161,31 +211,51 @@ impl PullLedger {
         self.failing.remove(&image.pinned());
     }
 
-    fn pulled_elsewhere(&self, host: &str) -> u64 {
-        self.pulled
-            .iter()
-            .filter(|(h, _)| h.as_str() != host)
-            .map(|(_, n)| n)
-            .sum()
+    fn pulls(&self, host: &str) -> (u64, u64) {
+        let own = self.pulled.get(host).copied().unwrap_or(0);
+        let all: u64 = self.pulled.values().sum();
+        (own, all - own)
     }
 
-    /// A run spent all its pull attempts of `image` on failures of the host's side, the last being
-    /// `last_error`, at `now_unix`. `None` while that is still the host's business (retried later);
-    /// `Some(reason)` once the registry's unreachability is the miner's (see [`PullLedger`]).
-    pub fn exhausted(&mut self, image: &ImageRef, now_unix: f64, last_error: &str) -> Option<String> {
+    /// A run spent all its pull attempts of `image`, the last failing with `last_error` (the host's
+    /// side of failures), at `now_unix`; `vouched` are the operator's `docker.allowed_registries`.
+    /// `None` while that is still the host's business (retried later); `Some(reason)` once the
+    /// registry's unreachability is the miner's (see [`PullLedger`]).
+    pub fn exhausted(
+        &mut self,
+        image: &ImageRef,
+        now_unix: f64,
+        last_error: &str,
+        vouched: &[String],
+    ) -> Option<String> {
+        self.failing
+            .retain(|_, f| now_unix - f.last_unix < FORGET_AFTER_SECS);
         let host = registry_of(image);
-        let others = self.pulled_elsewhere(host);
+        if !never_reached(last_error)
+            || WELL_KNOWN_REGISTRIES.contains(&host)
+            || vouched.iter().any(|v| v == host)
+        {
+            return None;
+        }
+        let (own, others) = self.pulls(host);
         let failing = self.failing.entry(image.pinned()).or_insert(Failing {
             runs: 0,
             since_unix: now_unix,
+            last_unix: now_unix,
+            own_then: own,
             others_then: others,
         });
         failing.runs += 1;
+        failing.last_unix = now_unix;
         let span = now_unix - failing.since_unix;
-        (failing.runs >= UNREACHABLE_RUNS && span >= UNREACHABLE_SPAN_SECS && others > failing.others_then)
+        let host_healthy = others > failing.others_then || span >= UNREACHABLE_MAX_SPAN_SECS;
+        (failing.runs >= UNREACHABLE_RUNS
+            && span >= UNREACHABLE_SPAN_SECS
+            && own == failing.own_then
+            && host_healthy)
             .then(|| {
                 format!(
-                    "registry {host} unreachable from this host in {} runs over {:.0} min while other registries served pulls; last error: {}",
+                    "registry {host} unreachable from this host in {} runs over {:.0} min; last error: {}",
                     failing.runs,
                     span / 60.0,
                     sanitise(last_error)
@@ -304,34 +374,115 @@ mod tests {
         let dead = image("203.0.113.9:5000/m/x");
         let other = image("127.0.0.1:5000/m/y");
         let mut ledger = PullLedger::default();
+        let unreachable = "dial tcp 203.0.113.9:5000: i/o timeout";
         // Three failed runs within ten minutes: still the host's business.
-        assert_eq!(ledger.exhausted(&dead, 0.0, "i/o timeout"), None);
+        assert_eq!(ledger.exhausted(&dead, 0.0, unreachable, &[]), None);
         ledger.pulled(&other);
-        assert_eq!(ledger.exhausted(&dead, 60.0, "i/o timeout"), None);
-        assert_eq!(ledger.exhausted(&dead, 120.0, "i/o timeout"), None);
+        assert_eq!(ledger.exhausted(&dead, 60.0, unreachable, &[]), None);
+        assert_eq!(ledger.exhausted(&dead, 120.0, unreachable, &[]), None);
         // Past the span, with another registry serving meanwhile: the miner's.
-        let reason = ledger.exhausted(&dead, 700.0, "dial tcp: i/o timeout\n").unwrap();
+        let reason = ledger
+            .exhausted(&dead, 700.0, &format!("{unreachable}\n"), &[])
+            .unwrap();
         assert!(
             reason.starts_with("registry 203.0.113.9:5000 unreachable from this host in 4 runs over 12 min"),
             "{reason}"
         );
-        assert!(reason.ends_with("last error: dial tcp: i/o timeout"), "{reason}");
+        assert!(
+            reason.ends_with(&format!("last error: {unreachable}")),
+            "{reason}"
+        );
         // It pulls again: forgiven, and counted from scratch next time.
         ledger.pulled(&dead);
-        assert_eq!(ledger.exhausted(&dead, 800.0, "i/o timeout"), None);
+        assert_eq!(ledger.exhausted(&dead, 800.0, unreachable, &[]), None);
     }
 
     #[test]
-    fn without_pulls_from_other_registries_an_unreachable_registry_stays_the_hosts() {
+    fn without_pulls_elsewhere_an_unreachable_registry_is_the_miners_only_after_the_longest_span() {
         let dead = image("203.0.113.9:5000/m/x");
-        let same_host = image("203.0.113.9:5000/m/z");
         let mut ledger = PullLedger::default();
-        for (n, at) in [0.0, 300.0, 600.0, 900.0, 3600.0].into_iter().enumerate() {
-            assert_eq!(ledger.exhausted(&dead, at, "no route to host"), None, "run {n}");
+        for at in [0.0, 600.0, 1200.0, 2400.0] {
+            assert_eq!(
+                ledger.exhausted(&dead, at, "no route to host", &[]),
+                None,
+                "at {at}"
+            );
         }
-        // A pull from the same registry says nothing about this host's network beyond it.
-        ledger.pulled(&same_host);
-        assert_eq!(ledger.exhausted(&dead, 4000.0, "no route to host"), None);
+        assert!(ledger.exhausted(&dead, 3600.0, "no route to host", &[]).is_some());
+    }
+
+    #[test]
+    fn registries_that_answer_badly_well_known_or_vouched_ones_stay_the_hosts() {
+        let other = image("127.0.0.1:5000/m/y");
+        let check = |img: &ImageRef, error: &str, vouched: &[String]| {
+            let mut ledger = PullLedger::default();
+            for at in [0.0, 300.0, 600.0, 900.0] {
+                ledger.pulled(&other);
+                if ledger.exhausted(img, at, error, vouched).is_some() {
+                    return true;
+                }
+            }
+            false
+        };
+        let dead = image("203.0.113.9:5000/m/x");
+        assert!(check(&dead, "connection refused", &[]));
+        // Answered, badly: rate limits, server errors, a transfer cut short, our own disk.
+        for error in [
+            "toomanyrequests: rate limit",
+            "received unexpected HTTP status: 503",
+            "unexpected EOF",
+            "no space left on device",
+        ] {
+            assert!(!check(&dead, error, &[]), "{error}");
+        }
+        // A pull that timed out after the registry started answering is slow, not unreachable.
+        assert!(!check(
+            &dead,
+            "pull did not finish within 900s (12 progress messages)",
+            &[]
+        ));
+        assert!(check(
+            &dead,
+            &format!("pull did not finish within 900s ({NOTHING_HEARD})"),
+            &[]
+        ));
+        // Outages of public registries and of those the operator vouches for are never the miner's.
+        assert!(!check(&image("ghcr.io/m/x"), "connection refused", &[]));
+        assert!(!check(&image("m/x"), "connection refused", &[]));
+        assert!(!check(
+            &dead,
+            "connection refused",
+            &["203.0.113.9:5000".to_owned()]
+        ));
+    }
+
+    #[test]
+    fn a_registry_that_served_another_image_meanwhile_is_not_unreachable() {
+        let dead = image("203.0.113.9:5000/m/x");
+        let sibling = image("203.0.113.9:5000/m/z");
+        let other = image("127.0.0.1:5000/m/y");
+        let mut ledger = PullLedger::default();
+        assert_eq!(ledger.exhausted(&dead, 0.0, "connection refused", &[]), None);
+        ledger.pulled(&sibling);
+        ledger.pulled(&other);
+        for at in [300.0, 600.0, 4000.0] {
+            assert_eq!(
+                ledger.exhausted(&dead, at, "connection refused", &[]),
+                None,
+                "at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn failing_images_are_forgotten_after_a_day_without_failures() {
+        let dead = image("203.0.113.9:5000/m/x");
+        let mut ledger = PullLedger::default();
+        ledger.exhausted(&dead, 0.0, "connection refused", &[]);
+        assert_eq!(ledger.failing.len(), 1);
+        let other = image("203.0.113.10:5000/m/x");
+        ledger.exhausted(&other, 90_000.0, "connection refused", &[]);
+        assert_eq!(ledger.failing.len(), 1, "the day-old entry is gone");
     }
 
     #[test]
