@@ -483,9 +483,12 @@ fn silent_and_stalled_clients_are_cut_off_by_the_timeouts() {
     let mut buf = Vec::new();
     let started = std::time::Instant::now();
     let _ = silent.read_to_end(&mut buf);
+    // At http.header_timeout_secs = 1, not at the default 10 s (nor at once).
+    let closed_after = started.elapsed();
     assert!(
-        started.elapsed() < WAIT,
-        "the server never closed a silent connection"
+        closed_after >= std::time::Duration::from_millis(900)
+            && closed_after < std::time::Duration::from_secs(5),
+        "a silent connection closed after {closed_after:?}"
     );
 
     // A body that stalls half-way gets 408 with a JSON reason.
