@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         video: &clip,
         challenge: &challenge,
         max_seconds: 5.0,
+        frame: Some(talkheadd::analysis::decode::FrameSpec::task()),
     };
 
     let mut group = c.benchmark_group("decode_5s_512x512_25fps");

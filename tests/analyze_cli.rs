@@ -175,3 +175,38 @@ fn unusable_inputs_exit_66_and_the_face_backend_follows_the_configuration() {
         output_text(&out)
     );
 }
+
+/// Held to the task's picture: the same honest clip downscaled to 256×256 (which scored above the
+/// original before), or resampled to 15 fps, is `bad_output` with its reason, as in the daemon.
+#[test]
+fn an_output_off_the_tasks_size_or_frame_rate_is_bad_output() {
+    let case = Case::new();
+    let clip = case.still_face_clip();
+    for (name, filter, reason) in [
+        ("small.mp4", "scale=256:256", "wrong_resolution"),
+        ("slow.mp4", "fps=15", "wrong_fps"),
+    ] {
+        let out = case.path(name);
+        let made = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&clip)
+            .args([
+                "-vf",
+                filter,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-c:a",
+                "copy",
+            ])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(made.success(), "ffmpeg {filter}");
+        let result = case.analyze(&out, &["--json"]);
+        assert_eq!(result.status.code(), Some(65), "{}", output_text(&result));
+        let body: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(body["bad_output"]["reason"], reason, "{body}");
+    }
+}

@@ -213,7 +213,31 @@ impl Default for DecodeLimits {
     }
 }
 
-/// What the output's length must agree with: the challenge audio and `task.json`.
+/// The picture `task.json` asks for: `resolution` × `resolution` pixels at `fps` frames per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameSpec {
+    /// `task.json`'s `resolution`: the side of the square frame, pixels.
+    pub side: u32,
+    /// `task.json`'s `fps`.
+    pub fps: f64,
+}
+
+impl FrameSpec {
+    /// The picture the engine's `task.json` asks for ([`crate::domain::task`]).
+    pub fn task() -> FrameSpec {
+        FrameSpec {
+            side: crate::domain::task::RESOLUTION,
+            fps: f64::from(crate::domain::task::FPS),
+        }
+    }
+
+    /// How far the declared average frame rate may be from the task's, as a fraction of it: a
+    /// variable-frame-rate encode of the task's rate averages within it (25 fps: 24.5–25.5), a
+    /// 24 fps or 15 fps output (or 12.5 fps played at 25 by a container trick) does not.
+    pub const FPS_TOLERANCE: f64 = 0.02;
+}
+
+/// What the output must agree with: the challenge audio and `task.json`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Expectation {
     /// Duration of the challenge's source audio, seconds.
@@ -222,6 +246,8 @@ pub struct Expectation {
     pub max_seconds: f64,
     /// Slack on both bounds, seconds (default [`Expectation::DEFAULT_TOLERANCE_SECS`]).
     pub tolerance_secs: f64,
+    /// `task.json`'s `resolution` and `fps`, when the output is held to them (`None`: not checked).
+    pub frame: Option<FrameSpec>,
 }
 
 impl Expectation {
@@ -234,6 +260,15 @@ impl Expectation {
             audio_duration_secs,
             max_seconds,
             tolerance_secs: Self::DEFAULT_TOLERANCE_SECS,
+            frame: None,
+        }
+    }
+
+    /// The same expectation, holding the output to the task's picture too.
+    pub fn with_frame(self, frame: FrameSpec) -> Self {
+        Expectation {
+            frame: Some(frame),
+            ..self
         }
     }
 
@@ -278,6 +313,10 @@ pub enum BadOutputReason {
     TooLong,
     /// No declared duration, or one that disagrees with the challenge audio / `max_seconds`.
     WrongDuration,
+    /// The frame size is not the task's `resolution` × `resolution`.
+    WrongResolution,
+    /// The average frame rate is not the task's `fps` (within [`FrameSpec::FPS_TOLERANCE`]).
+    WrongFps,
     /// The audio and video streams' durations differ by more than the tolerance.
     AvDurationMismatch,
     /// The file ends early: fewer frames or samples than declared, or no index (`moov`) at all.
@@ -294,7 +333,7 @@ pub enum BadOutputReason {
 
 impl BadOutputReason {
     /// Every reason, in declaration order.
-    pub const ALL: [BadOutputReason; 20] = [
+    pub const ALL: [BadOutputReason; 22] = [
         BadOutputReason::EmptyFile,
         BadOutputReason::TooLarge,
         BadOutputReason::NotARegularFile,
@@ -309,6 +348,8 @@ impl BadOutputReason {
         BadOutputReason::BadAudioStream,
         BadOutputReason::TooLong,
         BadOutputReason::WrongDuration,
+        BadOutputReason::WrongResolution,
+        BadOutputReason::WrongFps,
         BadOutputReason::AvDurationMismatch,
         BadOutputReason::Truncated,
         BadOutputReason::DecoderTimeout,
@@ -334,6 +375,8 @@ impl BadOutputReason {
             BadOutputReason::BadAudioStream => "bad_audio_stream",
             BadOutputReason::TooLong => "too_long",
             BadOutputReason::WrongDuration => "wrong_duration",
+            BadOutputReason::WrongResolution => "wrong_resolution",
+            BadOutputReason::WrongFps => "wrong_fps",
             BadOutputReason::AvDurationMismatch => "av_duration_mismatch",
             BadOutputReason::Truncated => "truncated",
             BadOutputReason::DecoderTimeout => "decoder_timeout",
@@ -465,10 +508,33 @@ pub struct ProbeInfo {
 }
 
 impl ProbeInfo {
-    /// Checks the output's length against the challenge: the video must last within
-    /// [`Expectation::bounds`] (else `wrong_duration`, with both numbers), and its audio stream must
-    /// last as long as its video within the tolerance (else `av_duration_mismatch`).
+    /// Checks the output against the challenge and its task: with a [`FrameSpec`], the picture must be
+    /// the task's size (else `wrong_resolution`) at its frame rate (else `wrong_fps`); the video must
+    /// last within [`Expectation::bounds`] (else `wrong_duration`, with both numbers), and its audio
+    /// stream must last as long as its video within the tolerance (else `av_duration_mismatch`).
     pub fn check_expectation(&self, expectation: &Expectation) -> Result<(), BadOutput> {
+        if let Some(spec) = expectation.frame {
+            let (w, h) = (self.video.width, self.video.height);
+            if (w, h) != (spec.side, spec.side) {
+                return Err(BadOutput::new(
+                    BadOutputReason::WrongResolution,
+                    format!("video is {w}x{h}; the task asked for {0}x{0}", spec.side),
+                ));
+            }
+            let fps = self.video.fps;
+            // Written so that a NaN rate is refused too.
+            let within_tolerance = (fps - spec.fps).abs() <= spec.fps * FrameSpec::FPS_TOLERANCE;
+            if !within_tolerance {
+                return Err(BadOutput::new(
+                    BadOutputReason::WrongFps,
+                    format!(
+                        "video runs at {fps:.3} fps; the task asked for {} fps (tolerance {:.0} %)",
+                        spec.fps,
+                        FrameSpec::FPS_TOLERANCE * 100.0
+                    ),
+                ));
+            }
+        }
         let (low, high) = expectation.bounds();
         let video = self.duration_secs;
         if !(video >= low && video <= high) {

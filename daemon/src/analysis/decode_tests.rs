@@ -1648,3 +1648,42 @@ async fn challenge_audio_and_output_soundtrack_go_through_the_same_resampler() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-6, "the two sides differ by up to {worst}");
 }
+
+#[tokio::test]
+async fn the_output_must_have_the_tasks_frame_size_and_rate() {
+    let dir = TempDir::new().unwrap();
+    let path = small_clip(&dir, "clip.mp4", 3.0);
+    let limits = DecodeLimits::default();
+    let info = within(probe(&path, &limits)).await.unwrap();
+    let task = |side, fps| Expectation::new(3.0, 5.0).with_frame(FrameSpec { side, fps });
+
+    // 64×64 at 25 fps: what a 64-pixel, 25 fps task asks for.
+    info.check_expectation(&task(64, 25.0)).unwrap();
+    // Within the frame-rate tolerance (2 %): a variable-rate encode of the same rate.
+    info.check_expectation(&task(64, 25.4)).unwrap();
+    // Another size: refused, naming both.
+    let err = info.check_expectation(&task(512, 25.0)).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::WrongResolution);
+    assert_eq!(err.detail, "video is 64x64; the task asked for 512x512");
+    // Another rate.
+    let err = info.check_expectation(&task(64, 30.0)).unwrap_err();
+    assert_eq!(err.reason, BadOutputReason::WrongFps);
+    assert!(
+        err.detail.contains("25.000 fps") && err.detail.contains("30 fps"),
+        "{}",
+        err.detail
+    );
+    // Without a frame spec only the length is checked (the decoder's own tests).
+    info.check_expectation(&Expectation::new(3.0, 5.0)).unwrap();
+
+    // A real 15 fps and a real 24 fps encode against a 25 fps task; probe_and_decode refuses
+    // before decoding.
+    for (name, fps) in [("15.mp4", 15), ("24.mp4", 24)] {
+        let slow = av_clip(&dir, name, "64x64", fps, 3.0, &["-preset", "ultrafast"]);
+        assert_eq!(
+            reason(within(probe_and_decode(&slow, &limits, &task(64, 25.0))).await),
+            BadOutputReason::WrongFps,
+            "{fps} fps"
+        );
+    }
+}

@@ -37,6 +37,8 @@ pub struct AnalysisInput<'a> {
     pub challenge: &'a Challenge,
     /// `task.json`'s `max_seconds`.
     pub max_seconds: f64,
+    /// `task.json`'s `resolution` and `fps`, which the output must match (`None`: not checked).
+    pub frame: Option<decode::FrameSpec>,
 }
 
 /// Components of one output plus what the operator needs to understand them.

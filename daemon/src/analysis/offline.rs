@@ -27,7 +27,7 @@ pub const EXIT_BAD_INPUT: u8 = 66;
 pub const EXIT_HOST_FAILURE: u8 = 1;
 
 /// `task.json`'s `max_seconds`, as the engine gives it to every challenge.
-const MAX_SECONDS: f64 = 5.0;
+const MAX_SECONDS: f64 = crate::domain::task::MAX_SECONDS as f64;
 
 /// What to analyse.
 #[derive(Debug, Clone)]
@@ -98,6 +98,8 @@ pub async fn analyse_file(
         video: &request.video,
         challenge: &challenge,
         max_seconds: MAX_SECONDS,
+        // Held to the picture the engine's task.json asks for, as every output is.
+        frame: Some(super::decode::FrameSpec::task()),
     };
     let analysis = analyzer.analyse(input).await.map_err(|e| match e {
         AnalysisFailure::BadOutput { reason, detail } => OfflineError::BadOutput { reason, detail },

@@ -161,7 +161,10 @@ impl Analyzer for MediaAnalyzer {
             let started = Instant::now();
             let challenge = input.challenge;
             let audio_duration = challenge.audio_info().duration_secs;
-            let expectation = Expectation::new(audio_duration, input.max_seconds);
+            let mut expectation = Expectation::new(audio_duration, input.max_seconds);
+            if let Some(frame) = input.frame {
+                expectation = expectation.with_frame(frame);
+            }
             // The analysis runs on one blocking thread, fed each sampled frame as ffmpeg delivers it:
             // before the first frame comes (ffmpeg takes ~100 ms to start) it decodes the challenge's
             // face, then follows the face and runs the pixel passes frame by frame while the rest
@@ -396,6 +399,7 @@ mod tests {
             video: &clip,
             challenge: &challenge,
             max_seconds: 2.0,
+            frame: None,
         };
         // Haar and the histogram identity read grey only: the decoder delivers the luma plane.
         assert_eq!(analyzer.frame_format(), PixelFormat::Grey);
@@ -488,6 +492,7 @@ mod tests {
             video: &clip,
             challenge: &challenge,
             max_seconds: 2.0,
+            frame: None,
         };
         let with = |error: components::IdentityError| {
             MediaAnalyzer::new(DecodeLimits::default(), haar(), "haar")

@@ -9,6 +9,7 @@ pub mod image_ref;
 pub mod metrics;
 pub mod signing;
 pub mod submission;
+pub mod task;
 pub mod text;
 pub mod verdict;
 

@@ -7,6 +7,7 @@
 
 use super::metrics::{efficiency_metrics, failed_entry, scored_entry};
 use super::verdicts::{Failure, container_failure, gpu_failure, one_line, quota_violation};
+use crate::analysis::decode::FrameSpec;
 use crate::analysis::{AnalysisFailure, AnalysisInput, Analyzer};
 use crate::challenges::{Challenge, ChallengeSet};
 use crate::clock::Clock;
@@ -45,11 +46,9 @@ const QUOTA_PERIOD: Duration = Duration::from_millis(25);
 const OUTPUT_ENTRY_LIMIT: u64 = 10_000;
 /// Consecutive challenge timeouts after which the miner is deemed wedged and the run stops.
 const MAX_CONSECUTIVE_TIMEOUTS: usize = 2;
-/// task.json constants (docs/reference.md#task-json).
-const TASK_SEED: u64 = 123;
-const TASK_FPS: u32 = 25;
-const TASK_RESOLUTION: u32 = 512;
-const TASK_MAX_SECONDS: u32 = 5;
+use crate::domain::task::{
+    FPS as TASK_FPS, MAX_SECONDS as TASK_MAX_SECONDS, RESOLUTION as TASK_RESOLUTION, SEED as TASK_SEED,
+};
 
 /// Everything a run needs from the daemon.
 pub struct RunEnv {
@@ -860,6 +859,7 @@ async fn analyse_and_score(
                     video,
                     challenge,
                     max_seconds: f64::from(TASK_MAX_SECONDS),
+                    frame: Some(FrameSpec::task()),
                 };
                 let analysed = env.analyzer.analyse(input).await;
                 let took = analysed
