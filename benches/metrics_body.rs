@@ -29,6 +29,7 @@ fn efficiency(i: f64) -> EfficiencyMetrics {
         vram_norm: 0.25,
         efficiency_factor: 0.963,
         cap_violation: false,
+        cap_multiplier: 1.0,
         time_missing: false,
         vram_missing: false,
     }

@@ -174,16 +174,25 @@ pub struct EfficiencyMetrics {
     pub time_norm: f64,
     /// Normalised VRAM in [0, norm_max].
     pub vram_norm: f64,
-    /// exp(-w_t·time_norm - w_v·vram_norm), the factor actually applied.
+    /// `exp(-w_t·time_norm - w_v·vram_norm) × cap_multiplier`: with a cap exceeded, already multiplied
+    /// by the cap penalty, as the reference reports it (validators read this field).
     pub efficiency_factor: f64,
     /// Whether the worst challenge exceeded a cap.
     pub cap_violation: bool,
+    /// What a cap violation multiplies the score by: 1 without one, `efficiency.cap_penalty` (0.01)
+    /// or 0 (reject mode) with one. Additive field; documents written before it read 1.
+    #[serde(default = "no_cap_penalty")]
+    pub cap_multiplier: f64,
     /// True when time was unavailable and the reference value was used instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub time_missing: bool,
     /// True when VRAM was unavailable and the reference value was used instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vram_missing: bool,
+}
+
+fn no_cap_penalty() -> f64 {
+    1.0
 }
 
 /// The GPU a run used.
@@ -244,6 +253,7 @@ impl EvaluationMetrics {
                 vram_norm: 0.0,
                 efficiency_factor: 0.0,
                 cap_violation: false,
+                cap_multiplier: 1.0,
                 time_missing: true,
                 vram_missing: true,
             },

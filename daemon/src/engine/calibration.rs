@@ -174,6 +174,7 @@ mod tests {
                 vram_norm: 1.0,
                 efficiency_factor: 1.0,
                 cap_violation: false,
+                cap_multiplier: 1.0,
                 time_missing: false,
                 vram_missing: true,
             });

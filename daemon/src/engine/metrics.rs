@@ -12,8 +12,10 @@ pub fn efficiency_metrics(e: &EfficiencyReport) -> EfficiencyMetrics {
         inference_time_sec: e.inference_time_sec,
         time_norm: e.time_norm,
         vram_norm: e.vram_norm,
-        efficiency_factor: e.efficiency_factor,
+        // As the reference reports it: the cap's multiplier already applied.
+        efficiency_factor: e.efficiency_factor * e.cap_multiplier,
         cap_violation: e.cap_violation,
+        cap_multiplier: e.cap_multiplier,
         time_missing: e.time_missing,
         vram_missing: e.vram_missing,
     }
@@ -79,5 +81,49 @@ pub fn failed_entry(
         inference_time_sec: host_time_sec,
         error: Some(error.to_owned()),
         debug: None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::scoring::{ChallengeOutcome, Measurement, ScoringConfig, score_run};
+
+    #[test]
+    fn a_cap_violation_is_reported_in_the_factor_as_the_reference_does_and_beside_it() {
+        let cfg = ScoringConfig::default();
+        // 100 s over the 60 s cap: the reference reports factor × 0.01.
+        let run = score_run(
+            &[ChallengeOutcome {
+                quality: 0.8,
+                measurement: Measurement::new(100.0, 8.0),
+            }],
+            &cfg,
+        )
+        .unwrap();
+        assert!(run.efficiency.cap_violation);
+        let block = efficiency_metrics(&run.efficiency);
+        assert_eq!(block.cap_multiplier, 0.01);
+        assert!((block.efficiency_factor - run.efficiency.efficiency_factor * 0.01).abs() < 1e-15);
+        // Without a violation the factor is the soft factor alone.
+        let fast = score_run(
+            &[ChallengeOutcome {
+                quality: 0.8,
+                measurement: Measurement::new(10.0, 8.0),
+            }],
+            &cfg,
+        )
+        .unwrap();
+        let block = efficiency_metrics(&fast.efficiency);
+        assert_eq!(block.cap_multiplier, 1.0);
+        assert_eq!(block.efficiency_factor, fast.efficiency.efficiency_factor);
+        // A document written before the field reads 1.
+        let old: EfficiencyMetrics = serde_json::from_value(serde_json::json!({
+            "peak_vram_gb": null, "inference_time_sec": 1.0, "time_norm": 0.1, "vram_norm": 1.0,
+            "efficiency_factor": 0.9, "cap_violation": false
+        }))
+        .unwrap();
+        assert_eq!(old.cap_multiplier, 1.0);
     }
 }
