@@ -98,6 +98,8 @@ fn a_good_clip_gives_its_components_as_json_and_as_a_table() {
     // No ASR: WER unavailable (null), the audio-match check stands in, and it passes on the
     // challenge's own audio.
     assert!(report["wer"].is_null(), "{report}");
+    // No recogniser ran: no `wer` anywhere reads as a number (the scoring input included).
+    assert!(report["quality"]["components"]["wer"].is_null(), "{report}");
     assert_eq!(report["analysis"]["transcript_gate"]["kind"], "audio_match");
     assert_eq!(report["analysis"]["transcript_gate"]["passed"], true, "{report}");
     // 3.44 s at 25 fps is 86 frames: the reference's 80 are sampled.

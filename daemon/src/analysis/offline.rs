@@ -172,7 +172,16 @@ fn read_input(what: &str, path: &Path, limit: u64) -> Result<Vec<u8>, OfflineErr
 impl OfflineReport {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        let mut value = match serde_json::to_value(self) {
+            Ok(v) => v,
+            Err(e) => return format!("{{\"error\": \"{e}\"}}"),
+        };
+        // The scoring core's `wer` input is the transcript gate's value (the audio match's 0 or 1 when
+        // no recogniser ran); as a field named `wer` it must read null then, as `/metrics` does.
+        if let Some(slot) = value.pointer_mut("/quality/components/wer") {
+            *slot = serde_json::json!(self.wer);
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
     /// The report as an aligned two-column table.
