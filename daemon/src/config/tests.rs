@@ -76,6 +76,22 @@ fn no_file_at_all_gives_the_embedded_defaults() {
 }
 
 #[test]
+fn cohort_normalisation_is_refused_by_check_config_naming_its_key() {
+    let f = Fixture::new();
+    let path = f.file(
+        "c.toml",
+        &format!("{}[scoring.efficiency]\nnormalisation = \"cohort\"\n", f.state()),
+    );
+    let problems = problems(f.load(&path).unwrap_err());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "scoring.efficiency.normalisation" && p.problem.contains("not applied")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn the_store_section_is_what_the_store_opens_with() {
     let f = Fixture::new();
     let path = f.file(

@@ -124,7 +124,8 @@ pub enum CapMode {
 pub enum Normalisation {
     /// `clamp(value / ref, 0, norm_max)`: every reference version.
     Linear,
-    /// Robust median/MAD normalisation across the round's miners, computed at round commit.
+    /// Robust median/MAD normalisation across the round's miners. The scoring core implements it;
+    /// no round commit applies it yet, so [`ScoringConfig::validate`] refuses it.
     Cohort,
 }
 
@@ -289,6 +290,15 @@ impl ScoringConfig {
 
         c.in_range("tie_epsilon", self.tie_epsilon, 0.0, 1.0);
 
+        // The pure cohort re-scoring exists (`aggregate::renormalise_cohort`), but no round commit
+        // applies it: a value that would be accepted and do nothing is refused instead.
+        if e.normalisation == Normalisation::Cohort {
+            c.push(
+                "efficiency.normalisation",
+                "\"cohort\" is not applied at round commit yet, so it is refused; use \"linear\"".to_owned(),
+            );
+        }
+
         if c.problems.is_empty() {
             Ok(())
         } else {
@@ -436,5 +446,21 @@ mod tests {
         // A non-finite weight is reported once, under its own key, not again as a bad sum.
         c.blend.temporal = f64::NAN;
         assert_eq!(keys(&c), ["blend.temporal"]);
+    }
+
+    #[test]
+    fn cohort_normalisation_is_refused_until_a_round_commit_applies_it() {
+        let mut c = ScoringConfig::default();
+        c.efficiency.normalisation = Normalisation::Cohort;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "efficiency.normalisation");
+        assert!(
+            problems[0].to_string().contains("\"cohort\" is not applied"),
+            "{}",
+            problems[0]
+        );
+        c.efficiency.normalisation = Normalisation::Linear;
+        assert!(c.validate().is_ok());
     }
 }
