@@ -212,3 +212,45 @@ fn an_output_off_the_tasks_size_or_frame_rate_is_bad_output() {
         assert_eq!(body["bad_output"]["reason"], reason, "{body}");
     }
 }
+
+/// The efficiency calculator: the run the daemon would commit for this output's quality and the
+/// given measurements, the cap included; a wrong number of values is the operator's mistake (66).
+#[test]
+fn time_and_vram_give_the_efficiency_block_and_final_score_the_daemon_would_commit() {
+    let case = Case::new();
+    let clip = case.still_face_clip();
+    let out = case.analyze(
+        &clip,
+        &["--json", "--time-sec", "10,10,10,10,100", "--vram-gb", "8"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &body["run"];
+    let quality = body["quality"]["quality_score"].as_f64().unwrap();
+    assert_eq!(run["quality_score"].as_f64().unwrap(), quality, "{run}");
+    // The worst challenge (100 s) exceeds the 60 s cap: the reference's ×0.01.
+    assert_eq!(run["efficiency"]["cap_violation"], true, "{run}");
+    assert_eq!(run["efficiency"]["cap_multiplier"], 0.01, "{run}");
+    let factor = run["efficiency"]["efficiency_factor"].as_f64().unwrap();
+    let expected = quality * factor * 0.01;
+    assert!(
+        (run["final_score"].as_f64().unwrap() - expected).abs() < 1e-12,
+        "{run}"
+    );
+    // Mean time 28 s: time_norm 28/120 with the default reference.
+    assert!((run["efficiency"]["inference_time_sec"].as_f64().unwrap() - 28.0).abs() < 1e-9);
+
+    let table = String::from_utf8_lossy(&case.analyze(&clip, &["--time-sec", "12"]).stdout).into_owned();
+    assert!(
+        table.contains("final_score") && table.contains("unavailable (norm 1)"),
+        "{table}"
+    );
+
+    let wrong = case.analyze(&clip, &["--time-sec", "1,2"]);
+    assert_eq!(wrong.status.code(), Some(66), "{}", output_text(&wrong));
+    assert!(
+        output_text(&wrong).contains("takes 1 value or 5"),
+        "{}",
+        output_text(&wrong)
+    );
+}

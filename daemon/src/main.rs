@@ -50,6 +50,13 @@ struct AnalyzeArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Efficiency calculator: inference seconds of the scored challenges (one value for all, or one
+    /// each, comma-separated); prints the efficiency block and the final score the daemon would commit.
+    #[arg(long, value_name = "SECONDS", value_delimiter = ',')]
+    time_sec: Vec<f64>,
+    /// Efficiency calculator: peak VRAM in GB of the scored challenges (one value, or one each).
+    #[arg(long, value_name = "GB", value_delimiter = ',')]
+    vram_gb: Vec<f64>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +128,11 @@ fn analyze(settings: &talkheadd::config::Settings, args: AnalyzeArgs) -> ExitCod
         face: args.face,
         audio: args.audio,
         text: args.text,
+        timing: offline::Timing {
+            time_sec: args.time_sec,
+            vram_gb: args.vram_gb,
+            scored_challenges: settings.evaluation.scoring_count,
+        },
     };
     let result = runtime.block_on(async {
         let analyzer = talkheadd::analysis::default_analyzer(&settings.analysis)

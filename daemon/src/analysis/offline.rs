@@ -14,7 +14,9 @@ use super::decode::PixelFormat;
 use super::{AnalysisFailure, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ChallengeId, Limits};
 use crate::domain::metrics::ChallengeDebug;
-use crate::scoring::{QualityScore, ScoringConfig, score_quality};
+use crate::scoring::{
+    ChallengeOutcome, Measurement, QualityScore, RunScore, ScoringConfig, score_quality, score_run,
+};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,60 @@ pub struct OfflineRequest {
     pub audio: PathBuf,
     /// The transcript, when there is one.
     pub text: Option<PathBuf>,
+    /// What the run would be scored with: the inference seconds and peak VRAM (GB) of the scored
+    /// challenges (one value for all of them, or one each; either may be empty), and how many
+    /// challenges a run scores (`evaluation.scoring_count`).
+    pub timing: Timing,
+}
+
+/// The efficiency calculator's inputs (`--time-sec`, `--vram-gb`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timing {
+    /// Inference seconds: none, one for every scored challenge, or one each.
+    pub time_sec: Vec<f64>,
+    /// Peak VRAM, GB: none, one for every scored challenge, or one each.
+    pub vram_gb: Vec<f64>,
+    /// Scored challenges per run.
+    pub scored_challenges: usize,
+}
+
+impl Timing {
+    /// One [`Measurement`] per scored challenge, or `None` when neither list was given. A list of
+    /// another length than 1 or the scored count, or a value that is not a finite non-negative
+    /// number, is the caller's mistake.
+    fn measurements(&self) -> Result<Option<Vec<Measurement>>, OfflineError> {
+        if self.time_sec.is_empty() && self.vram_gb.is_empty() {
+            return Ok(None);
+        }
+        let n = self.scored_challenges.max(1);
+        let per_challenge = |flag: &str, values: &[f64]| -> Result<Vec<Option<f64>>, OfflineError> {
+            if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+                return Err(OfflineError::BadInput(format!(
+                    "{flag} {bad}: not a finite non-negative number"
+                )));
+            }
+            match values.len() {
+                0 => Ok(vec![None; n]),
+                1 => Ok(vec![Some(values[0]); n]),
+                len if len == n => Ok(values.iter().copied().map(Some).collect()),
+                len => Err(OfflineError::BadInput(format!(
+                    "{flag} takes 1 value or {n} (evaluation.scoring_count), got {len}"
+                ))),
+            }
+        };
+        let times = per_challenge("--time-sec", &self.time_sec)?;
+        let vrams = per_challenge("--vram-gb", &self.vram_gb)?;
+        Ok(Some(
+            times
+                .into_iter()
+                .zip(vrams)
+                .map(|(t, v)| Measurement {
+                    inference_time_sec: t,
+                    peak_vram_gb: v,
+                })
+                .collect(),
+        ))
+    }
 }
 
 /// Why the analysis of one file did not give components.
@@ -85,6 +141,10 @@ pub struct OfflineReport {
     pub debug: ChallengeDebug,
     /// Every intermediate value of the analysis.
     pub analysis: AnalysisDebug,
+    /// With `--time-sec`/`--vram-gb`: the run the daemon would commit if every scored challenge had
+    /// this output's quality and these measurements (efficiency block, caps, final score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunScore>,
 }
 
 /// Loads the request's files as a challenge and analyses the video with `analyzer`.
@@ -93,6 +153,7 @@ pub async fn analyse_file(
     scoring: &ScoringConfig,
     request: &OfflineRequest,
 ) -> Result<OfflineReport, OfflineError> {
+    let measurements = request.timing.measurements()?;
     let challenge = load_challenge(request)?;
     let input = AnalysisInput {
         video: &request.video,
@@ -107,7 +168,21 @@ pub async fn analyse_file(
             OfflineError::Host(format!("analysis failed on this host: {reason}"))
         }
     })?;
-    Ok(report(&request.video, &analysis, scoring))
+    let mut report = report(&request.video, &analysis, scoring);
+    if let Some(measurements) = measurements {
+        let outcomes: Vec<ChallengeOutcome> = measurements
+            .into_iter()
+            .map(|measurement| ChallengeOutcome {
+                quality: report.quality.quality_score,
+                measurement,
+            })
+            .collect();
+        report.run = Some(
+            score_run(&outcomes, scoring)
+                .map_err(|e| OfflineError::BadInput(format!("scoring the run: {e}")))?,
+        );
+    }
+    Ok(report)
 }
 
 /// The report of one analysis scored with `scoring`.
@@ -119,6 +194,7 @@ fn report(video: &Path, analysis: &ChallengeAnalysis, scoring: &ScoringConfig) -
         wer: analysis.reported_wer(),
         debug: analysis.metrics_debug(&quality),
         analysis: analysis.debug.clone(),
+        run: None,
     }
 }
 
@@ -244,6 +320,28 @@ impl OfflineReport {
             ),
             ("analysis_time", format!("{:.3} s", self.debug.analysis_time_sec)),
         ];
+        if let Some(run) = &self.run {
+            let e = &run.efficiency;
+            let opt = |v: Option<f64>| v.map_or("unavailable (norm 1)".to_owned(), |v| format!("{v:.3}"));
+            rows.push(("time_sec (mean)", opt(e.inference_time_sec)));
+            rows.push(("vram_gb (mean)", opt(e.peak_vram_gb)));
+            rows.push((
+                "efficiency",
+                format!(
+                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}), cap multiplier {}{}",
+                    e.efficiency_factor,
+                    e.time_norm,
+                    e.vram_norm,
+                    e.cap_multiplier,
+                    if e.cap_violation {
+                        " (a cap was exceeded)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+            rows.push(("final_score", format!("{:.6}", run.final_score)));
+        }
         for issue in &a.issues {
             rows.push((
                 "issue",
@@ -318,6 +416,38 @@ mod tests {
     }
 
     #[test]
+    fn timing_is_one_value_for_every_challenge_or_one_each() {
+        let timing = |time_sec: &[f64], vram_gb: &[f64]| Timing {
+            time_sec: time_sec.to_vec(),
+            vram_gb: vram_gb.to_vec(),
+            scored_challenges: 5,
+        };
+        assert_eq!(timing(&[], &[]).measurements().unwrap(), None);
+        let one = timing(&[12.0], &[]).measurements().unwrap().unwrap();
+        assert_eq!(one.len(), 5);
+        assert!(
+            one.iter()
+                .all(|m| m.inference_time_sec == Some(12.0) && m.peak_vram_gb.is_none())
+        );
+        let each = timing(&[1.0, 2.0, 3.0, 4.0, 70.0], &[8.0])
+            .measurements()
+            .unwrap()
+            .unwrap();
+        assert_eq!(each[4], Measurement::new(70.0, 8.0));
+        for (t, v, needle) in [
+            (&[1.0, 2.0][..], &[][..], "takes 1 value or 5"),
+            (&[-1.0][..], &[][..], "not a finite non-negative number"),
+            (&[][..], &[f64::NAN][..], "--vram-gb NaN"),
+        ] {
+            let err = timing(t, v).measurements().unwrap_err();
+            assert!(
+                matches!(&err, OfflineError::BadInput(m) if m.contains(needle)),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn unreadable_and_invalid_inputs_are_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("face.png");
@@ -327,6 +457,7 @@ mod tests {
             face: dir.path().join("absent.png"),
             audio: dir.path().join("absent.wav"),
             text: None,
+            timing: Timing::default(),
         };
         let err = load_challenge(&missing).unwrap_err();
         assert!(
