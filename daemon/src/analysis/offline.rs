@@ -14,9 +14,7 @@ use super::decode::PixelFormat;
 use super::{AnalysisFailure, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::{Challenge, ChallengeId, Limits};
 use crate::domain::metrics::ChallengeDebug;
-use crate::scoring::{
-    ChallengeOutcome, Measurement, QualityScore, RunScore, ScoringConfig, score_quality, score_run,
-};
+use crate::scoring::{ChallengeOutcome, Measurement, QualityScore, ScoringConfig, score_quality, score_run};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -142,9 +140,20 @@ pub struct OfflineReport {
     /// Every intermediate value of the analysis.
     pub analysis: AnalysisDebug,
     /// With `--time-sec`/`--vram-gb`: the run the daemon would commit if every scored challenge had
-    /// this output's quality and these measurements (efficiency block, caps, final score).
+    /// this output's quality and these measurements.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run: Option<RunScore>,
+    pub run: Option<OfflineRun>,
+}
+
+/// What `/metrics` would say of such a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineRun {
+    /// Mean quality of the scored challenges.
+    pub quality_score: f64,
+    /// The run's efficiency block, as `/metrics` reports it.
+    pub efficiency: crate::domain::metrics::EfficiencyMetrics,
+    /// The final score the daemon would commit.
+    pub final_score: f64,
 }
 
 /// Loads the request's files as a challenge and analyses the video with `analyzer`.
@@ -177,10 +186,13 @@ pub async fn analyse_file(
                 measurement,
             })
             .collect();
-        report.run = Some(
-            score_run(&outcomes, scoring)
-                .map_err(|e| OfflineError::BadInput(format!("scoring the run: {e}")))?,
-        );
+        let run = score_run(&outcomes, scoring)
+            .map_err(|e| OfflineError::BadInput(format!("scoring the run: {e}")))?;
+        report.run = Some(OfflineRun {
+            quality_score: run.quality_score,
+            efficiency: run.efficiency.reported(),
+            final_score: run.final_score,
+        });
     }
     Ok(report)
 }
@@ -328,7 +340,7 @@ impl OfflineReport {
             rows.push((
                 "efficiency",
                 format!(
-                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}), cap multiplier {}{}",
+                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}; cap multiplier {} included){}",
                     e.efficiency_factor,
                     e.time_norm,
                     e.vram_norm,

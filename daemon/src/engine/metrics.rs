@@ -5,20 +5,9 @@ use crate::domain::Verdict;
 use crate::domain::metrics::{ChallengeDebug, ChallengeMetrics, EfficiencyMetrics};
 use crate::scoring::{ChallengeScore, EfficiencyReport};
 
-/// The efficiency block from the scoring core's report.
+/// The efficiency block from the scoring core's report, as `/metrics` reports it.
 pub fn efficiency_metrics(e: &EfficiencyReport) -> EfficiencyMetrics {
-    EfficiencyMetrics {
-        peak_vram_gb: e.peak_vram_gb,
-        inference_time_sec: e.inference_time_sec,
-        time_norm: e.time_norm,
-        vram_norm: e.vram_norm,
-        // As the reference reports it: the cap's multiplier already applied.
-        efficiency_factor: e.efficiency_factor * e.cap_multiplier,
-        cap_violation: e.cap_violation,
-        cap_multiplier: e.cap_multiplier,
-        time_missing: e.time_missing,
-        vram_missing: e.vram_missing,
-    }
+    e.reported()
 }
 
 /// A successful challenge entry; `debug` is [`crate::analysis::ChallengeAnalysis::metrics_debug`].

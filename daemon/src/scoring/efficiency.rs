@@ -181,6 +181,22 @@ pub struct EfficiencyReport {
 }
 
 impl EfficiencyReport {
+    /// The block as `/metrics` reports it: the reference's keys, with `efficiency_factor` already
+    /// multiplied by the cap's multiplier (as the reference reports it) and `cap_multiplier` beside it.
+    pub fn reported(&self) -> crate::domain::metrics::EfficiencyMetrics {
+        crate::domain::metrics::EfficiencyMetrics {
+            peak_vram_gb: self.peak_vram_gb,
+            inference_time_sec: self.inference_time_sec,
+            time_norm: self.time_norm,
+            vram_norm: self.vram_norm,
+            efficiency_factor: self.efficiency_factor * self.cap_multiplier,
+            cap_violation: self.cap_violation,
+            cap_multiplier: self.cap_multiplier,
+            time_missing: self.time_missing,
+            vram_missing: self.vram_missing,
+        }
+    }
+
     /// The summary this report was built from (to re-evaluate it with other norms at round commit).
     pub const fn summary(&self) -> MetricSummary {
         MetricSummary {
