@@ -1471,26 +1471,21 @@ pub async fn decode_wav(wav: &[u8], limits: &DecodeLimits) -> Result<Vec<f32>, D
         .map_err(|e| infra(format!("cannot write the scratch copy: {e}")))?;
     let mut url = OsString::from("file:");
     url.push(path.as_os_str());
-    let mut args: Vec<OsString> = [
-        "-nostdin",
-        "-hide_banner",
-        "-nostats",
-        "-loglevel",
-        "error",
-        "-threads",
-        "1",
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        "wav",
-        "-codec_whitelist",
-        WAV_DECODER_WHITELIST,
-        "-f",
-        "wav",
-        "-i",
-    ]
-    .map(OsString::from)
-    .to_vec();
+    let mut args = ffmpeg_quiet(1);
+    args.extend(
+        [
+            "-protocol_whitelist",
+            "file",
+            "-format_whitelist",
+            "wav",
+            "-codec_whitelist",
+            WAV_DECODER_WHITELIST,
+            "-f",
+            "wav",
+            "-i",
+        ]
+        .map(OsString::from),
+    );
     args.push(url);
     args.extend(["-map", "0:a:0", "-vn", "-sn", "-dn"].map(OsString::from));
     args.extend(mono_16k_output_args());
@@ -1576,7 +1571,9 @@ fn output_pixel_format(format: PixelFormat) -> &'static str {
     }
 }
 
-fn input_args(file: &InputFile, limits: &DecodeLimits) -> Vec<OsString> {
+/// What every ffmpeg run of the decoder starts with: no stdin, no banner or progress, errors only (the
+/// last stderr line is the reason reported), `threads` decoding threads.
+fn ffmpeg_quiet(threads: u32) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-nostdin",
         "-hide_banner",
@@ -1587,7 +1584,12 @@ fn input_args(file: &InputFile, limits: &DecodeLimits) -> Vec<OsString> {
     ]
     .map(OsString::from)
     .to_vec();
-    args.push(limits.threads.max(1).to_string().into());
+    args.push(threads.max(1).to_string().into());
+    args
+}
+
+fn input_args(file: &InputFile, limits: &DecodeLimits) -> Vec<OsString> {
+    let mut args = ffmpeg_quiet(limits.threads);
     // The decoder refuses pictures above the pixel limit whatever the container declared (the header
     // was validated from the container's own numbers when ffprobe was not asked).
     args.push("-max_pixels".into());

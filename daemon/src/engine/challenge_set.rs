@@ -43,8 +43,7 @@ impl RoundSet {
         store: &Store,
         settings: &Settings,
     ) -> Result<Arc<ChallengeSet>, LoopError> {
-        let s = store.clone();
-        let round = blocking(&s, move |s| s.round_state()).await?;
+        let round = blocking(store, move |s| s.round_state()).await?;
         if let (Some(hash), Some(current)) = (&round.challenge_set_hash, &self.current)
             && current.hash() == hash
         {
@@ -74,9 +73,8 @@ impl RoundSet {
                     .map_err(LoopError::Challenges)?;
                 persist_set(&self.sets_dir, &set)
                     .map_err(|e| LoopError::Internal(format!("persisting the challenge set: {e}")))?;
-                let store = store.clone();
                 let hash = set.hash().to_owned();
-                blocking(&store, move |store| store.set_challenge_set(&hash)).await?;
+                blocking(store, move |store| store.set_challenge_set(&hash)).await?;
                 tracing::info!(
                     round = round.number,
                     hash = set.hash(),

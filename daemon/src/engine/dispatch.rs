@@ -163,8 +163,7 @@ impl Dispatcher {
                 tracing::error!(run_id = %run_id, gpu_uuid = %c.slot.uuid, %reason, "a calibration task ended without a result; its GPU slot is freed");
                 let outcome = RunOutcome::Infra(reason.clone());
                 let record = calibration::record(&c, &outcome, self.env.clock.now_unix());
-                let store = self.store.clone();
-                let recorded = blocking(&store, move |store| store.record_calibration(&record)).await;
+                let recorded = blocking(&self.store, move |store| store.record_calibration(&record)).await;
                 return Finished {
                     slot,
                     hotkey: None,
@@ -205,8 +204,7 @@ impl Dispatcher {
             notes: Vec::new(),
             image_source: None,
         };
-        let store = self.store.clone();
-        let recorded = blocking(&store, move |store| store.record_run(&record)).await;
+        let recorded = blocking(&self.store, move |store| store.record_run(&record)).await;
         Finished {
             slot,
             hotkey: Some(ticket.hotkey.to_string()),
@@ -257,8 +255,7 @@ impl Dispatcher {
             duplicate_of = metrics.duplicate_of.as_deref().unwrap_or("-"),
             "duplicate image digest settled without a run"
         );
-        let store = self.store.clone();
-        blocking(&store, move |store| {
+        blocking(&self.store, move |store| {
             store.stage_result(&ticket, metrics)?;
             store.record_run(&record)
         })
@@ -289,7 +286,7 @@ pub(super) async fn run_task(
         round = ticket.round
     );
     let blocked = {
-        let (store, hotkey, image) = (store.clone(), ticket.hotkey.clone(), ticket.image_ref.clone());
+        let (hotkey, image) = (ticket.hotkey.clone(), ticket.image_ref.clone());
         blocking(&store, move |store| store.blocking_rule(&hotkey, &image)).await
     };
     let started_at = env.clock.now_unix();

@@ -5,7 +5,7 @@
 //! The result is either metrics to stage (verdict `ok` or a miner verdict) or an infrastructure failure
 //! to retry later, never both: the host's failures are never charged to the miner.
 
-use super::metrics::{efficiency_metrics, failed_entry, scored_entry};
+use super::metrics::{failed_entry, scored_entry};
 use super::verdicts::{Failure, container_failure, gpu_failure, one_line, quota_violation};
 use crate::analysis::decode::FrameSpec;
 use crate::analysis::{AnalysisFailure, AnalysisInput, Analyzer};
@@ -912,7 +912,7 @@ async fn analyse_and_score(
     let mut metrics = base_metrics(env, req, verdict, error, report);
     metrics.final_score = if any_scored { run.final_score } else { 0.0 };
     metrics.quality_score = run.quality_score;
-    metrics.efficiency = efficiency_metrics(&run.efficiency);
+    metrics.efficiency = run.efficiency.reported();
     metrics.challenge_metrics = entries;
     Ok(metrics)
 }

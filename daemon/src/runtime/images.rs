@@ -129,8 +129,8 @@ impl Drop for ImagePin {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn store_err(e: StoreError) -> RuntimeError {
@@ -286,10 +286,7 @@ impl ImageCache {
             self.forget_absent(pinned).await?;
         }
         let pulled = self.engine.pull(image, timeout).await?;
-        self.ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pulled(image);
+        lock(&self.ledger).pulled(image);
         let (repo, tag) = marker_for(self.engine.instance(), pinned);
         if let Err(e) = self.engine.tag(&pulled.id, &repo, &tag).await {
             // Unmarked, it would never be removed: undo the pull (the caller retries).
@@ -325,10 +322,7 @@ impl ImageCache {
     /// unreachability is the miner's doing ([`PullLedger`]), `None` while it is retried as the host's.
     pub fn pull_exhausted(&self, image: &ImageRef, last_error: &str, vouched: &[String]) -> Option<String> {
         let now = self.clock.now_unix();
-        self.ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .exhausted(image, now, last_error, vouched)
+        lock(&self.ledger).exhausted(image, now, last_error, vouched)
     }
 
     /// Pull `image` ahead of its run if the cache has room; failures are only logged (the run's own

@@ -100,7 +100,7 @@ pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 /// `docker.allowed_registries`: `None` when `image` may be pulled (an empty list allows every
 /// registry; an image without a registry host is Docker Hub's, `docker.io`), else why not.
 pub fn registry_refusal(image: &ImageRef, allowed: &[String]) -> Option<String> {
-    let registry = image.registry().unwrap_or("docker.io");
+    let registry = registry_of(image);
     (!allowed.is_empty() && !allowed.iter().any(|r| r == registry))
         .then(|| format!("registry {registry} is not in docker.allowed_registries"))
 }

@@ -654,4 +654,41 @@ mod tests {
         let slower = evaluate_with_norms(&summaries[1], norms[1], &cfg);
         assert!(faster.efficiency_factor > slower.efficiency_factor);
     }
+
+    #[test]
+    fn a_cap_violation_is_reported_in_the_factor_as_the_reference_does_and_beside_it() {
+        let cfg = crate::scoring::ScoringConfig::default();
+        // 100 s over the 60 s cap: the reference reports factor × 0.01.
+        let run = crate::scoring::score_run(
+            &[crate::scoring::ChallengeOutcome {
+                quality: 0.8,
+                measurement: Measurement::new(100.0, 8.0),
+            }],
+            &cfg,
+        )
+        .unwrap();
+        assert!(run.efficiency.cap_violation);
+        let block = run.efficiency.reported();
+        assert_eq!(block.cap_multiplier, 0.01);
+        assert!((block.efficiency_factor - run.efficiency.efficiency_factor * 0.01).abs() < 1e-15);
+        // Without a violation the factor is the soft factor alone.
+        let fast = crate::scoring::score_run(
+            &[crate::scoring::ChallengeOutcome {
+                quality: 0.8,
+                measurement: Measurement::new(10.0, 8.0),
+            }],
+            &cfg,
+        )
+        .unwrap();
+        let block = fast.efficiency.reported();
+        assert_eq!(block.cap_multiplier, 1.0);
+        assert_eq!(block.efficiency_factor, fast.efficiency.efficiency_factor);
+        // A document written before the field reads 1.
+        let old: crate::domain::metrics::EfficiencyMetrics = serde_json::from_value(serde_json::json!({
+            "peak_vram_gb": null, "inference_time_sec": 1.0, "time_norm": 0.1, "vram_norm": 1.0,
+            "efficiency_factor": 0.9, "cap_violation": false
+        }))
+        .unwrap();
+        assert_eq!(old.cap_multiplier, 1.0);
+    }
 }

@@ -101,10 +101,9 @@ impl EvaluationLoop {
 
     /// Commit the round if it is complete; whether it was.
     async fn commit(&mut self) -> Result<bool, LoopError> {
-        let store = self.store.clone();
         let epsilon = self.env.settings.scoring.tie_epsilon;
         let policy = self.env.settings.evaluation.reevaluate;
-        let committed = blocking(&store, move |store| {
+        let committed = blocking(&self.store, move |store| {
             store.commit_round_if_complete(&policy, &ranker(epsilon))
         })
         .await?;

@@ -43,12 +43,10 @@ impl EvaluationLoop {
             round_model: self.round_model.clone(),
             prepull_ahead: usize::try_from(settings.docker.prepull_ahead).unwrap_or(0),
         };
-        let store = self.store.clone();
-        let drained = blocking(&store, move |store| store.drained_gpus()).await?;
+        let drained = blocking(&self.store, move |store| store.drained_gpus()).await?;
         self.slots.refresh(&drained, self.env.clock.now_unix());
         snap.slots = self.slots.states();
-        let store = self.store.clone();
-        snap.pending = blocking(&store, move |store| store.pending()).await?;
+        snap.pending = blocking(&self.store, move |store| store.pending()).await?;
         if snap.paused {
             // Read even so: `talkheadctl status` shows who is held back by the pause.
             return Ok(snap);
@@ -60,8 +58,9 @@ impl EvaluationLoop {
                 && self.set.current.is_some()
                 && settings.gpu.calibration_image.is_some() =>
             {
-                let store = self.store.clone();
-                let round = blocking(&store, move |store| store.round_state()).await?.number;
+                let round = blocking(&self.store, move |store| store.round_state())
+                    .await?
+                    .number;
                 snap.open_round = Some(round);
                 Some(round)
             }
@@ -70,8 +69,7 @@ impl EvaluationLoop {
         if let (Some(image), Some(round)) = (&settings.gpu.calibration_image, round) {
             // After a restart, the calibrations stored for the round count as done.
             if self.calibrated.0 != round {
-                let store = self.store.clone();
-                let stored = blocking(&store, move |store| store.calibrations(Some(round))).await?;
+                let stored = blocking(&self.store, move |store| store.calibrations(Some(round))).await?;
                 self.calibrated = (round, stored.into_iter().map(|c| c.gpu_uuid).collect());
             }
             snap.calibration = Some(CalibrationState {
@@ -81,8 +79,7 @@ impl EvaluationLoop {
             });
         }
         if !snap.pending.is_empty() {
-            let store = self.store.clone();
-            snap.duplicates.miners = blocking(&store, move |store| store.miners()).await?;
+            snap.duplicates.miners = blocking(&self.store, move |store| store.miners()).await?;
         }
         Ok(snap)
     }
