@@ -174,6 +174,32 @@ python3 tests/notify_harness.py --watchdog="$WATCHDOG" --ready-timeout 60 --stop
     $as_unit $(swap "$exec_start") || fail "notify harness"
 check "the daemon created its store as $user" test "$(stat -c %U "$work/state/state.db")" = "$user"
 
+step "the installed binary scores with the whisper speech backend"
+# whisper.cpp is in the package (cargo feature `whisper`, on by default): `talkheadd analyze` as the
+# service user, with [analysis.asr] backend = "whisper" and the test model from tests/setup.sh, reports a
+# WER from whisper (a number; a build without the feature refuses the backend).
+challenge="$repo/../shared/fixtures/challenges/challenge-0"
+whisper_model=${TALKHEAD_WHISPER_TEST_MODEL:-/opt/talkhead-test/whisper/ggml-tiny-random.bin}
+asr="$work/asr"
+install -d -m 0755 "$asr"
+cp "$challenge/face.png" "$challenge/audio.wav" "$challenge/text.txt" "$asr/"
+cp "$whisper_model" "$asr/model.bin"
+seconds=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$asr/audio.wav")
+ffmpeg -nostdin -loglevel error -loop 1 -framerate 25 -i "$asr/face.png" -i "$asr/audio.wav" \
+    -t "$seconds" -vf scale=512:512 -c:v libx264 -pix_fmt yuv420p -c:a aac "$asr/still.mp4"
+printf '[store]\npath = "%s"\n[gpu]\nvirtual = 1\n[analysis.asr]\nbackend = "whisper"\nmodel = "%s"\n' \
+    "$work/state/state.db" "$asr/model.bin" > "$asr/talkheadd.toml"
+chmod -R a+rX "$asr"
+runuser -u talkhead -- /usr/bin/talkheadd --config "$asr/talkheadd.toml" analyze --json \
+    --video "$asr/still.mp4" --face "$asr/face.png" --audio "$asr/audio.wav" --text "$asr/text.txt" \
+    > "$asr/report.json" || fail "talkheadd analyze with [analysis.asr] backend = \"whisper\""
+check "the WER came from whisper" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["debug"]["asr_backend"] == "whisper", r["debug"]
+assert isinstance(r["wer"], float), r["wer"]
+' "$asr/report.json"
+
 step "remove"
 runuser -u talkhead -- sh -c 'echo keep > /var/lib/talkheadd/marker'
 apt-get remove -y -qq talkheadd

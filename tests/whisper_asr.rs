@@ -9,8 +9,8 @@
 //! real ggml model can be downloaded here. `tests/setup.sh` writes it to
 //! `$TALKHEAD_WHISPER_TEST_MODEL` (default `/opt/talkhead-test/whisper/ggml-tiny-random.bin`).
 //!
-//! Run: `tests/setup.sh`, then `cargo test -p talkheadd --features whisper --test whisper_asr`
-//! (the target requires the feature: daemon/Cargo.toml `required-features`).
+//! Run: `tests/setup.sh`, then `cargo test -p talkheadd --test whisper_asr` (the target requires
+//! the feature `whisper`, on by default: daemon/Cargo.toml `required-features`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

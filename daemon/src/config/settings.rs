@@ -836,7 +836,7 @@ impl Validator<'_> {
                 let Some(model) = model else {
                     self.problem(
                         "analysis.asr.model",
-                        "is required with backend = \"whisper\": the path of a ggml model (e.g. ggml-base.en.bin)",
+                        "is required with backend = \"whisper\": the path of a ggml model (e.g. /var/lib/talkheadd/models/ggml-base.bin, from `talkheadd models fetch`)",
                     );
                     return AsrBackend::None;
                 };

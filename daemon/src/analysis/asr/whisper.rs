@@ -1,6 +1,6 @@
 //! The `whisper` speech backend: whisper.cpp through `whisper-rs`, with a ggml model file from
-//! `[analysis.asr] model` (the reference runs openai-whisper "base": `ggml-base.en.bin` or
-//! `ggml-base.bin` is the equivalent). Built only with the cargo feature `whisper`.
+//! `[analysis.asr] model` (the reference runs openai-whisper "base", multilingual, with language "en":
+//! `ggml-base.bin` is its ggml conversion). Built with the cargo feature `whisper` (on by default).
 //!
 //! Owns: loading the model once (after [`super::ggml::inspect`] has checked the file's layout, so a
 //! cut or foreign file is refused with its reason rather than whisper.cpp's bare failure), and one

@@ -3,8 +3,9 @@
 //! hypothesis, or `None` when no ASR backend is configured.
 //!
 //! Owns (docs/reference.md#component-audio):
-//! - `wer` = word-level Levenshtein distance / reference words, capped at 1, over lowercased
-//!   whitespace tokens with surrounding punctuation stripped;
+//! - `wer` = word-level Levenshtein distance / reference words, capped at 1, over the tokens of the
+//!   reference's `text.lower().split()` (punctuation stays part of a word, as validators count it;
+//!   `tests/wer_parity.rs` checks it against a Python statement of the reference's formula);
 //! - `tsim = (corr + 1) / 2` of mean-abs envelopes over chunks of `max(400, n / 50)` samples of the
 //!   overlapping part (at least 1600 samples), 0 when either envelope is flat;
 //! - `audio_quality = 0.8·clamp01((rms − 0.01) / 0.14) + 0.2·(1 − clamp01(frac(|x| > 0.99) / 0.05))`;
@@ -53,11 +54,14 @@ pub struct AudioDetail {
     pub source_audio_energy: f64,
 }
 
-/// Lowercased words with leading/trailing punctuation removed (`"Dog."` → `"dog"`, `"don't"` kept).
+/// The words of `text` as the reference's `text.lower().split()` has them: lowercased, split on
+/// Python's whitespace (Unicode `White_Space` plus the ASCII separators U+001C..U+001F that
+/// `str.split` also splits on), punctuation kept (`"Dog."` ≠ `"dog"`, as validators count it).
 pub fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+    text.to_lowercase()
+        .split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
         .filter(|t| !t.is_empty())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -165,7 +169,7 @@ mod tests {
 
     #[test]
     fn wer_examples() {
-        let r = "The quick brown fox jumps over the lazy dog.";
+        let r = "The quick brown fox jumps over the lazy dog";
         assert_eq!(wer(r, "the quick brown fox jumps over the lazy dog"), Some(0.0));
         // One substitution in nine words.
         assert!((wer(r, "the quick brown fox jumps over the lazy cat").unwrap() - 1.0 / 9.0).abs() < 1e-12);
@@ -182,11 +186,13 @@ mod tests {
         assert_eq!(wer("a b", "c d e"), Some(1.0));
         // No reference words: unavailable, never a made-up 0.5.
         assert_eq!(wer("", "anything"), None);
-        assert_eq!(wer(" ... ", "anything"), None);
+        assert_eq!(wer(" \u{1f}\t ", "anything"), None);
+        // Punctuation is part of a word, as in the reference's `lower().split()`.
         assert_eq!(
-            words("Don't STOP, believing!"),
-            vec!["don't", "stop", "believing"]
+            words("Don't STOP,\u{1c}believing!"),
+            vec!["don't", "stop,", "believing!"]
         );
+        assert!((wer("the lazy dog.", "the lazy dog").unwrap() - 1.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]
@@ -236,7 +242,7 @@ mod tests {
             Some(WerUnavailable::NoReference)
         );
         assert_eq!(
-            audio(&a, &a, Some("?"), Some("x")).wer_unavailable,
+            audio(&a, &a, Some(" \t "), Some("x")).wer_unavailable,
             Some(WerUnavailable::NoReference)
         );
     }

@@ -295,7 +295,7 @@ fn wer_gate_through_the_scoring_core() {
     let good = analyse(
         &media,
         &det,
-        Some("The quick brown fox."),
+        Some("The quick brown fox"),
         Some("the quick brown fox"),
     );
     assert_eq!(good.debug.wer, Some(0.0));
