@@ -10,7 +10,8 @@
 #   - for the onnx face backend test (tests/onnx_face.rs): a virtual environment in
 #     /opt/talkhead-test/onnx-venv with `onnx` (writes the test models) and `onnxruntime` (its wheel
 #     carries libonnxruntime.so), and in $TALKHEAD_ONNX_TEST_DIR (default /opt/talkhead-test/onnx) the
-#     two generated models and a link to the library;
+#     two generated models and a link to the library; in the same environment `insightface` 0.7.3 (with
+#     opencv-python-headless) for the InsightFace parity test (tests/insightface_parity.rs);
 #   - for the whisper speech backend test (tests/whisper_asr.rs, cargo feature `whisper`): a tiny ggml
 #     model with whisper.cpp's real layout and random weights, written by tests/whisper/make_model.py
 #     (Python standard library only) to $TALKHEAD_WHISPER_TEST_MODEL (default
@@ -74,6 +75,14 @@ if ! "$onnx_venv/bin/python" -c 'import onnx, onnxruntime; assert onnxruntime.__
   mkdir -p "$(dirname "$onnx_venv")"
   python3 -m venv "$onnx_venv"
   "$onnx_venv/bin/pip" install --quiet --disable-pip-version-check 'onnx==1.20.1' 'onnxruntime==1.28.0'
+fi
+# The InsightFace parity test (tests/insightface_parity.rs): the `insightface` package itself, as the
+# reference validator runs it, beside the same onnxruntime (pinned again here so that the resolver
+# cannot move it) and the OpenCV whose resize and warp arithmetic the test compares with. About 35 s
+# from the package index (insightface builds a small Cython extension with build-essential's compiler).
+if ! "$onnx_venv/bin/python" -c 'import insightface, cv2, onnxruntime; assert insightface.__version__ == "0.7.3" and onnxruntime.__version__ == "1.28.0" and cv2.__version__ == "5.1.0"' 2>/dev/null; then
+  log "installing insightface into $onnx_venv"
+  "$onnx_venv/bin/pip" install --quiet --disable-pip-version-check 'insightface==0.7.3' 'onnxruntime==1.28.0' 'onnx==1.20.1' 'opencv-python-headless==5.1.0.95'
 fi
 # Always regenerated (a second): the models follow tests/onnx/make_models.py as it is now.
 "$onnx_venv/bin/python" tests/onnx/make_models.py "$onnx_dir"

@@ -106,6 +106,9 @@ pub fn estimate_similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> Option<S
 /// The `side × side` image whose pixel `(x, y)` is `frame` sampled bilinearly at `to_crop⁻¹(x, y)`,
 /// pixel centres on integer coordinates and black outside the frame (`cv2.warpAffine` with
 /// `INTER_LINEAR` and a constant 0 border). `None` for a malformed frame or a degenerate transform.
+/// OpenCV rounds the sampling positions to 1/32 pixel and the weights to 15 bits; this samples at the
+/// exact position, so a crop can differ from OpenCV's by a grey level on a few pixels
+/// (tests/insightface_parity.rs measures it).
 pub fn warp(frame: &Frame, to_crop: &Similarity, side: u32) -> Option<Frame> {
     if !frame.is_well_formed() {
         return None;

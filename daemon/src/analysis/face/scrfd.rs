@@ -85,8 +85,8 @@ impl Letterbox {
 /// network is fed RGB. Our frames are RGB already, so they go in as they are. (The reference decoded
 /// frames to RGB and then let InsightFace swap them again, feeding BGR: docs/reference.md#weakness-11.)
 ///
-/// The frame is resized with OpenCV's `INTER_LINEAR` rule (half-pixel centres, edge clamped, no
-/// anti-aliasing) and the rest of the canvas is black before normalisation, as in `SCRFD.detect`.
+/// The frame is resized to 8 bits exactly as `cv2.resize` does ([`resize_linear_u8`]) and the rest of
+/// the canvas is black before normalisation, as in `SCRFD.detect`.
 pub fn input_tensor(frame: &Frame, lb: &Letterbox) -> Vec<f32> {
     let (iw, ih) = (lb.input_w as usize, lb.input_h as usize);
     let plane = iw * ih;
@@ -95,37 +95,97 @@ pub fn input_tensor(frame: &Frame, lb: &Letterbox) -> Vec<f32> {
     if !frame.is_well_formed() {
         return out;
     }
-    let xs = resize_taps(frame.width, lb.new_w);
-    let ys = resize_taps(frame.height, lb.new_h);
-    let row = frame.width as usize * 3;
-    let pixels = frame.rgb_pixels();
-    for (y, &(y0, y1, fy)) in ys.iter().enumerate().take(ih) {
-        let (r0, r1) = (&pixels[y0 * row..][..row], &pixels[y1 * row..][..row]);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate().take(iw) {
-            for c in 0..3 {
-                let top = lerp(f32::from(r0[x0 * 3 + c]), f32::from(r0[x1 * 3 + c]), fx);
-                let bottom = lerp(f32::from(r1[x0 * 3 + c]), f32::from(r1[x1 * 3 + c]), fx);
-                out[c * plane + y * iw + x] = (lerp(top, bottom, fy) - INPUT_MEAN) / INPUT_STD;
+    let resized = resize_linear_u8(&frame.rgb_pixels(), frame.width, frame.height, lb.new_w, lb.new_h);
+    let (nw, nh) = (lb.new_w as usize, lb.new_h as usize);
+    for (y, row) in resized.chunks_exact(nw * 3).enumerate().take(nh.min(ih)) {
+        for (x, px) in row.chunks_exact(3).enumerate().take(nw.min(iw)) {
+            for (c, &v) in px.iter().enumerate() {
+                out[c * plane + y * iw + x] = (f32::from(v) - INPUT_MEAN) / INPUT_STD;
             }
         }
     }
     out
 }
 
-fn lerp(a: f32, b: f32, t: f32) -> f32 {
-    a + (b - a) * t
-}
+/// OpenCV's fixed-point coefficient scale for 8-bit `INTER_LINEAR` (`INTER_RESIZE_COEF_BITS` = 11).
+const RESIZE_ONE: f32 = 2048.0;
 
-/// For each of `dst` output positions: the two source indices and the weight of the second, by
-/// OpenCV's `INTER_LINEAR` mapping `src = (dst + 0.5) · src/dst − 0.5`, clamped to the edges.
-fn resize_taps(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
-    let ratio = f64::from(src) / f64::from(dst);
-    let last = src as usize - 1;
+/// For each of `dst` positions: the two source indices and their 11-bit weights, as OpenCV's
+/// `resize` tabulates them: `f = (float)((d + 0.5) · scale − 0.5)` with `scale = 1 / (dst / src)` in
+/// double, `i = floor(f)`, weights `round(2048 · (1 − frac))`, `round(2048 · frac)` (ties to even,
+/// `saturate_cast<short>`). Out-of-range positions take the edge pixel with full weight.
+fn resize_taps(src: u32, dst: u32) -> Vec<(usize, usize, i32, i32)> {
+    let scale = 1.0 / (f64::from(dst) / f64::from(src));
+    let last = i64::from(src) - 1;
     (0..dst)
         .map(|d| {
-            let s = ((f64::from(d) + 0.5) * ratio - 0.5).max(0.0);
-            let i = (s.floor() as usize).min(last);
-            (i, (i + 1).min(last), (s - i as f64) as f32)
+            let f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
+            let i = f.floor();
+            let (i, frac) = if i < 0.0 {
+                (0, 0.0)
+            } else if i as i64 >= last {
+                (last, 0.0)
+            } else {
+                (i as i64, f - i)
+            };
+            let w0 = ((1.0 - frac) * RESIZE_ONE).round_ties_even() as i32;
+            let w1 = (frac * RESIZE_ONE).round_ties_even() as i32;
+            (i as usize, (i + 1).min(last) as usize, w0, w1)
+        })
+        .collect()
+}
+
+/// `cv2.resize(img, (dst_w, dst_h))` (`INTER_LINEAR`) of an 8-bit, 3-channel image, bit for bit:
+/// OpenCV's fixed-point path for 8-bit images (11-bit weights, a horizontal pass into integers, then
+/// `((b0·(h0 >> 4)) >> 16) + ((b1·(h1 >> 4)) >> 16) + 2) >> 2`), which rounds to 8 bits, not a
+/// floating-point bilinear resize, which can differ from it by almost one grey level.
+pub fn resize_linear_u8(pixels: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Vec<u8> {
+    let (sw, dw) = (src_w as usize, dst_w as usize);
+    if src_w == 0 || src_h == 0 || pixels.len() < sw * src_h as usize * 3 {
+        return vec![0; dw * dst_h as usize * 3];
+    }
+    let xs = resize_taps(src_w, dst_w);
+    let ys = resize_taps_rows(src_h, dst_h);
+    let horizontal = |y: usize| -> Vec<i32> {
+        let row = &pixels[y * sw * 3..][..sw * 3];
+        let mut h = Vec::with_capacity(dw * 3);
+        for &(x0, x1, a0, a1) in &xs {
+            for c in 0..3 {
+                h.push(i32::from(row[x0 * 3 + c]) * a0 + i32::from(row[x1 * 3 + c]) * a1);
+            }
+        }
+        h
+    };
+    let mut out = Vec::with_capacity(dw * dst_h as usize * 3);
+    let mut cache: Option<(usize, Vec<i32>, usize, Vec<i32>)> = None;
+    for &(y0, y1, b0, b1) in &ys {
+        let (h0, h1) = match cache.take() {
+            Some((c0, h0, c1, h1)) if c0 == y0 && c1 == y1 => (h0, h1),
+            Some((_, _, c1, h1)) if c1 == y0 => (h1, horizontal(y1)),
+            _ => (horizontal(y0), horizontal(y1)),
+        };
+        out.extend(h0.iter().zip(&h1).map(|(&s0, &s1)| {
+            ((((b0 * (s0 >> 4)) >> 16) + ((b1 * (s1 >> 4)) >> 16) + 2) >> 2).clamp(0, 255) as u8
+        }));
+        cache = Some((y0, h0, y1, h1));
+    }
+    out
+}
+
+/// [`resize_taps`] for rows: OpenCV does not clamp the row position before taking its fraction; it
+/// clamps the two row indices instead.
+fn resize_taps_rows(src: u32, dst: u32) -> Vec<(usize, usize, i32, i32)> {
+    let scale = 1.0 / (f64::from(dst) / f64::from(src));
+    let last = i64::from(src) - 1;
+    (0..dst)
+        .map(|d| {
+            let f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
+            let i = f.floor();
+            let frac = f - i;
+            let i = i as i64;
+            let w0 = ((1.0 - frac) * RESIZE_ONE).round_ties_even() as i32;
+            let w1 = (frac * RESIZE_ONE).round_ties_even() as i32;
+            (i.clamp(0, last) as usize, (i + 1).clamp(0, last) as usize, w0, w1)
         })
         .collect()
 }
@@ -262,12 +322,13 @@ mod tests {
         let plane = 16;
         let (hi, lo) = ((255.0 - 127.5) / 128.0, -127.5 / 128.0);
         // Plane 0 is R: full at the left edge (x=0: src −0.25 clamps to 0), blending by
-        // (x + 0.5)/2 − 0.5 → x=1: 0.25 of the way to blue, x=2: 0.75, x=3: clamped blue.
+        // (x + 0.5)/2 − 0.5 → x=1: 0.25 of the way to blue, x=2: 0.75, x=3: clamped blue. Rounded
+        // to 8 bits as cv2.resize does: 0.75·255 = 191.25 → 191, 0.25·255 = 63.75 → 64.
         let r = |x: usize, y: usize| t[y * 4 + x];
         let b = |x: usize, y: usize| t[2 * plane + y * 4 + x];
         assert!((r(0, 0) - hi).abs() < 1e-6);
-        assert!((r(1, 0) - (0.75 * 255.0 - 127.5) / 128.0).abs() < 1e-5);
-        assert!((r(2, 0) - (0.25 * 255.0 - 127.5) / 128.0).abs() < 1e-5);
+        assert_eq!(r(1, 0), (191.0 - 127.5) / 128.0);
+        assert_eq!(r(2, 0), (64.0 - 127.5) / 128.0);
         assert!((b(3, 1) - hi).abs() < 1e-6 && (r(3, 1) - lo).abs() < 1e-6);
         // Rows 2 and 3 are the black canvas in every plane.
         assert!(
@@ -276,6 +337,46 @@ mod tests {
                 .filter(|(i, _)| i % plane >= 8)
                 .all(|(_, v)| (*v - lo).abs() < 1e-6)
         );
+    }
+
+    /// `cv2.resize(src, (w, h))` (INTER_LINEAR) of two seeded random 3-channel images, as OpenCV 5.1
+    /// (opencv-python-headless, tests/setup.sh) computes them: an upscale with the edge clamps and a
+    /// downscale. A floating-point bilinear resize misses these by up to 0.8 of a grey level.
+    const SRC_5X3: [u8; 45] = [
+        168, 229, 184, 171, 238, 171, 20, 206, 245, 153, 204, 5, 37, 53, 213, 206, 192, 173, 6, 120, 63, 96,
+        236, 131, 118, 4, 87, 161, 124, 71, 42, 73, 237, 16, 194, 250, 10, 103, 206, 13, 143, 2, 38, 71, 133,
+    ];
+    const UP_8X5: [u8; 120] = [
+        168, 229, 184, 169, 233, 178, 161, 236, 175, 67, 216, 222, 61, 205, 170, 144, 204, 20, 88, 119, 122,
+        37, 53, 213, 183, 214, 179, 149, 204, 157, 101, 192, 132, 67, 209, 177, 78, 188, 149, 133, 130, 48,
+        109, 100, 104, 86, 81, 156, 206, 192, 173, 119, 161, 125, 12, 127, 67, 68, 200, 110, 103, 164, 117,
+        117, 19, 90, 142, 72, 78, 161, 124, 71, 107, 121, 211, 66, 140, 195, 14, 164, 175, 34, 159, 176, 48,
+        135, 132, 54, 92, 45, 73, 90, 76, 87, 92, 108, 42, 73, 237, 30, 126, 243, 15, 188, 247, 12, 131, 220,
+        11, 115, 142, 13, 140, 15, 27, 102, 76, 38, 71, 133,
+    ];
+    const SRC_9X7: [u8; 189] = [
+        196, 35, 57, 146, 50, 179, 145, 104, 206, 53, 141, 33, 181, 39, 151, 11, 180, 138, 66, 0, 165, 98,
+        123, 12, 144, 184, 24, 38, 129, 1, 202, 255, 85, 54, 228, 48, 127, 169, 1, 167, 109, 247, 16, 192,
+        78, 220, 8, 60, 189, 181, 64, 72, 8, 185, 88, 111, 191, 138, 99, 67, 48, 68, 100, 249, 67, 40, 127,
+        45, 33, 51, 206, 229, 217, 85, 53, 204, 120, 134, 31, 216, 14, 127, 160, 29, 208, 161, 116, 100, 83,
+        151, 198, 160, 173, 193, 54, 126, 126, 57, 118, 170, 107, 131, 59, 173, 52, 139, 181, 169, 63, 196,
+        144, 15, 138, 137, 135, 245, 15, 140, 59, 142, 252, 140, 76, 231, 51, 218, 125, 69, 151, 117, 140,
+        92, 189, 209, 48, 225, 71, 217, 216, 47, 124, 91, 112, 16, 45, 88, 184, 95, 72, 215, 222, 173, 36,
+        146, 75, 31, 190, 30, 190, 222, 190, 75, 79, 87, 255, 139, 49, 58, 133, 9, 97, 139, 135, 24, 60, 229,
+        52, 107, 73, 226, 194, 51, 72, 223, 74, 189, 116, 78, 92,
+    ];
+    const DOWN_4X3: [u8; 36] = [
+        148, 153, 80, 100, 163, 23, 33, 165, 97, 135, 126, 78, 178, 161, 83, 186, 150, 170, 132, 63, 120, 89,
+        176, 96, 185, 58, 150, 80, 100, 120, 181, 130, 92, 195, 85, 149,
+    ];
+
+    #[test]
+    fn resize_is_opencvs_fixed_point_linear_bit_for_bit() {
+        assert_eq!(resize_linear_u8(&SRC_5X3, 5, 3, 8, 5), UP_8X5);
+        assert_eq!(resize_linear_u8(&SRC_9X7, 9, 7, 4, 3), DOWN_4X3);
+        // The same size is a copy; one source pixel fills everything.
+        assert_eq!(resize_linear_u8(&SRC_5X3, 5, 3, 5, 3), SRC_5X3);
+        assert_eq!(resize_linear_u8(&[9, 8, 7], 1, 1, 2, 3), [9, 8, 7].repeat(6));
     }
 
     /// Outputs for a 64×64 input where exactly one anchor of one stride scores.
