@@ -213,6 +213,41 @@ fn an_output_off_the_tasks_size_or_frame_rate_is_bad_output() {
     }
 }
 
+/// Bit-identical frames (a lossless still, as the issue that found the tracker's jitter made it) keep
+/// one face box throughout: the face tracker gives what per-frame detection gives, so the box centre
+/// never moves and bbox smoothness is 1 (it was 0.83 when the near search's grid differed from the
+/// full search's).
+#[test]
+fn a_lossless_still_keeps_one_face_box_and_full_bbox_smoothness() {
+    let case = Case::new();
+    let audio = case.challenge.join("audio.wav");
+    let wav = hound::WavReader::open(&audio).unwrap();
+    let seconds = f64::from(wav.duration()) / f64::from(wav.spec().sample_rate);
+    let out = case.path("lossless.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-loop", "1", "-framerate", "25", "-i"])
+        .arg(case.challenge.join("face.png"))
+        .arg("-i")
+        .arg(&audio)
+        .args(["-t", &format!("{seconds:.3}"), "-vf", "scale=512:512"])
+        .args([
+            "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", "-c:a", "aac",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ffmpeg lossless still");
+    let result = case.analyze(&out, &["--json"]);
+    assert_eq!(result.status.code(), Some(0), "{}", output_text(&result));
+    let body: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let temporal = &body["analysis"]["temporal"];
+    assert_eq!(
+        body["analysis"]["frames_with_face"], body["analysis"]["frames"],
+        "{body}"
+    );
+    assert_eq!(temporal["bbox_smoothness"].as_f64(), Some(1.0), "{temporal}");
+}
+
 /// The efficiency calculator: the run the daemon would commit for this output's quality and the
 /// given measurements, the cap included; a wrong number of values is the operator's mistake (66).
 #[test]

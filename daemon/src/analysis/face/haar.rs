@@ -286,17 +286,23 @@ impl HaarDetector {
     }
 
     /// Maps grouped working-plane rects to frame boxes.
-    fn to_boxes(groups: Vec<([f64; 4], usize)>, sx: f64, sy: f64) -> Vec<FaceBox> {
+    fn to_boxes(groups: Vec<Group>, sx: f64, sy: f64) -> Vec<FaceBox> {
         groups
             .into_iter()
-            .map(|([x, y, w, h], n)| FaceBox {
-                x1: (x * sx) as f32,
-                y1: (y * sy) as f32,
-                x2: ((x + w) * sx) as f32,
-                y2: ((y + h) * sy) as f32,
-                score: n as f32,
-                landmarks: None,
-            })
+            .map(
+                |Group {
+                     rect: [x, y, w, h],
+                     members: n,
+                     ..
+                 }| FaceBox {
+                    x1: (x * sx) as f32,
+                    y1: (y * sy) as f32,
+                    x2: ((x + w) * sx) as f32,
+                    y2: ((y + h) * sy) as f32,
+                    score: n as f32,
+                    landmarks: None,
+                },
+            )
             .collect()
     }
 
@@ -511,12 +517,28 @@ fn find(parent: &mut [usize], mut i: usize) -> usize {
     i
 }
 
+/// One group of [`group_with_sides`]: the averaged `(x, y, w, h)` rect, its member count, and the smallest and
+/// largest window side among its members (what decides which pyramid levels could still join it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Group {
+    rect: [f64; 4],
+    members: usize,
+    sides: [i32; 2],
+}
+
 /// OpenCV `groupRectangles(rects, groupThreshold, eps)`: cluster by [`similar`] (transitively),
 /// average each cluster, drop clusters with ≤ `threshold` members, then drop a cluster lying inside a
-/// bigger, better-supported one. Returns `(x, y, w, h)` rects with their member counts.
-pub(crate) fn group_rectangles(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<([f64; 4], usize)> {
+/// bigger, better-supported one. Each group keeps its member side range.
+fn group_with_sides(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<Group> {
     if threshold == 0 {
-        return rects.iter().map(|r| (r.map(f64::from), 1)).collect();
+        return rects
+            .iter()
+            .map(|r| Group {
+                rect: r.map(f64::from),
+                members: 1,
+                sides: [r[2].min(r[3]); 2],
+            })
+            .collect();
     }
     let n = rects.len();
     let mut parent: Vec<usize> = (0..n).collect();
@@ -531,22 +553,24 @@ pub(crate) fn group_rectangles(rects: &[[i32; 4]], threshold: usize, eps: f64) -
         }
     }
     let mut root_to_class = vec![usize::MAX; n];
-    let mut sums: Vec<([i64; 4], usize)> = Vec::new();
+    let mut sums: Vec<([i64; 4], usize, [i32; 2])> = Vec::new();
     for (i, r) in rects.iter().enumerate() {
         let root = find(&mut parent, i);
         if root_to_class[root] == usize::MAX {
             root_to_class[root] = sums.len();
-            sums.push(([0; 4], 0));
+            sums.push(([0; 4], 0, [i32::MAX, i32::MIN]));
         }
         let c = &mut sums[root_to_class[root]];
         for (acc, &v) in c.0.iter_mut().zip(r) {
             *acc += i64::from(v);
         }
         c.1 += 1;
+        let side = r[2].min(r[3]);
+        c.2 = [c.2[0].min(side), c.2[1].max(side)];
     }
     let avg: Vec<([i32; 4], usize)> = sums
         .iter()
-        .map(|(s, cnt)| (s.map(|v| (v as f64 / *cnt as f64).round() as i32), *cnt))
+        .map(|(s, cnt, _)| (s.map(|v| (v as f64 / *cnt as f64).round() as i32), *cnt))
         .collect();
     let mut out = Vec::new();
     for (i, (r1, n1)) in avg.iter().enumerate() {
@@ -566,69 +590,88 @@ pub(crate) fn group_rectangles(rects: &[[i32; 4]], threshold: usize, eps: f64) -
                 && (*n2 > (*n1).max(3) || *n1 < 3)
         });
         if !inside_better {
-            out.push((r1.map(f64::from), *n1));
+            out.push(Group {
+                rect: r1.map(f64::from),
+                members: *n1,
+                sides: sums[i].2,
+            });
         }
     }
     out
 }
 
-/// Near-search: window sides within this factor of the hint's size (about ±1.5 pyramid levels).
-pub const NEAR_SCALE: f64 = 1.15;
-/// Near-search fallback pass (step 1): a wider size band.
-pub const NEAR_SCALE_FINE: f64 = 1.3;
-/// Near-search: how far (as a fraction of its size) the face may have moved since the hint.
-pub const NEAR_SHIFT: f64 = 0.2;
+/// Rects that [`similar`] joins differ in side by at most `2·eps` of the smaller one, so a window up to
+/// this many times larger (or smaller) than a group's member may still join that group.
+const JOIN_REACH: f64 = 1.0 + 2.0 * GROUP_EPS;
+
+/// Window sides (working pixels) of the pyramid levels scanned so far, inclusive.
+#[derive(Debug, Clone, Copy)]
+struct SideBand {
+    lo: f64,
+    hi: f64,
+}
 
 impl HaarDetector {
-    /// One near search: levels whose window is within ×`scale`^±1 of the hint, in a region around it,
-    /// with window step `step`, on the frame's grey plane `grey`.
-    fn near_pass(&self, grey: &Grey, hint: &FaceBox, scale: f64, step: usize) -> Vec<FaceBox> {
-        let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
-        if ow == 0 || oh == 0 {
-            return Vec::new();
-        }
-        let (sx, sy) = (grey.w as f64 / ow as f64, grey.h as f64 / oh as f64);
-        let (hx1, hy1) = (f64::from(hint.x1) / sx, f64::from(hint.y1) / sy);
-        let (hx2, hy2) = (f64::from(hint.x2) / sx, f64::from(hint.y2) / sy);
-        let size = ((hx2 - hx1) * (hy2 - hy1)).sqrt();
-        let margin = size * (NEAR_SHIFT + (scale - 1.0) / 2.0);
-        let clip = |v: f64, hi: usize| v.clamp(0.0, hi as f64);
-        let region = [
-            clip((hx1 - margin).floor(), ow) as usize,
-            clip((hy1 - margin).floor(), oh) as usize,
-            clip((hx2 + margin).ceil(), ow) as usize,
-            clip((hy2 + margin).ceil(), oh) as usize,
-        ];
-        let Some((g, _, _)) = downscale_grey_region(grey, self.params.max_side, region) else {
-            return Vec::new();
-        };
-        let mut hits = Vec::new();
-        let origin = [region[0] as i32, region[1] as i32];
-        let min_side = (self.params.min_size_frac * ow.min(oh) as f64).max(size / scale);
-        self.scan(&g, origin, min_side, size * scale, Some(step), &mut hits);
-        Self::to_boxes(
-            group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS),
-            sx,
-            sy,
-        )
-    }
-
-    /// The whole working grid of `grey`, scanned for windows of at least `min_side` frame pixels.
-    fn full_pass(&self, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
+    /// The full search restricted to the pyramid levels whose window side (working pixels) lies in
+    /// `band`, widened until its largest group is closed. Each level is scanned whole, on the same
+    /// working image, ladder and window grid as a full search, so its hits are exactly the full
+    /// search's hits at that level; levels are added while the largest group has a member within
+    /// [`JOIN_REACH`] of a level not scanned. When it stops no hit of another level can join that
+    /// group, so the group (its members, average box and count) is the one the full search forms.
+    /// With the whole pyramid as `band` this is the full search.
+    fn closed_search(&self, grey: &Grey, band: SideBand) -> Vec<FaceBox> {
         let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
         let Some((g, sx, sy)) = downscale_grey_region(grey, self.params.max_side, [0, 0, ow, oh]) else {
             return Vec::new();
         };
-        let lo = f64::from(min_side) / sx.max(sy);
-        let lo = if lo.is_finite() { lo } else { 0.0 };
-        let lo = lo.max(self.params.min_size_frac * g.w.min(g.h) as f64);
+        let floor = (self.params.min_size_frac * g.w.min(g.h) as f64).ceil();
+        let mut band = SideBand {
+            lo: band.lo.ceil().max(floor),
+            hi: band.hi.floor(),
+        };
         let mut hits = Vec::new();
-        self.scan(&g, [0, 0], lo, f64::INFINITY, None, &mut hits);
-        Self::to_boxes(
-            group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS),
-            sx,
-            sy,
-        )
+        self.scan(&g, [0, 0], band.lo, band.hi, None, &mut hits);
+        loop {
+            let groups = group_with_sides(&hits, self.params.min_neighbors, GROUP_EPS);
+            let area = |g: &Group| g.rect[2] * g.rect[3];
+            let Some(largest) = groups.iter().max_by(|a, b| area(a).total_cmp(&area(b))) else {
+                return Vec::new();
+            };
+            // Levels are whole window sides: the band's bounds are kept whole, so that a widening
+            // scans exactly the levels not yet scanned.
+            let need_lo = (f64::from(largest.sides[0]) / JOIN_REACH).ceil().max(floor);
+            let need_hi = (f64::from(largest.sides[1]) * JOIN_REACH).floor();
+            let mut grew = false;
+            if need_lo < band.lo {
+                self.scan(&g, [0, 0], need_lo, band.lo - 1.0, None, &mut hits);
+                band.lo = need_lo;
+                grew = true;
+            }
+            if need_hi > band.hi {
+                self.scan(&g, [0, 0], band.hi + 1.0, need_hi, None, &mut hits);
+                band.hi = need_hi;
+                grew = true;
+            }
+            // Each round widens the band; the pyramid is finite, so the loop ends.
+            if !grew {
+                return Self::to_boxes(groups, sx, sy);
+            }
+        }
+    }
+
+    /// The band of window sides, in working pixels, for `lo..=hi` frame pixels of `grey`.
+    fn band_in_working(&self, grey: &Grey, lo: f64, hi: f64) -> SideBand {
+        let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
+        let scale = (grey.w as f64 / ow.max(1) as f64).max(grey.h as f64 / oh.max(1) as f64);
+        let band = SideBand {
+            lo: lo / scale,
+            hi: hi / scale,
+        };
+        if band.lo.is_finite() {
+            band
+        } else {
+            SideBand { lo: 0.0, hi: band.hi }
+        }
     }
 }
 
@@ -640,16 +683,17 @@ impl FaceDetector for HaarDetector {
         Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_grey(frame, &g))
     }
 
-    /// Scans only the pyramid levels within ×[`NEAR_SCALE`]^±1 of the hint's size and only a region
-    /// around it (the hint moved by up to [`NEAR_SHIFT`] of its size), with a 2-pixel step; when that
-    /// finds nothing, once more with a 1-pixel step and ×[`NEAR_SCALE_FINE`]^±1. Same working grid
-    /// and grouping as [`Self::detect`]; about a tenth of a full scan.
+    /// Scans only the pyramid levels around the hint's size, each whole, widening until the largest
+    /// group can gain no member from a level not scanned ([`Self::near_search`]): that group is
+    /// exactly the one [`Self::detect`] forms, wherever the face moved. The big levels a talking
+    /// head's face sits on have few windows, so this is a fraction of a full scan.
     fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
         Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_near_grey(frame, &g, hint))
     }
 
-    /// Only the pyramid levels whose window is at least `min_side` frame pixels: the big sizes have
-    /// few positions, so looking for a face larger than the one followed is cheap.
+    /// The pyramid levels whose window is at least `min_side` frame pixels, widened as
+    /// [`Self::closed_search`] needs to form the largest group exactly; the big sizes have few
+    /// positions, so looking for a face larger than the one followed is cheap.
     fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
         Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_larger_grey(frame, &g, min_side))
     }
@@ -658,7 +702,13 @@ impl FaceDetector for HaarDetector {
         if !plane_of(frame, grey) {
             return Vec::new();
         }
-        self.full_pass(grey, 0.0)
+        self.closed_search(
+            grey,
+            SideBand {
+                lo: 0.0,
+                hi: f64::INFINITY,
+            },
+        )
     }
 
     fn detect_near_grey(&self, frame: &Frame, grey: &Grey, hint: &FaceBox) -> Vec<FaceBox> {
@@ -666,22 +716,21 @@ impl FaceDetector for HaarDetector {
             return Vec::new();
         }
         if !hint.is_valid() {
-            return self.full_pass(grey, 0.0);
+            return self.detect_grey(frame, grey);
         }
-        // A coarse pass first; a face whose cascade response is marginal in this frame (a mouth wide
-        // open, motion blur) often still shows on the finer grid before a full search is needed.
-        let coarse = self.near_pass(grey, hint, NEAR_SCALE, 2);
-        if !coarse.is_empty() {
-            return coarse;
-        }
-        self.near_pass(grey, hint, NEAR_SCALE_FINE, 1)
+        let side = f64::from(hint.width().min(hint.height()));
+        let reach2 = JOIN_REACH * JOIN_REACH;
+        self.closed_search(grey, self.band_in_working(grey, side / reach2, side * reach2))
     }
 
     fn detect_larger_grey(&self, frame: &Frame, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
         if !plane_of(frame, grey) {
             return Vec::new();
         }
-        self.full_pass(grey, min_side)
+        let band = self.band_in_working(grey, f64::from(min_side), f64::INFINITY);
+        let mut boxes = self.closed_search(grey, band);
+        boxes.retain(|b| b.width().min(b.height()) >= min_side);
+        boxes
     }
 
     fn name(&self) -> &'static str {
@@ -718,18 +767,27 @@ mod tests {
             [12, 12, 24, 24],
             [100, 100, 24, 24],
         ];
-        let g = group_rectangles(&rects, 3, GROUP_EPS);
+        let g = group_with_sides(&rects, 3, GROUP_EPS);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].1, 4);
-        assert_eq!(g[0].0, [11.0, 11.0, 24.0, 24.0]); // (10+11+10+12)/4 = 10.75 → 11
-        assert!(group_rectangles(&rects, 4, GROUP_EPS).is_empty());
-        assert_eq!(group_rectangles(&rects, 0, GROUP_EPS).len(), 5);
+        assert_eq!(g[0].members, 4);
+        assert_eq!(g[0].rect, [11.0, 11.0, 24.0, 24.0]); // (10+11+10+12)/4 = 10.75 → 11
+        assert_eq!(g[0].sides, [24, 24]);
+        assert!(group_with_sides(&rects, 4, GROUP_EPS).is_empty());
+        assert_eq!(group_with_sides(&rects, 0, GROUP_EPS).len(), 5);
+        // Member sides: the range decides which levels could still join a group.
+        let mixed = [
+            [10, 10, 24, 24],
+            [10, 10, 26, 26],
+            [11, 11, 29, 29],
+            [10, 11, 26, 26],
+        ];
+        assert_eq!(group_with_sides(&mixed, 3, GROUP_EPS)[0].sides, [24, 29]);
         // A small well-supported cluster inside a big, better-supported one is dropped.
         let mut nested = vec![[0, 0, 100, 100]; 6];
         nested.extend(vec![[30, 30, 30, 30]; 4]);
-        let g = group_rectangles(&nested, 3, GROUP_EPS);
+        let g = group_with_sides(&nested, 3, GROUP_EPS);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].0, [0.0, 0.0, 100.0, 100.0]);
+        assert_eq!(g[0].rect, [0.0, 0.0, 100.0, 100.0]);
     }
 
     #[test]

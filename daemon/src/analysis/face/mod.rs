@@ -55,8 +55,10 @@ pub trait FaceDetector {
     fn detect(&self, frame: &Frame) -> Vec<FaceBox>;
 
     /// Faces in `frame` when `hint` is where the face was in the previous sampled frame. A detector
-    /// may search only around the hint (at similar sizes) to save time; the default searches
-    /// everywhere. Same coordinate rules as [`Self::detect`].
+    /// may search only around the hint (at similar sizes) to save time, but the largest face it
+    /// returns must be the one [`Self::detect`] would return when that face is near the hint's size
+    /// (a box that differs from per-frame detection is jitter the temporal score charges); the
+    /// default searches everywhere. Same coordinate rules as [`Self::detect`].
     fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
         let _ = hint;
         self.detect(frame)
@@ -210,8 +212,10 @@ pub fn forget_detection_failures() {
 /// retry). Other frames ask [`FaceDetector::detect_near`] with the previous frame's box, and every
 /// [`LARGER_SEARCH_EVERY`]-th frame also [`FaceDetector::detect_larger`] for a bigger face anywhere;
 /// when neither finds anything the frame gets the full search, so a face that really disappears is
-/// reported missing on that very frame. The result equals per-frame [`detect_largest`] whenever the
-/// face moves less than the near search's reach between sampled frames (a talking head does).
+/// reported missing on that very frame. A detector's near search must give the largest face that
+/// its full search gives (the Haar detector's does, wherever the face moved), so that following a face
+/// never moves its box where per-frame detection would not; the one difference is a larger face
+/// appearing elsewhere, which is picked up within [`LARGER_SEARCH_EVERY`] frames.
 pub fn track_largest(detector: &dyn FaceDetector, frames: &[Frame]) -> Vec<Option<FaceBox>> {
     let mut tracker = FaceTracker::default();
     frames.iter().map(|f| tracker.next(detector, f)).collect()

@@ -341,3 +341,75 @@ fn tree_cascades_work_and_tilted_ones_are_refused() {
     let smile = HaarDetector::from_opencv_xml(dir.join("haarcascade_smile.xml"));
     assert!(matches!(smile, Err(CascadeError::Invalid(_))));
 }
+
+/// A sequence made from one portrait: `frame(i)` gives frame i.
+fn sequence(n: usize, frame: impl Fn(usize) -> Frame) -> Vec<Frame> {
+    (0..n).map(frame).collect()
+}
+
+/// `f` with deterministic low-level noise (±`amp` on every channel), as a lossy codec leaves on a
+/// still: near-identical frames.
+fn with_noise(f: &Frame, seed: u64, amp: i32) -> Frame {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let px = f
+        .rgb_pixels()
+        .iter()
+        .map(|&v| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let d = (s % (2 * amp as u64 + 1)) as i32 - amp;
+            (i32::from(v) + d).clamp(0, 255) as u8
+        })
+        .collect();
+    Frame::rgb(f.width, f.height, px)
+}
+
+/// `f` shifted by (`dx`, `dy`) pixels, the uncovered edge repeated: a head moving in the frame.
+fn shifted(f: &Frame, dx: i32, dy: i32) -> Frame {
+    let (w, h) = (f.width as i32, f.height as i32);
+    let src = f.rgb_pixels();
+    let mut px = Vec::with_capacity(src.len());
+    for y in 0..h {
+        for x in 0..w {
+            let (sx, sy) = ((x - dx).clamp(0, w - 1), (y - dy).clamp(0, h - 1));
+            let i = (sy * w + sx) as usize * 3;
+            px.extend_from_slice(&src[i..i + 3]);
+        }
+    }
+    Frame::rgb(f.width, f.height, px)
+}
+
+#[test]
+fn tracking_equals_per_frame_detection_on_identical_noisy_and_moving_faces() {
+    let Some((det, faces)) = haar_and_faces() else {
+        return;
+    };
+    for (name, f) in &faces {
+        let kinds: [(&str, Vec<Frame>); 3] = [
+            ("identical", sequence(20, |_| f.clone())),
+            ("noisy", sequence(20, |i| with_noise(f, i as u64, 2))),
+            // 0–3 px per frame, back and forth: well inside what a talking head moves.
+            (
+                "moving",
+                sequence(20, |i| shifted(f, (i % 7) as i32 - 3, (i % 5) as i32 - 2)),
+            ),
+        ];
+        for (kind, frames) in &kinds {
+            let per_frame: Vec<Option<FaceBox>> = frames.iter().map(|fr| detect_largest(&det, fr)).collect();
+            let tracked = track_largest(&det, frames);
+            assert!(
+                per_frame.iter().all(Option::is_some),
+                "{name} {kind}: per-frame detection lost the face"
+            );
+            assert_eq!(
+                tracked, per_frame,
+                "{name} {kind}: the tracker's boxes differ from per-frame detection"
+            );
+            if *kind == "identical" {
+                // One box throughout: the box centre never moves (bbox smoothness 1).
+                assert!(tracked.iter().all(|b| *b == tracked[0]), "{name}");
+            }
+        }
+    }
+}
