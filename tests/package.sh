@@ -99,7 +99,8 @@ for path in ./usr/bin/talkheadd ./usr/bin/talkheadctl ./etc/talkheadd/talkheadd.
     ./usr/share/zsh/vendor-completions/_talkheadctl ./usr/share/fish/vendor_completions.d/talkheadctl.fish \
     ./usr/share/doc/talkheadd/copyright \
     ./usr/share/doc/talkheadd/changelog.Debian.gz ./usr/share/doc/talkheadd/README.md \
-    ./usr/share/doc/talkheadd/README.systemd.md ./usr/share/lintian/overrides/talkheadd; do
+    ./usr/share/doc/talkheadd/README.systemd.md ./usr/share/lintian/overrides/talkheadd \
+    ./usr/share/talkheadd/models.toml; do
     check "package contains $path" grep -q " $path\$" "$work/contents"
 done
 for optional in ./usr/share/man/man1/talkheadctl.1.gz ./usr/share/bash-completion/completions/talkheadctl; do

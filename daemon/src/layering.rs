@@ -35,6 +35,8 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("admin", 9),
     // Start-up, wiring and shutdown.
     ("daemon", 10),
+    // `talkheadd models`: a command-line edge beside the daemon (reads the analysis settings' paths).
+    ("models", 10),
 ];
 
 #[cfg(test)]

@@ -91,6 +91,8 @@
 //!   validated [`config::Settings`] (exit 78 on any problem), and which keys a reload can apply.
 //! - [`daemon`]: the lifecycle: open the store, reconcile the containers a previous process left, bind
 //!   the listeners, start the loop, then `READY=1`; on SIGTERM drain and close the store.
+//! - [`models`]: `talkheadd models fetch | verify`: the face and speech backends' model files and ONNX
+//!   Runtime, downloaded (or copied) and checked against a manifest of sizes and SHA-256 hashes.
 //! - [`systemd`]: `READY`/`STATUS`/`WATCHDOG`/`STOPPING` notifications and socket activation.
 //! - [`logging`]: plain, JSON or journald output, with `RUN_ID`, `MINER_HOTKEY`, `VERDICT` and the
 //!   other fields as journal fields.
@@ -123,6 +125,7 @@ pub mod gpu;
 #[cfg(test)]
 mod layering;
 pub mod logging;
+pub mod models;
 pub mod rounds;
 pub mod runtime;
 pub mod scoring;

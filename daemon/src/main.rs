@@ -1,8 +1,15 @@
 //! `talkheadd`: the binary edge. Parses the command line, loads configuration (exit 78 on any problem),
-//! and either runs the daemon or answers `check-config` / `print-config` / `analyze` / `--version`.
+//! and either runs the daemon or answers `check-config` / `print-config` / `analyze` / `models` /
+//! `--version`.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 configuration error; `analyze` adds 65
-//! (the video is `bad_output`) and 66 (the face, audio or transcript given is unusable).
+//! (the video is `bad_output`) and 66 (the face, audio or transcript given is unusable). `models` reads
+//! no configuration (it installs what a configuration names) and exits 0 when every file is installed
+//! and verified, 1 on a network or disk failure (a stalled server, an HTTP error, a cut download), 65
+//! when a file is refused (its size or SHA-256 is not the manifest's) or `verify` finds one missing or
+//! wrong, 66 when `fetch --from SRC` lacks a file, 78 when `--manifest` names an invalid manifest; with
+//! several failures, 65 if a file was refused, else the first one's. `check-config` also exits 78 when
+//! a configured model file is missing, naming `talkheadd models fetch`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +38,51 @@ enum Command {
     /// Score one output video offline with the configured analysis backends: prints its components
     /// (exit 0), or its bad_output reason (exit 65); 66 when --face/--audio/--text is unusable.
     Analyze(AnalyzeArgs),
+    /// Install or check the model files of the `onnx` face and `whisper` speech backends (and ONNX
+    /// Runtime), each checked against the manifest's size and SHA-256. Reads no configuration.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Download (or, with --from, copy) the files, check each, install the ones that pass, and print
+    /// the configuration lines that use them. Resumes a download cut short (its `.part` file).
+    Fetch(ModelsFetchArgs),
+    /// Check the installed files against the manifest (exit 65 naming each missing or wrong one).
+    Verify(ModelsDirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ModelsDirArgs {
+    /// Where the files are installed.
+    #[arg(long, value_name = "DIR", default_value = talkheadd::models::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// A manifest to use instead of the one built in (the same TOML form as
+    /// /usr/share/talkheadd/models.toml): another mirror, or a newer release.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ModelsFetchArgs {
+    #[command(flatten)]
+    common: ModelsDirArgs,
+    /// Install from files copied by hand into SRC (air-gapped hosts): each file as installed, or the
+    /// archive it comes from; nothing is downloaded.
+    #[arg(long, value_name = "SRC")]
+    from: Option<PathBuf>,
+    /// Seconds to wait for a connection, and for any data while downloading, before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = talkheadd::models::DEFAULT_TIMEOUT.as_secs_f64(),
+          value_parser = parse_timeout)]
+    timeout: f64,
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err("a number of seconds, more than 0 and at most 3600".to_owned()),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +113,9 @@ struct AnalyzeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Models(command)) = &cli.command {
+        return ExitCode::from(models(command));
+    }
     let env = |name: &str| std::env::var(name).ok();
     let location = ConfigLocation::resolve(cli.config, &env);
     let loaded = match config::load(&location, &env) {
@@ -82,6 +137,18 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            let missing = talkheadd::models::missing_model_files(&loaded.settings.analysis);
+            if !missing.is_empty() {
+                eprintln!("talkheadd: configuration error:");
+                for (key, path) in missing {
+                    eprintln!(
+                        "{source}: key `{key}`: {} is not a readable file; {}",
+                        path.display(),
+                        talkheadd::models::FETCH_HINT
+                    );
+                }
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
             println!("configuration OK ({source})");
             ExitCode::SUCCESS
         }
@@ -91,6 +158,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Analyze(args) => analyze(&loaded.settings, args),
+        Command::Models(command) => ExitCode::from(models(&command)),
         Command::Run => {
             talkheadd::logging::init(&loaded.settings.log);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "talkheadd starting");
@@ -110,6 +178,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `talkheadd models fetch | verify` (see `talkheadd::models`).
+fn models(command: &ModelsCommand) -> u8 {
+    match command {
+        ModelsCommand::Fetch(args) => talkheadd::models::fetch(&talkheadd::models::FetchOptions {
+            dir: args.common.dir.clone(),
+            from: args.from.clone(),
+            manifest: args.common.manifest.clone(),
+            timeout: std::time::Duration::from_secs_f64(args.timeout),
+        }),
+        ModelsCommand::Verify(args) => talkheadd::models::verify(&talkheadd::models::VerifyOptions {
+            dir: args.dir.clone(),
+            manifest: args.manifest.clone(),
+        }),
     }
 }
 

@@ -850,7 +850,11 @@ impl Validator<'_> {
                 if model.is_absolute() && !model.is_file() {
                     self.problem(
                         "analysis.asr.model",
-                        format!("{} is not a readable file", model.display()),
+                        format!(
+                            "{} is not a readable file; `talkheadd models fetch` installs ggml-base.bin \
+                             (into /var/lib/talkheadd/models)",
+                            model.display()
+                        ),
                     );
                 }
                 AsrBackend::Whisper { model, timeout }
