@@ -258,7 +258,11 @@ mod tests {
         for i in 0..7 {
             let face = crate::analysis::face::tests::load_png(&dir.join(format!("challenge-{i}/face.png")));
             for amp in [0, 20, 40, 80] {
-                let frame = if amp == 0 { face.clone() } else { noisy(&face, i, amp) };
+                let frame = if amp == 0 {
+                    face.clone()
+                } else {
+                    noisy(&face, i, amp)
+                };
                 let grey = hist_cosine(&hist(&face).unwrap(), &hist(&frame).unwrap());
                 let all = hist_cosine(&all_channel_hist(&face), &all_channel_hist(&frame));
                 eprintln!("challenge-{i} noise ±{amp}: grey {grey:.4}, all channels {all:.4}");

@@ -396,7 +396,7 @@ impl<'d> FramePass<'d> {
     pub fn new(detector: &'d dyn FaceDetector) -> Self {
         FramePass {
             detector,
-            tracker: FaceTracker::default(),
+            tracker: FaceTracker,
             boxes: Vec::new(),
             facts: FrameFactsBuilder::default(),
         }

@@ -15,9 +15,8 @@
 //!
 //! The frame is first box-downscaled so that its long side is at most [`HaarParams::max_side`]
 //! (128 by default) and boxes are mapped back to the frame's own coordinates: a talking head's face
-//! is large, and this keeps a full search of a 512×512 frame to a few milliseconds. The searches near
-//! a known face ([`FaceDetector::detect_near`], [`FaceDetector::detect_larger`]) scan fewer levels
-//! and positions of the same pyramid, for a fraction of that.
+//! is large, and this keeps a full search of a 512×512 frame to a few milliseconds. Every frame gets
+//! the full search (see [`super::track_largest`]).
 //!
 //! Must not: allocate per window, panic on any frame, or return boxes outside the frame's coordinate
 //! system.
@@ -244,19 +243,9 @@ impl HaarDetector {
         }
     }
 
-    /// Raw hits on a grey plane (a working image or a crop of one at `origin`), on the pyramid levels
-    /// whose window side (in plane pixels) lies in `[win_lo, win_hi]`; rects in working pixels.
-    /// `step` overrides OpenCV's window step (2 pixels up to factor 2, 1 pixel above) when given.
-    #[allow(clippy::too_many_arguments)]
-    fn scan(
-        &self,
-        g: &Grey,
-        origin: [i32; 2],
-        win_lo: f64,
-        win_hi: f64,
-        step: Option<usize>,
-        hits: &mut Vec<[i32; 4]>,
-    ) {
+    /// Raw hits on the working image `g`, on the pyramid levels whose window side is at least
+    /// `win_lo` working pixels; rects in working pixels.
+    fn scan(&self, g: &Grey, win_lo: f64, hits: &mut Vec<[i32; 4]>) {
         let (ww, wh) = (self.cascade.win_w as usize, self.cascade.win_h as usize);
         if g.is_empty() || g.w > self.params.max_side || g.h > self.params.max_side || g.w < ww || g.h < wh {
             return;
@@ -268,7 +257,7 @@ impl HaarDetector {
         for _ in 0..512 {
             let win_w = (ww as f64 * factor).round() as usize;
             let win_h = (wh as f64 * factor).round() as usize;
-            if win_w > g.w || win_h > g.h || win_w.min(win_h) as f64 > win_hi {
+            if win_w > g.w || win_h > g.h {
                 break;
             }
             let sw = (g.w as f64 / factor).round() as usize;
@@ -278,31 +267,25 @@ impl HaarDetector {
             }
             if win_w.min(win_h) as f64 >= win_lo {
                 let win = [win_w as i32, win_h as i32];
-                let step = step.unwrap_or(if factor > 2.0 { 1 } else { 2 });
-                self.scan_level(g, factor, sw, sh, win, origin, step, &mut scratch, hits);
+                let step = if factor > 2.0 { 1 } else { 2 };
+                self.scan_level(g, factor, sw, sh, win, step, &mut scratch, hits);
             }
             factor *= self.params.scale_factor;
         }
     }
 
     /// Maps grouped working-plane rects to frame boxes.
-    fn to_boxes(groups: Vec<Group>, sx: f64, sy: f64) -> Vec<FaceBox> {
+    fn to_boxes(groups: Vec<([f64; 4], usize)>, sx: f64, sy: f64) -> Vec<FaceBox> {
         groups
             .into_iter()
-            .map(
-                |Group {
-                     rect: [x, y, w, h],
-                     members: n,
-                     ..
-                 }| FaceBox {
-                    x1: (x * sx) as f32,
-                    y1: (y * sy) as f32,
-                    x2: ((x + w) * sx) as f32,
-                    y2: ((y + h) * sy) as f32,
-                    score: n as f32,
-                    landmarks: None,
-                },
-            )
+            .map(|([x, y, w, h], n)| FaceBox {
+                x1: (x * sx) as f32,
+                y1: (y * sy) as f32,
+                x2: ((x + w) * sx) as f32,
+                y2: ((y + h) * sy) as f32,
+                score: n as f32,
+                landmarks: None,
+            })
             .collect()
     }
 
@@ -314,7 +297,6 @@ impl HaarDetector {
         sw: usize,
         sh: usize,
         win: [i32; 2],
-        origin: [i32; 2],
         step: usize,
         s: &mut Scratch,
         hits: &mut Vec<[i32; 4]>,
@@ -331,8 +313,8 @@ impl HaarDetector {
                 let r = self.run_at(&s.sum, &s.sq, base);
                 if r > 0 {
                     hits.push([
-                        origin[0] + (x as f64 * factor).round() as i32,
-                        origin[1] + (y as f64 * factor).round() as i32,
+                        (x as f64 * factor).round() as i32,
+                        (y as f64 * factor).round() as i32,
                         win[0],
                         win[1],
                     ]);
@@ -517,28 +499,12 @@ fn find(parent: &mut [usize], mut i: usize) -> usize {
     i
 }
 
-/// One group of [`group_with_sides`]: the averaged `(x, y, w, h)` rect, its member count, and the smallest and
-/// largest window side among its members (what decides which pyramid levels could still join it).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Group {
-    rect: [f64; 4],
-    members: usize,
-    sides: [i32; 2],
-}
-
 /// OpenCV `groupRectangles(rects, groupThreshold, eps)`: cluster by [`similar`] (transitively),
 /// average each cluster, drop clusters with ≤ `threshold` members, then drop a cluster lying inside a
-/// bigger, better-supported one. Each group keeps its member side range.
-fn group_with_sides(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<Group> {
+/// bigger, better-supported one. Returns `(x, y, w, h)` rects with their member counts.
+pub(crate) fn group_rectangles(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<([f64; 4], usize)> {
     if threshold == 0 {
-        return rects
-            .iter()
-            .map(|r| Group {
-                rect: r.map(f64::from),
-                members: 1,
-                sides: [r[2].min(r[3]); 2],
-            })
-            .collect();
+        return rects.iter().map(|r| (r.map(f64::from), 1)).collect();
     }
     let n = rects.len();
     let mut parent: Vec<usize> = (0..n).collect();
@@ -553,24 +519,22 @@ fn group_with_sides(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<Group
         }
     }
     let mut root_to_class = vec![usize::MAX; n];
-    let mut sums: Vec<([i64; 4], usize, [i32; 2])> = Vec::new();
+    let mut sums: Vec<([i64; 4], usize)> = Vec::new();
     for (i, r) in rects.iter().enumerate() {
         let root = find(&mut parent, i);
         if root_to_class[root] == usize::MAX {
             root_to_class[root] = sums.len();
-            sums.push(([0; 4], 0, [i32::MAX, i32::MIN]));
+            sums.push(([0; 4], 0));
         }
         let c = &mut sums[root_to_class[root]];
         for (acc, &v) in c.0.iter_mut().zip(r) {
             *acc += i64::from(v);
         }
         c.1 += 1;
-        let side = r[2].min(r[3]);
-        c.2 = [c.2[0].min(side), c.2[1].max(side)];
     }
     let avg: Vec<([i32; 4], usize)> = sums
         .iter()
-        .map(|(s, cnt, _)| (s.map(|v| (v as f64 / *cnt as f64).round() as i32), *cnt))
+        .map(|(s, cnt)| (s.map(|v| (v as f64 / *cnt as f64).round() as i32), *cnt))
         .collect();
     let mut out = Vec::new();
     for (i, (r1, n1)) in avg.iter().enumerate() {
@@ -590,88 +554,27 @@ fn group_with_sides(rects: &[[i32; 4]], threshold: usize, eps: f64) -> Vec<Group
                 && (*n2 > (*n1).max(3) || *n1 < 3)
         });
         if !inside_better {
-            out.push(Group {
-                rect: r1.map(f64::from),
-                members: *n1,
-                sides: sums[i].2,
-            });
+            out.push((r1.map(f64::from), *n1));
         }
     }
     out
 }
 
-/// Rects that [`similar`] joins differ in side by at most `2·eps` of the smaller one, so a window up to
-/// this many times larger (or smaller) than a group's member may still join that group.
-const JOIN_REACH: f64 = 1.0 + 2.0 * GROUP_EPS;
-
-/// Window sides (working pixels) of the pyramid levels scanned so far, inclusive.
-#[derive(Debug, Clone, Copy)]
-struct SideBand {
-    lo: f64,
-    hi: f64,
-}
-
 impl HaarDetector {
-    /// The full search restricted to the pyramid levels whose window side (working pixels) lies in
-    /// `band`, widened until its largest group is closed. Each level is scanned whole, on the same
-    /// working image, ladder and window grid as a full search, so its hits are exactly the full
-    /// search's hits at that level; levels are added while the largest group has a member within
-    /// [`JOIN_REACH`] of a level not scanned. When it stops no hit of another level can join that
-    /// group, so the group (its members, average box and count) is the one the full search forms.
-    /// With the whole pyramid as `band` this is the full search.
-    fn closed_search(&self, grey: &Grey, band: SideBand) -> Vec<FaceBox> {
+    /// The whole working grid of `grey`, scanned on every pyramid level.
+    fn full_pass(&self, grey: &Grey) -> Vec<FaceBox> {
         let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
         let Some((g, sx, sy)) = downscale_grey_region(grey, self.params.max_side, [0, 0, ow, oh]) else {
             return Vec::new();
         };
-        let floor = (self.params.min_size_frac * g.w.min(g.h) as f64).ceil();
-        let mut band = SideBand {
-            lo: band.lo.ceil().max(floor),
-            hi: band.hi.floor(),
-        };
+        let lo = self.params.min_size_frac * g.w.min(g.h) as f64;
         let mut hits = Vec::new();
-        self.scan(&g, [0, 0], band.lo, band.hi, None, &mut hits);
-        loop {
-            let groups = group_with_sides(&hits, self.params.min_neighbors, GROUP_EPS);
-            let area = |g: &Group| g.rect[2] * g.rect[3];
-            let Some(largest) = groups.iter().max_by(|a, b| area(a).total_cmp(&area(b))) else {
-                return Vec::new();
-            };
-            // Levels are whole window sides: the band's bounds are kept whole, so that a widening
-            // scans exactly the levels not yet scanned.
-            let need_lo = (f64::from(largest.sides[0]) / JOIN_REACH).ceil().max(floor);
-            let need_hi = (f64::from(largest.sides[1]) * JOIN_REACH).floor();
-            let mut grew = false;
-            if need_lo < band.lo {
-                self.scan(&g, [0, 0], need_lo, band.lo - 1.0, None, &mut hits);
-                band.lo = need_lo;
-                grew = true;
-            }
-            if need_hi > band.hi {
-                self.scan(&g, [0, 0], band.hi + 1.0, need_hi, None, &mut hits);
-                band.hi = need_hi;
-                grew = true;
-            }
-            // Each round widens the band; the pyramid is finite, so the loop ends.
-            if !grew {
-                return Self::to_boxes(groups, sx, sy);
-            }
-        }
-    }
-
-    /// The band of window sides, in working pixels, for `lo..=hi` frame pixels of `grey`.
-    fn band_in_working(&self, grey: &Grey, lo: f64, hi: f64) -> SideBand {
-        let (ow, oh) = working_grid(grey.w, grey.h, self.params.max_side);
-        let scale = (grey.w as f64 / ow.max(1) as f64).max(grey.h as f64 / oh.max(1) as f64);
-        let band = SideBand {
-            lo: lo / scale,
-            hi: hi / scale,
-        };
-        if band.lo.is_finite() {
-            band
-        } else {
-            SideBand { lo: 0.0, hi: band.hi }
-        }
+        self.scan(&g, lo, &mut hits);
+        Self::to_boxes(
+            group_rectangles(&hits, self.params.min_neighbors, GROUP_EPS),
+            sx,
+            sy,
+        )
     }
 }
 
@@ -683,54 +586,11 @@ impl FaceDetector for HaarDetector {
         Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_grey(frame, &g))
     }
 
-    /// Scans only the pyramid levels around the hint's size, each whole, widening until the largest
-    /// group can gain no member from a level not scanned ([`Self::near_search`]): that group is
-    /// exactly the one [`Self::detect`] forms, wherever the face moved. The big levels a talking
-    /// head's face sits on have few windows, so this is a fraction of a full scan.
-    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
-        Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_near_grey(frame, &g, hint))
-    }
-
-    /// The pyramid levels whose window is at least `min_side` frame pixels, widened as
-    /// [`Self::closed_search`] needs to form the largest group exactly; the big sizes have few
-    /// positions, so looking for a face larger than the one followed is cheap.
-    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
-        Grey::from_frame(frame).map_or_else(Vec::new, |g| self.detect_larger_grey(frame, &g, min_side))
-    }
-
     fn detect_grey(&self, frame: &Frame, grey: &Grey) -> Vec<FaceBox> {
         if !plane_of(frame, grey) {
             return Vec::new();
         }
-        self.closed_search(
-            grey,
-            SideBand {
-                lo: 0.0,
-                hi: f64::INFINITY,
-            },
-        )
-    }
-
-    fn detect_near_grey(&self, frame: &Frame, grey: &Grey, hint: &FaceBox) -> Vec<FaceBox> {
-        if !plane_of(frame, grey) {
-            return Vec::new();
-        }
-        if !hint.is_valid() {
-            return self.detect_grey(frame, grey);
-        }
-        let side = f64::from(hint.width().min(hint.height()));
-        let reach2 = JOIN_REACH * JOIN_REACH;
-        self.closed_search(grey, self.band_in_working(grey, side / reach2, side * reach2))
-    }
-
-    fn detect_larger_grey(&self, frame: &Frame, grey: &Grey, min_side: f32) -> Vec<FaceBox> {
-        if !plane_of(frame, grey) {
-            return Vec::new();
-        }
-        let band = self.band_in_working(grey, f64::from(min_side), f64::INFINITY);
-        let mut boxes = self.closed_search(grey, band);
-        boxes.retain(|b| b.width().min(b.height()) >= min_side);
-        boxes
+        self.full_pass(grey)
     }
 
     fn name(&self) -> &'static str {
@@ -767,27 +627,18 @@ mod tests {
             [12, 12, 24, 24],
             [100, 100, 24, 24],
         ];
-        let g = group_with_sides(&rects, 3, GROUP_EPS);
+        let g = group_rectangles(&rects, 3, GROUP_EPS);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].members, 4);
-        assert_eq!(g[0].rect, [11.0, 11.0, 24.0, 24.0]); // (10+11+10+12)/4 = 10.75 → 11
-        assert_eq!(g[0].sides, [24, 24]);
-        assert!(group_with_sides(&rects, 4, GROUP_EPS).is_empty());
-        assert_eq!(group_with_sides(&rects, 0, GROUP_EPS).len(), 5);
-        // Member sides: the range decides which levels could still join a group.
-        let mixed = [
-            [10, 10, 24, 24],
-            [10, 10, 26, 26],
-            [11, 11, 29, 29],
-            [10, 11, 26, 26],
-        ];
-        assert_eq!(group_with_sides(&mixed, 3, GROUP_EPS)[0].sides, [24, 29]);
+        assert_eq!(g[0].1, 4);
+        assert_eq!(g[0].0, [11.0, 11.0, 24.0, 24.0]); // (10+11+10+12)/4 = 10.75 → 11
+        assert!(group_rectangles(&rects, 4, GROUP_EPS).is_empty());
+        assert_eq!(group_rectangles(&rects, 0, GROUP_EPS).len(), 5);
         // A small well-supported cluster inside a big, better-supported one is dropped.
         let mut nested = vec![[0, 0, 100, 100]; 6];
         nested.extend(vec![[30, 30, 30, 30]; 4]);
-        let g = group_with_sides(&nested, 3, GROUP_EPS);
+        let g = group_rectangles(&nested, 3, GROUP_EPS);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].rect, [0.0, 0.0, 100.0, 100.0]);
+        assert_eq!(g[0].0, [0.0, 0.0, 100.0, 100.0]);
     }
 
     #[test]

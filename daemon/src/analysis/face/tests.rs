@@ -58,25 +58,15 @@ fn fb(x1: f32, y1: f32, x2: f32, y2: f32) -> FaceBox {
     }
 }
 
-/// Counts full, near and larger-face searches of a wrapped detector.
+/// Counts the searches of a wrapped detector.
 struct Counting<'a> {
     inner: &'a dyn FaceDetector,
     full: Cell<usize>,
-    near: Cell<usize>,
-    larger: Cell<usize>,
 }
 impl FaceDetector for Counting<'_> {
     fn detect(&self, frame: &Frame) -> Vec<FaceBox> {
         self.full.set(self.full.get() + 1);
         self.inner.detect(frame)
-    }
-    fn detect_near(&self, frame: &Frame, hint: &FaceBox) -> Vec<FaceBox> {
-        self.near.set(self.near.get() + 1);
-        self.inner.detect_near(frame, hint)
-    }
-    fn detect_larger(&self, frame: &Frame, min_side: f32) -> Vec<FaceBox> {
-        self.larger.set(self.larger.get() + 1);
-        self.inner.detect_larger(frame, min_side)
     }
     fn name(&self) -> &'static str {
         "counting"
@@ -194,63 +184,21 @@ fn haar_boxes_scale_with_the_frame() {
 }
 
 #[test]
-fn haar_near_search_agrees_with_the_full_search() {
+fn haar_detects_alike_from_rgb_grey_frames_and_a_given_plane() {
     let Some((det, faces)) = haar_and_faces() else {
         return;
     };
     for (name, f) in &faces {
-        let full = largest(&det.detect(f)).unwrap();
-        // Hint = the full box moved by 10 % of its size: the near search still finds the face.
-        let d = 0.1 * full.width();
-        let hint = FaceBox {
-            x1: full.x1 + d,
-            y1: full.y1 - d,
-            x2: full.x2 + d,
-            y2: full.y2 - d,
-            score: 0.0,
-            landmarks: None,
-        };
-        let near = largest(&det.detect_near(f, &hint)).unwrap_or_else(|| panic!("{name}: lost"));
         // The per-frame passes hand over the grey plane they computed: the same boxes come back.
         let grey = crate::analysis::image::Grey::from_frame(f).unwrap();
-        assert_eq!(
-            det.detect_near_grey(f, &grey, &hint),
-            det.detect_near(f, &hint),
-            "{name}"
-        );
         assert_eq!(det.detect_grey(f, &grey), det.detect(f), "{name}");
         // A grey frame (the decoder's delivery to this backend) is detected like its RGB original.
         let as_grey = Frame::grey(f.width, f.height, grey.px.clone());
         assert_eq!(det.detect(&as_grey), det.detect(f), "{name}");
-        assert_eq!(
-            det.detect_near(&as_grey, &hint),
-            det.detect_near(f, &hint),
-            "{name}"
-        );
-        assert_eq!(
-            det.detect_larger_grey(f, &grey, 50.0),
-            det.detect_larger(f, 50.0),
-            "{name}"
-        );
         // A plane of another size is not this frame's: nothing is mapped through it.
         let (half, _, _) =
             crate::analysis::image::downscale_grey_region(&grey, grey.w / 2, [0, 0, grey.w, grey.h]).unwrap();
         assert!(det.detect_grey(f, &half).is_empty(), "{name}");
-        let tol = 0.12 * full.width();
-        assert!(
-            (near.x1 - full.x1).abs() < tol && (near.y2 - full.y2).abs() < tol,
-            "{name}: {near:?} vs {full:?}"
-        );
-        // A hint in the corner, far from the face, finds nothing there.
-        let corner = FaceBox {
-            x1: 0.0,
-            y1: 0.0,
-            x2: 60.0,
-            y2: 60.0,
-            score: 0.0,
-            landmarks: None,
-        };
-        assert!(det.detect_near(f, &corner).is_empty(), "{name}");
     }
 }
 
@@ -269,30 +217,24 @@ fn tracking_reports_a_missing_face_on_its_own_frame() {
 }
 
 #[test]
-fn haar_follows_a_face_with_one_full_search_and_timing() {
+fn haar_searches_every_frame_and_timing() {
     let Some((det, faces)) = haar_and_faces() else {
         return;
     };
     let f = &faces[0].1;
     let frames: Vec<Frame> = (0..80).map(|_| f.clone()).collect();
-    // One full search, then the face is followed; a larger face is looked for every 16 frames.
+    // One full search per frame (the pad retry only where the first finds nothing).
     let counting = Counting {
         inner: &det,
         full: Cell::new(0),
-        near: Cell::new(0),
-        larger: Cell::new(0),
     };
     assert!(track_largest(&counting, &frames).iter().all(Option::is_some));
-    assert_eq!(
-        (counting.full.get(), counting.near.get(), counting.larger.get()),
-        (1, 79, 4)
-    );
+    assert_eq!(counting.full.get(), 80);
     // Timings, printed with --nocapture: the best of several runs (robust to a busy box).
     if cfg!(debug_assertions) {
         eprintln!("haar timing: run the tests with --release");
         return;
     }
-    let full = largest(&det.detect(f)).unwrap();
     let best = |n: usize, run: &dyn Fn()| {
         (0..n)
             .map(|_| {
@@ -305,18 +247,11 @@ fn haar_follows_a_face_with_one_full_search_and_timing() {
     let t_full = best(10, &|| {
         std::hint::black_box(det.detect(std::hint::black_box(f)));
     });
-    let t_near = best(30, &|| {
-        std::hint::black_box(det.detect_near(std::hint::black_box(f), &full));
-    });
-    let t_larger = best(10, &|| {
-        std::hint::black_box(det.detect_larger(std::hint::black_box(f), full.width() * 1.15));
-    });
-    let t_seq = best(10, &|| {
+    let t_seq = best(5, &|| {
         std::hint::black_box(track_largest(&det, &frames));
     });
     eprintln!(
-        "haar 512×512: full {t_full:.2} ms, near {t_near:.2} ms, larger {t_larger:.2} ms, \
-         80-frame track {t_seq:.1} ms ({:.2} ms/frame)",
+        "haar 512×512: full {t_full:.2} ms, 80-frame track {t_seq:.1} ms ({:.2} ms/frame)",
         t_seq / 80.0
     );
     // Loose: a full search must stay well under 20 ms even on a shared box.
