@@ -5,7 +5,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 configuration error; `analyze` adds 65
 //! (the video is `bad_output`) and 66 (the face, audio or transcript given is unusable). `models` reads
 //! no configuration (it installs what a configuration names) and exits 0 when every file is installed
-//! and verified, 1 on a network or disk failure (a stalled server, an HTTP error, a cut download), 65
+//! and verified, 1 on a network or disk failure (a stalled server, an HTTP error, a cut download), when
+//! another run holds the directory's lock, or when root is refused a directory another user owns, 65
 //! when a file is refused (its size or SHA-256 is not the manifest's) or `verify` finds one missing or
 //! wrong, 66 when `fetch --from SRC` lacks a file, 78 when `--manifest` names an invalid manifest; with
 //! several failures, 65 if a file was refused, else the first one's. `check-config` also exits 78 when

@@ -1,19 +1,20 @@
 //! Extracting one member of an upstream archive: a `.tar.gz` (tar + flate2) or a `.zip` (its central
 //! directory read here, ZIP64 included; stored or deflated entries, each checked against its CRC-32).
-//! The member is written to a caller's writer, never to a path the archive names, and never past a
-//! size limit (a hostile or corrupt archive cannot fill the disk).
+//! The archive is read from a descriptor the caller opened (and hashed), never re-opened by path; the
+//! member is written to a caller's writer, never to a path the archive names, and never past a size
+//! limit (a hostile or corrupt archive cannot fill the disk). A failure to read the archive (cut short,
+//! damaged) is [`ArchiveError::Corrupt`]; only a failure to write the member is [`ArchiveError::Io`].
 
 use super::manifest::ArchiveFormat;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::Path;
 
 /// Why a member could not be extracted.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    /// Reading the archive (or writing the member) failed.
+    /// Writing the member failed.
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// No entry matches the member's path.
     #[error("has no member {member}")]
     NotFound {
@@ -95,9 +96,9 @@ fn choose<'a>(entries: impl Iterator<Item = &'a str>, member: &str) -> Result<St
     }
 }
 
-/// Writes member `member` of `archive` to `out`; its size, at most `limit` bytes.
+/// Writes member `member` of `archive` (read from its start) to `out`; its size, at most `limit` bytes.
 pub fn extract(
-    archive: &Path,
+    archive: &File,
     format: ArchiveFormat,
     member: &str,
     limit: u64,
@@ -109,14 +110,28 @@ pub fn extract(
     }
 }
 
-/// Copies `from` to `out`, failing past `limit` bytes.
+/// Copies `from` to `out`, failing past `limit` bytes; a read error is the archive's (`corrupt`), a
+/// write error the member's.
 fn copy_limited(
     from: &mut dyn Read,
     out: &mut dyn Write,
     member: &str,
     limit: u64,
+    corrupt: fn(io::Error) -> ArchiveError,
 ) -> Result<u64, ArchiveError> {
-    let copied = io::copy(&mut from.take(limit.saturating_add(1)), out)?;
+    let mut from = from.take(limit.saturating_add(1));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut copied = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        out.write_all(&buf[..n]).map_err(ArchiveError::Io)?;
+        copied += n as u64;
+    }
     if copied > limit {
         return Err(ArchiveError::TooLarge {
             member: member.to_owned(),
@@ -133,23 +148,34 @@ fn tar_corrupt(e: io::Error) -> ArchiveError {
     }
 }
 
-fn extract_tar_gz(path: &Path, member: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ArchiveError> {
-    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<BufReader<File>>>, ArchiveError> {
-        let file = File::open(path)?;
+fn extract_tar_gz(file: &File, member: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ArchiveError> {
+    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<BufReader<&File>>>, ArchiveError> {
+        let mut file = file;
+        file.seek(SeekFrom::Start(0)).map_err(tar_corrupt)?;
         Ok(tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(
             file,
         ))))
     };
-    // First pass: the paths of the regular files (a stream has no index to look the member up in).
+    // First pass: the paths of the regular files that match (a stream has no index to look the member
+    // up in); only matches are kept, so a hostile archive of many entries costs no memory.
     let mut paths = Vec::new();
     let mut links = Vec::new();
     for entry in open()?.entries().map_err(tar_corrupt)? {
         let entry = entry.map_err(tar_corrupt)?;
         let entry_path = entry.path().map_err(tar_corrupt)?.to_string_lossy().into_owned();
+        if member_match(&entry_path, member) == MemberMatch::No {
+            continue;
+        }
         if entry.header().entry_type().is_file() {
             paths.push(entry_path);
-        } else if member_match(&entry_path, member) != MemberMatch::No {
+        } else {
             links.push(entry_path);
+        }
+        if paths.len() + links.len() > MAX_MATCHES {
+            return Err(ArchiveError::Corrupt {
+                format: "tar.gz",
+                detail: format!("more than {MAX_MATCHES} entries match {member}"),
+            });
         }
     }
     let chosen = match choose(paths.iter().map(String::as_str), member) {
@@ -165,13 +191,16 @@ fn extract_tar_gz(path: &Path, member: &str, limit: u64, out: &mut dyn Write) ->
         let mut entry = entry.map_err(tar_corrupt)?;
         let entry_path = entry.path().map_err(tar_corrupt)?.to_string_lossy().into_owned();
         if entry_path == chosen && entry.header().entry_type().is_file() {
-            return copy_limited(&mut entry, out, member, limit);
+            return copy_limited(&mut entry, out, member, limit, tar_corrupt);
         }
     }
     Err(ArchiveError::NotFound {
         member: member.to_owned(),
     })
 }
+
+/// The most entries matching a member that a tar.gz may have (it is refused beyond).
+const MAX_MATCHES: usize = 64;
 
 /// A central directory record of a zip file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,12 +267,12 @@ fn central_directory(
         let locator_at = (tail_at + eocd as u64)
             .checked_sub(20)
             .ok_or_else(|| zip_corrupt("ZIP64 fields without a ZIP64 locator"))?;
-        let locator = read_at(locator_at, 20)?;
+        let locator = read_at(locator_at, 20).map_err(zip_read_error)?;
         if u32_at(&locator, 0) != Some(ZIP64_LOCATOR_SIG) {
             return Err(zip_corrupt("ZIP64 fields without a ZIP64 locator"));
         }
         let record_at = u64_at(&locator, 8).unwrap_or(0);
-        let record = read_at(record_at, 56)?;
+        let record = read_at(record_at, 56).map_err(zip_read_error)?;
         if u32_at(&record, 0) != Some(ZIP64_EOCD_SIG) {
             return Err(zip_corrupt("the ZIP64 locator points at no ZIP64 end record"));
         }
@@ -326,9 +355,13 @@ impl Write for Crc<'_> {
     }
 }
 
-fn extract_zip(path: &Path, member: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ArchiveError> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
+fn zip_read_error(e: io::Error) -> ArchiveError {
+    zip_corrupt(format!("cannot read it: {e}"))
+}
+
+fn extract_zip(file: &File, member: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ArchiveError> {
+    let mut file = file;
+    let len = file.metadata().map_err(zip_read_error)?.len();
     let tail_len = len.min(22 + 0xffff);
     let tail_at = len - tail_len;
     let mut read_at = |at: u64, n: usize| -> io::Result<Vec<u8>> {
@@ -337,7 +370,7 @@ fn extract_zip(path: &Path, member: &str, limit: u64, out: &mut dyn Write) -> Re
         file.read_exact(&mut buf)?;
         Ok(buf)
     };
-    let tail = read_at(tail_at, usize::try_from(tail_len).unwrap_or(0))?;
+    let tail = read_at(tail_at, usize::try_from(tail_len).unwrap_or(0)).map_err(zip_read_error)?;
     let (cd_at, cd_size, count) = central_directory(&tail, tail_at, &mut read_at)?;
     if cd_size > MAX_CENTRAL_DIRECTORY || cd_at.saturating_add(cd_size) > len {
         return Err(zip_corrupt("the central directory lies outside the file"));
@@ -375,28 +408,21 @@ fn extract_zip(path: &Path, member: &str, limit: u64, out: &mut dyn Write) -> Re
             entry.name
         )));
     }
-    file.seek(SeekFrom::Start(data_at))?;
+    file.seek(SeekFrom::Start(data_at)).map_err(zip_read_error)?;
     let mut data = BufReader::new(file).take(entry.compressed);
     let mut crc = Crc {
         out,
         crc: crc32fast::Hasher::new(),
     };
     let written = match entry.method {
-        0 => copy_limited(&mut data, &mut crc, member, entry.size)?,
+        0 => copy_limited(&mut data, &mut crc, member, entry.size, zip_read_error)?,
         8 => copy_limited(
             &mut flate2::read::DeflateDecoder::new(data),
             &mut crc,
             member,
             entry.size,
-        )
-        .map_err(|e| match e {
-            ArchiveError::Io(e)
-                if e.kind() == io::ErrorKind::InvalidInput || e.kind() == io::ErrorKind::InvalidData =>
-            {
-                zip_corrupt(format!("{}: {e}", entry.name))
-            }
-            other => other,
-        })?,
+            zip_read_error,
+        )?,
         other => {
             return Err(zip_corrupt(format!(
                 "{} uses compression method {other} (only stored and deflated are read)",
@@ -423,6 +449,7 @@ fn extract_zip(path: &Path, member: &str, limit: u64, out: &mut dyn Write) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// Made by Python's zipfile: `buffalo_l/det.onnx` deflated, `buffalo_l/w600k.onnx` stored,
     /// `top.txt` deflated with a ZIP64 extra field in its local header (force_zip64), a directory
@@ -431,7 +458,7 @@ mod tests {
 
     fn extracted(path: &Path, format: ArchiveFormat, member: &str) -> Result<Vec<u8>, ArchiveError> {
         let mut out = Vec::new();
-        extract(path, format, member, 1 << 20, &mut out)?;
+        extract(&File::open(path).unwrap(), format, member, 1 << 20, &mut out)?;
         Ok(out)
     }
 
@@ -483,7 +510,8 @@ mod tests {
         ));
         // The size limit holds.
         let mut out = Vec::new();
-        let err = extract(&path, ArchiveFormat::Zip, "det.onnx", 100, &mut out).unwrap_err();
+        let file = File::open(&path).unwrap();
+        let err = extract(&file, ArchiveFormat::Zip, "det.onnx", 100, &mut out).unwrap_err();
         assert!(matches!(err, ArchiveError::TooLarge { .. }), "{err}");
     }
 
@@ -504,8 +532,7 @@ mod tests {
         let err = extracted(&flipped, ArchiveFormat::Zip, "w600k.onnx").unwrap_err();
         assert!(err.to_string().contains("CRC-32"), "{err}");
         // Not a zip at all.
-        let err = extracted(&path.with_file_name("nope"), ArchiveFormat::Zip, "x").unwrap_err();
-        assert!(matches!(err, ArchiveError::Io(_)), "{err}");
+        let _ = path;
         std::fs::write(dir.path().join("text"), "hello").unwrap();
         let err = extracted(&dir.path().join("text"), ArchiveFormat::Zip, "x").unwrap_err();
         assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err}");
@@ -614,10 +641,30 @@ mod tests {
         let err = extracted(&path, ArchiveFormat::TarGz, "missing.so").unwrap_err();
         assert!(matches!(err, ArchiveError::NotFound { .. }), "{err}");
         let mut out = Vec::new();
-        let err = extract(&path, ArchiveFormat::TarGz, "libort.so.1.0", 10, &mut out).unwrap_err();
+        let file = File::open(&path).unwrap();
+        let err = extract(&file, ArchiveFormat::TarGz, "libort.so.1.0", 10, &mut out).unwrap_err();
         assert!(matches!(err, ArchiveError::TooLarge { .. }), "{err}");
+        // Cut short in the member's data: the archive is corrupt (refused), not an I/O failure.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(dir.path().join("cut.tgz"), &bytes[..bytes.len() / 2]).unwrap();
+        let err = extracted(&dir.path().join("cut.tgz"), ArchiveFormat::TarGz, "libort.so.1.0").unwrap_err();
+        assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err}");
         std::fs::write(dir.path().join("plain"), b"not gzip").unwrap();
         let err = extracted(&dir.path().join("plain"), ArchiveFormat::TarGz, "x").unwrap_err();
         assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err}");
+        // Entries that match the member are bounded in number (no unbounded list of paths).
+        let many = dir.path().join("many.tgz");
+        let gz = flate2::write::GzEncoder::new(File::create(&many).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for i in 0..=MAX_MATCHES {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("d{i}/m"), &b"x"[..])
+                .unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        let err = extracted(&many, ArchiveFormat::TarGz, "m").unwrap_err();
+        assert!(err.to_string().contains("entries match"), "{err}");
     }
 }

@@ -1,20 +1,26 @@
-//! Downloading one file over HTTP(S) into `<dir>/<name>.part`: resumed with a `Range` request when a
-//! `.part` is there (started over when the server answers the whole file), redirects followed (at most
-//! [`MAX_REDIRECTS`]), a connect timeout and an idle timeout on every read, so a stalled server fails
-//! with a message instead of hanging. Checking and installing what arrived is the caller's business.
+//! Downloading one file over HTTPS into `<dir>/<name>.part` (through the install directory's
+//! descriptor, hashed as it is written: [`super::install`]): resumed with a `Range` request when a
+//! `.part` is there (started over when the server answers the whole file or another range; asked
+//! again for the rest when it answers a shorter range), redirects followed (at most [`MAX_REDIRECTS`],
+//! never from https to http, never to http but on the loopback), a connect timeout and an idle timeout
+//! on every read, so a stalled server fails with a message instead of hanging. Checking and installing
+//! what arrived is the caller's business.
 
-use super::manifest::{Expect, overlong};
+use super::install::{Finished, InstallDir};
+use super::manifest::{Expect, secure_url};
 use super::progress::Progress;
-use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
-use std::path::{Path, PathBuf};
+use reqwest::{StatusCode, Url};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Redirects followed before giving up.
 pub const MAX_REDIRECTS: usize = 10;
 /// The most a download whose size the manifest does not give may grow to.
 pub const UNKNOWN_SIZE_LIMIT: u64 = 8 << 30;
+/// Requests for one file (a server answering short ranges is asked again for the rest) before giving up.
+pub const MAX_ROUNDS: usize = 4096;
 
 /// Why a download failed. What already arrived stays in the `.part` file (for the next try to resume),
 /// except where the variant says it was removed.
@@ -44,6 +50,18 @@ pub enum FetchError {
         secs: Duration,
         /// Bytes in the `.part` file.
         got: u64,
+    },
+    /// The response's headers did not all arrive in time (a server trickling them).
+    #[error(
+        "{url}: no complete answer within {} s (the server stalled); run the command again, or raise \
+         --timeout",
+        secs.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The URL asked for.
+        url: String,
+        /// The bound on the wait for the headers.
+        secs: Duration,
     },
     /// The server answered with an error status.
     #[error("{url}: HTTP {status}{}", via.as_ref().map(|v| format!(" (redirected to {v})")).unwrap_or_default())]
@@ -163,13 +181,53 @@ pub fn parse_content_range(value: &str) -> Option<ContentRange> {
     Some(ContentRange::Bytes { start, end, total })
 }
 
-/// The size a response announces for the whole file, from the bytes already there and its headers.
-pub fn announced_total(decision: RangeDecision, have: u64, content_length: Option<u64>) -> Option<u64> {
-    match decision {
-        RangeDecision::Append => content_length.map(|l| have + l),
-        RangeDecision::FromZero => content_length,
-        _ => None,
+/// What a response to be written announces: the whole file's size, if it says, and the offset in the
+/// file where its body ends. A 206 says both in its `Content-Range` (`bytes start-end/total`: the body
+/// ends at `end + 1`, which may be short of `total`); a 200 is the whole file, `Content-Length` long.
+pub fn response_bounds(
+    partial: bool,
+    content_range: Option<ContentRange>,
+    content_length: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    match (partial, content_range) {
+        (true, Some(ContentRange::Bytes { end, total, .. })) => (total, end.checked_add(1)),
+        (true, _) => (None, None),
+        (false, _) => (content_length, content_length),
     }
+}
+
+/// Why a redirect from `previous` (the first being the URL asked for) to `next` is not followed, if
+/// it is not: one that leaves https, or one to an http URL off the loopback.
+pub fn redirect_refusal(previous: &[Url], next: &Url) -> Option<String> {
+    if next.scheme() == "https" {
+        return None;
+    }
+    if previous.iter().any(|u| u.scheme() == "https") {
+        return Some(format!(
+            "refused a redirect from https to {next} (a downgrade to an unencrypted URL)"
+        ));
+    }
+    if !secure_url(next) {
+        return Some(format!(
+            "refused a redirect to {next}: only https is followed (http only on the loopback)"
+        ));
+    }
+    None
+}
+
+/// The redirect policy: at most [`MAX_REDIRECTS`], none that [`redirect_refusal`] refuses.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        // `previous` starts with the URL asked for, which is no redirect.
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let why = format!("more than {MAX_REDIRECTS} redirects");
+            attempt.error(why)
+        } else if let Some(why) = redirect_refusal(attempt.previous(), attempt.url()) {
+            attempt.error(why)
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// An HTTP(S) client with the download's timeouts.
@@ -179,25 +237,13 @@ pub struct Http {
     connect: Duration,
 }
 
-/// The length of a file, 0 when it is not there.
-fn len_of(path: &Path) -> Result<u64, FetchError> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(m.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(FetchError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
 impl Http {
     /// A client that gives up connecting after `connect` and waiting for any data after `idle`.
     pub fn new(connect: Duration, idle: Duration) -> Result<Http, FetchError> {
         let client = reqwest::Client::builder()
             .connect_timeout(connect)
             .read_timeout(idle)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(redirect_policy())
             .user_agent(concat!(
                 "talkheadd/",
                 env!("CARGO_PKG_VERSION"),
@@ -213,17 +259,25 @@ impl Http {
     }
 
     fn request_error(&self, url: &str, e: &reqwest::Error, got: u64) -> FetchError {
-        if e.is_timeout() {
+        let detail = if e.is_redirect() {
+            // The policy's own words: too many redirects, or a refused one.
+            std::error::Error::source(e).map_or_else(|| error_chain(e), ToString::to_string)
+        } else if e.is_connect() {
+            // Before is_timeout: a connect timeout is both.
+            if e.is_timeout() {
+                format!(
+                    "cannot connect: no connection within {} s",
+                    self.connect.as_secs_f64()
+                )
+            } else {
+                format!("cannot connect: {}", error_chain(e))
+            }
+        } else if e.is_timeout() {
             return FetchError::Stalled {
                 url: url.to_owned(),
                 secs: self.idle,
                 got,
             };
-        }
-        let detail = if e.is_redirect() {
-            format!("more than {MAX_REDIRECTS} redirects")
-        } else if e.is_connect() {
-            format!("cannot connect: {}", error_chain(e))
         } else {
             error_chain(e)
         };
@@ -233,30 +287,30 @@ impl Http {
         }
     }
 
-    /// Downloads `url` into `part`, resuming what is there. Returns when the body has ended; the
-    /// caller checks the `.part` file against the manifest.
+    /// Downloads `url` into `<dir>/<part_name>`, resuming what is there. Returns the synced `.part`
+    /// (its descriptor and what was written and read through it) when the body has ended; the caller
+    /// checks it against the manifest.
     pub async fn download(
         &self,
         url: &str,
-        part: &Path,
+        dir: &InstallDir,
+        part_name: &str,
         expect: &Expect,
         label: &str,
-    ) -> Result<(), FetchError> {
+    ) -> Result<Finished, FetchError> {
+        let path = dir.join(part_name);
         let io = |source| FetchError::Io {
-            path: part.to_owned(),
+            path: path.clone(),
             source,
         };
         let limit = expect.size.unwrap_or(UNKNOWN_SIZE_LIMIT);
+        let mut part = dir.resume_part(part_name, limit).map_err(io)?;
         let mut restarted = false;
-        loop {
-            let mut have = len_of(part)?;
-            if overlong(expect, have) {
-                tokio::fs::remove_file(part).await.map_err(io)?;
-                have = 0;
-            }
+        for _ in 0..MAX_ROUNDS {
+            let have = part.size();
             if have > 0 && expect.size == Some(have) {
-                eprintln!("{label}: {} already downloaded", part.display());
-                return Ok(());
+                eprintln!("{label}: {} already downloaded", path.display());
+                return part.finish().map_err(io);
             }
             let mut request = self.client.get(url);
             if have > 0 {
@@ -270,10 +324,9 @@ impl Http {
             let headers_deadline = (self.connect + self.idle) * 2;
             let mut response = match tokio::time::timeout(headers_deadline, request.send()).await {
                 Err(_) => {
-                    return Err(FetchError::Stalled {
+                    return Err(FetchError::NoAnswer {
                         url: url.to_owned(),
-                        secs: self.idle,
-                        got: have,
+                        secs: headers_deadline,
                     });
                 }
                 Ok(Err(e)) => return Err(self.request_error(url, &e, have)),
@@ -287,7 +340,7 @@ impl Http {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let decision = range_decision(have, status.as_u16(), content_range.as_deref());
-            let mut file = match decision {
+            match decision {
                 RangeDecision::Fail => {
                     return Err(FetchError::Status {
                         url: url.to_owned(),
@@ -295,7 +348,7 @@ impl Http {
                         via,
                     });
                 }
-                RangeDecision::Complete => return Ok(()),
+                RangeDecision::Complete => return part.finish().map_err(io),
                 RangeDecision::Restart if !restarted => {
                     eprintln!(
                         "{label}: the server's answer ({status}, Content-Range {}) does not continue the \
@@ -303,7 +356,7 @@ impl Http {
                         content_range.as_deref().unwrap_or("missing")
                     );
                     restarted = true;
-                    tokio::fs::remove_file(part).await.map_err(io)?;
+                    part = dir.create_part(part_name).map_err(io)?;
                     continue;
                 }
                 RangeDecision::Restart => {
@@ -312,45 +365,36 @@ impl Http {
                         detail: format!("answered {status} with a range that fits nothing asked for"),
                     });
                 }
-                // Never through a symbolic link planted at the `.part` path.
-                RangeDecision::Append => tokio::fs::OpenOptions::new()
-                    .append(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(part)
-                    .await
-                    .map_err(io)?,
+                RangeDecision::Append => {}
                 RangeDecision::FromZero => {
                     if have > 0 {
                         eprintln!(
                             "{label}: the server sent the whole file instead of the rest; starting over"
                         );
+                        part = dir.create_part(part_name).map_err(io)?;
                     }
-                    have = 0;
-                    tokio::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .custom_flags(nix::libc::O_NOFOLLOW)
-                        .open(part)
-                        .await
-                        .map_err(io)?
                 }
-            };
-            let announced = announced_total(decision, have, response.content_length());
-            if let (Some(total), Some(size)) = (announced, expect.size)
+            }
+            let partial = status == StatusCode::PARTIAL_CONTENT;
+            let (total, end) = response_bounds(
+                partial,
+                content_range.as_deref().and_then(parse_content_range),
+                response.content_length(),
+            );
+            if let (Some(total), Some(size)) = (total, expect.size)
                 && total != size
             {
-                drop(file);
-                tokio::fs::remove_file(part).await.map_err(io)?;
+                drop(part);
+                dir.remove_if_there(part_name).map_err(io)?;
                 return Err(FetchError::WrongSize {
                     url: url.to_owned(),
                     detail: format!("the server offers {total} bytes, the manifest expects {size}"),
-                    part: part.to_owned(),
+                    part: path.clone(),
                 });
             }
-            let mut progress = Progress::start(label, expect.size.or(announced), have);
-            let mut got = have;
+            let mut progress = Progress::start(label, expect.size.or(total), part.size());
             let outcome = loop {
+                let got = part.size();
                 let chunk = match tokio::time::timeout(self.idle, response.chunk()).await {
                     Err(_) => {
                         break Err(FetchError::Stalled {
@@ -370,41 +414,57 @@ impl Http {
                     Ok(Ok(None)) => break Ok(()),
                     Ok(Ok(Some(chunk))) => chunk,
                 };
-                if got + chunk.len() as u64 > limit {
+                let after = got.saturating_add(chunk.len() as u64);
+                if after > limit {
                     break Err(FetchError::WrongSize {
                         url: url.to_owned(),
                         detail: format!("the server sends more than {limit} bytes"),
-                        part: part.to_owned(),
+                        part: path.clone(),
                     });
                 }
-                if let Err(e) = file.write_all(&chunk).await {
+                if end.is_some_and(|end| after > end) {
+                    break Err(FetchError::Request {
+                        url: url.to_owned(),
+                        detail: format!(
+                            "the server sends more than the {} bytes it announced",
+                            end.unwrap_or_default()
+                        ),
+                    });
+                }
+                if let Err(e) = part.write_all(&chunk) {
                     break Err(io(e));
                 }
-                got += chunk.len() as u64;
                 progress.advance(chunk.len() as u64);
             };
             progress.finish();
-            let flushed = match file.flush().await {
-                Ok(()) => file.sync_all().await,
-                Err(e) => Err(e),
-            };
-            drop(file);
-            if let Err(FetchError::WrongSize { .. }) = &outcome {
-                tokio::fs::remove_file(part).await.map_err(io)?;
+            let flushed = part.flush();
+            if let Err(e @ FetchError::WrongSize { .. }) = outcome {
+                drop(part);
+                dir.remove_if_there(part_name).map_err(io)?;
+                return Err(e);
             }
             outcome?;
             flushed.map_err(io)?;
-            if let Some(total) = announced
-                && got < total
+            let got = part.size();
+            if let Some(end) = end
+                && got < end
             {
                 return Err(FetchError::Interrupted {
                     url: url.to_owned(),
                     got,
-                    detail: format!("{total} bytes announced"),
+                    detail: format!("{end} bytes announced"),
                 });
             }
-            return Ok(());
+            // A range that ends before the file does: ask for the rest.
+            if partial && total.or(expect.size).is_some_and(|whole| got < whole) {
+                continue;
+            }
+            return part.finish().map_err(io);
         }
+        Err(FetchError::Request {
+            url: url.to_owned(),
+            detail: format!("{MAX_ROUNDS} requests did not complete the file"),
+        })
     }
 }
 
@@ -480,8 +540,35 @@ mod tests {
         for status in [404, 403, 500, 204, 302] {
             assert_eq!(range_decision(0, status, None), Fail, "{status}");
         }
-        assert_eq!(announced_total(Append, 100, Some(100)), Some(200));
-        assert_eq!(announced_total(FromZero, 100, Some(250)), Some(250));
-        assert_eq!(announced_total(FromZero, 0, None), None);
+        // A 206's Content-Range gives the whole size and where its body ends, which may be short.
+        let short = parse_content_range("bytes 100-149/200");
+        assert_eq!(response_bounds(true, short, Some(50)), (Some(200), Some(150)));
+        assert_eq!(
+            response_bounds(true, parse_content_range("bytes 100-199/*"), Some(100)),
+            (None, Some(200))
+        );
+        assert_eq!(response_bounds(false, None, Some(250)), (Some(250), Some(250)));
+        assert_eq!(response_bounds(false, None, None), (None, None));
+        let end = parse_content_range(&format!("bytes 0-{}/*", u64::MAX));
+        assert_eq!(response_bounds(true, end, None), (None, None));
+    }
+
+    #[test]
+    fn redirects_never_leave_https_nor_go_to_http_off_the_loopback() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        let https = [url("https://example.org/m.bin")];
+        assert_eq!(
+            redirect_refusal(&https, &url("https://cdn.example.org/m.bin")),
+            None
+        );
+        let e = redirect_refusal(&https, &url("http://cdn.example.org/m.bin")).unwrap();
+        assert!(e.contains("from https to http://cdn.example.org/m.bin"), "{e}");
+        // Not even to the loopback once on https.
+        assert!(redirect_refusal(&https, &url("http://127.0.0.1/m.bin")).is_some());
+        let local = [url("http://127.0.0.1:8000/m.bin")];
+        assert_eq!(redirect_refusal(&local, &url("http://localhost:9/m")), None);
+        assert_eq!(redirect_refusal(&local, &url("https://example.org/m")), None);
+        assert!(redirect_refusal(&local, &url("http://example.org/m")).is_some());
+        assert!(redirect_refusal(&local, &url("ftp://127.0.0.1/m")).is_some());
     }
 }

@@ -302,9 +302,29 @@ fn check_name(name: &str, at: &str, problems: &mut Vec<String>) {
     }
 }
 
+/// Whether files may be fetched from `url`: https, or http on this machine's loopback (127.0.0.0/8,
+/// `localhost`, `::1`: a mirror or test server on the host itself, where nothing is in between).
+pub fn secure_url(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost")
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
 fn check_url(url: &str, at: &str, problems: &mut Vec<String>) {
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        problems.push(format!("{at}: url \"{url}\" is not an http(s) URL"));
+    let ok =
+        reqwest::Url::parse(url).is_ok_and(|u| secure_url(&u) && u.host_str().is_some_and(|h| !h.is_empty()));
+    if !ok {
+        problems.push(format!(
+            "{at}: url \"{url}\" is not an https URL (http:// is taken only for 127.0.0.1, localhost \
+             or ::1)"
+        ));
     }
 }
 
@@ -576,7 +596,7 @@ mod tests {
         let all = e.to_string();
         for needle in [
             "plain file name",
-            "not an http(s) URL",
+            "not an https URL",
             "format \"rar\"",
             "key \"analysis.face.cascade\"",
             "not an [[archive]]",
@@ -587,6 +607,30 @@ mod tests {
         }
         let e = parse("[[file]]\nname = \"x\"\nwhat = 1\n", "x86_64").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn urls_must_be_https_but_on_the_loopback() {
+        for (url, ok) in [
+            ("https://example.org/m.bin", true),
+            ("http://127.0.0.1:8080/m.bin", true),
+            ("http://localhost/m.bin", true),
+            ("http://[::1]:80/m.bin", true),
+            ("http://example.org/m.bin", false),
+            ("http://127.0.0.1.example.org/m.bin", false),
+            ("http://10.0.0.1/m.bin", false),
+            ("ftp://127.0.0.1/m.bin", false),
+            ("https://", false),
+        ] {
+            let text = format!(
+                "[[file]]\nname = \"m.bin\"\nkey = \"analysis.asr.model\"\nurl = \"{url}\"\nconfirmed = false\n"
+            );
+            let got = parse(&text, "x86_64");
+            assert_eq!(got.is_ok(), ok, "{url}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("not an https URL"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -5,16 +5,21 @@
 //!
 //! - [`manifest`]: parsing and validating the manifest; the pure checks (a file's verdict, the
 //!   configuration lines to print).
-//! - [`fetch`]: HTTP downloads into `<dir>/<name>.part`: resumed with `Range`, redirects followed,
-//!   connect and idle timeouts.
+//! - [`fetch`]: HTTPS downloads into `<dir>/<name>.part`: resumed with `Range`, redirects followed
+//!   (never off https), connect and idle timeouts.
 //! - [`archive`]: one member out of a `.zip` or `.tar.gz`.
-//! - [`install`]: hashing, and installing a checked `.part` by renaming it into place.
+//! - [`install`]: the install directory, opened once and used through its descriptor; `.part` files
+//!   hashed as they are written, installed by renaming them into place; the run's lock.
 //! - [`progress`]: a progress bar on a terminal, plain lines otherwise.
 //!
 //! Nothing is ever written at a file's final path but a checked file: downloads, copies and extracted
 //! members go to `<name>.part`, are checked against the manifest (size, then SHA-256), and are renamed
 //! into place only when they pass; a file that fails is removed and named. `--from DIR` installs from
 //! files copied by hand (each file as installed, or the archive it comes from), with the same checks.
+//!
+//! A run holds an exclusive lock on `<dir>/.lock` (a second one fails at once, exit 1). Root may run
+//! `fetch` only in a directory only root can write ([`install::root_refusal`]): in the daemon's
+//! directory (owned by its user), it is told to run as that user instead.
 
 pub mod archive;
 pub mod fetch;
@@ -22,11 +27,14 @@ pub mod install;
 pub mod manifest;
 pub mod progress;
 
-use crate::analysis::settings::{AnalysisSettings, AsrBackend, FaceBackend};
+use crate::analysis::settings::{AnalysisSettings, FaceBackend};
 use archive::ArchiveError;
 use fetch::{FetchError, Http};
-use manifest::{Archive, Expect, Manifest, ManifestError, Measured, ModelFile, Source, Verdict};
+use install::{Finished, InstallDir};
+use manifest::{Archive, Expect, Manifest, ManifestError, ModelFile, Source, Verdict};
+use nix::fcntl::Flock;
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,8 +42,6 @@ use std::time::Duration;
 pub const DEFAULT_DIR: &str = "/var/lib/talkheadd/models";
 /// Connect and idle timeout unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Where the package installs the manifest (the same text as the embedded one), for operators to read.
-pub const PACKAGED_MANIFEST: &str = "/usr/share/talkheadd/models.toml";
 
 /// Exit code: a file was refused (size or hash differs), or `verify` found one missing or wrong.
 pub const EXIT_REFUSED: u8 = 65;
@@ -118,6 +124,24 @@ pub enum ModelsError {
         /// Where it is published.
         url: String,
     },
+    /// Another run holds the directory's lock.
+    #[error(
+        "another `talkheadd models` run is working in {} (it holds {}); wait for it to end",
+        dir.display(),
+        dir.join(install::LOCK_NAME).display()
+    )]
+    Locked {
+        /// The install directory.
+        dir: PathBuf,
+    },
+    /// Root was asked to work in a directory another user can write.
+    #[error("{}: {why}", dir.display())]
+    Unsafe {
+        /// The install directory.
+        dir: PathBuf,
+        /// Why, and what to do.
+        why: String,
+    },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -144,7 +168,10 @@ impl ModelsError {
             } => 1,
             ModelsError::Archive { .. } => EXIT_REFUSED,
             ModelsError::Missing { .. } => EXIT_NO_INPUT,
-            ModelsError::Fetch { .. } | ModelsError::Io { .. } => 1,
+            ModelsError::Fetch { .. }
+            | ModelsError::Io { .. }
+            | ModelsError::Locked { .. }
+            | ModelsError::Unsafe { .. } => 1,
         }
     }
 }
@@ -182,16 +209,60 @@ fn hex_of(sha256: &manifest::Sha256) -> String {
     hex::encode(sha256)
 }
 
-/// The configured model files that are not there (`check-config` names each with [`FETCH_HINT`]).
+/// The most bytes read of a file (or archive) that must be `expect`.
+fn limit_of(expect: &Expect) -> u64 {
+    expect.size.unwrap_or(fetch::UNKNOWN_SIZE_LIMIT)
+}
+
+/// An open install directory, and the run's lock on it (none where `verify` may not create it).
+type Locked = (InstallDir, Option<Flock<File>>);
+
+/// Opens the install directory (creating it for `fetch`) and takes the run's lock. `Ok(None)`: the
+/// directory is not there (and was not to be created). `verify` (`create` false) only reads: where it
+/// may not create the lock file, it goes on without it.
+fn open_locked(dir: &Path, create: bool) -> Result<Option<Locked>, ModelsError> {
+    let Some(opened) = InstallDir::open(dir, create).map_err(io_error(dir))? else {
+        return Ok(None);
+    };
+    if create {
+        let (uid, mode) = opened.owner_and_mode().map_err(io_error(dir))?;
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        let euid = nix::unistd::geteuid().as_raw();
+        if let Some(why) = install::root_refusal(euid, uid, mode, user.as_deref()) {
+            return Err(ModelsError::Unsafe {
+                dir: dir.to_owned(),
+                why,
+            });
+        }
+    }
+    match opened.lock() {
+        Ok(Some(lock)) => Ok(Some((opened, Some(lock)))),
+        Ok(None) => Err(ModelsError::Locked { dir: dir.to_owned() }),
+        Err(e)
+            if !create
+                && matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EACCES | nix::libc::EPERM | nix::libc::EROFS)
+                ) =>
+        {
+            Ok(Some((opened, None)))
+        }
+        Err(e) => Err(io_error(&dir.join(install::LOCK_NAME))(e)),
+    }
+}
+
+/// The configured face model files that are not there (`check-config` names each with
+/// [`FETCH_HINT`]). The whisper model needs no check here: the configuration's validation already
+/// refuses a missing one, naming `talkheadd models fetch`.
 pub fn missing_model_files(analysis: &AnalysisSettings) -> Vec<(&'static str, PathBuf)> {
     let mut files = Vec::new();
     if let FaceBackend::Onnx(o) = &analysis.face.backend {
         files.push(("analysis.face.detector_model", o.detector_model.clone()));
         files.push(("analysis.face.recognizer_model", o.recognizer_model.clone()));
         files.push(("analysis.face.onnxruntime_library", o.onnxruntime_library.clone()));
-    }
-    if let AsrBackend::Whisper { model, .. } = &analysis.asr {
-        files.push(("analysis.asr.model", model.clone()));
     }
     files.retain(|(_, path)| !path.is_file());
     files
@@ -209,7 +280,9 @@ pub fn fetch(options: &FetchOptions) -> u8 {
 }
 
 struct Fetcher {
-    dir: PathBuf,
+    dir: InstallDir,
+    /// Held for the whole run.
+    _lock: Option<Flock<File>>,
     from: Option<PathBuf>,
     manifest: Manifest,
     timeout: Duration,
@@ -222,11 +295,14 @@ struct Fetcher {
 impl Fetcher {
     fn new(options: &FetchOptions) -> Result<Fetcher, ModelsError> {
         let manifest = load_manifest(options.manifest.as_deref())?;
-        let dir = absolute(&options.dir)?;
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let path = absolute(&options.dir)?;
         let from = options.from.as_deref().map(absolute).transpose()?;
+        let Some((dir, lock)) = open_locked(&path, true)? else {
+            return Err(io_error(&path)(std::io::ErrorKind::NotFound.into()));
+        };
         Ok(Fetcher {
             dir,
+            _lock: lock,
             from,
             manifest,
             timeout: options.timeout,
@@ -266,6 +342,14 @@ impl Fetcher {
                         .find(|a| a.name == *archive)
                         .cloned()
                     else {
+                        failures.push(ModelsError::Manifest {
+                            origin: "(this architecture's entries)".to_owned(),
+                            detail: format!(
+                                "{}: archive {archive} is not in the manifest for {}",
+                                f.name,
+                                std::env::consts::ARCH
+                            ),
+                        });
                         continue;
                     };
                     let members: Vec<&ModelFile> = todo
@@ -278,14 +362,24 @@ impl Fetcher {
             }
         }
         if failures.is_empty() {
+            // Every member is installed: an archive download left by an earlier run is of no more use.
+            for a in &self.manifest.archives {
+                let part = install::with_suffix(&a.name, ".part");
+                if let Err(e) = self.dir.remove_if_there(&part) {
+                    eprintln!(
+                        "talkheadd: models fetch: cannot remove {}: {e}",
+                        self.dir.join(&part).display()
+                    );
+                }
+            }
             let all: Vec<&ModelFile> = files.iter().collect();
-            let lines = manifest::config_lines(&self.dir, &all);
+            let lines = manifest::config_lines(self.dir.path(), &all);
             println!();
             println!(
                 "# {} file(s) in {}. Put these lines in /etc/talkheadd/talkheadd.toml (or a drop-in in \
                  /etc/talkheadd/talkheadd.toml.d/), then run `talkheadd check-config`:",
                 files.len(),
-                self.dir.display()
+                self.dir.path().display()
             );
             print!("{lines}");
             return 0;
@@ -297,7 +391,7 @@ impl Fetcher {
             "talkheadd: models fetch: {} of {} file(s) not installed in {}",
             files.len() - self.installed.min(files.len()),
             files.len(),
-            self.dir.display()
+            self.dir.path().display()
         );
         // A refused file says the most (something does not hash as it must); else the first failure.
         let codes: Vec<u8> = failures.iter().map(ModelsError::exit_code).collect();
@@ -308,18 +402,22 @@ impl Fetcher {
             .unwrap_or_else(|| codes.first().copied().unwrap_or(1))
     }
 
-    fn target(&self, f: &ModelFile) -> PathBuf {
-        self.dir.join(&f.name)
+    fn io(&self, name: &str) -> impl FnOnce(std::io::Error) -> ModelsError {
+        let path = self.dir.join(name);
+        move |source| ModelsError::Io { path, source }
     }
 
     /// Whether `f` is installed and passes its check (then nothing is fetched for it).
     fn installed(&mut self, f: &ModelFile) -> Result<bool, ModelsError> {
-        let target = self.target(f);
-        if !target.exists() {
-            return Ok(false);
-        }
-        let got = install::measure(&target).map_err(io_error(&target))?;
-        let pin = install::read_pin(&target, &f.name).filter(|_| !f.expect.confirmed());
+        let got = match self.dir.measure(&f.name, limit_of(&f.expect)) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                eprintln!("{}: the installed file is unusable ({e}): replacing it", f.name);
+                return Ok(false);
+            }
+        };
+        let pin = self.dir.read_pin(&f.name).filter(|_| !f.expect.confirmed());
         match manifest::check(&f.expect, pin, &got) {
             Verdict::Verified => {
                 println!(
@@ -344,7 +442,13 @@ impl Fetcher {
         }
     }
 
-    fn download(&mut self, url: &str, part: &Path, expect: &Expect, label: &str) -> Result<(), ModelsError> {
+    fn download(
+        &mut self,
+        url: &str,
+        part: &str,
+        expect: &Expect,
+        label: &str,
+    ) -> Result<Finished, ModelsError> {
         if self.runtime.is_none() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -360,10 +464,13 @@ impl Fetcher {
             self.http = Some(http);
         }
         let (Some(runtime), Some(http)) = (&self.runtime, &self.http) else {
-            return Ok(());
+            return Err(ModelsError::Fetch {
+                name: label.to_owned(),
+                error: FetchError::Client("not set up".to_owned()),
+            });
         };
         runtime
-            .block_on(http.download(url, part, expect, label))
+            .block_on(http.download(url, &self.dir, part, expect, label))
             .map_err(|error| ModelsError::Fetch {
                 name: label.to_owned(),
                 error,
@@ -371,21 +478,24 @@ impl Fetcher {
     }
 
     /// Installs a checked `.part` as `f`, or removes it and says why.
-    fn accept(&mut self, f: &ModelFile, part: &Path, got: &Measured) -> Result<(), ModelsError> {
-        let target = self.target(f);
-        let verdict = manifest::check(&f.expect, None, got);
+    fn accept(&mut self, f: &ModelFile, part: &Finished) -> Result<(), ModelsError> {
+        let got = part.measured;
+        let verdict = manifest::check(&f.expect, None, &got);
         if !verdict.accepted() {
-            install::remove_if_there(part).map_err(io_error(part))?;
+            self.dir
+                .remove_if_there(&part.name)
+                .map_err(self.io(&part.name))?;
             return Err(ModelsError::Refused {
                 name: f.name.clone(),
                 verdict,
-                removed: Some(part.to_owned()),
+                removed: Some(self.dir.join(&part.name)),
             });
         }
-        install::install(part, &target).map_err(io_error(&target))?;
+        self.dir.install(part, &f.name).map_err(self.io(&f.name))?;
+        let target = self.dir.join(&f.name);
         if f.expect.confirmed() {
-            let pin = install::pin_path(&target);
-            install::remove_if_there(&pin).map_err(io_error(&pin))?;
+            let pin = install::pin_name(&f.name);
+            self.dir.remove_if_there(&pin).map_err(self.io(&pin))?;
             println!(
                 "installed {} ({} bytes, sha256 {}, verified)",
                 target.display(),
@@ -393,7 +503,10 @@ impl Fetcher {
                 hex_of(&got.sha256)
             );
         } else {
-            let pin = install::write_pin(&target, &f.name, &got.sha256).map_err(io_error(&target))?;
+            let pin = self
+                .dir
+                .write_pin(&f.name, &got.sha256)
+                .map_err(self.io(&install::pin_name(&f.name)))?;
             println!(
                 "installed {} ({} bytes), sha256 {} UNCONFIRMED: the manifest has no confirmed hash for it; \
                  compare this hash with another source before trusting the file (pinned in {} for \
@@ -408,27 +521,34 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Copies `--from` file `src` (already opened) into `f`'s `.part` and installs it if it passes.
+    fn copy_in(&mut self, f: &ModelFile, src: &File) -> Result<(), ModelsError> {
+        let part = install::with_suffix(&f.name, ".part");
+        let done =
+            install::copy_hashed(&self.dir, src, &part, limit_of(&f.expect)).map_err(self.io(&part))?;
+        self.accept(f, &done)
+    }
+
     /// A file installed as it is published.
     fn direct(&mut self, f: &ModelFile, url: &str) -> Result<(), ModelsError> {
-        let part = install::with_suffix(&self.target(f), ".part");
-        let got = match &self.from {
+        match self.from.clone() {
             Some(from) => {
                 let src = from.join(&f.name);
-                if !src.is_file() {
-                    return Err(ModelsError::Missing {
+                match install::open_source(&src).map_err(io_error(&src))? {
+                    Some(file) => self.copy_in(f, &file),
+                    None => Err(ModelsError::Missing {
                         name: f.name.clone(),
                         candidates: vec![src],
                         url: url.to_owned(),
-                    });
+                    }),
                 }
-                install::copy_hashed(&src, &part).map_err(io_error(&part))?
             }
             None => {
-                self.download(url, &part, &f.expect, &f.name)?;
-                install::measure(&part).map_err(io_error(&part))?
+                let part = install::with_suffix(&f.name, ".part");
+                let done = self.download(url, &part, &f.expect, &f.name)?;
+                self.accept(f, &done)
             }
-        };
-        self.accept(f, &part, &got)
+        }
     }
 
     /// Files extracted from archive `a` (or, with `--from`, copied as they are where the operator put
@@ -439,14 +559,10 @@ impl Fetcher {
         if let Some(from) = self.from.clone() {
             for f in members {
                 let src = from.join(&f.name);
-                if src.is_file() {
-                    let part = install::with_suffix(&self.target(f), ".part");
-                    let done = install::copy_hashed(&src, &part)
-                        .map_err(io_error(&part))
-                        .and_then(|got| self.accept(f, &part, &got));
-                    failures.extend(done.err());
-                } else {
-                    rest.push(*f);
+                match install::open_source(&src) {
+                    Ok(Some(file)) => failures.extend(self.copy_in(f, &file).err()),
+                    Ok(None) => rest.push(*f),
+                    Err(e) => failures.push(io_error(&src)(e)),
                 }
             }
         } else {
@@ -455,92 +571,89 @@ impl Fetcher {
         if rest.is_empty() {
             return failures;
         }
-        let (archive_path, downloaded) = match &self.from {
+        let archive_part = install::with_suffix(&a.name, ".part");
+        // The archive, opened once: hashed, then read for its members through the same descriptor.
+        let (archive_path, file, got, downloaded) = match self.from.clone() {
             Some(from) => {
                 let src = from.join(&a.name);
-                if !src.is_file() {
-                    failures.extend(rest.iter().map(|f| ModelsError::Missing {
-                        name: f.name.clone(),
-                        candidates: vec![from.join(&f.name), src.clone()],
-                        url: a.url.clone(),
-                    }));
-                    return failures;
+                let opened = install::open_source(&src).and_then(|file| {
+                    file.map(|file| Ok((install::measure_file(&file, limit_of(&a.expect))?, file)))
+                        .transpose()
+                });
+                match opened {
+                    Ok(Some((got, file))) => (src, file, got, false),
+                    Ok(None) => {
+                        failures.extend(rest.iter().map(|f| ModelsError::Missing {
+                            name: f.name.clone(),
+                            candidates: vec![from.join(&f.name), src.clone()],
+                            url: a.url.clone(),
+                        }));
+                        return failures;
+                    }
+                    Err(e) => {
+                        failures.push(io_error(&src)(e));
+                        return failures;
+                    }
                 }
-                (src, false)
             }
-            None => {
-                let part = install::with_suffix(&self.dir.join(&a.name), ".part");
-                if let Err(e) = self.download(&a.url, &part, &a.expect, &a.name) {
+            None => match self.download(&a.url, &archive_part, &a.expect, &a.name) {
+                Ok(done) => (self.dir.join(&archive_part), done.file, done.measured, true),
+                Err(e) => {
                     failures.push(e);
                     return failures;
                 }
-                (part, true)
-            }
+            },
         };
-        let checked = install::measure(&archive_path)
-            .map_err(io_error(&archive_path))
-            .and_then(|got| {
-                let verdict = manifest::check(&a.expect, None, &got);
-                match verdict {
-                    Verdict::Verified => {
-                        eprintln!("{}: verified (sha256 {})", a.name, hex_of(&got.sha256));
-                        Ok(())
-                    }
-                    Verdict::Unconfirmed => {
-                        println!(
-                            "{}: sha256 {} UNCONFIRMED (the manifest has no confirmed hash for the archive; \
-                             its members are checked on their own)",
-                            a.name,
-                            hex_of(&got.sha256)
-                        );
-                        Ok(())
-                    }
-                    wrong => {
-                        let removed = downloaded.then(|| archive_path.clone());
-                        if downloaded {
-                            install::remove_if_there(&archive_path).map_err(io_error(&archive_path))?;
-                        }
-                        Err(ModelsError::Refused {
-                            name: a.name.clone(),
-                            verdict: wrong,
-                            removed,
-                        })
-                    }
+        match manifest::check(&a.expect, None, &got) {
+            Verdict::Verified => eprintln!("{}: verified (sha256 {})", a.name, hex_of(&got.sha256)),
+            Verdict::Unconfirmed => println!(
+                "{}: sha256 {} UNCONFIRMED (the manifest has no confirmed hash for the archive; its \
+                 members are checked on their own)",
+                a.name,
+                hex_of(&got.sha256)
+            ),
+            wrong => {
+                drop(file);
+                if downloaded && let Err(e) = self.dir.remove_if_there(&archive_part) {
+                    failures.push(self.io(&archive_part)(e));
                 }
-            });
-        if let Err(e) = checked {
-            failures.push(e);
-            return failures;
+                failures.push(ModelsError::Refused {
+                    name: a.name.clone(),
+                    verdict: wrong,
+                    removed: downloaded.then_some(archive_path),
+                });
+                return failures;
+            }
         }
         let mut all_extracted = true;
         for f in rest {
             let Source::Member { member, .. } = &f.source else {
                 continue;
             };
-            let part = install::with_suffix(&self.target(f), ".part");
-            let limit = f.expect.size.unwrap_or(fetch::UNKNOWN_SIZE_LIMIT);
-            let extracted = install::HashingFile::create(&part)
-                .map_err(io_error(&part))
+            let part = install::with_suffix(&f.name, ".part");
+            let extracted = self
+                .dir
+                .create_part(&part)
+                .map_err(self.io(&part))
                 .and_then(|mut out| {
-                    archive::extract(&archive_path, a.format, member, limit, &mut out).map_err(|error| {
-                        ModelsError::Archive {
+                    archive::extract(&file, a.format, member, limit_of(&f.expect), &mut out).map_err(
+                        |error| ModelsError::Archive {
                             name: f.name.clone(),
                             archive: archive_path.clone(),
                             error,
-                        }
-                    })?;
-                    let path = out.path().to_owned();
-                    out.finish().map_err(io_error(&path))
+                        },
+                    )?;
+                    out.finish().map_err(self.io(&part))
                 })
-                .and_then(|got| self.accept(f, &part, &got));
+                .and_then(|done| self.accept(f, &done));
             if let Err(e) = extracted {
                 all_extracted = false;
-                let _ = install::remove_if_there(&part);
+                let _ = self.dir.remove_if_there(&part);
                 failures.push(e);
             }
         }
         if downloaded && all_extracted {
-            let _ = install::remove_if_there(&archive_path);
+            let _ = self.dir.remove_if_there(&archive_part);
         }
         failures
     }
@@ -548,8 +661,10 @@ impl Fetcher {
 
 /// Runs `talkheadd models verify`; the exit code.
 pub fn verify(options: &VerifyOptions) -> u8 {
-    let checked = load_manifest(options.manifest.as_deref()).and_then(|m| Ok((m, absolute(&options.dir)?)));
-    let (manifest, dir) = match checked {
+    let checked = load_manifest(options.manifest.as_deref())
+        .and_then(|m| Ok((m, absolute(&options.dir)?)))
+        .and_then(|(m, path)| Ok((m, open_locked(&path, false)?, path)));
+    let (manifest, opened, path) = match checked {
         Ok(x) => x,
         Err(e) => {
             eprintln!("talkheadd: models verify: {e}");
@@ -558,21 +673,28 @@ pub fn verify(options: &VerifyOptions) -> u8 {
     };
     let mut bad = Vec::new();
     for f in &manifest.files {
-        let target = dir.join(&f.name);
-        if !target.exists() {
-            println!("MISSING {} ({})", f.name, target.display());
-            bad.push(f.name.as_str());
-            continue;
-        }
-        let got = match install::measure(&target) {
-            Ok(got) => got,
+        let target = path.join(&f.name);
+        let measured = match &opened {
+            Some((dir, _lock)) => dir.measure(&f.name, limit_of(&f.expect)),
+            None => Ok(None),
+        };
+        let got = match measured {
+            Ok(Some(got)) => got,
+            Ok(None) => {
+                println!("MISSING {} ({})", f.name, target.display());
+                bad.push(f.name.as_str());
+                continue;
+            }
             Err(e) => {
                 println!("WRONG   {}: cannot read {}: {e}", f.name, target.display());
                 bad.push(f.name.as_str());
                 continue;
             }
         };
-        let pin = install::read_pin(&target, &f.name).filter(|_| !f.expect.confirmed());
+        let pin = opened
+            .as_ref()
+            .and_then(|(dir, _)| dir.read_pin(&f.name))
+            .filter(|_| !f.expect.confirmed());
         match manifest::check(&f.expect, pin, &got) {
             Verdict::Verified => println!("ok      {} (sha256 {})", f.name, hex_of(&got.sha256)),
             Verdict::Unconfirmed => println!(
@@ -591,9 +713,9 @@ pub fn verify(options: &VerifyOptions) -> u8 {
     }
     eprintln!(
         "talkheadd: models verify: missing or wrong in {}: {}; `talkheadd models fetch --dir {}` installs them",
-        dir.display(),
+        path.display(),
         bad.join(", "),
-        dir.display()
+        path.display()
     );
     EXIT_REFUSED
 }

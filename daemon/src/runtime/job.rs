@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_stream::StreamExt;
 
 /// `O_NOFOLLOW` | `O_NONBLOCK` | `O_CLOEXEC`: never follow the last component, never block on a FIFO.
-const HOSTILE_OPEN_FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+pub const HOSTILE_OPEN_FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
 
 /// The readiness marker a miner writes once its model is loaded.
 pub const READY_FILE: &str = "ready.txt";
