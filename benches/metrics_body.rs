@@ -16,7 +16,7 @@ use std::hint::black_box;
 use talkheadd::domain::metrics::{ChallengeDebug, ChallengeMetrics, EfficiencyMetrics};
 use talkheadd::domain::{EvaluationMetrics, Hotkey, ImageRef, Submission, Verdict};
 use talkheadd::rounds::ReevaluatePolicy;
-use talkheadd::scoring::IdentityMode;
+use talkheadd::scoring::{IdentityMode, ScoringProfile};
 use talkheadd::store::{MetricsRow, Store, StoreOptions};
 
 const MINERS: usize = 1024;
@@ -82,6 +82,7 @@ fn rows(n: usize) -> Vec<MetricsRow> {
                         face_backend: "haar".to_owned(),
                         asr_backend: "none".to_owned(),
                         analysis_time_sec: 0.412 + f / 1e4,
+                        scoring_profile: ScoringProfile::Hardened,
                     }),
                 })
                 .collect();

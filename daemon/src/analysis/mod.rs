@@ -52,6 +52,8 @@ pub struct ChallengeAnalysis {
     pub asr_backend: &'static str,
     /// Seconds the analysis took (decode included).
     pub analysis_secs: f64,
+    /// Which formulas the components were computed with (`scoring.profile`).
+    pub profile: crate::scoring::ScoringProfile,
 }
 
 impl ChallengeAnalysis {
@@ -74,6 +76,7 @@ impl ChallengeAnalysis {
             face_backend: self.debug.detector.to_owned(),
             asr_backend: self.asr_backend.to_owned(),
             analysis_time_sec: self.analysis_secs,
+            scoring_profile: self.profile,
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn default_analyzer(
                 .with_identity(Arc::new(face::ArcFaceIdentity::new(backend)))
         }
     };
+    let analyzer = analyzer.with_profile(settings.profile);
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;

@@ -20,6 +20,7 @@ use super::face::FaceDetector;
 use super::frame_buffers::FrameBuffers;
 use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
 use crate::challenges::Challenge;
+use crate::scoring::ScoringProfile;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +37,8 @@ pub struct MediaAnalyzer {
     buffers: Arc<FrameBuffers>,
     /// The challenges' source audio, decoded once per clip.
     sources: Arc<SourceAudioCache>,
+    /// `scoring.profile`: which formulas the components are computed with.
+    profile: ScoringProfile,
 }
 
 /// Most bytes of decoded source audio the analyser keeps: 64 clips of 30 s (the default challenge
@@ -108,7 +111,15 @@ impl MediaAnalyzer {
             asr: None,
             buffers: Arc::new(FrameBuffers::default()),
             sources: Arc::default(),
+            profile: ScoringProfile::default(),
         }
+    }
+
+    /// The same analyser computing the components with `profile`'s formulas (default: hardened).
+    #[must_use]
+    pub fn with_profile(mut self, profile: ScoringProfile) -> Self {
+        self.profile = profile;
+        self
     }
 
     /// The same analyser with another identity backend (the default is the reference's
@@ -182,11 +193,12 @@ impl Analyzer for MediaAnalyzer {
                 let decode_failed = Arc::clone(&decode_failed);
                 let buffers = Arc::clone(&self.buffers);
                 let challenge = challenge.clone();
+                let profile = self.profile;
                 tokio::task::spawn_blocking(move || {
                     // This thread served other analyses before: nothing of theirs may be charged here.
                     crate::analysis::face::forget_detection_failures();
                     let face = decode_face(&challenge);
-                    let mut pass = FramePass::new(detector.as_ref());
+                    let mut pass = FramePass::with_profile(detector.as_ref(), profile);
                     let mut frames = Vec::new();
                     for frame in frame_rx {
                         // A failed decode is answered without the analysis: stop working on it.
@@ -221,7 +233,10 @@ impl Analyzer for MediaAnalyzer {
                             identity: identity.as_ref(),
                             transcript: reference.as_deref(),
                             hypothesis: hypothesis.as_deref(),
-                            options: AnalysisOptions::default(),
+                            options: AnalysisOptions {
+                                profile,
+                                ..AnalysisOptions::default()
+                            },
                         };
                         components::analyse_followed(&media, followed, &context)
                             .map_err(|e| AnalysisFailure::Infra(e.to_string()))
@@ -284,16 +299,18 @@ impl Analyzer for MediaAnalyzer {
                 debug: analysis.debug,
                 asr_backend: self.asr_name(),
                 analysis_secs: started.elapsed().as_secs_f64(),
+                profile: self.profile,
             })
         })
     }
 
     fn describe(&self) -> String {
         format!(
-            "ffmpeg decode + builtin components ({} face detector, {} identity, {} speech recogniser)",
+            "ffmpeg decode + builtin components ({} face detector, {} identity, {} speech recogniser, {} scoring profile)",
             self.detector_name,
             self.identity.name(),
-            self.asr_name()
+            self.asr_name(),
+            self.profile.as_str()
         )
     }
 }

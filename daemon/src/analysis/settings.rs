@@ -11,6 +11,9 @@ pub struct AnalysisSettings {
     pub face: FaceSettings,
     /// `[analysis.asr]`: the speech recogniser behind the WER.
     pub asr: AsrBackend,
+    /// `scoring.profile`: which formulas the components are computed with (the hardened terms of
+    /// docs/scoring.md or the reference's).
+    pub profile: crate::scoring::ScoringProfile,
 }
 
 /// `[analysis.face]`

@@ -726,7 +726,9 @@ impl Validator<'_> {
         let a = &raw.analysis;
         let face = self.face(a);
         let asr = self.asr(&a.asr);
-        AnalysisSettings { face, asr }
+        // `scoring.profile` decides how the analysis measures the terms it changes.
+        let profile = raw.scoring.as_ref().map(|s| s.profile).unwrap_or_default();
+        AnalysisSettings { face, asr, profile }
     }
 
     /// `[analysis.face]`, with the old flat `analysis.face_backend` / `face_cascade` still accepted.

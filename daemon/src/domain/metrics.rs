@@ -31,6 +31,35 @@ impl IdentityMode {
     }
 }
 
+/// Which formulas the analysis scored with (`scoring.profile`): the hardened terms of docs/scoring.md
+/// ("Hardened profile"), or exactly the reference's, for a validator that must agree with validators
+/// running the reference's formulas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringProfile {
+    /// The reference's formulas with the measured deviations that stop cheap transformations (grain,
+    /// sharpening, jitter, flicker, loudness) from raising a score. The default.
+    #[default]
+    Hardened,
+    /// The reference's formulas for the terms those deviations change.
+    Reference,
+}
+
+impl ScoringProfile {
+    /// The string written to metrics (`debug.scoring_profile`) and accepted by `scoring.profile`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hardened => "hardened",
+            Self::Reference => "reference",
+        }
+    }
+
+    /// What documents written before the field existed were scored with.
+    pub const fn before_profiles() -> Self {
+        Self::Reference
+    }
+}
+
 /// Committed or staged metrics of one evaluation of one miner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationMetrics {
@@ -160,6 +189,10 @@ pub struct ChallengeDebug {
     /// Host seconds the analysis of this challenge took (decode included); it ran after the miner's
     /// container was gone, so it is never part of the miner's time.
     pub analysis_time_sec: f64,
+    /// Which formulas scored this challenge (`hardened`, `reference`: `scoring.profile`). Additive;
+    /// documents written before it read `reference`.
+    #[serde(default = "ScoringProfile::before_profiles")]
+    pub scoring_profile: ScoringProfile,
 }
 
 /// The efficiency block (docs/reference.md#metrics-shape and docs/reference.md#scoring-efficiency) plus

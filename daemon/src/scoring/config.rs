@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::metrics::ScoringProfile;
+
 /// Blend weights must sum to 1 within this tolerance.
 pub const BLEND_SUM_TOLERANCE: f64 = 1e-9;
 
@@ -25,6 +27,9 @@ pub struct ScoringConfig {
     pub efficiency: EfficiencyConfig,
     /// Two final scores closer than this are a tie, settled by the tie-break keys (`TIE_QUALITY_EPSILON`).
     pub tie_epsilon: f64,
+    /// Which formulas the analysis scores with: `hardened` (default; docs/scoring.md, "Hardened
+    /// profile") or `reference` (every deviation of that section off).
+    pub profile: ScoringProfile,
 }
 
 impl Default for ScoringConfig {
@@ -34,6 +39,7 @@ impl Default for ScoringConfig {
             gates: GateConfig::default(),
             efficiency: EfficiencyConfig::default(),
             tie_epsilon: 1e-4,
+            profile: ScoringProfile::default(),
         }
     }
 }

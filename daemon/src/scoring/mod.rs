@@ -26,6 +26,7 @@ pub use aggregate::{
 };
 pub use config::{
     BlendWeights, CapMode, ConfigProblem, EfficiencyConfig, GateConfig, Normalisation, ScoringConfig,
+    ScoringProfile,
 };
 pub use efficiency::{
     EfficiencyReport, Measurement, MetricSummary, Norms, RejectReason, challenge_efficiency, cohort_norms,

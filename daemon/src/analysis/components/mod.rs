@@ -6,7 +6,8 @@
 //! Owns: the input types ([`Frame`], [`Media`], [`FaceBox`]), the one-pass per-frame facts every
 //! component shares, and [`analyse`] / [`analyse_with`], which run the face detector over the sampled
 //! frames and compute identity, lipsync, video, audio, temporal, the seven penalties and the
-//! transcript gate (WER when an ASR hypothesis is given, else the audio-match check).
+//! transcript gate (WER when an ASR hypothesis is given, else the audio-match check), with the terms
+//! of the configured [`ScoringProfile`] ([`hardened`] by default, or the reference's).
 //!
 //! Must not: decode files, spawn processes, read a clock, log, or use randomness — the same media give
 //! the same [`Analysis`] — and must not panic on any input (empty, malformed, NaN). A measurement that
@@ -16,6 +17,7 @@
 
 pub mod audio;
 pub mod audio_match;
+pub mod hardened;
 pub mod identity;
 pub(crate) use super::image;
 pub mod lipsync;
@@ -43,7 +45,7 @@ pub use temporal::TemporalDetail;
 pub use video::VideoDetail;
 
 use crate::analysis::face::{FaceDetector, FaceTracker};
-use crate::scoring::{ChallengeComponents, IdentityMode};
+use crate::scoring::{ChallengeComponents, IdentityMode, ScoringProfile};
 pub use image::Grey;
 use image::{PlaneStats, laplacian_variance, mean_abs_diff, plane_stats};
 
@@ -72,12 +74,16 @@ pub struct AnalysisOptions {
     /// Audio-match similarity needed to pass the transcript gate when WER is unavailable (clamped to
     /// `[0, 1]`; a non-finite value means [`AUDIO_MATCH_THRESHOLD`]).
     pub audio_match_threshold: f64,
+    /// Which formulas the terms are computed with (`scoring.profile`; the hardened ones by default).
+    /// [`analyse_followed`] takes it from its [`FramePass`] instead, which measured the frames for it.
+    pub profile: ScoringProfile,
 }
 
 impl Default for AnalysisOptions {
     fn default() -> Self {
         Self {
             audio_match_threshold: AUDIO_MATCH_THRESHOLD,
+            profile: ScoringProfile::default(),
         }
     }
 }
@@ -216,6 +222,8 @@ pub struct AnalysisDebug {
     pub identity_backend: &'static str,
     /// Identity mode reported to the scoring core.
     pub identity_mode: IdentityMode,
+    /// Which formulas the terms were computed with (`scoring.profile`).
+    pub profile: ScoringProfile,
     /// Frames analysed.
     pub frames: usize,
     /// What the frames were: `rgb24`, or `grey` (the decoder's luma, for backends that read no colour;
@@ -294,6 +302,12 @@ pub(crate) struct FrameFacts {
     pub laplacian_var: Vec<Option<f64>>,
     /// Mean |Δgrey| of each consecutive pair `(i, i + 1)` (`n − 1` values).
     pub frame_diffs: Vec<Option<f64>>,
+    /// [`hardened::face_change`] of each consecutive pair (`n − 1` values; empty unless the pass
+    /// measured for the hardened profile).
+    pub face_changes: Vec<Option<f64>>,
+    /// The mouth's share of each pair's face change ([`hardened::face_and_mouth_change`]; `n − 1`
+    /// values, empty unless the pass measured for the hardened profile).
+    pub mouth_changes: Vec<Option<f64>>,
     /// Mouth signal and ROI variance per frame (from `boxes`).
     pub mouth: lipsync::MouthTrack,
     /// Malformed frames.
@@ -325,6 +339,8 @@ pub(crate) struct FrameFactsBuilder {
     cur_ok: bool,
     prev_ok: bool,
     seen: usize,
+    /// Measure [`FrameFacts::face_changes`] (the hardened profile).
+    hardened: bool,
 }
 
 impl FrameFactsBuilder {
@@ -360,6 +376,15 @@ impl FrameFactsBuilder {
                 (true, Some(b)) => mean_abs_diff(b, &self.prev),
                 _ => None,
             });
+            if self.hardened {
+                let (change, mouth) = match (self.prev_ok, g) {
+                    (true, Some(b)) => hardened::face_and_mouth_change(&self.prev, b, face)
+                        .map_or((None, None), |(f, m)| (Some(f), m)),
+                    _ => (None, None),
+                };
+                facts.face_changes.push(change);
+                facts.mouth_changes.push(mouth);
+            }
         }
         self.mouth.push(self.prev_ok.then_some(&self.prev), g, face);
         std::mem::swap(&mut self.cur, &mut self.prev);
@@ -379,6 +404,7 @@ impl FrameFactsBuilder {
 /// produces goes to [`analyse_followed`].
 pub struct FramePass<'d> {
     detector: &'d dyn FaceDetector,
+    profile: ScoringProfile,
     tracker: FaceTracker,
     boxes: Vec<Option<FaceBox>>,
     facts: FrameFactsBuilder,
@@ -387,18 +413,28 @@ pub struct FramePass<'d> {
 /// What a [`FramePass`] saw.
 pub struct FramesFollowed {
     detector: &'static str,
+    profile: ScoringProfile,
     boxes: Vec<Option<FaceBox>>,
     facts: FrameFacts,
 }
 
 impl<'d> FramePass<'d> {
-    /// A pass that follows faces with `detector`.
+    /// A pass that follows faces with `detector`, for the default (hardened) profile.
     pub fn new(detector: &'d dyn FaceDetector) -> Self {
+        Self::with_profile(detector, ScoringProfile::default())
+    }
+
+    /// A pass that follows faces with `detector` and measures what `profile`'s terms read.
+    pub fn with_profile(detector: &'d dyn FaceDetector, profile: ScoringProfile) -> Self {
         FramePass {
             detector,
+            profile,
             tracker: FaceTracker,
             boxes: Vec::new(),
-            facts: FrameFactsBuilder::default(),
+            facts: FrameFactsBuilder {
+                hardened: profile == ScoringProfile::Hardened,
+                ..FrameFactsBuilder::default()
+            },
         }
     }
 
@@ -418,6 +454,7 @@ impl<'d> FramePass<'d> {
     pub fn finish(self) -> FramesFollowed {
         FramesFollowed {
             detector: self.detector.name(),
+            profile: self.profile,
             boxes: self.boxes,
             facts: self.facts.finish(),
         }
@@ -479,7 +516,7 @@ pub fn analyse_with(
     detector: &dyn FaceDetector,
     context: &AnalysisContext<'_>,
 ) -> Analysis {
-    let mut pass = FramePass::new(detector);
+    let mut pass = FramePass::with_profile(detector, context.options.profile);
     for frame in media.frames {
         pass.push(frame);
     }
@@ -498,7 +535,8 @@ pub struct FramePassMismatch {
 
 /// [`analyse_with`] after its per-frame half, which a [`FramePass`] already ran (while the decoder
 /// was delivering the frames): `followed` must have seen exactly `media.frames`, in order. A pass
-/// over another number of frames is refused (the caller's bug, never the miner's).
+/// over another number of frames is refused (the caller's bug, never the miner's). The terms are
+/// computed with the profile the pass measured for ([`FramePass::with_profile`]).
 pub fn analyse_followed(
     media: &Media<'_>,
     followed: FramesFollowed,
@@ -544,9 +582,11 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
     // Faces: the largest per frame, in frame coordinates, from the detector in every identity mode.
     let FramesFollowed {
         detector,
+        profile,
         boxes,
         facts,
     } = followed;
+    let hardened = profile == ScoringProfile::Hardened;
     if facts.malformed > 0 {
         issues.push(AnalysisIssue::MalformedFrames {
             count: facts.malformed,
@@ -576,7 +616,21 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
     }
 
     // Lipsync (and the per-time local correlation the desync penalty reads).
-    let mouth = &facts.mouth;
+    // The hardened profile's mouth signal is the mouth's share of the face change (a still face under
+    // grain, jitter or flicker does not move its mouth); the ROI variance is the reference's.
+    let hardened_mouth;
+    let mouth = if hardened {
+        hardened_mouth = lipsync::MouthTrack {
+            signal: std::iter::once(None)
+                .chain(facts.mouth_changes.iter().copied())
+                .take(n)
+                .collect(),
+            variance: facts.mouth.variance.clone(),
+        };
+        &hardened_mouth
+    } else {
+        &facts.mouth
+    };
     let env = lipsync::audio_envelope(&video_audio, n);
     let lip = lipsync::lipsync(mouth, &env);
     if lip.status != LipsyncStatus::Measured {
@@ -588,13 +642,25 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
         Vec::new()
     };
 
-    let vid = video::video(&facts, &boxes);
-    let aud = audio::audio(&source_audio, &video_audio, transcript, hypothesis);
+    // The hardened profile: sharpness capped at the challenge face's, motion and freeze judged on the
+    // face change, loudness capped at the challenge audio's (docs/scoring.md, "Hardened profile").
+    let (motion_diffs, blur_cap) = if hardened {
+        let size = facts.sizes.iter().flatten().next().copied();
+        let cap = size.and_then(|(w, h)| hardened::reference_sharpness(media.reference_face, w, h));
+        (&facts.face_changes, cap)
+    } else {
+        (&facts.frame_diffs, None)
+    };
+    let vid = video::video_with(&facts, &boxes, blur_cap, motion_diffs);
+    let mut aud = audio::audio(&source_audio, &video_audio, transcript, hypothesis);
+    if hardened {
+        (aud.audio, aud.audio_quality) = hardened::capped_loudness(&aud, aud.source_audio_energy.sqrt());
+    }
     let tmp = temporal::temporal(&sims, &boxes, &mouth.signal);
 
     let means: Vec<f64> = facts.stats.iter().flatten().map(|s| s.mean).collect();
     let pen = penalties::combine(
-        penalties::freeze(&facts.frame_diffs),
+        penalties::freeze(motion_diffs),
         penalties::loop_penalty(&means),
         penalties::face_missing(face_detect_ratio),
         penalties::offscreen(&boxes, &facts.sizes),
@@ -657,6 +723,7 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
             detector,
             identity_backend: identity_backend.name(),
             identity_mode: identity.mode,
+            profile,
             frames: n,
             frame_format: frames.first().map(|f| f.format),
             frames_with_face,

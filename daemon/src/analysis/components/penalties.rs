@@ -3,7 +3,8 @@
 //!
 //! Owns (docs/reference.md#component-penalties, weights summing to 1):
 //! - `freeze` 0.18: fraction of consecutive sampled-frame pairs with mean |Δgrey| < 0.8 (1 when there
-//!   is no pair at all);
+//!   is no pair at all); under the hardened profile the pairs' values are the face change
+//!   ([`face_change`](super::hardened::face_change)) instead of the whole frame's |Δgrey|;
 //! - `loop` 0.12: ≥ 12 frames; `k = max(3, n / 5)`; correlation `c` of the per-frame mean intensity of
 //!   the first k and the last k frames; `(c − 0.85) / 0.15` when `c > 0.85`;
 //! - `face_missing` 0.22: `(0.80 − face_detect_ratio) / 0.80` below 0.80;

@@ -10,6 +10,10 @@
 //! - `motion = 0.6·clamp01((mean|Δframe| − 1) / 18) + 0.4·smoothness(|Δframe|)`;
 //! - `video = 0.6·aesthetic + 0.4·motion`.
 //!
+//! Under the hardened profile ([`video_with`]'s arguments), each frame's Laplacian variance is capped
+//! at the challenge face's and the motion term reads the face change instead of the whole frame's
+//! difference (docs/scoring.md, "Hardened profile").
+//!
 //! Must not: recompute per-frame statistics (they come precomputed, from one sweep over the frames),
 //! or score a frame it could not decode as anything but absent.
 
@@ -17,6 +21,7 @@ use serde::Serialize;
 
 use super::FaceBox;
 use super::FrameFacts;
+use super::hardened::capped_blur;
 use super::stats::{clamp01, mean, smoothness};
 
 /// The video component and its terms.
@@ -36,10 +41,15 @@ pub struct VideoDetail {
     pub artifacts: f64,
     /// Motion naturalness.
     pub motion: f64,
-    /// Mean absolute grey difference between consecutive sampled frames.
+    /// Mean of the differences between consecutive sampled frames that the motion term read: the
+    /// whole frame's mean absolute grey difference (reference profile) or the face change (hardened
+    /// profile, [`face_change`](super::hardened::face_change)).
     pub mean_abs_frame_diff: f64,
     /// `smoothness` of those differences (0 with fewer than 3).
     pub diff_smoothness: f64,
+    /// The Laplacian variance each frame's blur term was capped at: the challenge face's (hardened
+    /// profile); `None` with the reference's term.
+    pub blur_cap: Option<f64>,
 }
 
 /// The reference's face-size score of one area ratio.
@@ -65,15 +75,23 @@ pub fn artifacts(dark_frac: f64, bright_frac: f64) -> f64 {
     1.0 - clamp01((dark_frac + bright_frac) / 0.35)
 }
 
-/// Computes the component from per-frame facts and boxes.
-pub(crate) fn video(facts: &FrameFacts, boxes: &[Option<FaceBox>]) -> VideoDetail {
+/// Computes the component from per-frame facts and boxes, with each frame's Laplacian variance
+/// capped at `blur_cap` (the hardened profile's [`capped_blur`]; `None`: the reference's term) and the
+/// motion term read from `diffs` (the whole frame's mean |Δgrey| for the reference, the face change
+/// for the hardened profile).
+pub(crate) fn video_with(
+    facts: &FrameFacts,
+    boxes: &[Option<FaceBox>],
+    blur_cap: Option<f64>,
+    diffs: &[Option<f64>],
+) -> VideoDetail {
     let stats: Vec<_> = facts.stats.iter().flatten().collect();
     let blur = mean(
         &facts
             .laplacian_var
             .iter()
             .flatten()
-            .map(|&v| clamp01(v / 500.0))
+            .map(|&v| capped_blur(v, blur_cap))
             .collect::<Vec<_>>(),
     );
     let bc = mean(
@@ -102,7 +120,7 @@ pub(crate) fn video(facts: &FrameFacts, boxes: &[Option<FaceBox>]) -> VideoDetai
     let (blur, bc, art) = (blur.unwrap_or(0.0), bc.unwrap_or(0.0), art.unwrap_or(0.0));
     let aesthetic = 0.35 * blur + 0.25 * bc + 0.25 * face + 0.15 * art;
 
-    let diffs: Vec<f64> = facts.frame_diffs.iter().flatten().copied().collect();
+    let diffs: Vec<f64> = diffs.iter().flatten().copied().collect();
     let mad = mean(&diffs).unwrap_or(0.0);
     let sm = smoothness(&diffs).unwrap_or(0.0);
     let motion = 0.6 * clamp01((mad - 1.0) / 18.0) + 0.4 * sm;
@@ -116,6 +134,7 @@ pub(crate) fn video(facts: &FrameFacts, boxes: &[Option<FaceBox>]) -> VideoDetai
         motion: clamp01(motion),
         mean_abs_frame_diff: mad,
         diff_smoothness: sm,
+        blur_cap,
     }
 }
 
