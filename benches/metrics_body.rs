@@ -83,6 +83,7 @@ fn rows(n: usize) -> Vec<MetricsRow> {
                         asr_backend: "none".to_owned(),
                         analysis_time_sec: 0.412 + f / 1e4,
                         scoring_profile: ScoringProfile::Hardened,
+                        picture_mismatches: Vec::new(),
                     }),
                 })
                 .collect();

@@ -26,6 +26,7 @@ fn components(i: u32) -> ChallengeComponents {
         sync_d: 0.2,
         face_detect_ratio: 0.7 + 0.3 * x,
         identity_mode: IdentityMode::Insightface,
+        picture_mismatches: 0,
     }
 }
 

@@ -210,7 +210,34 @@ fn an_output_off_the_tasks_size_or_frame_rate_is_bad_output() {
         assert_eq!(result.status.code(), Some(65), "{}", output_text(&result));
         let body: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
         assert_eq!(body["bad_output"]["reason"], reason, "{body}");
+        // `analysis.conformance = "penalty"`: the same output is scored, the mismatch named and its
+        // quality halved by the conformance gate.
+        let penalty = case.path("penalty.toml");
+        std::fs::write(
+            &penalty,
+            "[gpu]\nvirtual = 1\n[analysis]\nconformance = \"penalty\"\n",
+        )
+        .unwrap();
+        let result = case.analyze_with(&penalty, &out, &["--json"]);
+        assert_eq!(result.status.code(), Some(0), "{}", output_text(&result));
+        let body: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(
+            body["debug"]["picture_mismatches"],
+            serde_json::json!([reason]),
+            "{body}"
+        );
+        let quality = &body["quality"];
+        assert_eq!(quality["gates_applied"]["conformance"], true, "{quality}");
+        assert_eq!(quality["components"]["picture_mismatches"], 1, "{quality}");
+        assert!(quality["gate_multiplier"].as_f64().unwrap() <= 0.5, "{quality}");
     }
+    // The task's own picture has nothing to penalise.
+    let penalty = case.path("penalty.toml");
+    let result = case.analyze_with(&penalty, &clip, &["--json"]);
+    assert_eq!(result.status.code(), Some(0), "{}", output_text(&result));
+    let body: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert!(body["debug"].get("picture_mismatches").is_none(), "{body}");
+    assert_eq!(body["quality"]["gates_applied"]["conformance"], false, "{body}");
 }
 
 /// Bit-identical frames (a lossless still, as the issue that found the tracker's jitter made it) keep

@@ -213,6 +213,29 @@ impl Default for DecodeLimits {
     }
 }
 
+/// How an output whose picture is not the task's (size, frame rate) is treated:
+/// `analysis.conformance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conformance {
+    /// `bad_output` with its reason (`wrong_resolution`, `wrong_fps`). The default.
+    #[default]
+    Strict,
+    /// Analysed as it is, and each mismatch is a scored penalty (the quality's conformance gate),
+    /// named in the run's debug: never silently ignored.
+    Penalty,
+}
+
+impl Conformance {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conformance::Strict => "strict",
+            Conformance::Penalty => "penalty",
+        }
+    }
+}
+
 /// The picture `task.json` asks for: `resolution` × `resolution` pixels at `fps` frames per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameSpec {
@@ -220,15 +243,23 @@ pub struct FrameSpec {
     pub side: u32,
     /// `task.json`'s `fps`.
     pub fps: f64,
+    /// What a mismatch costs.
+    pub conformance: Conformance,
 }
 
 impl FrameSpec {
-    /// The picture the engine's `task.json` asks for ([`crate::domain::task`]).
+    /// The picture the engine's `task.json` asks for ([`crate::domain::task`]), held strictly.
     pub fn task() -> FrameSpec {
         FrameSpec {
             side: crate::domain::task::RESOLUTION,
             fps: f64::from(crate::domain::task::FPS),
+            conformance: Conformance::Strict,
         }
+    }
+
+    /// The same picture, a mismatch treated as `conformance` says.
+    pub fn with_conformance(self, conformance: Conformance) -> FrameSpec {
+        FrameSpec { conformance, ..self }
     }
 
     /// How far the declared average frame rate may be from the task's, as a fraction of it: a
@@ -508,32 +539,44 @@ pub struct ProbeInfo {
 }
 
 impl ProbeInfo {
-    /// Checks the output against the challenge and its task: with a [`FrameSpec`], the picture must be
-    /// the task's size (else `wrong_resolution`) at its frame rate (else `wrong_fps`); the video must
+    /// How the picture differs from `spec`: its size (`wrong_resolution`), then its average frame rate
+    /// beyond [`FrameSpec::FPS_TOLERANCE`] (`wrong_fps`); empty when it is the task's.
+    pub fn picture_mismatches(&self, spec: &FrameSpec) -> Vec<BadOutput> {
+        let mut mismatches = Vec::new();
+        let (w, h) = (self.video.width, self.video.height);
+        if (w, h) != (spec.side, spec.side) {
+            mismatches.push(BadOutput::new(
+                BadOutputReason::WrongResolution,
+                format!("video is {w}x{h}; the task asked for {0}x{0}", spec.side),
+            ));
+        }
+        let fps = self.video.fps;
+        // Written so that a NaN rate is a mismatch too.
+        let within_tolerance = (fps - spec.fps).abs() <= spec.fps * FrameSpec::FPS_TOLERANCE;
+        if !within_tolerance {
+            mismatches.push(BadOutput::new(
+                BadOutputReason::WrongFps,
+                format!(
+                    "video runs at {fps:.3} fps; the task asked for {} fps (tolerance {:.0} %)",
+                    spec.fps,
+                    FrameSpec::FPS_TOLERANCE * 100.0
+                ),
+            ));
+        }
+        mismatches
+    }
+
+    /// Checks the output against the challenge and its task: with a strict [`FrameSpec`], the picture
+    /// must be the task's size (else `wrong_resolution`) at its frame rate (else `wrong_fps`; with
+    /// [`Conformance::Penalty`] the caller scores [`Self::picture_mismatches`] instead); the video must
     /// last within [`Expectation::bounds`] (else `wrong_duration`, with both numbers), and its audio
     /// stream must last as long as its video within the tolerance (else `av_duration_mismatch`).
     pub fn check_expectation(&self, expectation: &Expectation) -> Result<(), BadOutput> {
-        if let Some(spec) = expectation.frame {
-            let (w, h) = (self.video.width, self.video.height);
-            if (w, h) != (spec.side, spec.side) {
-                return Err(BadOutput::new(
-                    BadOutputReason::WrongResolution,
-                    format!("video is {w}x{h}; the task asked for {0}x{0}", spec.side),
-                ));
-            }
-            let fps = self.video.fps;
-            // Written so that a NaN rate is refused too.
-            let within_tolerance = (fps - spec.fps).abs() <= spec.fps * FrameSpec::FPS_TOLERANCE;
-            if !within_tolerance {
-                return Err(BadOutput::new(
-                    BadOutputReason::WrongFps,
-                    format!(
-                        "video runs at {fps:.3} fps; the task asked for {} fps (tolerance {:.0} %)",
-                        spec.fps,
-                        FrameSpec::FPS_TOLERANCE * 100.0
-                    ),
-                ));
-            }
+        if let Some(spec) = expectation.frame
+            && spec.conformance == Conformance::Strict
+            && let Some(mismatch) = self.picture_mismatches(&spec).into_iter().next()
+        {
+            return Err(mismatch);
         }
         let (low, high) = expectation.bounds();
         let video = self.duration_secs;

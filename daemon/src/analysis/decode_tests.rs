@@ -1655,7 +1655,12 @@ async fn the_output_must_have_the_tasks_frame_size_and_rate() {
     let path = small_clip(&dir, "clip.mp4", 3.0);
     let limits = DecodeLimits::default();
     let info = within(probe(&path, &limits)).await.unwrap();
-    let task = |side, fps| Expectation::new(3.0, 5.0).with_frame(FrameSpec { side, fps });
+    let spec = |side, fps| FrameSpec {
+        side,
+        fps,
+        conformance: Conformance::Strict,
+    };
+    let task = |side, fps| Expectation::new(3.0, 5.0).with_frame(spec(side, fps));
 
     // 64×64 at 25 fps: what a 64-pixel, 25 fps task asks for.
     info.check_expectation(&task(64, 25.0)).unwrap();
@@ -1675,6 +1680,21 @@ async fn the_output_must_have_the_tasks_frame_size_and_rate() {
     );
     // Without a frame spec only the length is checked (the decoder's own tests).
     info.check_expectation(&Expectation::new(3.0, 5.0)).unwrap();
+    // `analysis.conformance = "penalty"`: the same mismatches pass the check and are listed for the
+    // scoring instead, both at once.
+    let penalised = spec(512, 30.0).with_conformance(Conformance::Penalty);
+    info.check_expectation(&Expectation::new(3.0, 5.0).with_frame(penalised))
+        .unwrap();
+    let reasons: Vec<_> = info
+        .picture_mismatches(&penalised)
+        .iter()
+        .map(|m| m.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [BadOutputReason::WrongResolution, BadOutputReason::WrongFps]
+    );
+    assert!(info.picture_mismatches(&spec(64, 25.0)).is_empty());
 
     // A real 15 fps and a real 24 fps encode against a 25 fps task; probe_and_decode refuses
     // before decoding.

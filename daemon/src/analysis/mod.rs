@@ -54,6 +54,20 @@ pub struct ChallengeAnalysis {
     pub analysis_secs: f64,
     /// Which formulas the components were computed with (`scoring.profile`).
     pub profile: crate::scoring::ScoringProfile,
+    /// How the output missed the task's picture, scored as a penalty under
+    /// `analysis.conformance = "penalty"` (`components.picture_mismatches` counts them); empty when it
+    /// matched (a strict mismatch is `bad_output` and never gets here).
+    pub picture_mismatches: Vec<PictureMismatch>,
+}
+
+/// One property of the task's picture an output missed, scored rather than refused
+/// (`analysis.conformance = "penalty"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PictureMismatch {
+    /// `wrong_resolution` or `wrong_fps`: the `bad_output` reason strict conformance would give.
+    pub reason: String,
+    /// What was found and what the task asked for.
+    pub detail: String,
 }
 
 impl ChallengeAnalysis {
@@ -77,6 +91,7 @@ impl ChallengeAnalysis {
             asr_backend: self.asr_backend.to_owned(),
             analysis_time_sec: self.analysis_secs,
             scoring_profile: self.profile,
+            picture_mismatches: self.picture_mismatches.iter().map(|m| m.reason.clone()).collect(),
         }
     }
 }
@@ -141,7 +156,9 @@ pub async fn default_analyzer(
                 .with_identity(Arc::new(face::ArcFaceIdentity::new(backend)))
         }
     };
-    let analyzer = analyzer.with_profile(settings.profile);
+    let analyzer = analyzer
+        .with_profile(settings.profile)
+        .with_conformance(settings.conformance);
     decode::check_tools(&limits)
         .await
         .map_err(|e| format!("media tools: {e} (install Debian's ffmpeg)"))?;

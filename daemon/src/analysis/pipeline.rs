@@ -18,7 +18,7 @@ use super::components::{
 use super::decode::{self, DecodeError, DecodeLimits, Expectation, PixelFormat};
 use super::face::FaceDetector;
 use super::frame_buffers::FrameBuffers;
-use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis};
+use super::{AnalysisFailure, AnalysisFuture, AnalysisInput, Analyzer, ChallengeAnalysis, PictureMismatch};
 use crate::challenges::Challenge;
 use crate::scoring::ScoringProfile;
 use std::collections::VecDeque;
@@ -39,6 +39,8 @@ pub struct MediaAnalyzer {
     sources: Arc<SourceAudioCache>,
     /// `scoring.profile`: which formulas the components are computed with.
     profile: ScoringProfile,
+    /// `analysis.conformance`: a picture off the task's is refused or scored with a penalty.
+    conformance: decode::Conformance,
 }
 
 /// Most bytes of decoded source audio the analyser keeps: 64 clips of 30 s (the default challenge
@@ -112,7 +114,16 @@ impl MediaAnalyzer {
             buffers: Arc::new(FrameBuffers::default()),
             sources: Arc::default(),
             profile: ScoringProfile::default(),
+            conformance: decode::Conformance::default(),
         }
+    }
+
+    /// The same analyser holding outputs to the task's picture as `conformance` says (default:
+    /// strict).
+    #[must_use]
+    pub fn with_conformance(mut self, conformance: decode::Conformance) -> Self {
+        self.conformance = conformance;
+        self
     }
 
     /// The same analyser computing the components with `profile`'s formulas (default: hardened).
@@ -173,7 +184,9 @@ impl Analyzer for MediaAnalyzer {
             let challenge = input.challenge;
             let audio_duration = challenge.audio_info().duration_secs;
             let mut expectation = Expectation::new(audio_duration, input.max_seconds);
-            if let Some(frame) = input.frame {
+            // The task's picture, held as `analysis.conformance` says.
+            let frame = input.frame.map(|f| f.with_conformance(self.conformance));
+            if let Some(frame) = frame {
                 expectation = expectation.with_frame(frame);
             }
             // The analysis runs on one blocking thread, fed each sampled frame as ffmpeg delivers it:
@@ -269,8 +282,21 @@ impl Analyzer for MediaAnalyzer {
                 DecodeError::Infra(reason) => AnalysisFailure::Infra(reason),
             });
             // The output's verdict first: a bad file is the miner's whatever became of the source.
+            let mut picture_mismatches = Vec::new();
             match decoded.and_then(|decoded| Ok((decoded, source_audio?))) {
-                Ok(((_, d), source_audio)) => {
+                Ok(((info, d), source_audio)) => {
+                    // Under strict conformance a mismatch was already refused; under penalty it is
+                    // scored below.
+                    if let Some(spec) = frame {
+                        picture_mismatches = info
+                            .picture_mismatches(&spec)
+                            .into_iter()
+                            .map(|m| PictureMismatch {
+                                reason: m.reason.as_str().to_owned(),
+                                detail: m.detail,
+                            })
+                            .collect();
+                    }
                     // The worker only goes away if it panicked, which its join reports.
                     let _ = audio_tx.send((d.fps, d.audio, source_audio));
                 }
@@ -280,9 +306,10 @@ impl Analyzer for MediaAnalyzer {
                     return Err(e);
                 }
             }
-            let analysis = worker
+            let mut analysis = worker
                 .await
                 .map_err(|e| AnalysisFailure::Infra(format!("analysis worker failed: {e}")))??;
+            analysis.components.picture_mismatches = picture_mismatches.len() as u32;
             // Something that went wrong on this host is never the miner's score: the run is retried.
             if analysis.has_validator_issue() {
                 let issues: Vec<String> = analysis
@@ -300,6 +327,7 @@ impl Analyzer for MediaAnalyzer {
                 asr_backend: self.asr_name(),
                 analysis_secs: started.elapsed().as_secs_f64(),
                 profile: self.profile,
+                picture_mismatches,
             })
         })
     }

@@ -14,6 +14,9 @@ pub struct AnalysisSettings {
     /// `scoring.profile`: which formulas the components are computed with (the hardened terms of
     /// docs/scoring.md or the reference's).
     pub profile: crate::scoring::ScoringProfile,
+    /// `analysis.conformance`: an output off the task's picture is `bad_output` (`strict`) or scored
+    /// with a penalty (`penalty`).
+    pub conformance: super::decode::Conformance,
 }
 
 /// `[analysis.face]`

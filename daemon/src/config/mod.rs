@@ -435,7 +435,7 @@ pub fn render_effective(settings: &Settings) -> String {
          [evaluation]\n{challenges}warmup_count = {wc}\nscoring_count = {sc}\nready_timeout_secs = {rdt}\n\
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
-         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\nimage_cache_bytes = {icb}\nprepull_ahead = {ppa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
+         [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\nimage_cache_bytes = {icb}\nprepull_ahead = {ppa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis]\nconformance = \"{conf}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
          {scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
@@ -479,6 +479,7 @@ pub fn render_effective(settings: &Settings) -> String {
         arg = quote(&s.admin.read_group),
         asm = s.admin.socket_mode,
         face = render_face(&s.analysis.face),
+        conf = s.analysis.conformance.as_str(),
         asr = match &s.analysis.asr {
             AsrBackend::None => "backend = \"none\"\n".to_owned(),
             AsrBackend::Whisper { model, timeout } => format!(

@@ -48,6 +48,8 @@ pub struct RawAnalysis {
     pub asr: RawAsr,
     /// `[analysis.face]`: the face detector and identity backend.
     pub face: RawFace,
+    /// `strict` (an output off the task's size or frame rate is `bad_output`) or `penalty`.
+    pub conformance: Option<String>,
 }
 
 /// `[analysis.face]`

@@ -6,6 +6,7 @@
 
 use super::raw::RawConfig;
 use super::{ConfigProblem, Origins};
+pub use crate::analysis::decode::Conformance;
 pub use crate::analysis::settings::{AnalysisSettings, AsrBackend, FaceBackend, FaceSettings};
 use crate::domain::Hotkey;
 pub use crate::gpu::{GpuMode, GpuSelector, GpuSettings};
@@ -728,7 +729,25 @@ impl Validator<'_> {
         let asr = self.asr(&a.asr);
         // `scoring.profile` decides how the analysis measures the terms it changes.
         let profile = raw.scoring.as_ref().map(|s| s.profile).unwrap_or_default();
-        AnalysisSettings { face, asr, profile }
+        let conformance = match a.conformance.as_deref() {
+            None | Some("strict") => Conformance::Strict,
+            Some("penalty") => Conformance::Penalty,
+            Some(other) => {
+                self.problem(
+                    "analysis.conformance",
+                    format!(
+                        "'{other}' is not strict (an output off the task's size or frame rate is bad_output) or penalty (scored, each mismatch halving its quality)"
+                    ),
+                );
+                Conformance::Strict
+            }
+        };
+        AnalysisSettings {
+            face,
+            asr,
+            profile,
+            conformance,
+        }
     }
 
     /// `[analysis.face]`, with the old flat `analysis.face_backend` / `face_cascade` still accepted.

@@ -643,3 +643,32 @@ fn a_plain_http_subnet_api_is_refused_unless_loopback_or_explicitly_accepted() {
     let printed = render_effective(&s);
     assert!(printed.contains("subnet_api_allow_insecure = true"), "{printed}");
 }
+
+#[test]
+fn analysis_conformance_is_strict_by_default_penalty_on_request_and_nothing_else() {
+    use crate::analysis::decode::Conformance;
+    let f = Fixture::new();
+    let default = f.file("d.toml", &f.state());
+    let settings = f.load(&default).unwrap().settings;
+    assert_eq!(settings.analysis.conformance, Conformance::Strict);
+    let penalty = f.file(
+        "p.toml",
+        &format!("{}[analysis]\nconformance = \"penalty\"\n", f.state()),
+    );
+    let settings = f.load(&penalty).unwrap().settings;
+    assert_eq!(settings.analysis.conformance, Conformance::Penalty);
+    // print-config writes it, and it loads back.
+    assert!(render_effective(&settings).contains("[analysis]\nconformance = \"penalty\""));
+    let lenient = f.file(
+        "l.toml",
+        &format!("{}[analysis]\nconformance = \"lenient\"\n", f.state()),
+    );
+    let p = problems(f.load(&lenient).unwrap_err());
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "analysis.conformance");
+    assert!(
+        p[0].problem.contains("'lenient' is not strict"),
+        "{}",
+        p[0].problem
+    );
+}

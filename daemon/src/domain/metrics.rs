@@ -193,6 +193,10 @@ pub struct ChallengeDebug {
     /// documents written before it read `reference`.
     #[serde(default = "ScoringProfile::before_profiles")]
     pub scoring_profile: ScoringProfile,
+    /// With `analysis.conformance = "penalty"`: the properties of the task's picture the output missed
+    /// (`wrong_resolution`, `wrong_fps`), each halving its quality. Additive; omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub picture_mismatches: Vec<String>,
 }
 
 /// The efficiency block (docs/reference.md#metrics-shape and docs/reference.md#scoring-efficiency) plus

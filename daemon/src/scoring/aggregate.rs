@@ -266,6 +266,7 @@ mod tests {
             sync_d: 0.1,
             face_detect_ratio: 0.95,
             identity_mode: IdentityMode::Insightface,
+            picture_mismatches: 0,
         };
         let m = Measurement::new(10.0, 8.0);
         let s = score_challenge(&c, &m, &cfg);

@@ -56,6 +56,7 @@ fn components(v: impl Strategy<Value = f64> + Clone) -> impl Strategy<Value = Ch
                     sync_d,
                     face_detect_ratio: fdr,
                     identity_mode,
+                    picture_mismatches: 0,
                 }
             },
         )

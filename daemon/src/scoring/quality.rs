@@ -44,7 +44,18 @@ pub struct ChallengeComponents {
     pub face_detect_ratio: f64,
     /// How identity was computed.
     pub identity_mode: IdentityMode,
+    /// How many properties of the task's picture (size, frame rate) the output missed, with
+    /// `analysis.conformance = "penalty"` (strict conformance refuses such an output as `bad_output`
+    /// before it is scored, so this is 0 there). Each one is the conformance gate's multiplier.
+    #[serde(default)]
+    pub picture_mismatches: u32,
 }
+
+/// The conformance gate's multiplier per property of the task's picture the output missed
+/// (`analysis.conformance = "penalty"`): half the quality for the wrong size, half again for the wrong
+/// frame rate. Steep on purpose: a smaller or slower output is cheaper to make, so the penalty must
+/// outweigh what the efficiency factor gives for it.
+pub const CONFORMANCE_MULTIPLIER: f64 = 0.5;
 
 /// Which gates fired (a bitflags-like set of bools).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,17 +66,20 @@ pub struct GateFlags {
     pub identity: bool,
     /// `sync_c < gates.sync_c_threshold` or `2·sync_c − 1 < gates.min_sync_correlation`.
     pub sync: bool,
+    /// The output missed the task's picture and was scored with `analysis.conformance = "penalty"`.
+    #[serde(default)]
+    pub conformance: bool,
 }
 
 impl GateFlags {
     /// True when at least one gate fired.
     pub const fn any(self) -> bool {
-        self.face_detect || self.identity || self.sync
+        self.face_detect || self.identity || self.sync || self.conformance
     }
 
     /// Number of gates that fired.
     pub const fn count(self) -> u32 {
-        self.face_detect as u32 + self.identity as u32 + self.sync as u32
+        self.face_detect as u32 + self.identity as u32 + self.sync as u32 + self.conformance as u32
     }
 }
 
@@ -125,6 +139,7 @@ impl ChallengeComponents {
             sync_d: f(self.sync_d, 1.0),
             face_detect_ratio: f(self.face_detect_ratio, 0.0),
             identity_mode: self.identity_mode,
+            picture_mismatches: self.picture_mismatches,
         };
         (out, nf, oor)
     }
@@ -155,6 +170,10 @@ pub fn score_quality(components: &ChallengeComponents, cfg: &ScoringConfig) -> Q
     if c.sync_c < g.sync_c_threshold || implied_correlation < g.min_sync_correlation {
         flags.sync = true;
         gate *= g.sync_multiplier;
+    }
+    if c.picture_mismatches > 0 {
+        flags.conformance = true;
+        gate *= CONFORMANCE_MULTIPLIER.powi(c.picture_mismatches.min(2) as i32);
     }
 
     let blended = w.identity * c.identity
@@ -205,6 +224,7 @@ mod tests {
             sync_d: 0.1,
             face_detect_ratio: 0.95,
             identity_mode: IdentityMode::Insightface,
+            picture_mismatches: 0,
         }
     }
 
@@ -314,6 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn each_missed_property_of_the_tasks_picture_halves_the_quality() {
+        let cfg = ScoringConfig::default();
+        let base = score_quality(&good(), &cfg);
+        assert!(!base.gates_applied.conformance);
+        for (n, factor) in [(1, 0.5), (2, 0.25)] {
+            let mut c = good();
+            c.picture_mismatches = n;
+            let s = score_quality(&c, &cfg);
+            assert!(s.gates_applied.conformance && s.gates_applied.any());
+            assert!((s.gate_multiplier - base.gate_multiplier * factor).abs() < 1e-12);
+            assert!((s.quality_score - base.quality_score * factor).abs() < 1e-12);
+        }
+        // A document written before the field reads 0 (no mismatch).
+        let mut old = serde_json::to_value(good()).unwrap();
+        old.as_object_mut().unwrap().remove("picture_mismatches");
+        let back: ChallengeComponents = serde_json::from_value(old).unwrap();
+        assert_eq!(back.picture_mismatches, 0);
+    }
+
+    #[test]
     fn wer_exactly_at_threshold_passes_and_above_fails_hard() {
         let mut c = good();
         c.wer = 0.60;
@@ -364,6 +404,7 @@ mod tests {
             sync_d: -1.0,
             face_detect_ratio: 3.0,
             identity_mode: IdentityMode::Insightface,
+            picture_mismatches: 0,
         };
         let s = q(top);
         assert!(close(s.quality_score, 1.0) && s.quality_score <= 1.0);

@@ -716,6 +716,8 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
         sync_d: lip.sync_d,
         face_detect_ratio,
         identity_mode: identity.mode,
+        // The analysis sees no task; the caller that held the output to it sets this.
+        picture_mismatches: 0,
     };
     Analysis {
         components,
