@@ -7,12 +7,12 @@ use crate::api::http::Gateway;
 use crate::api::prom::PromMetrics;
 use crate::challenges::{FetchTimeouts, Signer, SubnetApiSource};
 use crate::clock::SystemClock;
-use crate::config::{self, ChallengeSource, ConfigLocation, GpuMode, Settings};
+use crate::config::{self, ChallengeSource, ConfigLocation, Settings};
 use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
-use crate::engine::run::{ContainerUser, RunEnv};
+use crate::engine::run::RunEnv;
 use crate::events::EventBus;
-use crate::gpu::{GpuInventory, VirtualInventory};
-use crate::runtime::{Engine, ImageCache};
+use crate::gpu::GpuInventory;
+use crate::runtime::Engine;
 use crate::service::Service;
 use crate::service::admin::{AdminContext, ReloadReport, Reloader, RuntimeInfo};
 use crate::store::{Store, StoreError};
@@ -117,23 +117,11 @@ async fn evaluation_loop(
                 settings.evaluation.work_dir.display()
             ))
         })?;
-    let images = Arc::new(ImageCache::new(
-        engine.clone(),
-        store.clone(),
-        settings.docker.image_cache_bytes,
-        Arc::new(SystemClock),
-    ));
-    let env = Arc::new(RunEnv {
-        engine,
-        images,
-        analyzer: crate::analysis::default_analyzer(&settings.analysis)
+    let env = Arc::new(
+        RunEnv::assemble(engine, store, settings.clone(), events.clone())
             .await
             .map_err(DaemonError::Engine)?,
-        settings: settings.clone(),
-        clock: Arc::new(SystemClock),
-        container_user: ContainerUser::resolve(&settings.container.user),
-        events: events.clone(),
-    });
+    );
     let docker = env.engine.clone();
     Ok(Some((
         EvaluationLoop::new(env, store.clone(), source, inventory, control.clone()),
@@ -143,26 +131,7 @@ async fn evaluation_loop(
 
 /// The GPUs evaluations may use.
 fn gpu_inventory(settings: &Settings) -> Result<(Arc<dyn GpuInventory>, String), DaemonError> {
-    match settings.gpu.mode {
-        GpuMode::Virtual(n) => {
-            tracing::warn!(
-                slots = n,
-                "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
-            );
-            let inventory =
-                VirtualInventory::new(n).with_cuda_version(settings.gpu.virtual_cuda_version.clone());
-            Ok((Arc::new(inventory), format!("virtual ({n} slots)")))
-        }
-        GpuMode::Nvml => {
-            let g = &settings.gpu;
-            let limits = crate::gpu::nvml::ProbeLimits {
-                max_temperature_c: g.max_temperature_c,
-            };
-            let inventory = crate::gpu::nvml::NvmlInventory::open(&g.devices, limits, g.vram_sample_hz)
-                .map_err(|e| DaemonError::Engine(e.to_string()))?;
-            Ok((Arc::new(inventory), "nvml".to_owned()))
-        }
-    }
+    crate::gpu::open_inventory(&settings.gpu).map_err(|e| DaemonError::Engine(e.to_string()))
 }
 
 /// Re-read the configuration from where it came from and apply what can change while running: the

@@ -11,6 +11,13 @@
 //! wrong, 66 when `fetch --from SRC` lacks a file, 78 when `--manifest` names an invalid manifest; with
 //! several failures, 65 if a file was refused, else the first one's. `check-config` also exits 78 when
 //! a configured model file is missing, naming `talkheadd models fetch`.
+//!
+//! `evaluate` runs one evaluation of one image as the daemon would (no daemon, no persistent state) and
+//! exits 0 when the verdict is `ok`, 65 when the miner's verdict is anything else (the report says
+//! which), 1 on an infrastructure failure (Docker unreachable, a pull failed for the host's reasons, a
+//! GPU fault, interrupted by SIGINT/SIGTERM: the reason is printed), 2 on a usage error (a reference
+//! not pinned by digest, a `--gpu` index the inventory lacks, an unusable `--challenges` directory), 78
+//! on a configuration error (no GPU inventory, analysis backends).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -43,6 +50,31 @@ enum Command {
     /// Runtime), each checked against the manifest's size and SHA-256. Reads no configuration.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Run ONE evaluation of an image on this host as the daemon would (pull by digest, hardened
+    /// container, timing, VRAM, analysis, scoring) and print its report; no daemon, nothing kept.
+    /// Exit 0 verdict ok, 65 another miner verdict, 1 infrastructure failure, 2 usage, 78 configuration.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EvaluateArgs {
+    /// The image, pinned by digest: `registry/name[:tag]@sha256:<64 hex>` (a tag alone is refused).
+    #[arg(long, value_name = "REF", value_parser = parse_image_ref)]
+    image: talkheadd::domain::ImageRef,
+    /// The challenge directory (the layout of `evaluation.challenges_dir`).
+    #[arg(long, value_name = "DIR")]
+    challenges: PathBuf,
+    /// The slot of the configured GPU inventory (NVML or `gpu.virtual`) to run on.
+    #[arg(long, value_name = "INDEX", default_value_t = 0)]
+    gpu: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--image`: the gateway's own parsing, so a tag-only reference is refused as `POST /update` refuses it.
+fn parse_image_ref(text: &str) -> Result<talkheadd::domain::ImageRef, String> {
+    talkheadd::domain::ImageRef::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,16 +191,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Analyze(args) => analyze(&loaded.settings, args),
+        Command::Evaluate(args) => evaluate(loaded.settings, args),
         Command::Models(command) => ExitCode::from(models(&command)),
         Command::Run => {
             talkheadd::logging::init(&loaded.settings.log);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "talkheadd starting");
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match start_runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("talkheadd: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(talkheadd::daemon::run(loaded.settings, location)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -198,15 +228,52 @@ fn models(command: &ModelsCommand) -> u8 {
     }
 }
 
+/// Start a subcommand's async runtime from `builder`; `Err` is the exit code when it cannot start.
+fn start_runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("talkheadd: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `talkheadd evaluate`: one evaluation of one image (see `talkheadd::engine::oneshot`).
+fn evaluate(settings: talkheadd::config::Settings, args: EvaluateArgs) -> ExitCode {
+    use talkheadd::engine::oneshot::{self, EvaluateRequest};
+    talkheadd::logging::init(&settings.log);
+    let runtime = match start_runtime(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let request = EvaluateRequest {
+        image: args.image,
+        challenges: args.challenges,
+        gpu: args.gpu,
+    };
+    match runtime.block_on(oneshot::evaluate(settings, request)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if let Some(reason) = report.reason.as_deref().filter(|_| report.exit_code != 0) {
+                eprintln!("talkheadd: {}: {reason}", report.verdict);
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("talkheadd: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 /// `talkheadd analyze`: the daemon's analyser on one file (see `talkheadd::analysis::offline`).
 fn analyze(settings: &talkheadd::config::Settings, args: AnalyzeArgs) -> ExitCode {
     use talkheadd::analysis::offline::{self, OfflineError, OfflineRequest};
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match start_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("talkheadd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let request = OfflineRequest {
         video: args.video,

@@ -6,6 +6,8 @@
 //! Each tick of the loop is decided by the pure [`plan`] over a snapshot; its effects are
 //! `dispatch` (where a run executes), `slots`, [`gate`], `challenge_set`, `prefetch` and
 //! `evict`.
+//!
+//! [`oneshot`] runs one evaluation outside the loop, for `talkheadd evaluate`.
 
 mod blocking;
 pub mod calibration;
@@ -15,6 +17,7 @@ pub mod duplicates;
 mod evict;
 pub mod gate;
 pub mod metrics;
+pub mod oneshot;
 pub mod plan;
 mod prefetch;
 pub mod rounds_loop;

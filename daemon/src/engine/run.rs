@@ -68,6 +68,36 @@ pub struct RunEnv {
     pub events: EventBus,
 }
 
+impl RunEnv {
+    /// The run environment on a connected `engine` with `settings`: the image cache recorded in
+    /// `store` (within `docker.image_cache_bytes`), the configured analyser (an error names what is
+    /// wrong with the analysis settings), and the container user. Shared by the daemon and
+    /// `talkheadd evaluate`, so that both run miners the same way.
+    pub async fn assemble(
+        engine: Engine,
+        store: &crate::store::Store,
+        settings: Arc<Settings>,
+        events: EventBus,
+    ) -> Result<RunEnv, String> {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let images = Arc::new(ImageCache::new(
+            engine.clone(),
+            store.clone(),
+            settings.docker.image_cache_bytes,
+            clock.clone(),
+        ));
+        Ok(RunEnv {
+            engine,
+            images,
+            analyzer: crate::analysis::default_analyzer(&settings.analysis).await?,
+            container_user: ContainerUser::resolve(&settings.container.user),
+            settings,
+            clock,
+            events,
+        })
+    }
+}
+
 /// Who the miner runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerUser {

@@ -177,6 +177,31 @@ impl GpuInventory for VirtualInventory {
     }
 }
 
+/// The inventory `settings` configure: `gpu.virtual = N` slots, or the NVML GPUs `gpu.devices`
+/// selects. Also returns the backend's name for `status` (`virtual (N slots)`, `nvml`). Shared by the
+/// daemon and `talkheadd evaluate`; an error is the operator's to fix in the configuration.
+pub fn open_inventory(
+    settings: &GpuSettings,
+) -> Result<(Arc<dyn GpuInventory>, String), nvml::NvmlOpenError> {
+    match settings.mode {
+        GpuMode::Virtual(n) => {
+            tracing::warn!(
+                slots = n,
+                "gpu.virtual is set: evaluations run on virtual GPU slots, VRAM is not measured"
+            );
+            let inventory = VirtualInventory::new(n).with_cuda_version(settings.virtual_cuda_version.clone());
+            Ok((Arc::new(inventory), format!("virtual ({n} slots)")))
+        }
+        GpuMode::Nvml => {
+            let limits = nvml::ProbeLimits {
+                max_temperature_c: settings.max_temperature_c,
+            };
+            let inventory = nvml::NvmlInventory::open(&settings.devices, limits, settings.vram_sample_hz)?;
+            Ok((Arc::new(inventory), "nvml".to_owned()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
