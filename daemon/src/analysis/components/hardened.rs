@@ -176,7 +176,7 @@ fn region(w: usize, h: usize, face: Option<&FaceBox>) -> Option<[usize; 4]> {
 /// box-downscaled so that its longer side is at most [`CHANGE_GRID`] cells. The translation of `cur`
 /// against `prev` is estimated on a grid twice as coarse ([`global_shift`]) and undone with a
 /// bilinear warp; the gain and offset that best map `prev` onto the warped `cur` are removed; the
-/// residual is averaged over 2×2-cell blocks, and each block counts only what exceeds
+/// residual is averaged over [`RESIDUAL_BLOCK`]-cell square blocks, and each block counts only what exceeds
 /// [`NOISE_FLOOR_FACTOR`] times the median block (a talking face changes in a minority of its blocks,
 /// grain in all of them). The result is the mean over blocks: 0 for a still face under grain, jitter or
 /// flicker; about a grey level or more for a frame whose mouth moved.

@@ -7,9 +7,13 @@
 //!
 //! Nothing outlives the command: the image cache's records live in a throw-away store and the job
 //! directory under one temporary directory (`$TMPDIR/talkheadd-evaluate-*`; `evaluation.work_dir` is
-//! not used), removed at the end. It never disturbs a daemon on the same host: the throw-away store
-//! gives it its own instance id, so its container carries its own `talkhead.instance` label; it
-//! reconciles and sweeps only containers with that label, and never evicts images. An image it pulled
+//! not used), removed at the end. Beside a daemon on the same host it keeps to its own containers:
+//! the throw-away store gives it its own instance id, so its container carries its own
+//! `talkhead.instance` label; it reconciles and sweeps only containers with that label, and never
+//! evicts images. It does not coordinate GPUs with that daemon: `--gpu` must name a GPU the daemon
+//! does not use (its `gpu.devices`), or the two runs will see each other's processes (a foreign
+//! process on a slot is a GPU fault for the daemon's run) and skew each other's times. The job
+//! directory is bind-mounted, so `docker.host` must be this host's engine. An image it pulled
 //! is removed again afterwards (with its cache marker); one already on the host is left as found.
 //! SIGINT or SIGTERM cancels the run through its cancellation token (the run kills and removes its
 //! container; a pull under way finishes first, within `evaluation.pull_timeout_secs`), then the
