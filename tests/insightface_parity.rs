@@ -34,6 +34,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::onnx::{config, test_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -42,9 +45,7 @@ use base64::Engine;
 use serde_json::Value;
 use talkheadd::analysis::components::{FaceBox, Frame, IdentityBackend, IdentityInput};
 use talkheadd::analysis::face::scrfd::{self, Detection};
-use talkheadd::analysis::face::{
-    ArcFaceIdentity, OnnxFaceBackend, OnnxFaceConfig, align, detect_largest, retry_padding,
-};
+use talkheadd::analysis::face::{ArcFaceIdentity, OnnxFaceBackend, align, detect_largest, retry_padding};
 
 /// Largest per-pixel difference allowed between InsightFace's aligned crop and talkheadd's (grey
 /// levels, any channel); see the module documentation.
@@ -62,41 +63,11 @@ const MIN_COSINE: f64 = 0.99999;
 /// Identity similarities (measured: 3.1e-6 at worst).
 const IDENTITY_TOLERANCE: f64 = 1e-5;
 
-fn test_dir() -> PathBuf {
-    std::env::var_os("TALKHEAD_ONNX_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/talkhead-test/onnx"))
-}
-
 fn venv_python() -> PathBuf {
     std::env::var_os("TALKHEAD_ONNX_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/talkhead-test/onnx-venv"))
         .join("bin/python")
-}
-
-fn config() -> OnnxFaceConfig {
-    let dir = test_dir();
-    let config = OnnxFaceConfig {
-        onnxruntime_library: dir.join("libonnxruntime.so"),
-        detector_model: dir.join("det_10g_test.onnx"),
-        recognizer_model: dir.join("w600k_r50_test.onnx"),
-        threads: 1,
-        det_size: 640,
-        det_threshold: 0.5,
-    };
-    for p in [
-        &config.onnxruntime_library,
-        &config.detector_model,
-        &config.recognizer_model,
-    ] {
-        assert!(
-            p.is_file(),
-            "{} is missing: run tests/setup.sh (it installs onnx/onnxruntime/insightface and writes the test models)",
-            p.display()
-        );
-    }
-    config
 }
 
 fn repo_root() -> PathBuf {
@@ -105,7 +76,7 @@ fn repo_root() -> PathBuf {
 
 /// The seven fixture portraits (`challenge-N/face.png` beside the project root).
 fn fixture_faces() -> Vec<PathBuf> {
-    let dir = repo_root().join("../shared/fixtures/challenges");
+    let dir = common::fixtures();
     let faces: Vec<PathBuf> = (0..7)
         .map(|i| dir.join(format!("challenge-{i}/face.png")))
         .collect();

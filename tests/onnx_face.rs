@@ -10,7 +10,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::onnx::{config, test_dir};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use talkheadd::analysis::components::{
@@ -18,7 +21,7 @@ use talkheadd::analysis::components::{
     analyse_with,
 };
 use talkheadd::analysis::face::{
-    ArcFaceIdentity, FaceDetector, OnnxFaceBackend, OnnxFaceConfig, OnnxLoadError, track_largest,
+    ArcFaceIdentity, FaceDetector, OnnxFaceBackend, OnnxLoadError, track_largest,
 };
 use talkheadd::config::{self, ConfigLocation, FaceBackend, Settings};
 use talkheadd::scoring::IdentityMode;
@@ -27,36 +30,6 @@ use talkheadd::scoring::IdentityMode;
 /// stride units, and the score of a cell full of red.
 const BOX: [f32; 4] = [1.0, 1.5, 2.0, 2.5];
 const KPS: [f32; 10] = [0.0, 0.0, 1.0, 0.0, 0.5, 0.6, 0.1, 1.1, 0.9, 1.1];
-
-fn test_dir() -> PathBuf {
-    std::env::var_os("TALKHEAD_ONNX_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/talkhead-test/onnx"))
-}
-
-fn config() -> OnnxFaceConfig {
-    let dir = test_dir();
-    let config = OnnxFaceConfig {
-        onnxruntime_library: dir.join("libonnxruntime.so"),
-        detector_model: dir.join("det_10g_test.onnx"),
-        recognizer_model: dir.join("w600k_r50_test.onnx"),
-        threads: 1,
-        det_size: 640,
-        det_threshold: 0.5,
-    };
-    for p in [
-        &config.onnxruntime_library,
-        &config.detector_model,
-        &config.recognizer_model,
-    ] {
-        assert!(
-            p.is_file(),
-            "{} is missing: run tests/setup.sh (it installs onnx/onnxruntime and writes the test models)",
-            p.display()
-        );
-    }
-    config
-}
 
 fn backend() -> Arc<OnnxFaceBackend> {
     static BACKEND: OnceLock<Arc<OnnxFaceBackend>> = OnceLock::new();

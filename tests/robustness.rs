@@ -80,6 +80,13 @@ const fn audio(name: &'static str, kind: Kind, args: &'static [&'static str]) ->
     }
 }
 
+/// 1–2 px of random jitter per frame, mirrored edges (applied to the talking render and to the static
+/// face).
+const JITTER_1_2_PX: &str = "pad=516:516:2:2,fillborders=left=2:right=2:top=2:bottom=2:mode=mirror,\
+     crop=512:512:x='2+trunc(random(1)*5)-2':y='2+trunc(random(2)*5)-2'";
+/// Brightness and contrast flicker (applied to the talking render and to the static face).
+const FLICKER: &str = "eq=brightness='0.06*sin(2*PI*t*3)':contrast='1+0.12*sin(2*PI*t*2.3)':eval=frame";
+
 /// Every transformation of the suite, the render first.
 fn transforms() -> Vec<Transform> {
     use Kind::*;
@@ -103,17 +110,8 @@ fn transforms() -> Vec<Transform> {
              fillborders=left=4:right=4:top=4:bottom=4:mode=mirror,\
              crop=2048:2048:x='4+trunc(random(1)*5)-2':y='4+trunc(random(2)*5)-2',scale=512:512:flags=area",
         ),
-        video(
-            "jitter 1-2 px",
-            Cheap,
-            "pad=516:516:2:2,fillborders=left=2:right=2:top=2:bottom=2:mode=mirror,\
-             crop=512:512:x='2+trunc(random(1)*5)-2':y='2+trunc(random(2)*5)-2'",
-        ),
-        video(
-            "flicker",
-            Cheap,
-            "eq=brightness='0.06*sin(2*PI*t*3)':contrast='1+0.12*sin(2*PI*t*2.3)':eval=frame",
-        ),
+        video("jitter 1-2 px", Cheap, JITTER_1_2_PX),
+        video("flicker", Cheap, FLICKER),
         video("re-encode crf 10", Cheap, "null"),
         video("re-encode crf 40", Cheap, "null"),
         video("256 -> 512", Cheap, "scale=256:256,scale=512:512"),
@@ -140,17 +138,8 @@ fn transforms() -> Vec<Transform> {
         },
         // The static face made to look alive by the transformations above: still no talking face.
         video("static + grain 20", Destroys, "noise=alls=20:allf=t"),
-        video(
-            "static + jitter",
-            Destroys,
-            "pad=516:516:2:2,fillborders=left=2:right=2:top=2:bottom=2:mode=mirror,\
-             crop=512:512:x='2+trunc(random(1)*5)-2':y='2+trunc(random(2)*5)-2'",
-        ),
-        video(
-            "static + flicker",
-            Destroys,
-            "eq=brightness='0.06*sin(2*PI*t*3)':contrast='1+0.12*sin(2*PI*t*2.3)':eval=frame",
-        ),
+        video("static + jitter", Destroys, JITTER_1_2_PX),
+        video("static + flicker", Destroys, FLICKER),
         audio("silent audio", Destroys, &["-af", "volume=0"]),
         video("black", Destroys, "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill"),
     ]

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod media;
+pub mod onnx;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

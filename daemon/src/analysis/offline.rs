@@ -333,25 +333,7 @@ impl OfflineReport {
             ("analysis_time", format!("{:.3} s", self.debug.analysis_time_sec)),
         ];
         if let Some(run) = &self.run {
-            let e = &run.efficiency;
-            let opt = |v: Option<f64>| v.map_or("unavailable (norm 1)".to_owned(), |v| format!("{v:.3}"));
-            rows.push(("time_sec (mean)", opt(e.inference_time_sec)));
-            rows.push(("vram_gb (mean)", opt(e.peak_vram_gb)));
-            rows.push((
-                "efficiency",
-                format!(
-                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}; cap multiplier {} included){}",
-                    e.efficiency_factor,
-                    e.time_norm,
-                    e.vram_norm,
-                    e.cap_multiplier,
-                    if e.cap_violation {
-                        " (a cap was exceeded)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
+            rows.extend(run.efficiency.table_rows());
             rows.push(("final_score", format!("{:.6}", run.final_score)));
         }
         for issue in &a.issues {

@@ -232,6 +232,33 @@ fn no_cap_penalty() -> f64 {
     1.0
 }
 
+impl EfficiencyMetrics {
+    /// The block as rows of a table for people (`talkheadd analyze`'s calculator, `talkheadd
+    /// evaluate`): mean time and VRAM, then the factor with its norms and cap multiplier.
+    pub fn table_rows(&self) -> [(&'static str, String); 3] {
+        let mean = |v: Option<f64>| v.map_or("unavailable (norm 1)".to_owned(), |v| format!("{v:.3}"));
+        [
+            ("time_sec (mean)", mean(self.inference_time_sec)),
+            ("vram_gb (mean)", mean(self.peak_vram_gb)),
+            (
+                "efficiency",
+                format!(
+                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}; cap multiplier {} included){}",
+                    self.efficiency_factor,
+                    self.time_norm,
+                    self.vram_norm,
+                    self.cap_multiplier,
+                    if self.cap_violation {
+                        " (a cap was exceeded)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+        ]
+    }
+}
+
 /// The GPU a run used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuIdentity {

@@ -231,23 +231,6 @@ mod tests {
         h
     }
 
-    /// `f` with deterministic uniform noise of ±`amp` on every channel (grain a miner could add).
-    fn noisy(f: &Frame, seed: u64, amp: i32) -> Frame {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let px = f
-            .rgb_pixels()
-            .iter()
-            .map(|&v| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let d = (s % (2 * amp as u64 + 1)) as i32 - amp;
-                (i32::from(v) + d).clamp(0, 255) as u8
-            })
-            .collect();
-        Frame::rgb(f.width, f.height, px)
-    }
-
     /// The measured deviation docs/scoring.md lists: the builtin identity's grey-luma histogram against
     /// the reference's all-channel one, on the fixture portraits clean and with grain. The frames are
     /// the portrait itself, so the reference's similarity is what an honest still scores.
@@ -261,7 +244,7 @@ mod tests {
                 let frame = if amp == 0 {
                     face.clone()
                 } else {
-                    noisy(&face, i, amp)
+                    crate::analysis::face::tests::with_noise(&face, i, amp)
                 };
                 let grey = hist_cosine(&hist(&face).unwrap(), &hist(&frame).unwrap());
                 let all = hist_cosine(&all_channel_hist(&face), &all_channel_hist(&frame));

@@ -110,27 +110,34 @@ pub fn input_tensor(frame: &Frame, lb: &Letterbox) -> Vec<f32> {
 /// OpenCV's fixed-point coefficient scale for 8-bit `INTER_LINEAR` (`INTER_RESIZE_COEF_BITS` = 11).
 const RESIZE_ONE: f32 = 2048.0;
 
+/// Which way a [`resize_taps`] table runs: OpenCV tabulates the two axes differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TapAxis {
+    /// Columns: a position outside the source takes the edge pixel with full weight.
+    Columns,
+    /// Rows: the position is not clamped before its fraction is taken; the two row indices are.
+    Rows,
+}
+
 /// For each of `dst` positions: the two source indices and their 11-bit weights, as OpenCV's
 /// `resize` tabulates them: `f = (float)((d + 0.5) · scale − 0.5)` with `scale = 1 / (dst / src)` in
 /// double, `i = floor(f)`, weights `round(2048 · (1 − frac))`, `round(2048 · frac)` (ties to even,
-/// `saturate_cast<short>`). Out-of-range positions take the edge pixel with full weight.
-fn resize_taps(src: u32, dst: u32) -> Vec<(usize, usize, i32, i32)> {
+/// `saturate_cast<short>`); out-of-range positions as `axis` says.
+fn resize_taps(src: u32, dst: u32, axis: TapAxis) -> Vec<(usize, usize, i32, i32)> {
     let scale = 1.0 / (f64::from(dst) / f64::from(src));
     let last = i64::from(src) - 1;
     (0..dst)
         .map(|d| {
             let f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
             let i = f.floor();
-            let (i, frac) = if i < 0.0 {
-                (0, 0.0)
-            } else if i as i64 >= last {
-                (last, 0.0)
-            } else {
-                (i as i64, f - i)
+            let (i, frac) = match axis {
+                TapAxis::Columns if i < 0.0 => (0, 0.0),
+                TapAxis::Columns if i as i64 >= last => (last, 0.0),
+                _ => (i as i64, f - i),
             };
             let w0 = ((1.0 - frac) * RESIZE_ONE).round_ties_even() as i32;
             let w1 = (frac * RESIZE_ONE).round_ties_even() as i32;
-            (i as usize, (i + 1).min(last) as usize, w0, w1)
+            (i.clamp(0, last) as usize, (i + 1).clamp(0, last) as usize, w0, w1)
         })
         .collect()
 }
@@ -144,8 +151,8 @@ pub fn resize_linear_u8(pixels: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h
     if src_w == 0 || src_h == 0 || pixels.len() < sw * src_h as usize * 3 {
         return vec![0; dw * dst_h as usize * 3];
     }
-    let xs = resize_taps(src_w, dst_w);
-    let ys = resize_taps_rows(src_h, dst_h);
+    let xs = resize_taps(src_w, dst_w, TapAxis::Columns);
+    let ys = resize_taps(src_h, dst_h, TapAxis::Rows);
     let horizontal = |y: usize| -> Vec<i32> {
         let row = &pixels[y * sw * 3..][..sw * 3];
         let mut h = Vec::with_capacity(dw * 3);
@@ -170,24 +177,6 @@ pub fn resize_linear_u8(pixels: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h
         cache = Some((y0, h0, y1, h1));
     }
     out
-}
-
-/// [`resize_taps`] for rows: OpenCV does not clamp the row position before taking its fraction; it
-/// clamps the two row indices instead.
-fn resize_taps_rows(src: u32, dst: u32) -> Vec<(usize, usize, i32, i32)> {
-    let scale = 1.0 / (f64::from(dst) / f64::from(src));
-    let last = i64::from(src) - 1;
-    (0..dst)
-        .map(|d| {
-            let f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
-            let i = f.floor();
-            let frac = f - i;
-            let i = i as i64;
-            let w0 = ((1.0 - frac) * RESIZE_ONE).round_ties_even() as i32;
-            let w1 = (frac * RESIZE_ONE).round_ties_even() as i32;
-            (i.clamp(0, last) as usize, (i + 1).clamp(0, last) as usize, w0, w1)
-        })
-        .collect()
 }
 
 /// The three tensors of one stride, flattened (a leading batch dimension of 1 changes nothing).

@@ -282,9 +282,9 @@ fn sequence(n: usize, frame: impl Fn(usize) -> Frame) -> Vec<Frame> {
     (0..n).map(frame).collect()
 }
 
-/// `f` with deterministic low-level noise (±`amp` on every channel), as a lossy codec leaves on a
-/// still: near-identical frames.
-fn with_noise(f: &Frame, seed: u64, amp: i32) -> Frame {
+/// `f` with deterministic uniform noise (±`amp` on every channel): at ±2 what a lossy codec leaves on
+/// a still (near-identical frames), at ±20 and more grain a miner could add.
+pub(crate) fn with_noise(f: &Frame, seed: u64, amp: i32) -> Frame {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let px = f
         .rgb_pixels()

@@ -93,27 +93,9 @@ impl EvaluateReport {
             rows.insert(1, ("reason", reason.clone()));
         }
         if let Some(m) = &self.metrics {
-            let e = &m.efficiency;
-            let opt = |v: Option<f64>| v.map_or("unavailable".to_owned(), |v| format!("{v:.3}"));
             rows.push(("final_score", format!("{:.6}", m.final_score)));
             rows.push(("quality_score", format!("{:.6}", m.quality_score)));
-            rows.push(("time_sec (mean)", opt(e.inference_time_sec)));
-            rows.push(("vram_gb (mean)", opt(e.peak_vram_gb)));
-            rows.push((
-                "efficiency",
-                format!(
-                    "factor {:.6} (time_norm {:.4}, vram_norm {:.4}, cap multiplier {}{})",
-                    e.efficiency_factor,
-                    e.time_norm,
-                    e.vram_norm,
-                    e.cap_multiplier,
-                    if e.cap_violation {
-                        ", a cap was exceeded"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
+            rows.extend(m.efficiency.table_rows());
             if let Some(p) = &m.measurement {
                 rows.push((
                     "measurement",
