@@ -19,6 +19,7 @@
 use super::FaceBox;
 use super::audio::AudioDetail;
 use super::image::{Grey, clip_box, laplacian_variance, resample_region};
+use super::mouth_motion::{self, MouthField};
 use super::stats::clamp01;
 use crate::analysis::decode::Frame;
 
@@ -181,16 +182,28 @@ fn region(w: usize, h: usize, face: Option<&FaceBox>) -> Option<[usize; 4]> {
 /// grain in all of them). The result is the mean over blocks: 0 for a still face under grain, jitter or
 /// flicker; about a grey level or more for a frame whose mouth moved.
 pub fn face_change(prev: &Grey, cur: &Grey, face: Option<&FaceBox>) -> Option<f64> {
-    face_and_mouth_change(prev, cur, face).map(|(face, _)| face)
+    pair_change(prev, cur, face).map(|c| c.face)
 }
 
-/// [`face_change`] and the mouth's share of it: the mean excess over the blocks whose centre lies in
-/// the face box's mouth rectangle ([`mouth_rect`](super::lipsync::mouth_rect)), with the alignment,
-/// gain, offset and noise floor of the whole face. `None` for the mouth without a face box or a
-/// block in its rectangle. The hardened profile's mouth signal: grain, jitter and flicker of a still
-/// face leave it near 0, where the reference's mouth |Δgrey| followed them (and a chance correlation
-/// with the audio passed the sync gate).
-pub fn face_and_mouth_change(prev: &Grey, cur: &Grey, face: Option<&FaceBox>) -> Option<(f64, Option<f64>)> {
+/// What [`pair_change`] measures of one frame pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairChange {
+    /// [`face_change`].
+    pub face: f64,
+    /// The mouth's share of it: the mean excess over the blocks whose centre lies in the face box's
+    /// mouth rectangle ([`mouth_rect`](super::lipsync::mouth_rect)), with the alignment, gain, offset
+    /// and noise floor of the whole face; `None` without a face box or a block in the rectangle. The
+    /// hardened profile's mouth signal: grain, jitter and flicker of a still face leave it near 0,
+    /// where the reference's mouth |Δgrey| followed them (and a chance correlation with the audio
+    /// passed the sync gate).
+    pub mouth: Option<f64>,
+    /// The signed residual over the mouth rectangle on [`mouth_motion::FIELD`]'s grid, for the clip's
+    /// [`mouth_motion::coherence`]; `None` where `mouth` is, or when a field cell holds no residual.
+    pub mouth_field: Option<MouthField>,
+}
+
+/// [`face_change`], the mouth's share of it and the mouth's signed change ([`PairChange`]).
+pub fn pair_change(prev: &Grey, cur: &Grey, face: Option<&FaceBox>) -> Option<PairChange> {
     if prev.is_empty() || cur.is_empty() || prev.w != cur.w || prev.h != cur.h {
         return None;
     }
@@ -240,28 +253,53 @@ pub fn face_and_mouth_change(prev: &Grey, cur: &Grey, face: Option<&FaceBox>) ->
     let floor = NOISE_FLOOR_FACTOR * f64::from(*median);
     let excess = |v: f32| (f64::from(v) - floor).max(0.0);
     let change = magnitude.iter().map(|&v| excess(v)).sum::<f64>() / magnitude.len() as f64;
-    // The blocks whose centre (in frame pixels) lies in the mouth rectangle.
-    let mouth = face
-        .and_then(|b| super::lipsync::mouth_rect(b, cur.w, cur.h))
+    // Frame-pixel coordinates of the centre of residual cell `i` (`cells` residual cells a side).
+    let centre =
+        |i: usize, cells: usize| (margin as f64 + (i * cells) as f64 + cells as f64 / 2.0) * k as f64;
+    let mouth_rect = face.and_then(|b| super::lipsync::mouth_rect(b, cur.w, cur.h));
+    // The blocks whose centre lies in the mouth rectangle.
+    let mouth = mouth_rect.and_then(|[mx0, my0, mx1, my1]| {
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (i, &v) in magnitude.iter().enumerate() {
+            let (bx, by) = (i % bw_n.max(1), i / bw_n.max(1));
+            let (cx, cy) = (
+                x0 as f64 + centre(bx, RESIDUAL_BLOCK),
+                y0 as f64 + centre(by, RESIDUAL_BLOCK),
+            );
+            if (mx0 as f64..mx1 as f64).contains(&cx) && (my0 as f64..my1 as f64).contains(&cy) {
+                sum += excess(v);
+                count += 1;
+            }
+        }
+        (count > 0).then(|| sum / count as f64)
+    });
+    // The signed residual of the cells in the mouth rectangle, averaged over the field's grid.
+    let mouth_field = mouth_rect
+        .filter(|_| mouth.is_some())
         .and_then(|[mx0, my0, mx1, my1]| {
-            let centre = |block: usize| {
-                let cell = margin as f64 + (block * RESIDUAL_BLOCK) as f64 + RESIDUAL_BLOCK as f64 / 2.0;
-                cell * k as f64
-            };
-            let (mut sum, mut count) = (0.0f64, 0usize);
-            for (i, &v) in magnitude.iter().enumerate() {
-                let (bx, by) = (i % bw_n.max(1), i / bw_n.max(1));
-                let (cx, cy) = (x0 as f64 + centre(bx), y0 as f64 + centre(by));
-                if (mx0 as f64..mx1 as f64).contains(&cx) && (my0 as f64..my1 as f64).contains(&cy) {
-                    sum += excess(v);
-                    count += 1;
+            let (fw, fh) = mouth_motion::FIELD;
+            let (mw, mh) = ((mx1 - mx0) as f64, (my1 - my0) as f64);
+            let mut sums = [0.0f64; mouth_motion::FIELD_CELLS];
+            let mut counts = [0usize; mouth_motion::FIELD_CELLS];
+            for (i, &r) in residual.iter().enumerate() {
+                let (cx, cy) = (x0 as f64 + centre(i % iw, 1), y0 as f64 + centre(i / iw, 1));
+                let (fx, fy) = ((cx - mx0 as f64) / mw, (cy - my0 as f64) / mh);
+                if (0.0..1.0).contains(&fx) && (0.0..1.0).contains(&fy) {
+                    let cell = (fy * fh as f64) as usize * fw + (fx * fw as f64) as usize;
+                    sums[cell] += f64::from(r);
+                    counts[cell] += 1;
                 }
             }
-            (count > 0).then(|| sum / count as f64)
+            counts
+                .iter()
+                .all(|&c| c > 0)
+                .then(|| std::array::from_fn(|i| (sums[i] / counts[i] as f64) as f32))
         });
-    change
-        .is_finite()
-        .then_some((change, mouth.filter(|m| m.is_finite())))
+    change.is_finite().then_some(PairChange {
+        face: change,
+        mouth: mouth.filter(|m| m.is_finite()),
+        mouth_field,
+    })
 }
 
 /// The Laplacian variance of the challenge face at the frames' size (`w × h`; box-resampled when the

@@ -10,7 +10,11 @@
 //! - when the correlation is not measurable — no face at all, a mouth that does not move beyond
 //!   codec noise ([`MIN_MOUTH_ACTIVITY`]), or silent audio — `sync_c` is 0 and `sync_d` 1 with an
 //!   explicit [`LipsyncStatus`], instead of the reference's correlation 0 → `sync_c` 0.5, which
-//!   passed its gate (docs/reference.md#weakness-14).
+//!   passed its gate (docs/reference.md#weakness-14);
+//! - under the hardened profile, a mouth whose change is not the motion of a mouth
+//!   ([`mouth_motion`](super::mouth_motion): redrawn every frame, flipping sign, random patterns) is not
+//!   measured either ([`LipsyncStatus::IncoherentMouthMotion`]): noise painted on a still face and
+//!   scaled by the loudness correlates with it at any amplitude.
 //!
 //! Must not: look at anything but the planes, boxes and audio it is given, or decide the gate (the
 //! scoring core does).
@@ -19,6 +23,7 @@ use serde::Serialize;
 
 use super::FaceBox;
 use super::image::{Grey, clip_box, region_variance01, resample_region};
+use super::mouth_motion::MouthCoherence;
 use super::stats::{clamp01, lagged_pearson, mean, norm_up, pearson, resample_linear};
 
 /// Mouth ROI rows, as fractions of the face box height from its top.
@@ -32,6 +37,11 @@ pub const MOUTH_GRID: (usize, usize) = (32, 16);
 pub const MIN_MOUTH_ACTIVITY: f64 = 0.5;
 /// Envelope (RMS, full scale 1.0) below which the whole track counts as silent (−60 dBFS).
 pub const SILENT_ENVELOPE: f64 = 1e-3;
+/// Standard errors of a correlation of independent signals that the best correlation must exceed
+/// (hardened profile): the reference's gate (`sync_c` ≥ 0.45, correlation ≥ −0.1) and this
+/// project's correlation floor (0.05) both pass the best of 17 lags of unrelated signals, which for
+/// 80 frames is about 0.15–0.2.
+pub const CHANCE_Z: f64 = 2.0;
 /// Sample rate of both audio tracks.
 pub const SAMPLE_RATE: usize = 16_000;
 
@@ -47,6 +57,12 @@ pub enum LipsyncStatus {
     NoFace,
     /// The mouth region never moves more than [`MIN_MOUTH_ACTIVITY`] on average (a still face).
     NoMouthMotion,
+    /// The mouth region changes, but not as a mouth moves: patterns redrawn every frame or flipping
+    /// sign, or random ones (hardened profile, [`mouth_motion`](super::mouth_motion)).
+    IncoherentMouthMotion,
+    /// The best correlation is within what chance gives a signal of this length searched over these
+    /// lags ([`chance_correlation`]; hardened profile): no evidence that the mouth follows the audio.
+    ChanceCorrelation,
     /// The output's audio is silent or flat, so there is nothing to follow.
     SilentAudio,
 }
@@ -74,6 +90,9 @@ pub struct LipsyncDetail {
     pub mouth_activity: f64,
     /// Frames with a mouth signal (a box in this frame and the previous one).
     pub frames_with_mouth_signal: usize,
+    /// Whether the mouth's change is motion (hardened profile only; absent under the reference's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coherence: Option<MouthCoherence>,
 }
 
 /// Per-frame mouth measurements.
@@ -167,6 +186,12 @@ pub fn audio_envelope(audio: &[f32], n_frames: usize) -> Vec<f64> {
     }
 }
 
+/// The correlation chance reaches between unrelated signals of `n` frames: [`CHANCE_Z`]`/√n`
+/// (0.22 for 80 frames, 0.18 for 125).
+pub fn chance_correlation(n: usize) -> f64 {
+    CHANCE_Z / (n.max(1) as f64).sqrt()
+}
+
 /// `L = min(8, max(1, n / 8))`.
 pub fn max_lag(n: usize) -> usize {
     (n / 8).clamp(1, 8)
@@ -178,7 +203,9 @@ pub(crate) fn signal_or_zero(track: &MouthTrack) -> Vec<f64> {
 }
 
 /// Computes the component. `env` is [`audio_envelope`] of the video's audio at the frame count.
-pub(crate) fn lipsync(track: &MouthTrack, env: &[f64]) -> LipsyncDetail {
+/// `coherence` is given under the hardened profile: it refuses a mouth whose change is not motion,
+/// and the best correlation must then also beat [`chance_correlation`].
+pub(crate) fn lipsync(track: &MouthTrack, env: &[f64], coherence: Option<MouthCoherence>) -> LipsyncDetail {
     let n = track.signal.len();
     let l = max_lag(n);
     let defined: Vec<f64> = track.signal.iter().flatten().copied().collect();
@@ -194,6 +221,7 @@ pub(crate) fn lipsync(track: &MouthTrack, env: &[f64]) -> LipsyncDetail {
         curve: Vec::new(),
         mouth_activity: activity,
         frames_with_mouth_signal: defined.len(),
+        coherence: coherence.clone(),
     };
     if n < 4 {
         return unmeasured(LipsyncStatus::TooFewFrames);
@@ -211,6 +239,9 @@ pub(crate) fn lipsync(track: &MouthTrack, env: &[f64]) -> LipsyncDetail {
     if activity.is_nan() || activity < MIN_MOUTH_ACTIVITY || pearson(&mouth, &mouth).is_none() {
         return unmeasured(LipsyncStatus::NoMouthMotion);
     }
+    if coherence.as_ref().is_some_and(|c| !c.is_motion) {
+        return unmeasured(LipsyncStatus::IncoherentMouthMotion);
+    }
     let li = l as isize;
     let curve: Vec<Option<f64>> = (-li..=li).map(|lag| lagged_pearson(&mouth, env, lag)).collect();
     // numpy argmax: the first maximum wins; undefined lags count as correlation 0, as in the reference.
@@ -224,9 +255,21 @@ pub(crate) fn lipsync(track: &MouthTrack, env: &[f64]) -> LipsyncDetail {
     let best_lag = best as isize - li;
     let sync_c = clamp01((corr + 1.0) / 2.0);
     let sync_d = clamp01(best_lag.unsigned_abs() as f64 / l as f64);
+    // Chance is no evidence of lip-sync: unmeasured, with the curve kept to show why.
+    let chance = coherence.is_some() && corr < chance_correlation(n);
+    let (status, lipsync, sync_c, sync_d) = if chance {
+        (LipsyncStatus::ChanceCorrelation, 0.0, 0.0, 1.0)
+    } else {
+        (
+            LipsyncStatus::Measured,
+            clamp01(0.65 * norm_up(sync_c, 0.2, 0.85) + 0.35 * (1.0 - sync_d)),
+            sync_c,
+            sync_d,
+        )
+    };
     LipsyncDetail {
-        status: LipsyncStatus::Measured,
-        lipsync: clamp01(0.65 * norm_up(sync_c, 0.2, 0.85) + 0.35 * (1.0 - sync_d)),
+        status,
+        lipsync,
         sync_c,
         sync_d,
         best_lag: best_lag as i32,
@@ -235,6 +278,7 @@ pub(crate) fn lipsync(track: &MouthTrack, env: &[f64]) -> LipsyncDetail {
         curve,
         mouth_activity: activity,
         frames_with_mouth_signal: defined.len(),
+        coherence,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod hardened;
 pub mod identity;
 pub(crate) use super::image;
 pub mod lipsync;
+pub mod mouth_motion;
 pub mod penalties;
 mod stats;
 pub mod temporal;
@@ -305,9 +306,11 @@ pub(crate) struct FrameFacts {
     /// [`hardened::face_change`] of each consecutive pair (`n − 1` values; empty unless the pass
     /// measured for the hardened profile).
     pub face_changes: Vec<Option<f64>>,
-    /// The mouth's share of each pair's face change ([`hardened::face_and_mouth_change`]; `n − 1`
+    /// The mouth's share of each pair's face change ([`hardened::PairChange::mouth`]; `n − 1`
     /// values, empty unless the pass measured for the hardened profile).
     pub mouth_changes: Vec<Option<f64>>,
+    /// The mouth's signed change of each pair ([`hardened::PairChange::mouth_field`]; as above).
+    pub mouth_fields: Vec<Option<mouth_motion::MouthField>>,
     /// Mouth signal and ROI variance per frame (from `boxes`).
     pub mouth: lipsync::MouthTrack,
     /// Malformed frames.
@@ -377,13 +380,13 @@ impl FrameFactsBuilder {
                 _ => None,
             });
             if self.hardened {
-                let (change, mouth) = match (self.prev_ok, g) {
-                    (true, Some(b)) => hardened::face_and_mouth_change(&self.prev, b, face)
-                        .map_or((None, None), |(f, m)| (Some(f), m)),
-                    _ => (None, None),
+                let change = match (self.prev_ok, g) {
+                    (true, Some(b)) => hardened::pair_change(&self.prev, b, face),
+                    _ => None,
                 };
-                facts.face_changes.push(change);
-                facts.mouth_changes.push(mouth);
+                facts.face_changes.push(change.as_ref().map(|c| c.face));
+                facts.mouth_changes.push(change.as_ref().and_then(|c| c.mouth));
+                facts.mouth_fields.push(change.and_then(|c| c.mouth_field));
             }
         }
         self.mouth.push(self.prev_ok.then_some(&self.prev), g, face);
@@ -632,7 +635,9 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
         &facts.mouth
     };
     let env = lipsync::audio_envelope(&video_audio, n);
-    let lip = lipsync::lipsync(mouth, &env);
+    // The hardened profile also asks whether the mouth's change is a mouth moving at all.
+    let coherence = hardened.then(|| mouth_motion::coherence(&facts.mouth_fields));
+    let lip = lipsync::lipsync(mouth, &env, coherence);
     if lip.status != LipsyncStatus::Measured {
         issues.push(AnalysisIssue::LipsyncNotMeasured { status: lip.status });
     }
