@@ -15,7 +15,10 @@
 #   - for the whisper speech backend test (tests/whisper_asr.rs, cargo feature `whisper`): a tiny ggml
 #     model with whisper.cpp's real layout and random weights, written by tests/whisper/make_model.py
 #     (Python standard library only) to $TALKHEAD_WHISPER_TEST_MODEL (default
-#     /opt/talkhead-test/whisper/ggml-tiny-random.bin).
+#     /opt/talkhead-test/whisper/ggml-tiny-random.bin);
+#   - for the Ray Jobs client test (tests/ray_jobs.rs): Ray 2.60.0 (`ray[default]`: the head's dashboard
+#     serves the Jobs API) in /opt/talkhead-test/ray-venv. One pinned version, as every host of a
+#     cluster must run the same one (docs/cluster.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,5 +96,13 @@ whisper_model=${TALKHEAD_WHISPER_TEST_MODEL:-/opt/talkhead-test/whisper/ggml-tin
 if [ ! -s "$whisper_model" ] || [ tests/whisper/make_model.py -nt "$whisper_model" ]; then
   log "writing the whisper test model $whisper_model"
   python3 tests/whisper/make_model.py "$whisper_model"
+fi
+# Ray for the Jobs client test: about 40 s from the package index.
+ray_venv=/opt/talkhead-test/ray-venv
+if ! "$ray_venv/bin/python" -c 'import ray, ray.dashboard; assert ray.__version__ == "2.60.0"' 2>/dev/null; then
+  log "installing ray[default] 2.60.0 into $ray_venv"
+  mkdir -p "$(dirname "$ray_venv")"
+  python3 -m venv "$ray_venv"
+  "$ray_venv/bin/pip" install --quiet --disable-pip-version-check 'ray[default]==2.60.0'
 fi
 log "ready"

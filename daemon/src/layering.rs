@@ -23,6 +23,8 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("challenges", 4),
     ("analysis", 5),
     ("runtime", 5),
+    // Other hosts' GPUs, through Ray's Jobs API.
+    ("cluster", 5),
     // Configuration assembles the settings of everything below it.
     ("config", 6),
     ("logging", 7),

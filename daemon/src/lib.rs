@@ -116,6 +116,7 @@ pub mod analysis;
 pub mod api;
 pub mod challenges;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod domain;

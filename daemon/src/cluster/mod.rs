@@ -1,0 +1,15 @@
+//! Placing evaluations on the GPUs of other hosts through Ray (`[cluster] engine = "ray"`).
+//!
+//! Owns what the coordinator says to a Ray cluster and how: the client of Ray's Job Submission REST
+//! API ([`ray_jobs`]: submit, look up, list, stop and delete jobs, token-authenticated) and the pure
+//! rules for what a job may carry ([`job`]: its submission id, derived from the evaluation and the
+//! attempt so that a restarted coordinator finds its jobs instead of starting duplicates, and an
+//! entrypoint that names only the worker command, the coordinator's URL, the evaluation id and the
+//! attempt number — nothing a miner chose ever reaches the shell command Ray runs).
+//!
+//! Must not: decide which evaluation runs where (the engine does), or trust what Ray answers beyond
+//! its documented shape (bodies are bounded and parsed strictly; a surprise is an infrastructure
+//! error, never a miner's).
+
+pub mod job;
+pub mod ray_jobs;
