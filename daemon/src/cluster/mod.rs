@@ -5,7 +5,9 @@
 //! rules for what a job may carry ([`job`]: its submission id, derived from the evaluation and the
 //! attempt so that a restarted coordinator finds its jobs instead of starting duplicates, and an
 //! entrypoint that names only the worker command, the coordinator's URL, the evaluation id and the
-//! attempt number — nothing a miner chose ever reaches the shell command Ray runs).
+//! attempt number — nothing a miner chose ever reaches the shell command Ray runs), and the
+//! per-attempt bearer tokens the workers present ([`token`]: random, kept only as a hash, checked in
+//! constant time), and which of a worker host's GPU slots a job was given ([`worker_gpu`]).
 //!
 //! Must not: decide which evaluation runs where (the engine does), or trust what Ray answers beyond
 //! its documented shape (bodies are bounded and parsed strictly; a surprise is an infrastructure
@@ -13,3 +15,5 @@
 
 pub mod job;
 pub mod ray_jobs;
+pub mod token;
+pub mod worker_gpu;
