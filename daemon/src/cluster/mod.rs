@@ -7,12 +7,15 @@
 //! entrypoint that names only the worker command, the coordinator's URL, the evaluation id and the
 //! attempt number — nothing a miner chose ever reaches the shell command Ray runs), and the
 //! per-attempt bearer tokens the workers present ([`token`]: random, kept only as a hash, checked in
-//! constant time), and which of a worker host's GPU slots a job was given ([`worker_gpu`]).
+//! constant time), which of a worker host's GPU slots a job was given ([`worker_gpu`]), and the book of
+//! issued attempts the cluster listener will consult ([`attempts`]: who may fetch what, and whether a
+//! report may still be accepted).
 //!
 //! Must not: decide which evaluation runs where (the engine does), or trust what Ray answers beyond
 //! its documented shape (bodies are bounded and parsed strictly; a surprise is an infrastructure
 //! error, never a miner's).
 
+pub mod attempts;
 pub mod job;
 pub mod ray_jobs;
 pub mod token;
