@@ -336,6 +336,71 @@ mod tests {
         assert_eq!(local_window(10), 8);
     }
 
+    /// A coherence verdict for [`lipsync`]'s hardened path.
+    fn coherence(is_motion: bool) -> Option<MouthCoherence> {
+        Some(MouthCoherence {
+            persistence: Some(0.0),
+            concentration: Some(if is_motion { 0.95 } else { 0.3 }),
+            fields: 80,
+            is_motion,
+        })
+    }
+
+    /// A track whose every frame has a box and the mouth signal `signal`.
+    fn track(signal: &[f64]) -> MouthTrack {
+        MouthTrack {
+            signal: signal.iter().map(|&s| Some(s)).collect(),
+            variance: vec![Some(0.01); signal.len()],
+        }
+    }
+
+    #[test]
+    fn the_hardened_path_refuses_incoherent_motion_and_chance_correlations() {
+        let n = 80;
+        // A loudness of syllables, and a mouth signal that follows it.
+        let env: Vec<f64> = (0..n).map(|i| 0.05 + 0.3 * ((i / 4) % 2) as f64).collect();
+        let following: Vec<f64> = env.iter().map(|e| 2.0 + 20.0 * e).collect();
+        // A mouth signal that moves but follows something else: its best correlation is chance.
+        let mut state = 7u64;
+        let unrelated: Vec<f64> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                2.0 + 6.0 * ((state >> 33) as f64 / (1u64 << 31) as f64)
+            })
+            .collect();
+        let reference = lipsync(&track(&unrelated), &env, None);
+        let best = reference.correlation.unwrap();
+        assert_eq!(reference.status, LipsyncStatus::Measured);
+        assert!(
+            best.abs() < chance_correlation(n) && reference.sync_c > 0.45,
+            "the reference's gate passes chance: {reference:?}"
+        );
+        let hardened = lipsync(&track(&unrelated), &env, coherence(true));
+        assert_eq!(hardened.status, LipsyncStatus::ChanceCorrelation);
+        assert_eq!(
+            (hardened.lipsync, hardened.sync_c, hardened.sync_d),
+            (0.0, 0.0, 1.0)
+        );
+        assert_eq!(
+            hardened.correlation,
+            Some(best),
+            "the measured curve is kept to show why"
+        );
+
+        let synced = lipsync(&track(&following), &env, coherence(true));
+        assert_eq!(synced.status, LipsyncStatus::Measured);
+        assert!(synced.sync_c > 0.9, "{synced:?}");
+        let painted = lipsync(&track(&following), &env, coherence(false));
+        assert_eq!(painted.status, LipsyncStatus::IncoherentMouthMotion);
+        assert_eq!((painted.sync_c, painted.sync_d), (0.0, 1.0));
+        assert!(painted.coherence.is_some_and(|c| !c.is_motion));
+        // A still mouth is still "no mouth motion", whatever the coherence says.
+        let still = lipsync(&track(&vec![0.1; n]), &env, coherence(false));
+        assert_eq!(still.status, LipsyncStatus::NoMouthMotion);
+    }
+
     #[test]
     fn envelope_windows() {
         // 640-sample windows: a loud window then a silent one, resampled to 3 points.
