@@ -459,6 +459,49 @@ mod tests {
     }
 
     #[test]
+    fn the_mouth_field_is_the_signed_change_of_the_mouth_rectangle() {
+        let closed = face_plane(200, 240, (0.0, 0.0), 2.0, 1.0, 0.0);
+        let open = face_plane(200, 240, (0.0, 0.0), 14.0, 1.0, 0.0);
+        // The mouth rectangle of this box (rows 150–221, columns 52–148) holds the mouth (centre 100, 180).
+        let face = FaceBox {
+            x1: 20.0,
+            y1: 20.0,
+            x2: 180.0,
+            y2: 230.0,
+            score: 1.0,
+            landmarks: None,
+        };
+        let opening = pair_change(&closed, &open, Some(&face)).unwrap();
+        let field = opening.mouth_field.unwrap();
+        // The mouth grows darker: the change is negative, largest in the middle columns, and the
+        // closing pair's is nearly its opposite (each pair has its own gain and offset fit).
+        let (fw, _) = mouth_motion::FIELD;
+        let column = |x: usize| (0..mouth_motion::FIELD.1).map(|y| field[y * fw + x]).sum::<f32>();
+        let middle = column(3).max(column(4));
+        assert!(middle < -30.0, "{field:?}");
+        assert!(
+            column(0).abs() * 8.0 < -middle && column(fw - 1).abs() * 8.0 < -middle,
+            "{field:?}"
+        );
+        let closing = pair_change(&open, &closed, Some(&face))
+            .unwrap()
+            .mouth_field
+            .unwrap();
+        let dot =
+            |a: &MouthField, b: &MouthField| a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum::<f64>();
+        let cosine = dot(&field, &closing) / (dot(&field, &field) * dot(&closing, &closing)).sqrt();
+        assert!(cosine < -0.85, "{cosine}: {field:?} {closing:?}");
+        // Grain alone leaves it small beside the opening; no face box, no field.
+        let peak = |f: &MouthField| f.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let grained = pair_change(&grain(&closed, 30.0, 1), &grain(&closed, 30.0, 2), Some(&face)).unwrap();
+        assert!(
+            peak(&grained.mouth_field.unwrap()) * 5.0 < peak(&field),
+            "{grained:?}"
+        );
+        assert_eq!(pair_change(&closed, &open, None).unwrap().mouth_field, None);
+    }
+
+    #[test]
     fn blur_is_capped_at_the_reference_face() {
         assert_eq!(capped_blur(250.0, None), 0.5);
         assert_eq!(capped_blur(250.0, Some(100.0)), 0.2);
