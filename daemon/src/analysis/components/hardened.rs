@@ -278,16 +278,28 @@ pub fn pair_change(prev: &Grey, cur: &Grey, face: Option<&FaceBox>) -> Option<Pa
         .filter(|_| mouth.is_some())
         .and_then(|[mx0, my0, mx1, my1]| {
             let (fw, fh) = mouth_motion::FIELD;
-            let (mw, mh) = ((mx1 - mx0) as f64, (my1 - my0) as f64);
+            // The field column of each residual column and the field row of each residual row (`None`
+            // outside the rectangle), so that only the rectangle's cells are visited.
+            let bins =
+                |cells: usize, origin: usize, lo: usize, hi: usize, parts: usize| -> Vec<Option<usize>> {
+                    let span = (hi - lo) as f64;
+                    (0..cells)
+                        .map(|i| {
+                            let at = (origin as f64 + centre(i, 1) - lo as f64) / span;
+                            (0.0..1.0).contains(&at).then_some((at * parts as f64) as usize)
+                        })
+                        .collect()
+                };
+            let (columns, rows) = (bins(iw, x0, mx0, mx1, fw), bins(ih, y0, my0, my1, fh));
             let mut sums = [0.0f64; mouth_motion::FIELD_CELLS];
             let mut counts = [0usize; mouth_motion::FIELD_CELLS];
-            for (i, &r) in residual.iter().enumerate() {
-                let (cx, cy) = (x0 as f64 + centre(i % iw, 1), y0 as f64 + centre(i / iw, 1));
-                let (fx, fy) = ((cx - mx0 as f64) / mw, (cy - my0 as f64) / mh);
-                if (0.0..1.0).contains(&fx) && (0.0..1.0).contains(&fy) {
-                    let cell = (fy * fh as f64) as usize * fw + (fx * fw as f64) as usize;
-                    sums[cell] += f64::from(r);
-                    counts[cell] += 1;
+            for (y, row) in rows.iter().enumerate() {
+                let Some(fy) = row else { continue };
+                for (x, column) in columns.iter().enumerate() {
+                    if let Some(fx) = column {
+                        sums[fy * fw + fx] += f64::from(residual[y * iw + x]);
+                        counts[fy * fw + fx] += 1;
+                    }
                 }
             }
             counts
