@@ -407,6 +407,14 @@ impl Case {
 
 /// Runs a command with no proxy in the way of 127.0.0.1 and no configuration from the environment;
 /// one still running after [`WAIT`] is killed and the test fails (a hang is a failure, not a stuck test).
+/// A loopback server serving the generated models, and an empty case directory.
+fn served() -> (Server, Models, Case) {
+    let server = Server::start();
+    let m = Models::new();
+    m.serve(&server);
+    (server, m, Case::new())
+}
+
 fn run(mut cmd: Command, cwd: &Path) -> Output {
     for var in [
         "http_proxy",
@@ -456,10 +464,7 @@ const ALL: [&str; 4] = [
 
 #[test]
 fn a_good_fetch_installs_verified_files_prints_the_config_and_verify_checks_them() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, None));
     let out = case.models("fetch", &["--timeout", "10"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -549,9 +554,7 @@ fn a_good_fetch_installs_verified_files_prints_the_config_and_verify_checks_them
 
 #[test]
 fn a_cut_download_is_refused_and_nothing_is_installed() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, case) = served();
     let url = server.route(
         "/cut.bin",
         Route::Cut {
@@ -559,7 +562,6 @@ fn a_cut_download_is_refused_and_nothing_is_installed() {
             send: 30_000,
         },
     );
-    let case = Case::new();
     case.write_manifest(&m.manifest(&server.base, Some(&url), None));
     let out = case.models("fetch", &["--timeout", "10"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
@@ -583,10 +585,7 @@ fn a_cut_download_is_refused_and_nothing_is_installed() {
 
 #[test]
 fn a_wrong_hash_is_refused_and_removed() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     let lie = format!(
         "size = {}\nsha256 = \"{}\"\nconfirmed = true\n",
         m.ggml.len(),
@@ -646,12 +645,9 @@ fn a_wrong_hash_is_refused_and_removed() {
 
 #[test]
 fn redirects_are_followed() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, case) = served();
     server.route("/moved", Route::Redirect(server.url("/moved-again")));
     server.route("/moved-again", Route::Redirect("/ggml-base.bin".to_owned()));
-    let case = Case::new();
     case.write_manifest(&m.manifest(&server.base, Some(&server.url("/moved")), None));
     let out = case.models("fetch", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -681,15 +677,12 @@ fn redirects_are_followed() {
 /// "too many redirects"); a manifest URL that is http off the loopback is refused before anything.
 #[test]
 fn redirects_to_plain_http_and_http_manifest_urls_are_refused() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, case) = served();
     // Nothing resolves under .invalid: were it followed, the error would be another one.
     server.route(
         "/to-http",
         Route::Redirect("http://mirror.example.invalid/ggml-base.bin".to_owned()),
     );
-    let case = Case::new();
     case.write_manifest(&m.manifest(&server.base, Some(&server.url("/to-http")), None));
     let out = case.models("fetch", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
@@ -714,9 +707,7 @@ fn redirects_to_plain_http_and_http_manifest_urls_are_refused() {
 
 #[test]
 fn a_stalled_server_fails_within_the_timeout_with_a_clear_message() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, _) = served();
     for (path, route) in [
         ("/stall-headers", Route::StallBeforeHeaders),
         (
@@ -750,11 +741,8 @@ fn a_stalled_server_fails_within_the_timeout_with_a_clear_message() {
 
 #[test]
 fn an_http_error_names_the_url() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, case) = served();
     let url = server.url("/no/such/ggml-base.bin");
-    let case = Case::new();
     case.write_manifest(&m.manifest(&server.base, Some(&url), None));
     let out = case.models("fetch", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
@@ -779,10 +767,7 @@ fn an_http_error_names_the_url() {
 
 #[test]
 fn a_part_file_is_resumed_with_a_range_request() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, None));
     std::fs::create_dir_all(case.models_dir()).unwrap();
     std::fs::write(case.installed("ggml-base.bin.part"), &m.ggml[..12_345]).unwrap();
@@ -902,10 +887,7 @@ fn from_dir_installs_archives_or_extracted_files_and_refuses_a_wrong_one() {
 
 #[test]
 fn an_unconfirmed_entry_prints_the_hash_it_got_and_pins_it() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, Some("confirmed = false\n".to_owned())));
     let out = case.models("fetch", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -1016,9 +998,7 @@ fn check_config_names_models_fetch_for_a_missing_model_file() {
 /// asked for; a 206 that does not start where the .part ends is never appended.
 #[test]
 fn short_and_misplaced_ranges_are_handled() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
+    let (server, m, case) = served();
     let url = server.route(
         "/short",
         Route::ShortRanges {
@@ -1026,7 +1006,6 @@ fn short_and_misplaced_ranges_are_handled() {
             chunk: 30_000,
         },
     );
-    let case = Case::new();
     case.write_manifest(&m.manifest(&server.base, Some(&url), None));
     std::fs::create_dir_all(case.models_dir()).unwrap();
     std::fs::write(case.installed("ggml-base.bin.part"), &m.ggml[..10_000]).unwrap();
@@ -1066,10 +1045,7 @@ fn short_and_misplaced_ranges_are_handled() {
 /// the start of the download nor written through: it is replaced by a new file.
 #[test]
 fn a_symlinked_part_is_not_followed() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, None));
     std::fs::create_dir_all(case.models_dir()).unwrap();
     // The victim holds what the .part would resume from: were the link followed, the download would
@@ -1107,10 +1083,7 @@ fn a_symlinked_part_is_not_followed() {
 /// `.part` files.
 #[test]
 fn a_second_run_is_refused_by_the_lock() {
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, None));
     std::fs::create_dir_all(case.models_dir()).unwrap();
     let lock = std::fs::File::create(case.installed(".lock")).unwrap();
@@ -1138,10 +1111,7 @@ fn a_second_run_is_refused_by_the_lock() {
 #[test]
 fn modes_do_not_depend_on_the_umask() {
     use std::os::unix::fs::PermissionsExt;
-    let server = Server::start();
-    let m = Models::new();
-    m.serve(&server);
-    let case = Case::new();
+    let (server, m, case) = served();
     case.write_manifest(&m.manifest(&server.base, None, None));
     let mut cmd = Command::new("sh");
     cmd.args([

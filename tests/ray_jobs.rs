@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::free_port;
 use talkheadd::cluster::job::{self, JobRequest, RuntimeEnv, TOKEN_ENV};
 use talkheadd::cluster::ray_jobs::{JobDetails, JobStatus, RayError, RayJobs};
+use talkheadd::cluster::token::AttemptToken;
 
 /// The fake GPUs the head's raylet hands out.
 const GPU_UUIDS: [&str; 2] = [
@@ -44,7 +45,8 @@ impl RayHead {
         assert!(ray.is_file(), "{} missing: run tests/setup.sh", ray.display());
         // Ray's Unix sockets live under the temp dir: keep its path short.
         let dir = tempfile::Builder::new().prefix("ray").tempdir_in("/tmp").unwrap();
-        let token = hex::encode(rand_bytes());
+        // As random as the attempts' own tokens.
+        let token = AttemptToken::generate().unwrap().expose().to_owned();
         let (dashboard, gcs) = (free_port(), free_port());
         let out = Command::new(&ray)
             .args([
@@ -87,14 +89,6 @@ impl Drop for RayHead {
     fn drop(&mut self) {
         let _ = Command::new(&self.ray).args(["stop", "--force"]).output();
     }
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    b
 }
 
 /// A job request running `entrypoint` with `gpus` GPUs and the attempt token `token`.

@@ -361,15 +361,8 @@ mod tests {
         let env: Vec<f64> = (0..n).map(|i| 0.05 + 0.3 * ((i / 4) % 2) as f64).collect();
         let following: Vec<f64> = env.iter().map(|e| 2.0 + 20.0 * e).collect();
         // A mouth signal that moves but follows something else: its best correlation is chance.
-        let mut state = 7u64;
-        let unrelated: Vec<f64> = (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                2.0 + 6.0 * ((state >> 33) as f64 / (1u64 << 31) as f64)
-            })
-            .collect();
+        let mut rng = super::super::tests::Lcg(7);
+        let unrelated: Vec<f64> = (0..n).map(|_| 2.0 + 6.0 * rng.next()).collect();
         let reference = lipsync(&track(&unrelated), &env, None);
         let best = reference.correlation.unwrap();
         assert_eq!(reference.status, LipsyncStatus::Measured);

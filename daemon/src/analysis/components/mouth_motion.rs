@@ -136,12 +136,13 @@ fn concentration(fields: &[&MouthField]) -> Option<f64> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::super::tests::Lcg;
     use super::*;
 
     /// A mouth that opens and closes: one pattern (darker in the middle) scaled by the change of an
     /// opening that follows a slow wave, with a little codec noise.
     fn talking(n: usize, noise: f32, seed: u64) -> Vec<Option<MouthField>> {
-        let mut rng = Rng(seed);
+        let mut rng = Rng(Lcg(seed));
         let pattern: MouthField = std::array::from_fn(|i| {
             let (x, y) = ((i % FIELD.0) as f32, (i / FIELD.0) as f32);
             -40.0 * (-(x - 3.5).powi(2) / 6.0 - (y - 1.5).powi(2) / 2.0).exp()
@@ -158,7 +159,7 @@ mod tests {
 
     /// Differences of patterns drawn afresh every frame, as a still face with noise painted on.
     fn redrawn(n: usize, amplitude: f32, seed: u64) -> Vec<Option<MouthField>> {
-        let mut rng = Rng(seed);
+        let mut rng = Rng(Lcg(seed));
         let mut last: MouthField = std::array::from_fn(|_| amplitude * rng.signed());
         (0..n)
             .map(|_| {
@@ -170,13 +171,11 @@ mod tests {
             .collect()
     }
 
-    struct Rng(u64);
+    /// Uniform in [−1, 1).
+    struct Rng(Lcg);
     impl Rng {
         fn signed(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            (self.0.next() * 2.0 - 1.0) as f32
         }
     }
 

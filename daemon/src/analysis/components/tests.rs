@@ -12,9 +12,10 @@ use crate::scoring::{ScoringConfig, score_quality};
 // Builders
 
 /// Deterministic pseudo-random numbers in [0, 1) (no `rand` dependency).
-struct Lcg(u64);
+/// A seeded generator of uniform numbers in [0, 1), for the component tests of this directory.
+pub(super) struct Lcg(pub(super) u64);
 impl Lcg {
-    fn next(&mut self) -> f64 {
+    pub(super) fn next(&mut self) -> f64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
