@@ -66,9 +66,10 @@ struct Transform {
     shaped: Option<Shaped>,
 }
 
-/// Change drawn onto the static face frame by frame, shaped to the face box the daemon's own detector
-/// finds and to the audio's loudness (what ffmpeg's filters cannot do): the cheapest ways to look like
-/// a talking face to the mouth signal and the freeze test without rendering one.
+/// Change drawn onto a video frame by frame, shaped to the face box the daemon's own detector finds
+/// and to the audio's loudness (what ffmpeg's filters cannot do): the cheapest ways to look like a
+/// talking face to the mouth signal and the freeze test without rendering one (drawn on the static
+/// face), or to make a talking render's still pairs look like motion (drawn on the render).
 #[derive(Clone, Copy)]
 enum Shaped {
     /// Uniform noise of ±80 grey levels × the loudness (its peak 1) in the mouth rectangle.
@@ -77,6 +78,11 @@ enum Shaped {
     MouthBlotches,
     /// ±5-level 16-px blotches on every fifth block of the face box, each flipping sign every frame.
     FaceBlotches,
+    /// ±5-level 16-px blotches on every fifth block of the whole frame, each flipping sign every frame
+    /// (applied to the talking render: change a still mouth's pairs would count as motion).
+    FrameBlotches,
+    /// As [`Shaped::FrameBlotches`], with a random sign per block and frame.
+    FrameBlotchesRandom,
 }
 
 const fn video(name: &'static str, kind: Kind, filter: &'static str) -> Transform {
@@ -99,10 +105,10 @@ const fn audio(name: &'static str, kind: Kind, args: &'static [&'static str]) ->
     }
 }
 
-const fn shaped(name: &'static str, shape: Shaped) -> Transform {
+const fn shaped(name: &'static str, kind: Kind, shape: Shaped) -> Transform {
     Transform {
         name,
-        kind: Kind::Destroys,
+        kind,
         video_filter: None,
         audio: None,
         shaped: Some(shape),
@@ -145,7 +151,11 @@ fn transforms() -> Vec<Transform> {
         video("re-encode crf 10", Cheap, "null"),
         video("re-encode crf 40", Cheap, "null"),
         video("256 -> 512", Cheap, "scale=256:256,scale=512:512"),
+        video("unsharp 7:7:3.0", Cheap, "unsharp=7:7:3.0"),
         video("12.5 -> 25 fps", Cheap, "fps=12.5,fps=25"),
+        // Faint change that a still mouth's pairs would count as motion (the freeze penalty).
+        shaped("blotches flipping sign", Cheap, Shaped::FrameBlotches),
+        shaped("blotches random sign", Cheap, Shaped::FrameBlotchesRandom),
         audio("gain x2", Cheap, &["-af", "volume=2.0"]),
         audio("gain x0.5", Cheap, &["-af", "volume=0.5"]),
         audio(
@@ -172,9 +182,9 @@ fn transforms() -> Vec<Transform> {
         video("static + jitter", Destroys, JITTER_1_2_PX),
         video("static + flicker", Destroys, FLICKER),
         // Change shaped to the mouth and the loudness, or spread over the face to escape the freeze test.
-        shaped("static + mouth noise", Shaped::MouthNoise),
-        shaped("static + mouth blotches", Shaped::MouthBlotches),
-        shaped("static + face blotches", Shaped::FaceBlotches),
+        shaped("static + mouth noise", Destroys, Shaped::MouthNoise),
+        shaped("static + mouth blotches", Destroys, Shaped::MouthBlotches),
+        shaped("static + face blotches", Destroys, Shaped::FaceBlotches),
         audio("silent audio", Destroys, &["-af", "volume=0"]),
         video("black", Destroys, "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill"),
     ]
@@ -225,14 +235,14 @@ fn ffmpeg_raw(input: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-/// Makes `out` from the static face `still` (512×512, 25 fps, as the renderer writes it) with `shape`
-/// drawn onto each frame, its audio kept, encoded as the renders are.
-fn make_shaped(shape: Shaped, still: &Path, cascade: &HaarDetector, out: &Path) {
+/// Makes `out` from `source` (the static face or the talking render: 512×512, 25 fps, as the renderer
+/// writes them) with `shape` drawn onto each frame, its audio kept, encoded as the renders are.
+fn make_shaped(shape: Shaped, source: &Path, cascade: &HaarDetector, out: &Path) {
     const SIDE: usize = 512;
-    let raw = ffmpeg_raw(still, &["-f", "rawvideo", "-pix_fmt", "rgb24"]);
+    let raw = ffmpeg_raw(source, &["-f", "rawvideo", "-pix_fmt", "rgb24"]);
     let frames: Vec<&[u8]> = raw.chunks_exact(SIDE * SIDE * 3).collect();
-    assert!(frames.len() > 8, "{}: {} frames", still.display(), frames.len());
-    let pcm = ffmpeg_raw(still, &["-vn", "-f", "f32le", "-ac", "1", "-ar", "16000"]);
+    assert!(frames.len() > 8, "{}: {} frames", source.display(), frames.len());
+    let pcm = ffmpeg_raw(source, &["-vn", "-f", "f32le", "-ac", "1", "-ar", "16000"]);
     let samples: Vec<f32> = pcm
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
@@ -241,7 +251,7 @@ fn make_shaped(shape: Shaped, still: &Path, cascade: &HaarDetector, out: &Path) 
     let peak = envelope.iter().copied().fold(1e-9, f64::max);
     let side = u32::try_from(SIDE).unwrap();
     let face = detect_largest(cascade, &Frame::rgb(side, side, frames[0].to_vec()))
-        .unwrap_or_else(|| panic!("no face in {}", still.display()));
+        .unwrap_or_else(|| panic!("no face in {}", source.display()));
     let at = |v: f32| (v.max(0.0) as usize).min(SIDE);
     let (x0, y0, fw, fh) = (face.x1, face.y1, face.width(), face.height());
     let mouth = [
@@ -251,6 +261,7 @@ fn make_shaped(shape: Shaped, still: &Path, cascade: &HaarDetector, out: &Path) 
         at(y0 + lipsync::MOUTH_ROWS.1 as f32 * fh),
     ];
     let face_rect = [at(face.x1), at(face.y1), at(face.x2), at(face.y2)];
+    let frame_rect = [0, 0, SIDE, SIDE];
     // xorshift64: the same video on every run.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut uniform = move || {
@@ -287,11 +298,28 @@ fn make_shaped(shape: Shaped, still: &Path, cascade: &HaarDetector, out: &Path) 
                     .collect();
                 paint(&mut f, mouth, 8, &mut |i| signs[i] * loudness)
             }
-            Shaped::FaceBlotches => paint(&mut f, face_rect, 16, &mut |i| match (i % 5, (t + i / 5) % 2) {
-                (0, 0) => 5.0,
-                (0, _) => -5.0,
-                _ => 0.0,
-            }),
+            Shaped::FaceBlotches | Shaped::FrameBlotches => {
+                let rect = if matches!(shape, Shaped::FaceBlotches) {
+                    face_rect
+                } else {
+                    frame_rect
+                };
+                paint(&mut f, rect, 16, &mut |i| match (i % 5, (t + i / 5) % 2) {
+                    (0, 0) => 5.0,
+                    (0, _) => -5.0,
+                    _ => 0.0,
+                })
+            }
+            Shaped::FrameBlotchesRandom => {
+                let signs: Vec<f64> = (0..SIDE.div_ceil(16).pow(2))
+                    .map(|i| match (i % 5, uniform() < 0.5) {
+                        (0, true) => 5.0,
+                        (0, false) => -5.0,
+                        _ => 0.0,
+                    })
+                    .collect();
+                paint(&mut f, frame_rect, 16, &mut |i| signs[i])
+            }
         }
         video.extend_from_slice(&f);
     }
@@ -307,7 +335,7 @@ fn make_shaped(shape: Shaped, still: &Path, cascade: &HaarDetector, out: &Path) 
             "rgb24",
         ])
         .args(["-s", "512x512", "-r", "25", "-i", "-", "-i"])
-        .arg(still)
+        .arg(source)
         .args([
             "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p",
         ])
@@ -596,7 +624,8 @@ fn the_profile_is_a_configuration_key_that_analyze_reports() {
         reference["analysis"]["penalties"]["freeze"].as_f64().unwrap(),
     );
     assert!(
-        reference_freeze < 0.05 && hardened_freeze > 0.2,
+        // The render's mouth is still on 11 of its 79 pairs (0.14): grain does not hide them.
+        reference_freeze < 0.05 && hardened_freeze > 0.1,
         "{hardened_freeze} {reference_freeze}"
     );
     assert!(

@@ -5,8 +5,11 @@
 //! Owns, as pure functions of planes and numbers:
 //! - [`face_change`]: how much a face changed between two frames beyond a rigid shift of the image
 //!   (jitter, head translation), a global brightness/contrast change (flicker) and the pair's own noise
-//!   floor (grain, codec noise). The freeze penalty and the motion term of the video component read
-//!   it instead of the whole frame's mean |Δgrey|, which grain, jitter and flicker all raise.
+//!   floor (grain, codec noise). The motion term of the video component reads it instead of the whole
+//!   frame's mean |Δgrey|, which grain, jitter and flicker all raise; the freeze penalty reads the
+//!   mouth's share of it, projected onto the clip's own mouth motion
+//!   ([`coherent_changes`](super::mouth_motion::coherent_changes)), since faint change scattered over
+//!   a minority of the face's blocks passes for motion here.
 //! - [`reference_sharpness`] and [`capped_blur`]: the blur term's Laplacian variance capped at the
 //!   challenge face's own (at the frame's size): added grain and sharpening raise the Laplacian
 //!   variance, but an output cannot be sharper than the face it was made from.

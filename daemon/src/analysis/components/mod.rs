@@ -647,12 +647,32 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
         Vec::new()
     };
 
-    // The hardened profile: sharpness capped at the challenge face's, motion and freeze judged on the
-    // face change, loudness capped at the challenge audio's (docs/scoring.md, "Hardened profile").
+    // The hardened profile: sharpness capped at the challenge face's, loudness capped at the challenge
+    // audio's, and each pair counted by how much its mouth moved as the clip's mouth moves (a still
+    // pair with change painted on it does not): the freeze penalty is its complement, and the motion
+    // term reads the face change of the pairs that moved (docs/scoring.md, "Hardened profile").
+    let moved: Vec<Option<f64>> = if hardened {
+        let coherent = mouth_motion::coherent_changes(&facts.mouth_fields);
+        facts
+            .face_changes
+            .iter()
+            .zip(&coherent)
+            .map(|(face, c)| face.map(|_| c.map_or(0.0, |c| c.motion())))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let hardened_motion: Vec<Option<f64>>;
     let (motion_diffs, blur_cap) = if hardened {
         let size = facts.sizes.iter().flatten().next().copied();
         let cap = size.and_then(|(w, h)| hardened::reference_sharpness(media.reference_face, w, h));
-        (&facts.face_changes, cap)
+        hardened_motion = facts
+            .face_changes
+            .iter()
+            .zip(&moved)
+            .map(|(face, m)| face.zip(*m).map(|(f, m)| f * m))
+            .collect();
+        (&hardened_motion, cap)
     } else {
         (&facts.frame_diffs, None)
     };
@@ -664,8 +684,13 @@ fn analyse_matched(media: &Media<'_>, followed: FramesFollowed, context: &Analys
     let tmp = temporal::temporal(&sims, &boxes, &mouth.signal);
 
     let means: Vec<f64> = facts.stats.iter().flatten().map(|s| s.mean).collect();
+    let freeze = if hardened {
+        penalties::freeze_of(&moved)
+    } else {
+        penalties::freeze(motion_diffs)
+    };
     let pen = penalties::combine(
-        penalties::freeze(motion_diffs),
+        freeze,
         penalties::loop_penalty(&means),
         penalties::face_missing(face_detect_ratio),
         penalties::offscreen(&boxes, &facts.sizes),

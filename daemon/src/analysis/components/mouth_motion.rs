@@ -15,6 +15,13 @@
 //!   opens and closes in much the same way every time (one or two patterns), random blotches spread
 //!   their energy over all of the field's cells.
 //!
+//!
+//! And, per pair, the **coherent mouth change** ([`coherent_changes`]): the part of the pair's field
+//! that lies in the clip's three main patterns, which the hardened freeze penalty reads. Change painted
+//! on a pair whose mouth is still (blotches, noise) is nearly orthogonal to them, so it does not make
+//! the pair count as moving; painted strongly enough to become a main pattern, it spoils the
+//! concentration and lip sync is not measured.
+//!
 //! Must not: look at anything but the fields, or decide anything but whether the change is motion
 //! (the lipsync component turns a refusal into [`LipsyncStatus::IncoherentMouthMotion`](super::LipsyncStatus)).
 
@@ -24,6 +31,8 @@ use serde::Serialize;
 pub const FIELD: (usize, usize) = (8, 4);
 /// Cells of a [`MouthField`].
 pub const FIELD_CELLS: usize = FIELD.0 * FIELD.1;
+/// A unit vector over a field's cells.
+type Pattern = [f64; FIELD_CELLS];
 /// A frame pair's signed change over the mouth rectangle, after the face's alignment, gain, offset:
 /// the mean residual (grey levels) of each of [`FIELD`]'s cells, row-major.
 pub type MouthField = [f32; FIELD_CELLS];
@@ -85,9 +94,12 @@ pub fn coherence(fields: &[Option<MouthField>]) -> MouthCoherence {
     }
 }
 
-/// `(λ₁ + … + λ_PATTERNS) / trace` of `Σ f fᵀ` (power iteration with deflation; the matrix is
-/// symmetric positive semi-definite, so every step is a plain product). `None` without energy.
-fn concentration(fields: &[&MouthField]) -> Option<f64> {
+/// The [`PATTERNS`] main spatial patterns of a clip's fields (unit vectors, the eigenvectors of
+/// `Σ f fᵀ` with the largest eigenvalues, the largest first) and the share of the fields' energy they
+/// hold; `None`
+/// without energy. Power iteration with deflation: the matrix is symmetric positive semi-definite,
+/// so every step is a plain product.
+fn main_patterns(fields: &[&MouthField]) -> Option<(Vec<Pattern>, f64)> {
     const N: usize = FIELD_CELLS;
     let mut m = [[0.0f64; N]; N];
     for f in fields {
@@ -101,21 +113,19 @@ fn concentration(fields: &[&MouthField]) -> Option<f64> {
     if !(trace.is_finite() && trace > 0.0) {
         return None;
     }
-    let mut top = 0.0;
+    let (mut top, mut patterns) = (0.0, Vec::with_capacity(PATTERNS));
     for pattern in 0..PATTERNS {
         // A start no eigenvector of a real field is orthogonal to in practice.
-        let mut v: Vec<f64> = (0..N)
-            .map(|i| 1.0 + ((i * 7 + pattern * 3) % 11) as f64 / 10.0)
-            .collect();
+        let mut v: [f64; N] = std::array::from_fn(|i| 1.0 + ((i * 7 + pattern * 3) % 11) as f64 / 10.0);
         let mut lambda = 0.0;
         for _ in 0..200 {
-            let w: Vec<f64> = (0..N).map(|i| (0..N).map(|j| m[i][j] * v[j]).sum()).collect();
+            let w: [f64; N] = std::array::from_fn(|i| (0..N).map(|j| m[i][j] * v[j]).sum());
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
             if norm <= trace * 1e-12 {
                 lambda = 0.0;
                 break;
             }
-            let next: Vec<f64> = w.iter().map(|x| x / norm).collect();
+            let next = w.map(|x| x / norm);
             let moved: f64 = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum();
             v = next;
             lambda = norm;
@@ -123,14 +133,100 @@ fn concentration(fields: &[&MouthField]) -> Option<f64> {
                 break;
             }
         }
+        if lambda == 0.0 {
+            break;
+        }
         top += lambda;
         for i in 0..N {
             for j in 0..N {
                 m[i][j] -= lambda * v[i] * v[j];
             }
         }
+        patterns.push(v);
     }
-    Some((top / trace).clamp(0.0, 1.0))
+    Some((patterns, (top / trace).clamp(0.0, 1.0)))
+}
+
+/// `(λ₁ + … + λ_PATTERNS) / trace` of `Σ f fᵀ`: the share of the fields' energy in their main
+/// patterns. `None` without energy.
+fn concentration(fields: &[&MouthField]) -> Option<f64> {
+    main_patterns(fields).map(|(_, share)| share)
+}
+
+/// [`CoherentChange::rms`] (grey levels) below which a pair's mouth did not move, and from which it
+/// moved fully: a ramp, so that a small change of an output (sharpening, re-encoding) moves the freeze
+/// penalty a little rather than flipping pairs. The test miner's renders: 0.00–0.07 on pairs whose
+/// mouth is still, 1 and more on pairs whose mouth moves (docs/scoring.md).
+pub const COHERENT_CHANGE_RAMP: (f64, f64) = (0.25, 1.0);
+/// [`CoherentChange::share`] below which a pair's change is not its mouth moving, and from which it
+/// fully is. The renders' moving pairs: 0.4–0.99, most above 0.8; change painted on a still pair keeps
+/// about `PATTERNS / FIELD_CELLS` (0.09) of its energy whatever its amplitude, and ±5-level blotches
+/// measured 0.0–0.38.
+pub const COHERENT_SHARE_RAMP: (f64, f64) = (0.3, 0.6);
+
+/// The part of one pair's mouth change that is the clip's own mouth motion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoherentChange {
+    /// RMS over the field's cells of its projection onto the clip's main patterns (grey levels).
+    pub rms: f64,
+    /// That projection's share of the field's energy (0 for a field without energy).
+    pub share: f64,
+}
+
+impl CoherentChange {
+    /// How much the pair's mouth moved, 0 (still, or change that is not the clip's mouth motion) to
+    /// 1: the product of the two ramps, [`COHERENT_CHANGE_RAMP`] on the size and
+    /// [`COHERENT_SHARE_RAMP`] on the share.
+    pub fn motion(&self) -> f64 {
+        let ramp = |v: f64, (lo, hi): (f64, f64)| ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+        ramp(self.rms, COHERENT_CHANGE_RAMP) * ramp(self.share, COHERENT_SHARE_RAMP)
+    }
+}
+
+/// Each pair's [`CoherentChange`]: its field projected onto the clip's [`PATTERNS`] main patterns.
+/// Change that is not the clip's mouth motion (blotches, noise, texture painted in) is nearly
+/// orthogonal to them, so neither its amplitude nor its correlation with the audio makes a still pair
+/// count as moving; change strong enough to become a main pattern spoils the clip's concentration
+/// instead ([`coherence`]). `None` where the field is.
+pub fn coherent_changes(fields: &[Option<MouthField>]) -> Vec<Option<CoherentChange>> {
+    // The patterns of the sums of consecutive changes: a mouth that opens keeps opening for a frame or
+    // two, so its patterns survive; a pattern whose sign flips every frame (blotches painted on every
+    // pair) cancels and cannot become one of them.
+    let sums: Vec<MouthField> = fields
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [Some(a), Some(b)] => Some(std::array::from_fn(|i| a[i] + b[i])),
+            _ => None,
+        })
+        .collect();
+    let sums: Vec<&MouthField> = sums.iter().collect();
+    let patterns = main_patterns(&sums).map(|(p, _)| p).unwrap_or_default();
+    fields
+        .iter()
+        .map(|f| {
+            f.as_ref().map(|f| {
+                let total: f64 = f.iter().map(|v| f64::from(*v).powi(2)).sum();
+                let along: f64 = patterns
+                    .iter()
+                    .map(|p| {
+                        p.iter()
+                            .zip(f)
+                            .map(|(a, b)| a * f64::from(*b))
+                            .sum::<f64>()
+                            .powi(2)
+                    })
+                    .sum();
+                CoherentChange {
+                    rms: (along / FIELD_CELLS as f64).sqrt(),
+                    share: if total > 0.0 {
+                        (along / total).min(1.0)
+                    } else {
+                        0.0
+                    },
+                }
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -212,6 +308,109 @@ mod tests {
         assert!((c.persistence.unwrap() + 1.0).abs() < 1e-9, "{c:?}");
         // One pattern: concentrated, so persistence alone refuses it.
         assert!(c.concentration.unwrap() > 0.99 && !c.is_motion, "{c:?}");
+    }
+
+    /// A mouth that opens, widens and shifts sideways, each at its own pace (three patterns, as the
+    /// test miner's renders measure), standing still on every fourth pair.
+    fn articulating(n: usize, seed: u64) -> Vec<Option<MouthField>> {
+        let mut rng = Rng(Lcg(seed));
+        let at = |i: usize| ((i % FIELD.0) as f32 - 3.5, (i / FIELD.0) as f32 - 1.5);
+        let patterns: [MouthField; 3] = [
+            std::array::from_fn(|i| -40.0 * (-at(i).0.powi(2) / 6.0 - at(i).1.powi(2) / 2.0).exp()),
+            std::array::from_fn(|i| -20.0 * (-at(i).0.powi(2) / 20.0 - at(i).1.powi(2)).exp()),
+            std::array::from_fn(|i| 6.0 * at(i).0 * (-at(i).0.powi(2) / 8.0).exp()),
+        ];
+        let course = |k: usize, t: usize| (t as f32 * [0.9, 0.37, 0.23][k]).sin().max(0.0);
+        (1..=n)
+            .map(|t| {
+                let still = t.is_multiple_of(4);
+                Some(std::array::from_fn(|i| {
+                    let moved: f32 = (0..3)
+                        .map(|k| (course(k, t) - course(k, t - 1)) * patterns[k][i])
+                        .sum();
+                    (if still { 0.0 } else { moved }) + 0.3 * rng.signed()
+                }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pair_moves_when_its_change_is_the_clips_mouth_motion_not_change_painted_on_it() {
+        let honest = articulating(80, 7);
+        let still = |t: usize| (t + 1).is_multiple_of(4);
+        let coherent = coherent_changes(&honest);
+        for (t, c) in coherent.iter().enumerate() {
+            let c = c.unwrap();
+            if still(t) {
+                assert_eq!(c.motion(), 0.0, "{t}: {c:?}");
+            } else if c.rms >= 2.0 * COHERENT_CHANGE_RAMP.1 {
+                // A visible change of the opening, the width or the sideways position moves fully.
+                assert!(c.share > 0.9 && c.motion() == 1.0, "{t}: {c:?}");
+            }
+        }
+        let moving = coherent.iter().flatten().filter(|c| c.motion() > 0.5).count();
+        assert!(moving > 40, "{moving}");
+        // Blotches (a random ±amplitude pattern) painted on the still pairs: large, but almost none
+        // of it is the clip's mouth motion. Painted strong enough to become a main pattern, they
+        // spoil the clip's concentration instead, and lip sync is not measured at all.
+        let mut rng = Rng(Lcg(11));
+        for amplitude in [1.0f32, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0] {
+            let painted: Vec<Option<MouthField>> = honest
+                .iter()
+                .enumerate()
+                .map(|(t, f)| {
+                    f.map(|f| {
+                        std::array::from_fn(|i| {
+                            f[i] + if still(t) {
+                                amplitude * rng.signed().signum()
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                })
+                .collect();
+            let refused = !coherence(&painted).is_motion;
+            // A random field lies in three of 32 dimensions by chance only (a share of 0.09 on
+            // average, above the ramp's foot on a few pairs): the still pairs barely move.
+            let credited: Vec<f64> = coherent_changes(&painted)
+                .iter()
+                .enumerate()
+                .filter(|(t, _)| still(*t))
+                .map(|(_, c)| c.unwrap().motion())
+                .collect();
+            let mean = credited.iter().sum::<f64>() / credited.len() as f64;
+            // Faint blotches are not motion; blotches as strong as the mouth's lesser patterns (5:
+            // the clip's concentration 0.88) earn a sixth of the still pairs at most, and stronger
+            // ones cost the clip its lip sync.
+            match amplitude {
+                a if a <= 3.0 => assert!(!refused && mean < 0.05, "{a}: {credited:?}"),
+                a if a < 10.0 => assert!(!refused && mean < 0.2, "{a}: {credited:?}"),
+                a => assert!(refused, "{a}: {:?}", coherence(&painted)),
+            }
+        }
+        // A fixed pattern flipping sign on every pair (blotches that brighten and darken in turn) is
+        // as consistent as a mouth, but it cancels in the sums of consecutive changes that the
+        // patterns are taken from: the still pairs stay still.
+        let flip: MouthField = std::array::from_fn(|i| if i % 5 == 0 { 3.0 } else { 0.0 });
+        let flipping: Vec<Option<MouthField>> = honest
+            .iter()
+            .enumerate()
+            .map(|(t, f)| {
+                f.map(|f| std::array::from_fn(|i| f[i] + if t % 2 == 0 { flip[i] } else { -flip[i] }))
+            })
+            .collect();
+        let credited: f64 = coherent_changes(&flipping)
+            .iter()
+            .enumerate()
+            .filter(|(t, _)| still(*t))
+            .map(|(_, c)| c.unwrap().motion())
+            .sum();
+        assert!(credited < 1.0, "{credited}");
+        // Without a field there is nothing to project: `None`; a field without energy does not move.
+        assert_eq!(coherent_changes(&[None]), vec![None]);
+        let empty = coherent_changes(&[Some([0.0; FIELD_CELLS])])[0].unwrap();
+        assert_eq!((empty.rms, empty.share, empty.motion()), (0.0, 0.0, 0.0));
     }
 
     #[test]

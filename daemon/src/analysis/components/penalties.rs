@@ -3,8 +3,9 @@
 //!
 //! Owns (docs/reference.md#component-penalties, weights summing to 1):
 //! - `freeze` 0.18: fraction of consecutive sampled-frame pairs with mean |Δgrey| < 0.8 (1 when there
-//!   is no pair at all); under the hardened profile the pairs' values are the face change
-//!   ([`face_change`](super::hardened::face_change)) instead of the whole frame's |Δgrey|;
+//!   is no pair at all); under the hardened profile each pair counts by how much its mouth moved as
+//!   the clip's mouth moves ([`CoherentChange::motion`](super::mouth_motion::CoherentChange::motion),
+//!   0 to 1: [`freeze_of`]) instead of by the whole frame's |Δgrey|;
 //! - `loop` 0.12: ≥ 12 frames; `k = max(3, n / 5)`; correlation `c` of the per-frame mean intensity of
 //!   the first k and the last k frames; `(c − 0.85) / 0.15` when `c > 0.85`;
 //! - `face_missing` 0.22: `(0.80 − face_detect_ratio) / 0.80` below 0.80;
@@ -90,11 +91,21 @@ pub const FREEZE_DIFF: f64 = 0.8;
 
 /// `freeze` from the consecutive-pair differences (`None` = a pair with an undecodable frame).
 pub fn freeze(diffs: &[Option<f64>]) -> f64 {
-    let d: Vec<f64> = diffs.iter().flatten().copied().collect();
+    let moved: Vec<Option<f64>> = diffs
+        .iter()
+        .map(|d| d.map(|v| if v >= FREEZE_DIFF { 1.0 } else { 0.0 }))
+        .collect();
+    freeze_of(&moved)
+}
+
+/// `freeze` from how much each consecutive pair moved, 0 (frozen) to 1 (`None` = a pair with an
+/// undecodable frame): one minus the mean over the decodable pairs, 1 without any.
+pub fn freeze_of(moved: &[Option<f64>]) -> f64 {
+    let d: Vec<f64> = moved.iter().flatten().map(|m| m.clamp(0.0, 1.0)).collect();
     if d.is_empty() {
         return 1.0;
     }
-    d.iter().filter(|&&v| v < FREEZE_DIFF).count() as f64 / d.len() as f64
+    1.0 - d.iter().sum::<f64>() / d.len() as f64
 }
 
 /// `loop` from per-frame mean intensities, with the correlation it saw.
@@ -263,8 +274,13 @@ mod tests {
 
     #[test]
     fn simple_penalties() {
-        assert_eq!(freeze(&[Some(0.1), Some(5.0), None, Some(0.5)]), 2.0 / 3.0);
+        assert!((freeze(&[Some(0.1), Some(5.0), None, Some(0.5)]) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(freeze(&[]), 1.0);
+        // How much each pair moved, as the hardened profile measures it: partly moving pairs count
+        // in part, out-of-range values are clamped, undecodable pairs do not count.
+        assert!((freeze_of(&[Some(1.0), Some(0.5), None, Some(0.0), Some(-3.0)]) - 0.625).abs() < 1e-12);
+        assert_eq!(freeze_of(&[Some(2.0), Some(1.0)]), 0.0);
+        assert_eq!(freeze_of(&[None, None]), 1.0);
         assert_eq!(face_missing(0.4), 0.5);
         assert_eq!(face_missing(0.9), 0.0);
         let fb = |x1, y1, x2, y2| {
