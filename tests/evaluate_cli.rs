@@ -30,16 +30,7 @@ const SCORED: usize = 2;
 
 /// A configuration with one virtual GPU slot and small container limits, in `dir`.
 fn config(dir: &Path) -> PathBuf {
-    let text = format!(
-        "[evaluation]\nwarmup_count = {WARMUPS}\nscoring_count = {SCORED}\nready_timeout_secs = 30\n\
-         challenge_timeout_secs = 20\npull_timeout_secs = 120\n\
-         [docker]\npull_attempts = 2\n[gpu]\nvirtual = 1\n\
-         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
-         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n"
-    );
-    let path = dir.join("talkheadd.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    small_evaluation_config(dir, WARMUPS, SCORED)
 }
 
 fn pushed(behaviour: Behaviour) -> String {

@@ -54,6 +54,25 @@ enum Command {
     /// container, timing, VRAM, analysis, scoring) and print its report; no daemon, nothing kept.
     /// Exit 0 verdict ok, 65 another miner verdict, 1 infrastructure failure, 2 usage, 78 configuration.
     Evaluate(EvaluateArgs),
+    /// Run one attempt of a cluster's evaluation on this GPU host (Ray starts it as a job's
+    /// entrypoint): fetch the spec and the challenge files from the coordinator, evaluate as
+    /// `evaluate` does, upload the scored videos and the report. The attempt's token is read from
+    /// TALKHEADD_ATTEMPT_TOKEN, its GPU from CUDA_VISIBLE_DEVICES. Exit 0 reported, 1 not reported,
+    /// 2 usage.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    /// The coordinator's cluster listener (its `cluster.advertise_url`).
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// The evaluation's id.
+    #[arg(long, value_name = "ID")]
+    evaluation: String,
+    /// The attempt number.
+    #[arg(long, value_name = "N")]
+    attempt: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,6 +211,7 @@ fn main() -> ExitCode {
         }
         Command::Analyze(args) => analyze(&loaded.settings, args),
         Command::Evaluate(args) => evaluate(loaded.settings, args),
+        Command::Worker(args) => worker(loaded.settings, args),
         Command::Models(command) => ExitCode::from(models(&command)),
         Command::Run => {
             talkheadd::logging::init(&loaded.settings.log);
@@ -248,6 +268,7 @@ fn evaluate(settings: talkheadd::config::Settings, args: EvaluateArgs) -> ExitCo
         image: args.image,
         challenges: args.challenges,
         gpu: args.gpu,
+        keep_videos: None,
     };
     match runtime.block_on(oneshot::evaluate(settings, request)) {
         Ok(report) => {
@@ -266,6 +287,22 @@ fn evaluate(settings: talkheadd::config::Settings, args: EvaluateArgs) -> ExitCo
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `talkheadd worker`: one attempt of a cluster's evaluation (see `talkheadd::engine::worker`).
+fn worker(settings: talkheadd::config::Settings, args: WorkerArgs) -> ExitCode {
+    use talkheadd::engine::worker::{WorkerRequest, run_worker};
+    talkheadd::logging::init(&settings.log);
+    let runtime = match start_runtime(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let request = WorkerRequest {
+        coordinator: args.coordinator,
+        evaluation: args.evaluation,
+        attempt: args.attempt,
+    };
+    ExitCode::from(runtime.block_on(run_worker(settings, request)))
 }
 
 /// `talkheadd analyze`: the daemon's analyser on one file (see `talkheadd::analysis::offline`).

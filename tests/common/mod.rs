@@ -489,3 +489,18 @@ pub fn update_body(items: &[(&str, String, f64)]) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&rows).unwrap()
 }
+
+/// A configuration for one evaluation of the test miner on this host, in `dir`: one virtual GPU slot,
+/// `warmups` warm-up and `scored` scored challenges, short timeouts and small container limits.
+pub fn small_evaluation_config(dir: &Path, warmups: usize, scored: usize) -> PathBuf {
+    let text = format!(
+        "[evaluation]\nwarmup_count = {warmups}\nscoring_count = {scored}\nready_timeout_secs = 30\n\
+         challenge_timeout_secs = 20\npull_timeout_secs = 120\n\
+         [docker]\npull_attempts = 2\n[gpu]\nvirtual = 1\n\
+         [container]\ncpus = 1.0\nmemory_bytes = 536870912\nshm_bytes = 67108864\ntmp_bytes = 67108864\n\
+         var_tmp_bytes = 16777216\noutput_bytes = 67108864\n"
+    );
+    let path = dir.join("talkheadd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

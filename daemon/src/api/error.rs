@@ -5,6 +5,7 @@
 //! secrets or unbounded echoes of the input.
 
 use super::auth::AuthError;
+use crate::cluster::attempts::Refusal;
 use crate::service::ServiceError;
 use hyper::StatusCode;
 use serde::Serialize;
@@ -67,6 +68,12 @@ pub enum ApiError {
     /// The operation failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The cluster listener refused a worker's request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// This host could not read or write what the request needed (the coordinator's failure).
+    #[error("storage failed: {0}")]
+    Storage(String),
 }
 
 #[derive(Serialize)]
@@ -91,6 +98,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Service(e) => e.status(),
+            ApiError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::CONFLICT),
+            ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -108,6 +117,8 @@ impl ApiError {
             ApiError::Timeout => "request_timeout",
             ApiError::BodyRead(_) => "body_read_failed",
             ApiError::Service(e) => e.reason(),
+            ApiError::Refused(r) => r.reason(),
+            ApiError::Storage(_) => "storage_failed",
         }
     }
 

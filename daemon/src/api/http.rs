@@ -5,48 +5,29 @@
 //! body is read, bodies are bounded while streaming (a `Content-Length` over the limit is refused before
 //! a byte is read), every item of a batch is validated before anything is stored, and each request has a
 //! deadline. Connections are capped by a semaphore and drained gracefully on shutdown.
-//!
-//! A request refused before its body was read (too large, unauthenticated, wrong type...) is answered at
-//! once, and the rest of its body is then read and discarded, bounded in bytes, time and how many at
-//! once, before the connection closes (not for a stalled body, nor for a client waiting for a
-//! `100 Continue` it never got): clients that write their whole body before reading the answer (Python's
-//! `http.client`, hence `requests`, which validators use) would otherwise see the close as a
-//! connection reset and never read the status and its JSON reason.
+
+//! Its connections, body limits and the answer to a request refused before its body was read are
+//! [`super::serve`]'s.
 
 use super::auth::{Authenticator, Authorized};
 use super::error::{ApiError, ItemProblem};
 use super::prom::PromMetrics;
+use super::serve::{
+    ConnectionLimits, Discards, HttpResponse, RequestBody, error_response, json_response, read_body, serve,
+};
 use crate::config::HttpSettings;
 use crate::domain::{Hotkey, ImageRef, Submission};
 use crate::service::Service;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-/// Largest header block accepted (hyper's read buffer; requests with bigger headers get 431).
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Most bytes of a refused body read and discarded after the answer, and for how long: enough for the
-/// bodies validators send, bounded so a refused client cannot hold a connection slot for long.
-const DISCARD_BYTES: u64 = 64 << 20;
-const DISCARD_TIME: Duration = Duration::from_secs(10);
-/// Most refused bodies discarded at once: each holds its connection's slot while it lasts, so a flood
-/// of refused requests must not hold `http.max_connections` for long; beyond it a refused request's
-/// connection closes at once.
-const MAX_DISCARDS: usize = 16;
-/// Most bytes reserved for a body before they arrive (a declared length is only a claim).
-const BODY_RESERVE: usize = 1 << 20;
 
 /// The routes the gateway knows; also the `route` label of request metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,19 +68,8 @@ pub struct Gateway {
     prom: Arc<PromMetrics>,
     limits: HttpSettings,
     public_metrics: bool,
-    discards: Arc<Semaphore>,
+    discards: Discards,
 }
-
-/// A request's body until a handler has read it to its end.
-struct RequestBody {
-    /// `None` once read to its end.
-    unread: Option<Incoming>,
-    /// Whether it was polled: for a client that sent `Expect: 100-continue`, hyper then told it to
-    /// send the body.
-    polled: bool,
-}
-
-type HttpResponse = Response<Full<Bytes>>;
 
 impl Gateway {
     /// Assemble a gateway.
@@ -116,67 +86,29 @@ impl Gateway {
             prom,
             limits,
             public_metrics,
-            discards: Arc::new(Semaphore::new(MAX_DISCARDS)),
+            discards: Discards::default(),
         }
     }
 
     /// Accept connections until `shutdown` fires, then stop accepting and give in-flight requests up to
     /// `drain` to finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, drain: Duration) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
-        loop {
-            // Waiting for a slot before accepting leaves excess clients in the kernel backlog instead of
-            // holding unbounded sockets.
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning on accept.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        let limits = ConnectionLimits {
+            max_connections: self.limits.max_connections,
+            header_timeout: self.limits.header_timeout,
+        };
+        serve(listener, limits, shutdown, drain, "gateway", move |req| {
             let gateway = Arc::clone(&self);
-            let svc = service_fn(move |req| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.limits.header_timeout)
-                .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                .serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("HTTP connections drained"),
-            () = tokio::time::sleep(drain) => tracing::warn!(?drain, "HTTP drain deadline passed; closing remaining connections"),
-        }
+            async move { gateway.handle(req).await }
+        })
+        .await;
     }
 
     /// Answer one request (never fails: errors become JSON answers).
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let route = Route::of(req.uri().path());
         let (parts, body) = req.into_parts();
-        let mut body = RequestBody {
-            unread: Some(body),
-            polled: false,
-        };
+        let mut body = RequestBody::new(body);
         let dispatched = self.dispatch(route, &parts, &mut body);
         let (response, timed_out) = match tokio::time::timeout(self.limits.request_timeout, dispatched).await
         {
@@ -186,15 +118,7 @@ impl Gateway {
         };
         self.prom
             .observe_request(route.label(), response.status().as_u16());
-        let told_not_to_send = expects_continue(&parts) && !body.polled;
-        match body.unread {
-            // A stalled client is not sending; one that waits for `100 Continue` and never got it
-            // won't.
-            Some(rest) if !rest.is_end_stream() && !timed_out && !told_not_to_send => {
-                self.discard_then_close(rest, response)
-            }
-            _ => response,
-        }
+        self.discards.finish(&parts, body, response, timed_out)
     }
 
     async fn dispatch(
@@ -285,40 +209,6 @@ impl Gateway {
             .unwrap_or_default())
     }
 
-    /// Answer with `response` and `Connection: close`, and meanwhile read and drop the rest of `body`
-    /// (at most [`DISCARD_BYTES`] for at most [`DISCARD_TIME`], and at most [`MAX_DISCARDS`] bodies at
-    /// once), so the connection closes after the client has sent everything instead of resetting
-    /// under it.
-    fn discard_then_close(&self, mut body: Incoming, mut response: HttpResponse) -> HttpResponse {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let Ok(permit) = self.discards.clone().try_acquire_owned() else {
-            tracing::debug!("too many refused bodies being discarded; closing at once");
-            return response;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut discarded = 0u64;
-            let drained = tokio::time::timeout(DISCARD_TIME, async {
-                while discarded <= DISCARD_BYTES {
-                    match body.frame().await {
-                        Some(Ok(frame)) => {
-                            discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
-                        }
-                        Some(Err(_)) | None => return true,
-                    }
-                }
-                false
-            })
-            .await;
-            if drained != Ok(true) {
-                tracing::debug!(discarded, "stopped discarding a refused request body; closing");
-            }
-        });
-        response
-    }
-
     async fn healthz(&self) -> Result<HttpResponse, ApiError> {
         let version = self.service.metrics_version().await?;
         let body = serde_json::json!({ "status": "ok", "metrics_version": version });
@@ -336,50 +226,6 @@ impl Gateway {
             .body(Full::new(Bytes::from(text)))
             .unwrap_or_default())
     }
-}
-
-/// Read the body, refusing it as soon as it is known to exceed `limit` (from `Content-Length`, or while
-/// streaming for chunked bodies). The body is taken out of `body` only once read to its end; a
-/// refused one stays there, for [`Gateway::discard_then_close`].
-async fn read_body(
-    headers: &hyper::HeaderMap,
-    body: &mut RequestBody,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let Some(incoming) = body.unread.as_mut() else {
-        return Ok(Bytes::new());
-    };
-    body.polled = true;
-    let reserve = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-    let mut collected = Vec::with_capacity(reserve.min(BODY_RESERVE));
-    while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if collected.len() + data.len() > limit {
-                return Err(ApiError::BodyTooLarge { limit });
-            }
-            collected.extend_from_slice(data);
-        }
-    }
-    body.unread = None;
-    Ok(Bytes::from(collected))
-}
-
-/// Whether the client waits for `100 Continue` before sending its body (curl does for large ones): an
-/// answer sent first tells it not to send at all, so there is nothing to discard.
-fn expects_continue(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Validate a whole `/update` body. Any bad item rejects the batch, listing every problem.
@@ -505,30 +351,6 @@ fn if_none_match(header: Option<&HeaderValue>, version: u64) -> bool {
 
 fn with_etag(builder: hyper::http::response::Builder, version: u64) -> hyper::http::response::Builder {
     builder.header(header::ETAG, etag(version))
-}
-
-fn json_response(status: StatusCode, body: String) -> HttpResponse {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
-fn error_response(e: &ApiError) -> HttpResponse {
-    let status = e.status();
-    if status.is_server_error() {
-        tracing::error!(error = %e, reason = e.reason(), "request failed");
-    } else {
-        tracing::debug!(error = %e, reason = e.reason(), "request rejected");
-    }
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let ApiError::MethodNotAllowed { allow } = e {
-        builder = builder.header(header::ALLOW, *allow);
-    }
-    builder.body(Full::new(Bytes::from(e.body()))).unwrap_or_default()
 }
 
 /// A path echoed in an error: bounded and printable.

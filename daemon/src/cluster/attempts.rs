@@ -41,6 +41,15 @@ pub struct AttemptSpec {
     pub files: Vec<SpecFile>,
 }
 
+/// What a worker uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// The run report (`cluster.max_report_bytes`).
+    Report,
+    /// A scored video (`cluster.max_video_bytes`).
+    Video,
+}
+
 /// Why a worker's request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -79,6 +88,20 @@ pub enum Refusal {
         /// The cap.
         limit: u64,
     },
+    /// A video larger than the cap.
+    #[error("a video of {size} bytes exceeds cluster.max_video_bytes ({limit})")]
+    VideoTooLarge {
+        /// Its size (declared, or what arrived before the cap).
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// More videos than an attempt may upload.
+    #[error("an attempt uploads at most {limit} videos")]
+    TooManyVideos {
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -88,7 +111,7 @@ impl Refusal {
             Refusal::Unauthorized => 401,
             Refusal::NoSuchFile(_) => 404,
             Refusal::Superseded { .. } | Refusal::Cancelled(..) | Refusal::AlreadyReported { .. } => 409,
-            Refusal::TooLarge { .. } => 413,
+            Refusal::TooLarge { .. } | Refusal::VideoTooLarge { .. } | Refusal::TooManyVideos { .. } => 413,
         }
     }
 
@@ -101,6 +124,8 @@ impl Refusal {
             Refusal::AlreadyReported { .. } => "already_reported",
             Refusal::NoSuchFile(_) => "no_such_file",
             Refusal::TooLarge { .. } => "report_too_large",
+            Refusal::VideoTooLarge { .. } => "video_too_large",
+            Refusal::TooManyVideos { .. } => "too_many_videos",
         }
     }
 }
@@ -243,21 +268,25 @@ impl AttemptBook {
             .ok_or_else(|| Refusal::NoSuchFile(path.to_owned()))
     }
 
-    /// `PUT …/report` of `size` bytes (declared, or counted while streaming) under the cap `limit`:
-    /// whether it may be read. Check before reading; [`Self::accept_report`] after it is parsed.
-    pub fn may_report(
+    /// `PUT …/report` or `PUT …/videos/<name>` of `size` bytes (declared, or counted while streaming)
+    /// under the cap `limit`: whether it may be read and stored. Ask before reading (with the declared
+    /// size) and again once a video is on disk (the attempt may have been superseded meanwhile);
+    /// [`Self::accept_report`] after a report is parsed.
+    pub fn may_upload(
         &self,
         evaluation: &str,
         attempt: u32,
         authorization: Option<&str>,
+        what: Upload,
         size: u64,
         limit: u64,
     ) -> Result<(), Refusal> {
         self.spec(evaluation, attempt, authorization)?;
-        if size > limit {
-            return Err(Refusal::TooLarge { size, limit });
+        match what {
+            _ if size <= limit => Ok(()),
+            Upload::Report => Err(Refusal::TooLarge { size, limit }),
+            Upload::Video => Err(Refusal::VideoTooLarge { size, limit }),
         }
-        Ok(())
     }
 
     /// Marks the attempt's report accepted: the one time it succeeds, the caller stages the result;
@@ -334,9 +363,22 @@ mod tests {
         let mut book = AttemptBook::new();
         let first = book.issue(spec("e1", 1)).unwrap();
         let h1 = auth(&first);
-        assert_eq!(book.may_report("e1", 1, Some(&h1), 100, 1000), Ok(()));
-        let big = book.may_report("e1", 1, Some(&h1), 1001, 1000).unwrap_err();
+        assert_eq!(
+            book.may_upload("e1", 1, Some(&h1), Upload::Report, 100, 1000),
+            Ok(())
+        );
+        let big = book
+            .may_upload("e1", 1, Some(&h1), Upload::Report, 1001, 1000)
+            .unwrap_err();
         assert_eq!((big.status(), big.reason()), (413, "report_too_large"));
+        let big = book
+            .may_upload("e1", 1, Some(&h1), Upload::Video, 1001, 1000)
+            .unwrap_err();
+        assert_eq!((big.status(), big.reason()), (413, "video_too_large"));
+        assert_eq!(
+            book.may_upload("e1", 1, Some(&h1), Upload::Video, 1000, 1000),
+            Ok(())
+        );
         book.accept_report("e1", 1, Some(&h1)).unwrap();
         let replay = book.accept_report("e1", 1, Some(&h1)).unwrap_err();
         assert_eq!((replay.status(), replay.reason()), (409, "already_reported"));

@@ -21,6 +21,14 @@ impl AttemptToken {
         Ok(AttemptToken(hex::encode(bytes)))
     }
 
+    /// The token a worker was given (the value of [`TOKEN_ENV`](super::job::TOKEN_ENV)): `None` unless
+    /// it has a token's form (hex of [`TOKEN_BYTES`] bytes).
+    pub fn given(text: &str) -> Option<AttemptToken> {
+        let text = text.trim();
+        (text.len() == 2 * TOKEN_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| AttemptToken(text.to_ascii_lowercase()))
+    }
+
     /// The secret, to put in the job's environment and nowhere else.
     pub fn expose(&self) -> &str {
         &self.0

@@ -82,6 +82,7 @@ pub async fn run(
         challenges,
         slot: &c.slot,
         meter,
+        keep_videos: None,
     };
     span.in_scope(|| tracing::info!(image = %c.image, "calibration started"));
     let (outcome, report) = run_evaluation(env, req, shutdown).instrument(span.clone()).await;

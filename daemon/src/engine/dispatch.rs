@@ -307,6 +307,7 @@ pub(super) async fn run_task(
         challenges: &set,
         slot: &slot,
         meter: meter.as_ref(),
+        keep_videos: None,
     };
     // Everything the run logs carries run_id, miner_hotkey, gpu_uuid and round.
     let (outcome, report) = async {

@@ -7,7 +7,8 @@
 //! `dispatch` (where a run executes), `slots`, [`gate`], `challenge_set`, `prefetch` and
 //! `evict`.
 //!
-//! [`oneshot`] runs one evaluation outside the loop, for `talkheadd evaluate`.
+//! [`oneshot`] runs one evaluation outside the loop, for `talkheadd evaluate`, and [`worker`] runs one
+//! attempt of a cluster's evaluation with it, for `talkheadd worker`.
 
 mod blocking;
 pub mod calibration;
@@ -26,3 +27,4 @@ mod slots;
 pub mod tasks;
 pub mod timing;
 pub mod verdicts;
+pub mod worker;

@@ -27,7 +27,7 @@ use crate::runtime::spec::{self, RunSpecInput};
 use crate::runtime::{Engine, ImageCache, Provenance, PulledImage, RuntimeError};
 use crate::scoring::{ChallengeOutcome, Measurement, score_challenge, score_run};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -142,6 +142,9 @@ pub struct RunRequest<'a> {
     pub slot: &'a GpuSlot,
     /// How its peak VRAM is measured.
     pub meter: &'a dyn VramMeter,
+    /// Where to keep a copy of each scored challenge's analysed video (`<challenge id>.mp4`), for a
+    /// cluster worker that uploads them; `None` keeps nothing (the job directory is removed).
+    pub keep_videos: Option<&'a Path>,
 }
 
 /// How a run ended.
@@ -169,6 +172,8 @@ pub struct RunReport {
     pub notes: Vec<String>,
     /// Where the image came from, once it was available.
     pub image_source: Option<Provenance>,
+    /// The videos kept for [`RunRequest::keep_videos`]: `(challenge id, path)`.
+    pub kept_videos: Vec<(String, PathBuf)>,
 }
 
 /// The reason given to challenges the container was no longer alive to answer; the container's own
@@ -898,6 +903,11 @@ async fn analyse_and_score(
                 report.stage_times.insert(format!("analysis:{id}"), took);
                 match analysed {
                     Ok(analysis) => {
+                        if let Some(dir) = req.keep_videos {
+                            let kept = dir.join(format!("{id}.mp4"));
+                            std::fs::copy(video, &kept).map_err(infra("keeping a scored video"))?;
+                            report.kept_videos.push((id.clone(), kept));
+                        }
                         let score = score_challenge(&analysis.components, &measurement, cfg);
                         let debug = analysis.metrics_debug(&score.quality);
                         entries.push(scored_entry(&id, &score, analysis.reported_wer(), debug));

@@ -52,6 +52,8 @@ pub struct EvaluateRequest {
     pub challenges: PathBuf,
     /// The slot's index in the configured inventory.
     pub gpu: usize,
+    /// Where to keep a copy of each scored challenge's analysed video (a cluster worker uploads them).
+    pub keep_videos: Option<PathBuf>,
 }
 
 /// Why no run report could be produced.
@@ -94,7 +96,8 @@ pub async fn evaluate(settings: Settings, request: EvaluateRequest) -> Result<Ev
         tracing::warn!(error = %e, "could not remove the temporary directory");
     }
     let mut report = result?;
-    if let Some(signal) = interrupted.get()
+    report.interrupted = interrupted.get().copied();
+    if let Some(signal) = report.interrupted
         && report.verdict == Verdict::InfraError
     {
         report.reason = Some(format!("interrupted by {signal}: the evaluation was cancelled"));
@@ -221,6 +224,7 @@ async fn evaluate_in(
             challenges: &challenges,
             slot: &slot,
             meter: meter.as_ref(),
+            keep_videos: request.keep_videos.as_deref(),
         },
         cancel,
     )
@@ -259,6 +263,8 @@ async fn evaluate_in(
         gpu_fault: run.gpu_fault.map(|f| f.to_string()),
         log_tail: run.log_tail,
         metrics,
+        interrupted: None,
+        kept_videos: run.kept_videos,
     })
 }
 

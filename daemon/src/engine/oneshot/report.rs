@@ -62,6 +62,13 @@ pub struct EvaluateReport {
     pub log_tail: String,
     /// The metrics document `/metrics` would serve; `None` when the host failed.
     pub metrics: Option<EvaluationMetrics>,
+    /// The signal that interrupted the run (`SIGINT`, `SIGTERM`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<&'static str>,
+    /// The scored videos kept for [`EvaluateRequest::keep_videos`](super::EvaluateRequest::keep_videos):
+    /// `(challenge id, path)`.
+    #[serde(skip)]
+    pub kept_videos: Vec<(String, std::path::PathBuf)>,
 }
 
 /// The exit code for a verdict.
@@ -253,6 +260,8 @@ mod tests {
             gpu_fault: None,
             log_tail: "loading\nready\n".into(),
             metrics,
+            interrupted: None,
+            kept_videos: Vec::new(),
         }
     }
 

@@ -1,0 +1,230 @@
+//! `talkheadd worker`: one attempt of an evaluation on a cluster's GPU host, started by Ray as a job's
+//! entrypoint (`talkheadd worker --coordinator <url> --evaluation <id> --attempt <n>`, the attempt's
+//! token in `TALKHEADD_ATTEMPT_TOKEN`, its GPU in `CUDA_VISIBLE_DEVICES`).
+//!
+//! It fetches the attempt's spec and challenge files from the coordinator's cluster listener (each file
+//! checked against its SHA-256), runs the evaluation exactly as `talkheadd evaluate` does
+//! ([`super::oneshot`]: the same pull by digest, hardened container, timing, VRAM, analysis and
+//! scoring, with this host's configuration), then uploads the scored videos and the run report.
+//!
+//! A host that cannot run the attempt (no GPU given, a GPU that is not this host's, a configuration
+//! that cannot evaluate, an image the spec names that is not pinned) reports `infra_error` with the
+//! reason: never the miner's fault. Interrupted (SIGTERM from `ray job stop`), it removes its
+//! container and reports nothing: the coordinator decides what happens to a stopped attempt.
+
+use std::path::Path;
+
+use crate::cluster::coordinator::{CoordinatorClient, CoordinatorError};
+use crate::cluster::job::TOKEN_ENV;
+use crate::cluster::report::{MAX_LOG_TAIL, WorkerGpu, WorkerReport};
+use crate::cluster::token::AttemptToken;
+use crate::cluster::worker_gpu::given_slot;
+use crate::config::Settings;
+use crate::domain::ImageRef;
+use crate::domain::verdict::Verdict;
+
+use super::oneshot::{self, EvaluateError, EvaluateReport, EvaluateRequest};
+
+/// Exit code: the attempt ran (or failed on this host) and its report was accepted.
+pub const EXIT_REPORTED: u8 = 0;
+/// Exit code: no report could be delivered (coordinator unreachable or refusing, or interrupted).
+pub const EXIT_UNREPORTED: u8 = 1;
+/// Exit code: the command line or the environment cannot name an attempt (no token...).
+pub const EXIT_USAGE: u8 = 2;
+
+/// What names the attempt.
+#[derive(Debug, Clone)]
+pub struct WorkerRequest {
+    /// The coordinator's cluster listener (`cluster.advertise_url`).
+    pub coordinator: String,
+    /// The evaluation.
+    pub evaluation: String,
+    /// The attempt number.
+    pub attempt: u32,
+}
+
+/// Run the attempt and deliver its report; the process's exit code.
+pub async fn run_worker(settings: Settings, request: WorkerRequest) -> u8 {
+    let Some(token) = std::env::var(TOKEN_ENV)
+        .ok()
+        .and_then(|t| AttemptToken::given(&t))
+    else {
+        eprintln!("talkheadd worker: {TOKEN_ENV} does not hold an attempt token");
+        return EXIT_USAGE;
+    };
+    let client =
+        match CoordinatorClient::new(&request.coordinator, &request.evaluation, request.attempt, token) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("talkheadd worker: {e}");
+                return EXIT_USAGE;
+            }
+        };
+    let scratch = match tempfile::Builder::new().prefix("talkheadd-worker-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("talkheadd worker: cannot create a temporary directory: {e}");
+            return EXIT_UNREPORTED;
+        }
+    };
+    let code = attempt(settings, &request, &client, scratch.path()).await;
+    if let Err(e) = scratch.close() {
+        tracing::warn!(error = %e, "could not remove the worker's temporary directory");
+    }
+    code
+}
+
+async fn attempt(
+    settings: Settings,
+    request: &WorkerRequest,
+    client: &CoordinatorClient,
+    scratch: &Path,
+) -> u8 {
+    let failed = |e: CoordinatorError| {
+        eprintln!("talkheadd worker: {e}");
+        EXIT_UNREPORTED
+    };
+    let spec = match client.spec().await {
+        Ok(spec) => spec,
+        Err(e) => return failed(e),
+    };
+    let challenges = scratch.join("challenges");
+    let videos = scratch.join("videos");
+    let host = host_name();
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let prepared = async {
+        client
+            .fetch_files(&spec, &challenges)
+            .await
+            .map_err(|e| format!("fetching the challenge files: {e}"))?;
+        std::fs::create_dir_all(&videos).map_err(|e| format!("{}: {e}", videos.display()))?;
+        let image =
+            ImageRef::parse(&spec.image).map_err(|e| format!("the spec's image {:?}: {e}", spec.image))?;
+        let (inventory, _) = crate::gpu::open_inventory(&settings.gpu).map_err(|e| format!("gpu: {e}"))?;
+        let slots = inventory.slots();
+        let real = slots
+            .iter()
+            .any(|s| matches!(s.assignment, crate::gpu::GpuAssignment::Nvidia { .. }));
+        let gpu = given_slot(visible.as_deref(), &slots, real).map_err(|e| e.to_string())?;
+        Ok::<_, String>(EvaluateRequest {
+            image,
+            challenges: challenges.clone(),
+            gpu,
+            keep_videos: Some(videos.clone()),
+        })
+    };
+    let unknown_gpu = || WorkerGpu {
+        uuid: visible.clone().unwrap_or_default(),
+        model: String::new(),
+        host: host.clone(),
+    };
+    let report = match prepared.await {
+        Err(reason) => infra_report(request, unknown_gpu(), reason),
+        Ok(evaluate) => match oneshot::evaluate(settings, evaluate).await {
+            Ok(run) if run.interrupted.is_some() => {
+                eprintln!("talkheadd worker: interrupted; the container was removed and nothing is reported");
+                return EXIT_UNREPORTED;
+            }
+            Ok(run) => match upload_videos(client, &run).await {
+                Ok(uploaded) => from_run(request, run, &host, uploaded),
+                Err(e) => return failed(e),
+            },
+            Err(e @ (EvaluateError::Usage(_) | EvaluateError::Config(_) | EvaluateError::Infra(_))) => {
+                infra_report(request, unknown_gpu(), format!("worker host {host}: {e}"))
+            }
+        },
+    };
+    match client.upload_report(&report).await {
+        Ok(()) => {
+            tracing::info!(evaluation = %request.evaluation, attempt = request.attempt, verdict = %report.verdict, "report accepted");
+            EXIT_REPORTED
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn upload_videos(
+    client: &CoordinatorClient,
+    run: &EvaluateReport,
+) -> Result<Vec<crate::cluster::report::UploadedVideo>, CoordinatorError> {
+    let mut uploaded = Vec::new();
+    for (id, path) in &run.kept_videos {
+        let bytes =
+            std::fs::read(path).map_err(|e| CoordinatorError::Local(format!("{}: {e}", path.display())))?;
+        uploaded.push(client.upload_video(&format!("{id}.mp4"), bytes).await?);
+    }
+    Ok(uploaded)
+}
+
+/// The report of a run.
+fn from_run(
+    request: &WorkerRequest,
+    run: EvaluateReport,
+    host: &str,
+    videos: Vec<crate::cluster::report::UploadedVideo>,
+) -> WorkerReport {
+    WorkerReport {
+        evaluation: request.evaluation.clone(),
+        attempt: request.attempt,
+        verdict: run.verdict,
+        reason: run.reason,
+        gpu: WorkerGpu {
+            uuid: run.gpu.uuid,
+            model: run.gpu.name,
+            host: host.to_owned(),
+        },
+        stage_times: run.stage_times,
+        vram_sources: run.vram_sources,
+        log_tail: tail(&run.log_tail, MAX_LOG_TAIL),
+        metrics: run.metrics,
+        videos,
+    }
+}
+
+/// The report of an attempt this host could not run.
+fn infra_report(request: &WorkerRequest, gpu: WorkerGpu, reason: String) -> WorkerReport {
+    tracing::warn!(evaluation = %request.evaluation, attempt = request.attempt, %reason, "the attempt cannot run on this host");
+    WorkerReport {
+        evaluation: request.evaluation.clone(),
+        attempt: request.attempt,
+        verdict: Verdict::InfraError,
+        reason: Some(reason),
+        gpu,
+        stage_times: Default::default(),
+        vram_sources: Vec::new(),
+        log_tail: String::new(),
+        metrics: None,
+        videos: Vec::new(),
+    }
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> String {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+/// This host's name (the kernel's), for the report.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tail_is_cut_at_a_character_boundary() {
+        assert_eq!(tail("abc", 10), "abc");
+        assert_eq!(tail("abcdef", 3), "def");
+        // "é" is two bytes: a cut inside it moves forward.
+        assert_eq!(tail("aé", 1), "");
+        assert_eq!(tail("aéb", 2), "b");
+    }
+}

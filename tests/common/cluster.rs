@@ -1,0 +1,79 @@
+//! A coordinator's cluster listener (`talkheadd::api::workers`) on a loopback port, in the test's own
+//! process, for the tests of the listener and of `talkheadd worker`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use talkheadd::api::serve::ConnectionLimits;
+use talkheadd::api::workers::{AcceptedReport, WorkerLimits, WorkersListener};
+use talkheadd::cluster::attempts::{AttemptBook, AttemptSpec, SpecFile};
+use talkheadd::cluster::token::AttemptToken;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A listener serving on a loopback port until dropped.
+pub struct Listener {
+    /// Its URL (`http://127.0.0.1:<port>`).
+    pub url: String,
+    /// The book it consults.
+    pub book: Arc<Mutex<AttemptBook>>,
+    /// The reports it accepted.
+    pub accepted: mpsc::UnboundedReceiver<AcceptedReport>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A listener serving challenge files from `files_root`, keeping uploads under `inbox`, with caps of
+/// `max_video_bytes` and `max_report_bytes`.
+pub async fn listen(
+    files_root: &Path,
+    inbox: &Path,
+    max_video_bytes: u64,
+    max_report_bytes: u64,
+) -> Listener {
+    let book = Arc::new(Mutex::new(AttemptBook::new()));
+    let (tx, accepted) = mpsc::unbounded_channel();
+    let limits = WorkerLimits {
+        connections: ConnectionLimits {
+            max_connections: 16,
+            header_timeout: Duration::from_secs(10),
+        },
+        max_report_bytes,
+        max_video_bytes,
+        request_timeout: Duration::from_secs(60),
+    };
+    let listener = WorkersListener::new(book.clone(), files_root.to_owned(), inbox.to_owned(), limits, tx);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", tcp.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(Arc::new(listener.unwrap()).serve(tcp, shutdown.clone(), Duration::from_secs(1)));
+    Listener {
+        url,
+        book,
+        accepted,
+        shutdown,
+    }
+}
+
+impl Listener {
+    /// Issues `evaluation`'s attempt `attempt` of `image` over `files`; its token.
+    pub fn issue(&self, evaluation: &str, attempt: u32, image: &str, files: &[SpecFile]) -> AttemptToken {
+        self.book
+            .lock()
+            .unwrap()
+            .issue(AttemptSpec {
+                evaluation: evaluation.into(),
+                attempt,
+                image: image.into(),
+                files: files.to_vec(),
+            })
+            .unwrap()
+    }
+}
