@@ -23,33 +23,12 @@ use common::*;
 use images::Behaviour;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use talkheadd::cluster::attempts::SpecFile;
 use talkheadd::cluster::job::TOKEN_ENV;
 use talkheadd::cluster::token::AttemptToken;
 use talkheadd::domain::verdict::Verdict;
 
 const WARMUPS: usize = 1;
 const SCORED: usize = 2;
-
-/// Every file of the fixture challenges, as a spec lists them.
-fn fixture_files() -> Vec<SpecFile> {
-    let root = fixtures();
-    let mut files = Vec::new();
-    for challenge in std::fs::read_dir(&root).unwrap() {
-        let challenge = challenge.unwrap().path();
-        for file in std::fs::read_dir(&challenge).unwrap() {
-            let path = file.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            files.push(SpecFile {
-                path: path.strip_prefix(&root).unwrap().display().to_string(),
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                size: bytes.len() as u64,
-            });
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
-}
 
 /// The listener over the fixture challenges.
 struct Coordinator {
@@ -70,8 +49,12 @@ async fn coordinator(image: &str) -> Coordinator {
 
 impl Coordinator {
     fn issue(&self, evaluation: &str, attempt: u32) -> AttemptToken {
-        self.listener
-            .issue(evaluation, attempt, &self.image, &fixture_files())
+        self.listener.issue(
+            evaluation,
+            attempt,
+            &self.image,
+            &cluster::spec_files(&fixtures()),
+        )
     }
 
     /// `talkheadd worker` for the attempt, as Ray's job would run it; its exit code and output.

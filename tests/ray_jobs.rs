@@ -11,85 +11,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/ray.rs"]
+mod ray;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::free_port;
+use ray::RayHead;
 use talkheadd::cluster::job::{self, JobRequest, RuntimeEnv, TOKEN_ENV};
 use talkheadd::cluster::ray_jobs::{JobDetails, JobStatus, RayError, RayJobs};
-use talkheadd::cluster::token::AttemptToken;
 
 /// The fake GPUs the head's raylet hands out.
 const GPU_UUIDS: [&str; 2] = [
     "GPU-00000000-0000-0000-0000-00000000000a",
     "GPU-00000000-0000-0000-0000-00000000000b",
 ];
-
-/// A Ray head on the loopback, stopped (`ray stop --force`) when dropped.
-struct RayHead {
-    ray: PathBuf,
-    address: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RayHead {
-    fn start() -> RayHead {
-        let ray = std::env::var_os("TALKHEADD_TEST_RAY").map_or_else(
-            || PathBuf::from("/opt/talkhead-test/ray-venv/bin/ray"),
-            PathBuf::from,
-        );
-        assert!(ray.is_file(), "{} missing: run tests/setup.sh", ray.display());
-        // Ray's Unix sockets live under the temp dir: keep its path short.
-        let dir = tempfile::Builder::new().prefix("ray").tempdir_in("/tmp").unwrap();
-        // As random as the attempts' own tokens.
-        let token = AttemptToken::generate().unwrap().expose().to_owned();
-        let (dashboard, gcs) = (free_port(), free_port());
-        let out = Command::new(&ray)
-            .args([
-                "start",
-                "--head",
-                "--disable-usage-stats",
-                "--num-cpus",
-                "4",
-                "--num-gpus",
-                "2",
-            ])
-            .args([
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                &dashboard.to_string(),
-            ])
-            .args(["--port", &gcs.to_string(), "--temp-dir"])
-            .arg(dir.path())
-            .env("RAY_AUTH_MODE", "token")
-            .env("RAY_AUTH_TOKEN", &token)
-            .env("CUDA_VISIBLE_DEVICES", GPU_UUIDS.join(","))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ray start: {}", common::output_text(&out));
-        RayHead {
-            ray,
-            address: format!("http://127.0.0.1:{dashboard}"),
-            token,
-            _dir: dir,
-        }
-    }
-
-    fn client(&self) -> RayJobs {
-        RayJobs::new(&self.address, Some(self.token.clone())).unwrap()
-    }
-}
-
-impl Drop for RayHead {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.ray).args(["stop", "--force"]).output();
-    }
-}
 
 /// A job request running `entrypoint` with `gpus` GPUs and the attempt token `token`.
 fn request(submission_id: &str, entrypoint: &str, gpus: f64, token: &str) -> JobRequest {
@@ -125,7 +62,7 @@ async fn poll(client: &RayJobs, id: &str, done: impl Fn(&JobDetails) -> bool) ->
 
 #[tokio::test]
 async fn a_real_ray_head_runs_stops_and_forgets_jobs_and_refuses_strangers() {
-    let head = RayHead::start();
+    let head = RayHead::start(&GPU_UUIDS, &[]);
     let client = head.client();
     let version = client.version().await.unwrap();
     assert!(!version.ray_version.is_empty(), "{version:?}");

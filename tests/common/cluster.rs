@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,4 +77,22 @@ impl Listener {
             })
             .unwrap()
     }
+}
+
+/// Every file of a challenge directory (`<root>/<challenge>/<file>`), as a spec lists them.
+pub fn spec_files(root: &Path) -> Vec<SpecFile> {
+    let mut files = Vec::new();
+    for challenge in std::fs::read_dir(root).unwrap() {
+        for file in std::fs::read_dir(challenge.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            files.push(SpecFile {
+                path: path.strip_prefix(root).unwrap().display().to_string(),
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
 }
