@@ -30,7 +30,7 @@ use talkheadd::cluster::ray_jobs::JobStatus;
 use talkheadd::domain::verdict::Verdict;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ray_runs_the_worker_on_the_gpu_it_hands_out_and_the_report_is_accepted() {
+async fn ray_places_the_worker_on_a_slot_it_hands_out_and_the_report_is_accepted() {
     let image = images::build_and_push_miner_with(Behaviour::Good, &[], &fixtures())
         .await
         .unwrap()

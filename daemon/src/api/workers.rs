@@ -309,7 +309,8 @@ impl WorkersListener {
             .map_err(|e| ApiError::MalformedBody(e.to_string()))?;
         let partial = self.partial_dir(evaluation, attempt)?;
         std::fs::create_dir_all(&partial).map_err(storage)?;
-        write_synced(&partial.join("report.json"), &bytes)?;
+        let written = partial.join("report.json");
+        write_synced(&written, &bytes)?;
         let accepted_dir = self
             .inbox
             .join("accepted")
@@ -318,7 +319,11 @@ impl WorkersListener {
             // Accepting and moving the directory happen under the book's lock: a concurrent replay
             // sees the attempt reported, never a half-moved directory.
             let mut book = self.book();
-            book.accept_report(evaluation, attempt, token)?;
+            if let Err(refused) = book.accept_report(evaluation, attempt, token) {
+                // A concurrent twin was accepted (or the attempt superseded) meanwhile: leave nothing.
+                let _ = std::fs::remove_file(&written);
+                return Err(refused.into());
+            }
             std::fs::rename(&partial, &accepted_dir).map_err(|e| {
                 tracing::error!(evaluation, attempt, error = %e, "an accepted report could not be moved; the attempt is lost");
                 storage(e)

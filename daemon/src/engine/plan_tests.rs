@@ -480,7 +480,7 @@ fn a_duplicate_digest_is_settled_without_a_run_and_the_tick_goes_again() {
 }
 
 #[test]
-fn the_ticks_note_says_in_words_who_was_held_and_which_gpu_idles() {
+fn the_ticks_note_says_in_words_who_was_held_and_which_idle_gpu() {
     let now = Instant::now();
     let mut s = snapshot(now, 2);
     s.slots[1].drained = true;

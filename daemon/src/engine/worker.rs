@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::cluster::coordinator::{CoordinatorClient, CoordinatorError};
 use crate::cluster::job::TOKEN_ENV;
-use crate::cluster::report::{MAX_LOG_TAIL, WorkerGpu, WorkerReport};
+use crate::cluster::report::{MAX_LOG_TAIL, UploadedVideo, WorkerGpu, WorkerReport};
 use crate::cluster::token::AttemptToken;
 use crate::cluster::worker_gpu::given_slot;
 use crate::config::Settings;
@@ -125,10 +125,32 @@ async fn attempt(
                 eprintln!("talkheadd worker: interrupted; the container was removed and nothing is reported");
                 return EXIT_UNREPORTED;
             }
-            Ok(run) => match upload_videos(client, &run).await {
-                Ok(uploaded) => from_run(request, run, &host, uploaded),
-                Err(e) => return failed(e),
-            },
+            Ok(run) => {
+                let (uploaded, refused) = upload_videos(client, &run).await;
+                match refused {
+                    None => from_run(request, run, &host, uploaded),
+                    // The coordinator would not take a video (a cap smaller than this host's output
+                    // cap): this host's failure to deliver, reported as such with what it did take.
+                    Some(CoordinatorError::Refused {
+                        status,
+                        reason,
+                        message,
+                    }) if status != 401 && status != 409 => {
+                        let mut report = infra_report(
+                            request,
+                            WorkerGpu {
+                                uuid: run.gpu.uuid.clone(),
+                                model: run.gpu.name.clone(),
+                                host: host.clone(),
+                            },
+                            format!("the coordinator refused a scored video ({status} {reason}): {message}"),
+                        );
+                        report.videos = uploaded;
+                        report
+                    }
+                    Some(e) => return failed(e),
+                }
+            }
             Err(e @ (EvaluateError::Usage(_) | EvaluateError::Config(_) | EvaluateError::Infra(_))) => {
                 infra_report(request, unknown_gpu(), format!("worker host {host}: {e}"))
             }
@@ -143,17 +165,29 @@ async fn attempt(
     }
 }
 
+/// Uploads the run's kept videos in order, up to the first that fails: those uploaded, and why the
+/// rest were not.
 async fn upload_videos(
     client: &CoordinatorClient,
     run: &EvaluateReport,
-) -> Result<Vec<crate::cluster::report::UploadedVideo>, CoordinatorError> {
+) -> (Vec<UploadedVideo>, Option<CoordinatorError>) {
     let mut uploaded = Vec::new();
     for (id, path) in &run.kept_videos {
-        let bytes =
-            std::fs::read(path).map_err(|e| CoordinatorError::Local(format!("{}: {e}", path.display())))?;
-        uploaded.push(client.upload_video(&format!("{id}.mp4"), bytes).await?);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return (
+                    uploaded,
+                    Some(CoordinatorError::Local(format!("{}: {e}", path.display()))),
+                );
+            }
+        };
+        match client.upload_video(&format!("{id}.mp4"), bytes).await {
+            Ok(video) => uploaded.push(video),
+            Err(e) => return (uploaded, Some(e)),
+        }
     }
-    Ok(uploaded)
+    (uploaded, None)
 }
 
 /// The report of a run.
@@ -161,7 +195,7 @@ fn from_run(
     request: &WorkerRequest,
     run: EvaluateReport,
     host: &str,
-    videos: Vec<crate::cluster::report::UploadedVideo>,
+    videos: Vec<UploadedVideo>,
 ) -> WorkerReport {
     WorkerReport {
         evaluation: request.evaluation.clone(),

@@ -296,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_shows_the_verdict_reason_gpu_stages_and_log() {
+    fn the_table_shows_the_verdict_reason_stages_log_and_the_gpu() {
         let m = EvaluationMetrics::failed(Verdict::Crashed, "exit code 3", "img", 0.0, 1.0, 5);
         let table = report(Verdict::Crashed, Some(m)).to_table();
         for needle in [
