@@ -79,8 +79,13 @@ async fn coordinator() -> Coordinator {
 impl Coordinator {
     /// Issues `evaluation`'s attempt `attempt`; its token.
     fn issue_attempt(&self, evaluation: &str, attempt: u32) -> AttemptToken {
-        self.listener
-            .issue(evaluation, attempt, "127.0.0.1:5000/miner@sha256:aa", &self.files)
+        self.listener.issue(
+            evaluation,
+            attempt,
+            "127.0.0.1:5000/miner@sha256:aa",
+            &self.files,
+            None,
+        )
     }
 
     fn client(&self, evaluation: &str, attempt: u32, token: &AttemptToken) -> CoordinatorClient {

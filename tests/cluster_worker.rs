@@ -23,6 +23,7 @@ use common::*;
 use images::Behaviour;
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use talkheadd::cluster::attempts::SharedSettings;
 use talkheadd::cluster::job::TOKEN_ENV;
 use talkheadd::cluster::token::AttemptToken;
 use talkheadd::domain::verdict::Verdict;
@@ -34,27 +35,32 @@ const SCORED: usize = 2;
 struct Coordinator {
     listener: cluster::Listener,
     image: String,
-    _inbox: tempfile::TempDir,
+    /// The settings every host must share ([WARMUPS] warm-ups, [SCORED] scored challenges).
+    shared: SharedSettings,
+    _dir: tempfile::TempDir,
 }
 
 async fn coordinator(image: &str) -> Coordinator {
-    let inbox = tempfile::tempdir().unwrap();
-    let listener = cluster::listen(&fixtures(), inbox.path(), 64 << 20, 4 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = cluster::listen(&fixtures(), &dir.path().join("inbox"), 64 << 20, 4 << 20).await;
+    let config = small_evaluation_config(dir.path(), WARMUPS, SCORED);
     Coordinator {
         listener,
         image: image.to_owned(),
-        _inbox: inbox,
+        shared: cluster::shared_settings(Some(&config)),
+        _dir: dir,
     }
 }
 
 impl Coordinator {
     fn issue(&self, evaluation: &str, attempt: u32) -> AttemptToken {
-        self.listener.issue(
-            evaluation,
-            attempt,
-            &self.image,
-            &cluster::spec_files(&fixtures()),
-        )
+        self.issue_with(evaluation, attempt, self.shared.clone())
+    }
+
+    fn issue_with(&self, evaluation: &str, attempt: u32, shared: SharedSettings) -> AttemptToken {
+        let files = cluster::spec_files(&fixtures());
+        self.listener
+            .issue_with(evaluation, attempt, &self.image, &files, shared)
     }
 
     /// `talkheadd worker` for the attempt, as Ray's job would run it; its exit code and output.
@@ -100,8 +106,27 @@ async fn a_worker_runs_its_attempt_as_evaluate_does_and_its_report_is_accepted()
         .unwrap()
         .reference;
     let dir = tempfile::tempdir().unwrap();
-    let config = small_evaluation_config(dir.path(), WARMUPS, SCORED);
+    // This host scores one more challenge than the coordinator: the coordinator's count wins.
+    let config = small_evaluation_config(dir.path(), WARMUPS, SCORED + 1);
     let mut c = coordinator(&image).await;
+
+    // A host whose analysis backend differs from the coordinator's cannot make comparable scores:
+    // infra_error naming the key, before anything is pulled.
+    let mut onnx = c.shared.clone();
+    onnx.face_backend = "onnx".into();
+    let token = c.issue_with("e-backend", 1, onnx);
+    let (code, out) = c.worker(&config, "e-backend", 1, token.expose(), Some("0")).await;
+    assert_eq!(code, Some(0), "{out}");
+    let report = c.listener.accepted.recv().await.unwrap().report;
+    assert_eq!(report.verdict, Verdict::InfraError);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("analysis.face.backend"),
+        "{report:?}"
+    );
 
     // A host that names no GPU for the job: infra_error with the reason, never the miner's.
     let token = c.issue("e-nogpu", 1);
@@ -145,7 +170,8 @@ async fn a_worker_runs_its_attempt_as_evaluate_does_and_its_report_is_accepted()
         report.stage_times
     );
 
-    // The same image through `talkheadd evaluate` on this host: the same verdict and qualities.
+    // The same image through `talkheadd evaluate` on this host (which scores one challenge more): the
+    // same verdict and qualities.
     let out = tokio::process::Command::new(bin())
         .arg("--config")
         .arg(&config)

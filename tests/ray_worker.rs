@@ -50,7 +50,8 @@ async fn ray_places_the_worker_on_a_slot_it_hands_out_and_the_report_is_accepted
         ],
     );
     let mut listener = cluster::listen(&fixtures(), &dir.path().join("inbox"), 64 << 20, 4 << 20).await;
-    let token = listener.issue("e-ray", 1, &image, &cluster::spec_files(&fixtures()));
+    let files = cluster::spec_files(&fixtures());
+    let token = listener.issue("e-ray", 1, &image, &files, Some(&config));
 
     let request = JobRequest {
         entrypoint: job::entrypoint(bin(), &listener.url, "e-ray", 1).unwrap(),

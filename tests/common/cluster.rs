@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use talkheadd::api::serve::ConnectionLimits;
 use talkheadd::api::workers::{AcceptedReport, WorkerLimits, WorkersListener};
-use talkheadd::cluster::attempts::{AttemptBook, AttemptSpec, SpecFile};
+use talkheadd::cluster::attempts::{AttemptBook, AttemptSpec, SharedSettings, SpecFile};
 use talkheadd::cluster::token::AttemptToken;
+use talkheadd::config::{self, ConfigLocation};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -64,8 +65,28 @@ pub async fn listen(
 }
 
 impl Listener {
-    /// Issues `evaluation`'s attempt `attempt` of `image` over `files`; its token.
-    pub fn issue(&self, evaluation: &str, attempt: u32, image: &str, files: &[SpecFile]) -> AttemptToken {
+    /// Issues `evaluation`'s attempt `attempt` of `image` over `files`, with the settings a
+    /// coordinator configured by `config` requires of every host; its token.
+    pub fn issue(
+        &self,
+        evaluation: &str,
+        attempt: u32,
+        image: &str,
+        files: &[SpecFile],
+        config: Option<&Path>,
+    ) -> AttemptToken {
+        self.issue_with(evaluation, attempt, image, files, shared_settings(config))
+    }
+
+    /// [`Self::issue`] with `settings` as they are.
+    pub fn issue_with(
+        &self,
+        evaluation: &str,
+        attempt: u32,
+        image: &str,
+        files: &[SpecFile],
+        settings: SharedSettings,
+    ) -> AttemptToken {
         self.book
             .lock()
             .unwrap()
@@ -74,6 +95,7 @@ impl Listener {
                 attempt,
                 image: image.into(),
                 files: files.to_vec(),
+                settings,
             })
             .unwrap()
     }
@@ -95,4 +117,14 @@ pub fn spec_files(root: &Path) -> Vec<SpecFile> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files
+}
+
+/// What a coordinator configured by `config` (embedded defaults without one) requires of every host.
+pub fn shared_settings(config: Option<&Path>) -> SharedSettings {
+    let location = match config {
+        Some(path) => ConfigLocation::Explicit(path.to_owned()),
+        None => ConfigLocation::Default("/nonexistent/talkheadd.toml".into()),
+    };
+    let loaded = config::load(&location, &|_| None).unwrap();
+    talkheadd::engine::worker::shared_settings(&loaded.settings)
 }

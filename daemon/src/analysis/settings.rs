@@ -37,6 +37,16 @@ pub enum FaceBackend {
     Onnx(super::face::OnnxFaceConfig),
 }
 
+impl FaceBackend {
+    /// The configuration's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FaceBackend::Builtin => "builtin",
+            FaceBackend::Onnx(_) => "onnx",
+        }
+    }
+}
+
 /// `[analysis.asr] backend`: which speech recogniser transcribes the outputs' audio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AsrBackend {
@@ -49,4 +59,14 @@ pub enum AsrBackend {
         /// `[analysis.asr] timeout_secs`: the most one transcription may take.
         timeout: Duration,
     },
+}
+
+impl AsrBackend {
+    /// The configuration's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AsrBackend::None => "none",
+            AsrBackend::Whisper { .. } => "whisper",
+        }
+    }
 }

@@ -28,6 +28,30 @@ pub struct SpecFile {
     pub size: u64,
 }
 
+/// What must be the same on every host for scores to compare: the coordinator's values, which a
+/// worker applies over its own configuration (counts, timeouts, the whole `[scoring]` table) or must
+/// already agree with (the analysis backends, which are its host's installation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedSettings {
+    /// `evaluation.warmup_count`.
+    pub warmup_count: usize,
+    /// `evaluation.scoring_count`.
+    pub scoring_count: usize,
+    /// `evaluation.ready_timeout_secs`.
+    pub ready_timeout_secs: f64,
+    /// `evaluation.challenge_timeout_secs`.
+    pub challenge_timeout_secs: f64,
+    /// The whole `[scoring]` table (profile included).
+    pub scoring: crate::scoring::ScoringConfig,
+    /// `analysis.face.backend` (`builtin`, `onnx`).
+    pub face_backend: String,
+    /// `analysis.asr.backend` (`none`, `whisper`).
+    pub asr_backend: String,
+    /// `analysis.conformance` (`strict`, `penalty`).
+    pub conformance: String,
+}
+
 /// What a worker fetches first: everything it needs to run the attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptSpec {
@@ -39,6 +63,8 @@ pub struct AttemptSpec {
     pub image: String,
     /// The challenge files.
     pub files: Vec<SpecFile>,
+    /// The settings every host must share.
+    pub settings: SharedSettings,
 }
 
 /// What a worker uploads.
@@ -324,6 +350,16 @@ mod tests {
                 sha256: "00".repeat(32),
                 size: 10,
             }],
+            settings: SharedSettings {
+                warmup_count: 1,
+                scoring_count: 2,
+                ready_timeout_secs: 30.0,
+                challenge_timeout_secs: 20.0,
+                scoring: crate::scoring::ScoringConfig::default(),
+                face_backend: "builtin".into(),
+                asr_backend: "none".into(),
+                conformance: "strict".into(),
+            },
         }
     }
 

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use crate::cluster::attempts::SharedSettings;
 use crate::cluster::coordinator::{CoordinatorClient, CoordinatorError};
 use crate::cluster::job::TOKEN_ENV;
 use crate::cluster::report::{MAX_LOG_TAIL, UploadedVideo, WorkerGpu, WorkerReport};
@@ -41,6 +42,54 @@ pub struct WorkerRequest {
     pub evaluation: String,
     /// The attempt number.
     pub attempt: u32,
+}
+
+/// The settings a coordinator configured with `settings` requires of every host ([`SharedSettings`]).
+pub fn shared_settings(settings: &Settings) -> SharedSettings {
+    let e = &settings.evaluation;
+    SharedSettings {
+        warmup_count: e.warmup_count,
+        scoring_count: e.scoring_count,
+        ready_timeout_secs: e.ready_timeout.as_secs_f64(),
+        challenge_timeout_secs: e.challenge_timeout.as_secs_f64(),
+        scoring: settings.scoring.clone(),
+        face_backend: settings.analysis.face.backend.as_str().to_owned(),
+        asr_backend: settings.analysis.asr.as_str().to_owned(),
+        conformance: settings.analysis.conformance.as_str().to_owned(),
+    }
+}
+
+/// This host's `settings` with the coordinator's `shared` ones applied: the counts, timeouts and
+/// scoring constants are the coordinator's; the analysis backends and conformance must already be the
+/// same here (they are this host's installation), or the host cannot run the attempt (the reason
+/// names the key).
+pub fn apply_shared(settings: &mut Settings, shared: &SharedSettings) -> Result<(), String> {
+    let here = shared_settings(settings);
+    for (key, ours, theirs) in [
+        ("analysis.face.backend", &here.face_backend, &shared.face_backend),
+        ("analysis.asr.backend", &here.asr_backend, &shared.asr_backend),
+        ("analysis.conformance", &here.conformance, &shared.conformance),
+    ] {
+        if ours != theirs {
+            return Err(format!(
+                "this host's {key} is {ours:?} but the coordinator scores with {theirs:?}: configure the \
+                 same on every GPU host"
+            ));
+        }
+    }
+    let timeout = |secs: f64, key: &str| {
+        (secs.is_finite() && secs > 0.0 && secs <= 86_400.0)
+            .then(|| std::time::Duration::from_secs_f64(secs))
+            .ok_or_else(|| format!("the coordinator's {key} {secs} is not a usable timeout"))
+    };
+    let e = &mut settings.evaluation;
+    e.ready_timeout = timeout(shared.ready_timeout_secs, "evaluation.ready_timeout_secs")?;
+    e.challenge_timeout = timeout(shared.challenge_timeout_secs, "evaluation.challenge_timeout_secs")?;
+    e.warmup_count = shared.warmup_count;
+    e.scoring_count = shared.scoring_count;
+    settings.scoring = shared.scoring.clone();
+    settings.analysis.profile = shared.scoring.profile;
+    Ok(())
 }
 
 /// Run the attempt and deliver its report; the process's exit code.
@@ -75,7 +124,7 @@ pub async fn run_worker(settings: Settings, request: WorkerRequest) -> u8 {
 }
 
 async fn attempt(
-    settings: Settings,
+    mut settings: Settings,
     request: &WorkerRequest,
     client: &CoordinatorClient,
     scratch: &Path,
@@ -93,6 +142,7 @@ async fn attempt(
     let host = host_name();
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let prepared = async {
+        apply_shared(&mut settings, &spec.settings)?;
         client
             .fetch_files(&spec, &challenges)
             .await
@@ -252,6 +302,47 @@ fn host_name() -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// The settings of a configuration file with `text`.
+    fn settings(text: &str) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("talkheadd.toml");
+        std::fs::write(&path, text).unwrap();
+        crate::config::load(&crate::config::ConfigLocation::Explicit(path), &|_| None)
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn the_coordinators_counts_timeouts_and_scoring_apply_and_its_backends_must_match() {
+        let coordinator = settings(
+            "[evaluation]\nwarmup_count = 1\nscoring_count = 2\nready_timeout_secs = 40\n\
+             [scoring]\nprofile = \"reference\"\n",
+        );
+        let shared = shared_settings(&coordinator);
+        let mut host = settings("[evaluation]\nwarmup_count = 2\nscoring_count = 5\n");
+        apply_shared(&mut host, &shared).unwrap();
+        assert_eq!(shared_settings(&host), shared);
+        assert_eq!(host.analysis.profile, crate::scoring::ScoringProfile::Reference);
+        assert_eq!(host.evaluation.ready_timeout.as_secs(), 40);
+        // A backend or a conformance that differs refuses the attempt, naming the key.
+        type Change = fn(&mut SharedSettings);
+        let changes: [(&str, Change); 3] = [
+            ("analysis.face.backend", |s| s.face_backend = "onnx".into()),
+            ("analysis.asr.backend", |s| s.asr_backend = "whisper".into()),
+            ("analysis.conformance", |s| s.conformance = "penalty".into()),
+        ];
+        for (key, change) in changes {
+            let mut other = shared.clone();
+            change(&mut other);
+            let mut host = settings("");
+            let refused = apply_shared(&mut host, &other).unwrap_err();
+            assert!(refused.contains(key), "{refused}");
+        }
+        let mut nonsense = shared.clone();
+        nonsense.challenge_timeout_secs = f64::NAN;
+        assert!(apply_shared(&mut settings(""), &nonsense).is_err());
+    }
 
     #[test]
     fn the_log_tail_is_cut_at_a_character_boundary() {
