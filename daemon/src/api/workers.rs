@@ -305,7 +305,8 @@ impl WorkersListener {
                 other => other,
             })?;
         let key = (evaluation.to_owned(), attempt);
-        let report = check_report(&bytes, evaluation, attempt, &self.received_of(&key))
+        let checked = self.received_of(&key);
+        let report = check_report(&bytes, evaluation, attempt, &checked)
             .map_err(|e| ApiError::MalformedBody(e.to_string()))?;
         let partial = self.partial_dir(evaluation, attempt)?;
         std::fs::create_dir_all(&partial).map_err(storage)?;
@@ -319,6 +320,14 @@ impl WorkersListener {
             // Accepting and moving the directory happen under the book's lock: a concurrent replay
             // sees the attempt reported, never a half-moved directory.
             let mut book = self.book();
+            // Videos are stored under the same lock: one that arrived after the check would be moved
+            // with the directory without being in the manifest.
+            if self.received_of(&key) != checked {
+                let _ = std::fs::remove_file(&written);
+                return Err(ApiError::MalformedBody(
+                    "a video arrived while the report was being checked: upload the report again".into(),
+                ));
+            }
             if let Err(refused) = book.accept_report(evaluation, attempt, token) {
                 // A concurrent twin was accepted (or the attempt superseded) meanwhile: leave nothing.
                 let _ = std::fs::remove_file(&written);
