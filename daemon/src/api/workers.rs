@@ -245,13 +245,7 @@ impl WorkersListener {
             temp.write_all(chunk).map_err(storage)
         })
         .await
-        .map_err(|e| match e {
-            ApiError::BodyTooLarge { .. } => ApiError::Refused(Refusal::VideoTooLarge {
-                size: limit + 1,
-                limit,
-            }),
-            other => other,
-        })?;
+        .map_err(|e| over_cap(e, Upload::Video, limit))?;
         let sha256 = hex::encode(hasher.finalize());
         temp.as_file().sync_all().map_err(storage)?;
         // Only now, with the whole video on disk: the attempt may have been superseded meanwhile.
@@ -297,13 +291,7 @@ impl WorkersListener {
             .may_upload(evaluation, attempt, token, Upload::Report, declared, limit)?;
         let bytes = read_body(&parts.headers, body, usize::try_from(limit).unwrap_or(usize::MAX))
             .await
-            .map_err(|e| match e {
-                ApiError::BodyTooLarge { .. } => ApiError::Refused(Refusal::TooLarge {
-                    size: limit + 1,
-                    limit,
-                }),
-                other => other,
-            })?;
+            .map_err(|e| over_cap(e, Upload::Report, limit))?;
         let key = (evaluation.to_owned(), attempt);
         let checked = self.received_of(&key);
         let report = check_report(&bytes, evaluation, attempt, &checked)
@@ -351,6 +339,15 @@ impl WorkersListener {
             StatusCode::OK,
             serde_json::json!({ "accepted": true }).to_string(),
         ))
+    }
+}
+
+/// A body found over its cap while it streamed, as the refusal of that upload (what arrived beyond
+/// the cap is not counted, so the size is the first byte over it).
+fn over_cap(e: ApiError, what: Upload, limit: u64) -> ApiError {
+    match e {
+        ApiError::BodyTooLarge { .. } => ApiError::Refused(Refusal::too_large(what, limit + 1, limit)),
+        other => other,
     }
 }
 

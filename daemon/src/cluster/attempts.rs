@@ -131,6 +131,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// `what` of `size` bytes over its cap `limit`.
+    pub fn too_large(what: Upload, size: u64, limit: u64) -> Refusal {
+        match what {
+            Upload::Report => Refusal::TooLarge { size, limit },
+            Upload::Video => Refusal::VideoTooLarge { size, limit },
+        }
+    }
+
     /// The HTTP status the listener answers with.
     pub fn status(&self) -> u16 {
         match self {
@@ -308,11 +316,10 @@ impl AttemptBook {
         limit: u64,
     ) -> Result<(), Refusal> {
         self.spec(evaluation, attempt, authorization)?;
-        match what {
-            _ if size <= limit => Ok(()),
-            Upload::Report => Err(Refusal::TooLarge { size, limit }),
-            Upload::Video => Err(Refusal::VideoTooLarge { size, limit }),
+        if size > limit {
+            return Err(Refusal::too_large(what, size, limit));
         }
+        Ok(())
     }
 
     /// Marks the attempt's report accepted: the one time it succeeds, the caller stages the result;
