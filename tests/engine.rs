@@ -13,11 +13,9 @@ mod images;
 
 use common::*;
 use images::Behaviour;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use talkheadd::domain::Hotkey;
-use talkheadd::store::{Store, StoreOptions};
 
 /// The tests share the host's Docker engine and look at its labelled containers: one at a time.
 static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -50,60 +48,7 @@ fn engine_config_with(dir: &Path, docker: &str) -> String {
 }
 
 fn build(behaviours: &[(Behaviour, &[(&str, &str)])]) -> Vec<String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut refs = Vec::new();
-        for (b, options) in behaviours {
-            let pushed = images::build_and_push_miner_with(*b, options, &fixtures())
-                .await
-                .unwrap();
-            refs.push(pushed.reference);
-        }
-        refs
-    })
-}
-
-fn submit(d: &Daemon, miners: &[(String, String, f64)]) {
-    let rows: Vec<(&str, String, f64)> = miners
-        .iter()
-        .map(|(h, i, t)| (h.as_str(), i.clone(), *t))
-        .collect();
-    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-}
-
-fn metrics_by_hotkey(d: &Daemon) -> BTreeMap<String, serde_json::Value> {
-    let r = d.request(&HttpRequest::new("GET", "/metrics"));
-    assert_eq!(r.status, 200);
-    r.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| (row["hotkey"].as_str().unwrap().to_owned(), row["metrics"].clone()))
-        .collect()
-}
-
-/// The daemon's state file, opened by the test (the daemon is stopped, or not started yet).
-fn open_state(state: &Path) -> Store {
-    Store::open(
-        state,
-        StoreOptions {
-            map_size_bytes: 64 << 20,
-            history_per_miner: 20,
-            max_submissions: 100,
-        },
-    )
-    .unwrap()
-}
-
-fn run_logs(state: &Path, hotkey: &str) -> String {
-    let store = open_state(state);
-    let runs = store.runs_for(&Hotkey::parse(hotkey).unwrap(), 20).unwrap();
-    store.close().unwrap();
-    runs.iter()
-        .filter_map(|r| r.log_tail.clone())
-        .collect::<Vec<_>>()
-        .join("\n")
+    images::build_and_push_all(behaviours, &fixtures())
 }
 
 /// A miner behaviour, its build options and the verdict it must get.

@@ -7,7 +7,7 @@ use crate::api::http::Gateway;
 use crate::api::prom::PromMetrics;
 use crate::challenges::{FetchTimeouts, Signer, SubnetApiSource};
 use crate::clock::SystemClock;
-use crate::config::{self, ChallengeSource, ConfigLocation, Settings};
+use crate::config::{self, ChallengeSource, ClusterEngine, ConfigLocation, Settings};
 use crate::engine::rounds_loop::{EvaluationLoop, LoopControl, Source};
 use crate::engine::run::RunEnv;
 use crate::events::EventBus;
@@ -68,15 +68,22 @@ impl DaemonError {
     }
 }
 
-/// Build the evaluation loop when a challenge source is configured: connect to Docker, reconcile what
-/// a previous instance left behind, and pick the GPU inventory and analyser.
+/// What the daemon serves for a Ray cluster's workers: the listener and its socket.
+struct ClusterDoor {
+    listener: Arc<crate::api::workers::WorkersListener>,
+    tcp: TcpListener,
+}
+
+/// Build the evaluation loop when a challenge source is configured: connect to Docker (with the local
+/// engine), reconcile what a previous instance left behind, and pick the GPU inventory and analyser;
+/// with the Ray engine, the executor and the workers' listener instead of Docker.
 async fn evaluation_loop(
     settings: &Arc<Settings>,
     store: &Store,
     control: &LoopControl,
     events: &EventBus,
     inventory: Arc<dyn GpuInventory>,
-) -> Result<Option<(EvaluationLoop, Engine)>, DaemonError> {
+) -> Result<Option<(EvaluationLoop, Engine, Option<ClusterDoor>)>, DaemonError> {
     let source = match &settings.evaluation.challenges {
         ChallengeSource::Unconfigured => {
             tracing::warn!(
@@ -97,16 +104,23 @@ async fn evaluation_loop(
             Source::Api(Box::new(api))
         }
     };
-    let engine = Engine::connect(&settings.docker.host, store.instance_id()).await?;
-    tracing::info!(host = %settings.docker.host, instance = store.instance_id(), "Docker engine connected");
-    let mut orphans = engine.reconcile_orphans(&Default::default()).await?;
-    orphans.extend(engine.reconcile_unlabelled_orphans().await?);
-    if !orphans.is_empty() {
-        tracing::warn!(
-            count = orphans.len(),
-            "removed containers of interrupted runs; their miners are still pending and will be re-run"
-        );
-    }
+    let ray = settings.cluster.engine == ClusterEngine::Ray;
+    let engine = if ray {
+        // The coordinator runs no container: its GPU hosts have the engines.
+        Engine::absent(store.instance_id())?
+    } else {
+        let engine = Engine::connect(&settings.docker.host, store.instance_id()).await?;
+        tracing::info!(host = %settings.docker.host, instance = store.instance_id(), "Docker engine connected");
+        let mut orphans = engine.reconcile_orphans(&Default::default()).await?;
+        orphans.extend(engine.reconcile_unlabelled_orphans().await?);
+        if !orphans.is_empty() {
+            tracing::warn!(
+                count = orphans.len(),
+                "removed containers of interrupted runs; their miners are still pending and will be re-run"
+            );
+        }
+        engine
+    };
     let work_dir = settings.evaluation.work_dir.clone();
     tokio::task::spawn_blocking(move || clear_work_dir(&work_dir))
         .await
@@ -123,14 +137,119 @@ async fn evaluation_loop(
             .map_err(DaemonError::Engine)?,
     );
     let docker = env.engine.clone();
-    Ok(Some((
-        EvaluationLoop::new(env, store.clone(), source, inventory, control.clone()),
-        docker,
-    )))
+    let mut evaluation = EvaluationLoop::new(env, store.clone(), source, inventory, control.clone());
+    let door = if ray {
+        let (executor, door) = ray_coordinator(settings, store).await?;
+        evaluation = evaluation.with_executor(executor);
+        Some(door)
+    } else {
+        None
+    };
+    Ok(Some((evaluation, docker, door)))
 }
 
-/// The GPUs evaluations may use.
+/// The Ray coordinator's parts: the Jobs API client (its token read from `cluster.ray_token_file` or
+/// the credential), the book of attempts, the workers' listener bound on `cluster.listen`, and the
+/// executor that resumed what a previous process left on the cluster.
+async fn ray_coordinator(
+    settings: &Arc<Settings>,
+    store: &Store,
+) -> Result<(Arc<dyn crate::engine::executor::Executor>, ClusterDoor), DaemonError> {
+    use crate::api::serve::ConnectionLimits;
+    use crate::api::workers::{WorkerLimits, WorkersListener};
+    use crate::cluster::attempts::AttemptBook;
+    use crate::cluster::ray_jobs::{RayError, RayJobs};
+    use crate::engine::ray::{RayExecutor, RayPlacement};
+    let c = &settings.cluster;
+    let config = |key: &str, why: String| DaemonError::Engine(format!("{key}: {why}"));
+    let (Some(address), Some(source), Some(advertise)) = (&c.ray_address, &c.ray_token, &c.advertise_url)
+    else {
+        return Err(config(
+            "cluster",
+            "engine = \"ray\" needs ray_address, ray_token_file and advertise_url".into(),
+        ));
+    };
+    let token = crate::challenges::read_secret(source)
+        .map_err(|e| config("cluster.ray_token_file", e.to_string()))?;
+    let token = String::from_utf8(token)
+        .map_err(|_| config("cluster.ray_token_file", "the token is not UTF-8 text".into()))?
+        .trim()
+        .to_owned();
+    let jobs = RayJobs::new(address, Some(token)).map_err(|e| config("cluster.ray_address", e))?;
+    match jobs.version().await {
+        Ok(v) => {
+            tracing::info!(ray = %v.ray_version, address = %config::redact_url(address), "Ray cluster reachable")
+        }
+        Err(e @ RayError::Unauthorized { .. }) => {
+            return Err(config("cluster.ray_token_file", e.to_string()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the Ray cluster does not answer yet; jobs are submitted once it does")
+        }
+    }
+    let work_dir = &settings.evaluation.work_dir;
+    let inbox = work_dir.with_file_name("cluster-inbox");
+    // Uploads of a previous process belong to attempts whose tokens died with it.
+    let _ = std::fs::remove_dir_all(&inbox);
+    let book = Arc::new(std::sync::Mutex::new(AttemptBook::new()));
+    let (accepted_tx, accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let limits = WorkerLimits {
+        connections: ConnectionLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+        },
+        max_report_bytes: c.max_report_bytes,
+        max_video_bytes: c.max_video_bytes,
+        request_timeout: Duration::from_secs(600),
+    };
+    let listener = WorkersListener::new(book.clone(), inbox.clone(), limits, accepted_tx)
+        .map_err(|e| config("evaluation.work_dir", format!("{}: {e}", inbox.display())))?;
+    let tcp = TcpListener::bind(c.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: c.listen,
+            source,
+        })?;
+    let worker_binary = std::env::current_exe()
+        .map_err(|e| DaemonError::Engine(format!("cannot name this binary for the workers: {e}")))?
+        .display()
+        .to_string();
+    let executor = Arc::new(RayExecutor::new(
+        jobs,
+        book,
+        RayPlacement {
+            advertise_url: advertise.clone(),
+            max_attempts: c.max_attempts,
+            job_cpus: c.job_cpus,
+            gpu_model_resource: c.gpu_model_resource.clone(),
+            worker_binary,
+            instance: store.instance_id().to_owned(),
+            poll: Duration::from_secs(1),
+        },
+        crate::engine::worker::shared_settings(settings),
+        crate::engine::rounds_loop::sets_dir(work_dir),
+    ));
+    executor.resume().await;
+    tokio::spawn(executor.clone().route_reports(accepted_rx));
+    Ok((
+        executor,
+        ClusterDoor {
+            listener: Arc::new(listener),
+            tcp,
+        },
+    ))
+}
+
+/// The GPUs evaluations may use: this host's, or a Ray coordinator's job slots (the cluster's GPU hosts
+/// measure their own).
 fn gpu_inventory(settings: &Settings) -> Result<(Arc<dyn GpuInventory>, String), DaemonError> {
+    if settings.cluster.engine == ClusterEngine::Ray {
+        let slots = settings.cluster.max_jobs;
+        return Ok((
+            Arc::new(crate::gpu::VirtualInventory::cluster_jobs(slots)),
+            format!("ray ({slots} job slots)"),
+        ));
+    }
     crate::gpu::open_inventory(&settings.gpu).map_err(|e| DaemonError::Engine(e.to_string()))
 }
 
@@ -241,12 +360,13 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
     let events = EventBus::new(Arc::new(SystemClock));
     let idle_board = crate::gpu::GpuBoard::new(inventory.describe());
     let evaluation = evaluation_loop(&settings, &store, &control, &events, inventory).await?;
-    let (evaluation, docker, gpus) = match evaluation {
-        Some((l, engine)) => {
+    let (evaluation, docker, gpus, door) = match evaluation {
+        Some((l, engine, door)) => {
             let board = l.board();
-            (Some(l), Some(engine), board)
+            let docker = (settings.cluster.engine == ClusterEngine::Local).then_some(engine);
+            (Some(l), docker, board, door)
         }
-        None => (None, None, idle_board),
+        None => (None, None, idle_board, None),
     };
     let auth = Arc::new(Authenticator::new(AuthPolicy {
         allowed: settings.auth.allowed_hotkeys.clone(),
@@ -309,6 +429,10 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(Arc::clone(&gateway).serve(listener, shutdown.clone(), HTTP_DRAIN));
+    let cluster_server = door.map(|door| {
+        tracing::info!(listen = %settings.cluster.listen, advertise = settings.cluster.advertise_url.as_deref().unwrap_or_default(), "cluster listener for the workers listening");
+        tokio::spawn(door.listener.serve(door.tcp, shutdown.clone(), HTTP_DRAIN))
+    });
     let evaluator = evaluation.map(|l| tokio::spawn(l.run(shutdown.clone())));
     // With an evaluation loop the watchdog is fed from its tick; without one, from here.
     let mut api_only_watchdog = systemd::watchdog_interval()
@@ -356,6 +480,11 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
     // (it keeps queueing connections and starts us again).
     if !admin_from_systemd {
         let _ = std::fs::remove_file(&settings.admin.socket);
+    }
+    if let Some(server) = cluster_server
+        && let Err(e) = server.await
+    {
+        tracing::error!(error = %e, "cluster listener task failed");
     }
     if let Some(evaluator) = evaluator {
         // A run in flight sees the cancellation, kills its container and returns an infrastructure

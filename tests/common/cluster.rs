@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use talkheadd::api::serve::ConnectionLimits;
-use talkheadd::api::workers::{AcceptedReport, WorkerLimits, WorkersListener};
+use talkheadd::api::workers::{WorkerLimits, WorkersListener};
 use talkheadd::cluster::attempts::{AttemptBook, AttemptSpec, SharedSettings, SpecFile};
+use talkheadd::cluster::report::AcceptedReport;
 use talkheadd::cluster::token::AttemptToken;
 use talkheadd::config::{self, ConfigLocation};
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ pub struct Listener {
     pub book: Arc<Mutex<AttemptBook>>,
     /// The reports it accepted.
     pub accepted: mpsc::UnboundedReceiver<AcceptedReport>,
+    files_root: std::path::PathBuf,
     shutdown: CancellationToken,
 }
 
@@ -51,7 +53,7 @@ pub async fn listen(
         max_video_bytes,
         request_timeout: Duration::from_secs(60),
     };
-    let listener = WorkersListener::new(book.clone(), files_root.to_owned(), inbox.to_owned(), limits, tx);
+    let listener = WorkersListener::new(book.clone(), inbox.to_owned(), limits, tx);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", tcp.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -60,6 +62,7 @@ pub async fn listen(
         url,
         book,
         accepted,
+        files_root: files_root.to_owned(),
         shutdown,
     }
 }
@@ -90,13 +93,16 @@ impl Listener {
         self.book
             .lock()
             .unwrap()
-            .issue(AttemptSpec {
-                evaluation: evaluation.into(),
-                attempt,
-                image: image.into(),
-                files: files.to_vec(),
-                settings,
-            })
+            .issue(
+                AttemptSpec {
+                    evaluation: evaluation.into(),
+                    attempt,
+                    image: image.into(),
+                    files: files.to_vec(),
+                    settings,
+                },
+                self.files_root.clone(),
+            )
             .unwrap()
     }
 }

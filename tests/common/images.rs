@@ -496,6 +496,22 @@ pub async fn build_and_push_miner(behaviour: Behaviour, challenges_dir: &Path) -
         .reference)
 }
 
+/// Builds and pushes one image per `(behaviour, options)`, in order, from a blocking test; their
+/// digest-pinned references.
+pub fn build_and_push_all(behaviours: &[(Behaviour, &[(&str, &str)])], challenges_dir: &Path) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut refs = Vec::new();
+        for (b, options) in behaviours {
+            let pushed = build_and_push_miner_with(*b, options, challenges_dir)
+                .await
+                .unwrap();
+            refs.push(pushed.reference);
+        }
+        refs
+    })
+}
+
 /// [`build_and_push_miner`] with extra `/miner.conf` options (`("delay_ms", "500")`,
 /// `("startup_delay_ms", "…")`, `("ready", "never")`, `("error", "…")`, …), and the timings. An option
 /// named `env.NAME` is an `ENV NAME="value"` line of the image instead (e.g. a declared

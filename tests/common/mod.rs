@@ -504,3 +504,57 @@ pub fn small_evaluation_config(dir: &Path, warmups: usize, scored: usize) -> Pat
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// `POST /update` of `(hotkey, image, submit time)` rows to an unsigned test daemon; must be accepted.
+pub fn submit(d: &Daemon, miners: &[(String, String, f64)]) {
+    let rows: Vec<(&str, String, f64)> = miners
+        .iter()
+        .map(|(h, i, t)| (h.as_str(), i.clone(), *t))
+        .collect();
+    let r = d.request(&HttpRequest::new("POST", "/update").body(update_body(&rows)));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `GET /metrics` of an unsigned test daemon: each committed miner's metrics document by hotkey.
+pub fn metrics_by_hotkey(d: &Daemon) -> BTreeMap<String, serde_json::Value> {
+    let r = d.request(&HttpRequest::new("GET", "/metrics"));
+    assert_eq!(r.status, 200);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["hotkey"].as_str().unwrap().to_owned(), row["metrics"].clone()))
+        .collect()
+}
+
+/// The daemon's state file, opened by the test (the daemon is stopped, or not started yet).
+pub fn open_state(state: &Path) -> talkheadd::store::Store {
+    talkheadd::store::Store::open(
+        state,
+        talkheadd::store::StoreOptions {
+            map_size_bytes: 64 << 20,
+            history_per_miner: 20,
+            max_submissions: 100,
+        },
+    )
+    .unwrap()
+}
+
+/// The run history of `hotkey` in a stopped daemon's state file, newest first.
+pub fn runs_of(state: &Path, hotkey: &str) -> Vec<talkheadd::store::RunRecord> {
+    let store = open_state(state);
+    let runs = store
+        .runs_for(&talkheadd::domain::Hotkey::parse(hotkey).unwrap(), 20)
+        .unwrap();
+    store.close().unwrap();
+    runs
+}
+
+/// Every log tail of `hotkey`'s runs, joined.
+pub fn run_logs(state: &Path, hotkey: &str) -> String {
+    runs_of(state, hotkey)
+        .iter()
+        .filter_map(|r| r.log_tail.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -9,7 +9,7 @@
 //!   hash on this host;
 //! - `PUT  …/videos/<name>`: one scored video, streamed to disk and hashed while it arrives, within
 //!   `max_video_bytes` and [`MAX_VIDEOS`] per attempt;
-//! - `PUT  …/report`: the [`WorkerReport`] (within `max_report_bytes`), which must list exactly the
+//! - `PUT  …/report`: the [`WorkerReport`](crate::cluster::report::WorkerReport) (within `max_report_bytes`), which must list exactly the
 //!   videos received with the hashes computed here. It is accepted at most once per attempt: the
 //!   attempt's directory moves from `partial/` to `accepted/` under the inbox and the
 //!   [`AcceptedReport`] goes to the coordinator.
@@ -26,7 +26,7 @@ use super::serve::{
 };
 use crate::cluster::attempts::{AttemptBook, Refusal, Upload};
 use crate::cluster::job::submission_id;
-use crate::cluster::report::{MAX_VIDEOS, UploadedVideo, WorkerReport, check_report, is_video_name};
+use crate::cluster::report::{AcceptedReport, MAX_VIDEOS, UploadedVideo, check_report, is_video_name};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -59,23 +59,12 @@ pub struct WorkerLimits {
     pub request_timeout: Duration,
 }
 
-/// A report the listener accepted: the coordinator stages it (the same generation check as a local
-/// run's result applies there).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AcceptedReport {
-    /// The report, checked against the uploads.
-    pub report: WorkerReport,
-    /// The attempt's directory under `accepted/`: `report.json` and the videos.
-    pub dir: PathBuf,
-}
-
 /// The videos received for one attempt: name → (SHA-256, size), as hashed here.
 type Received = BTreeMap<String, (String, u64)>;
 
 /// The cluster listener's shared state.
 pub struct WorkersListener {
     book: Arc<Mutex<AttemptBook>>,
-    files_root: PathBuf,
     inbox: PathBuf,
     limits: WorkerLimits,
     discards: Discards,
@@ -112,12 +101,11 @@ fn parse_path(path: &str) -> Option<(&str, u32, Route<'_>)> {
 }
 
 impl WorkersListener {
-    /// A listener over `book`, serving challenge files from `files_root` and keeping uploads under
+    /// A listener over `book`, serving each attempt's challenge files from where the book says and keeping uploads under
     /// `inbox` (`partial/` while they arrive, `accepted/` once their report is); accepted reports go
     /// to `accepted`.
     pub fn new(
         book: Arc<Mutex<AttemptBook>>,
-        files_root: PathBuf,
         inbox: PathBuf,
         limits: WorkerLimits,
         accepted: mpsc::UnboundedSender<AcceptedReport>,
@@ -127,7 +115,6 @@ impl WorkersListener {
         }
         Ok(WorkersListener {
             book,
-            files_root,
             inbox,
             limits,
             discards: Discards::default(),
@@ -179,8 +166,12 @@ impl WorkersListener {
                 Ok(json_response(StatusCode::OK, text))
             }
             (Route::File(path), &Method::GET) => {
-                let file = self.book().file(evaluation, attempt, path, token)?.clone();
-                let bytes = read_listed(&self.files_root.join(&file.path), file.size, &file.sha256).await?;
+                let (file, root) = {
+                    let book = self.book();
+                    let (file, root) = book.file(evaluation, attempt, path, token)?;
+                    (file.clone(), root.join(&file.path))
+                };
+                let bytes = read_listed(&root, file.size, &file.sha256).await?;
                 Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/octet-stream")

@@ -41,7 +41,7 @@ pub use media::{
 };
 pub use payload::parse_payload;
 pub use set::{Challenge, ChallengeSet};
-pub use signer::{KeySource, SignedHeaders, Signer, legacy_message};
+pub use signer::{KeySource, SignedHeaders, Signer, legacy_message, read_secret};
 pub use subnet::{CHALLENGE_PATH, FetchTimeouts, SubnetApiSource};
 
 /// Bounds applied to every challenge, whatever its source. The defaults follow issue 3: faces of

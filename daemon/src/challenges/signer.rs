@@ -44,6 +44,33 @@ pub enum KeySource {
     Credential(String),
 }
 
+/// The bytes of a secret named by `source` (a hotkey file, the Ray cluster's token), read with the
+/// checks every secret gets: a regular file, no permission bits for group or others, at most 64 KiB, a
+/// credential name that is one plain path component.
+pub fn read_secret(source: &KeySource) -> Result<Vec<u8>, KeyError> {
+    match source {
+        KeySource::File(path) => read_key_file(path),
+        KeySource::Credential(name) => {
+            let dir = std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
+                .ok_or_else(|| KeyError::NoCredentialsDirectory { name: sanitize(name) })?;
+            read_key_file(&credential_path(Path::new(&dir), name)?)
+        }
+    }
+}
+
+/// `dir/name` when `name` is one plain path component.
+fn credential_path(dir: &Path, name: &str) -> Result<PathBuf, KeyError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control);
+    if !plain {
+        return Err(KeyError::BadCredentialName { name: sanitize(name) });
+    }
+    Ok(dir.join(name))
+}
+
 /// The three legacy signed headers for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeaders {
@@ -128,15 +155,7 @@ impl Signer {
     /// Loads the credential `name` from the given credentials directory (what
     /// [`Signer::from_credential`] does with `$CREDENTIALS_DIRECTORY`).
     pub fn from_credential_in(dir: &Path, name: &str) -> Result<Signer, KeyError> {
-        let plain = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.contains('/')
-            && !name.chars().any(char::is_control);
-        if !plain {
-            return Err(KeyError::BadCredentialName { name: sanitize(name) });
-        }
-        Signer::from_key_file(&dir.join(name))
+        Signer::from_key_file(&credential_path(dir, name)?)
     }
 
     /// Parses the JSON of a hotkey file; `path` only names the source in errors.

@@ -12,6 +12,7 @@
 //! - a worker may fetch exactly the files its spec lists, by their relative paths.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,8 @@ pub fn is_plain_relative_path(path: &str) -> bool {
 struct Attempt {
     digest: TokenDigest,
     spec: AttemptSpec,
+    /// The coordinator's directory the spec's file paths are relative to.
+    files_root: PathBuf,
     reported: bool,
 }
 
@@ -203,10 +206,10 @@ impl AttemptBook {
         AttemptBook::default()
     }
 
-    /// Issues `spec`'s attempt (superseding the evaluation's earlier ones) and returns its token.
-    /// Refuses a spec whose attempt is not newer than the evaluation's latest, or that lists a path
-    /// that is not plain.
-    pub fn issue(&mut self, spec: AttemptSpec) -> Result<AttemptToken, String> {
+    /// Issues `spec`'s attempt (superseding the evaluation's earlier ones), its files served from
+    /// under `files_root`, and returns its token. Refuses a spec whose attempt is not newer than the
+    /// evaluation's latest, or that lists a path that is not plain.
+    pub fn issue(&mut self, spec: AttemptSpec, files_root: PathBuf) -> Result<AttemptToken, String> {
         if let Some(bad) = spec.files.iter().find(|f| !is_plain_relative_path(&f.path)) {
             return Err(format!(
                 "spec file path {:?} is not a plain relative path",
@@ -229,6 +232,7 @@ impl AttemptBook {
             Attempt {
                 digest: token.digest(),
                 spec,
+                files_root,
                 reported: false,
             },
         );
@@ -287,19 +291,23 @@ impl AttemptBook {
         Ok(&a.spec)
     }
 
-    /// `GET …/files/<path>`: the listed file (the listener serves its bytes from the challenge set).
+    /// `GET …/files/<path>`: the listed file and the directory its path is relative to (the listener
+    /// serves its bytes from there).
     pub fn file(
         &self,
         evaluation: &str,
         attempt: u32,
         path: &str,
         authorization: Option<&str>,
-    ) -> Result<&SpecFile, Refusal> {
+    ) -> Result<(&SpecFile, &Path), Refusal> {
         let spec = self.spec(evaluation, attempt, authorization)?;
-        spec.files
+        let (_, a) = self.current(evaluation, attempt, authorization)?;
+        let file = spec
+            .files
             .iter()
             .find(|f| f.path == path)
-            .ok_or_else(|| Refusal::NoSuchFile(path.to_owned()))
+            .ok_or_else(|| Refusal::NoSuchFile(path.to_owned()))?;
+        Ok((file, &a.files_root))
     }
 
     /// `PUT …/report` or `PUT …/videos/<name>` of `size` bytes (declared, or counted while streaming)
@@ -377,8 +385,8 @@ mod tests {
     #[test]
     fn only_the_attempts_own_token_opens_it_and_strangers_learn_nothing() {
         let mut book = AttemptBook::new();
-        let token = book.issue(spec("e1", 1)).unwrap();
-        let other = book.issue(spec("e2", 1)).unwrap();
+        let token = book.issue(spec("e1", 1), PathBuf::from("/sets/h")).unwrap();
+        let other = book.issue(spec("e2", 1), PathBuf::from("/sets/h")).unwrap();
         assert_eq!(
             book.spec("e1", 1, Some(&auth(&token))).unwrap().image,
             "127.0.0.1:5000/m@sha256:aa"
@@ -404,7 +412,7 @@ mod tests {
     #[test]
     fn a_report_is_accepted_once_and_a_superseded_or_cancelled_attempt_is_told_why() {
         let mut book = AttemptBook::new();
-        let first = book.issue(spec("e1", 1)).unwrap();
+        let first = book.issue(spec("e1", 1), PathBuf::from("/sets/h")).unwrap();
         let h1 = auth(&first);
         assert_eq!(
             book.may_upload("e1", 1, Some(&h1), Upload::Report, 100, 1000),
@@ -428,7 +436,7 @@ mod tests {
         assert!(book.spec("e1", 1, Some(&h1)).is_err());
 
         // A retry supersedes attempt 1: its late upload is a 409 that names the current attempt.
-        let second = book.issue(spec("e1", 2)).unwrap();
+        let second = book.issue(spec("e1", 2), PathBuf::from("/sets/h")).unwrap();
         let late = book.accept_report("e1", 1, Some(&h1)).unwrap_err();
         assert_eq!(
             late,
@@ -442,8 +450,8 @@ mod tests {
         let h2 = auth(&second);
         assert!(book.spec("e1", 2, Some(&h2)).is_ok());
         // An attempt that is not newer is refused at issue.
-        assert!(book.issue(spec("e1", 2)).is_err());
-        assert!(book.issue(spec("e1", 1)).is_err());
+        assert!(book.issue(spec("e1", 2), PathBuf::from("/sets/h")).is_err());
+        assert!(book.issue(spec("e1", 1), PathBuf::from("/sets/h")).is_err());
 
         book.cancel("e1", "the submission changed");
         let cancelled = book.accept_report("e1", 2, Some(&h2)).unwrap_err();
@@ -452,17 +460,20 @@ mod tests {
             (409, "evaluation_cancelled")
         );
         // A new attempt after a cancellation is current again.
-        let third = book.issue(spec("e1", 3)).unwrap();
+        let third = book.issue(spec("e1", 3), PathBuf::from("/sets/h")).unwrap();
         assert!(book.accept_report("e1", 3, Some(&auth(&third))).is_ok());
     }
 
     #[test]
     fn only_listed_plain_paths_are_served_or_issued() {
         let mut book = AttemptBook::new();
-        let token = book.issue(spec("e1", 1)).unwrap();
+        let token = book.issue(spec("e1", 1), PathBuf::from("/sets/h")).unwrap();
         let h = auth(&token);
         assert_eq!(
-            book.file("e1", 1, "challenge-1/face.png", Some(&h)).unwrap().size,
+            book.file("e1", 1, "challenge-1/face.png", Some(&h))
+                .unwrap()
+                .0
+                .size,
             10
         );
         for path in [
@@ -490,7 +501,7 @@ mod tests {
             assert!(!is_plain_relative_path(bad), "{bad:?}");
             let mut s = spec("e2", 1);
             s.files[0].path = bad.to_owned();
-            assert!(book.issue(s).is_err(), "{bad:?}");
+            assert!(book.issue(s, PathBuf::from("/sets/h")).is_err(), "{bad:?}");
         }
         assert!(is_plain_relative_path("challenge-1/face.png"));
     }

@@ -73,6 +73,16 @@ pub struct WorkerReport {
     pub videos: Vec<UploadedVideo>,
 }
 
+/// A report the cluster listener accepted: the coordinator stages it (the same generation check as a
+/// local run's result applies there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedReport {
+    /// The report, checked against the uploads.
+    pub report: WorkerReport,
+    /// The attempt's directory under the inbox's `accepted/`: `report.json` and the videos.
+    pub dir: std::path::PathBuf,
+}
+
 /// Why an uploaded report is refused (HTTP 400 with the reason; the attempt may still report again).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {

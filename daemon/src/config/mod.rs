@@ -13,9 +13,9 @@ mod settings;
 
 pub use raw::RawConfig;
 pub use settings::{
-    AdminSettings, AnalysisSettings, AsrBackend, AuthSettings, ChallengeSource, DockerSettings,
-    DuplicatePolicy, EvaluationSettings, FaceBackend, FaceSettings, GpuMode, GpuSelector, GpuSettings,
-    HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
+    AdminSettings, AnalysisSettings, AsrBackend, AuthSettings, ChallengeSource, ClusterEngine,
+    ClusterSettings, DockerSettings, DuplicatePolicy, EvaluationSettings, FaceBackend, FaceSettings, GpuMode,
+    GpuSelector, GpuSettings, HttpSettings, LogFormat, LogSettings, Settings, StoreSettings, defaults,
 };
 
 use std::collections::BTreeMap;
@@ -436,7 +436,7 @@ pub fn render_effective(settings: &Settings) -> String {
          challenge_timeout_secs = {ct}\npull_timeout_secs = {pt}\nreevaluate = {reevaluate}\nwork_dir = {wd}\n\
          duplicates = \"{dup}\"\n\n\
          [docker]\nhost = {dh}\nmax_image_bytes = {mib}\nallowed_registries = [{regs}]\npull_attempts = {pa}\nimage_cache_bytes = {icb}\nprepull_ahead = {ppa}\n\n[gpu]\n{gpu}\n[admin]\nsocket = {sock}\ngroup = {ag}\nread_group = {arg}\nsocket_mode = \"{asm:04o}\"\n\n[analysis]\nconformance = \"{conf}\"\n\n[analysis.asr]\n{asr}\n{face}\n[log]\nformat = \"{log_format}\"\nlevel = {lvl}\n\n\
-         {scoring}",
+         {cluster}\n{scoring}",
         listen = quote(&s.http.listen.to_string()),
         mbb = s.http.max_body_bytes,
         mb = s.http.max_batch,
@@ -489,7 +489,45 @@ pub fn render_effective(settings: &Settings) -> String {
             ),
         },
         lvl = quote(&s.log.level),
+        cluster = render_cluster(&s.cluster),
     )
+}
+
+/// The `[cluster]` table of [`render_effective`]: the Ray keys only with the Ray engine (the local
+/// engine refuses them); the token's source, never the token.
+fn render_cluster(c: &ClusterSettings) -> String {
+    let mut out = format!("[cluster]\nengine = \"{}\"\n", c.engine.as_str());
+    if c.engine == ClusterEngine::Local {
+        return out;
+    }
+    let optional = |key: &str, value: &Option<String>| {
+        value
+            .as_ref()
+            .map(|v| format!("{key} = {}\n", quote(v)))
+            .unwrap_or_default()
+    };
+    out += &optional("ray_address", &c.ray_address.as_deref().map(redact_url));
+    out += &match &c.ray_token {
+        Some(crate::challenges::KeySource::File(path)) => {
+            format!("ray_token_file = {}\n", quote(&path.display().to_string()))
+        }
+        Some(crate::challenges::KeySource::Credential(name)) => {
+            format!("ray_token_credential = {}\n", quote(name))
+        }
+        None => String::new(),
+    };
+    out += &format!("listen = {}\n", quote(&c.listen.to_string()));
+    out += &optional("advertise_url", &c.advertise_url);
+    out += &format!(
+        "max_attempts = {}\njob_cpus = {}\nmax_jobs = {}\nmax_video_bytes = {}\nmax_report_bytes = {}\n",
+        c.max_attempts,
+        toml::Value::Float(c.job_cpus),
+        c.max_jobs,
+        c.max_video_bytes,
+        c.max_report_bytes
+    );
+    out += &optional("gpu_model_resource", &c.gpu_model_resource);
+    out
 }
 
 /// The `[analysis.face]` table of [`render_effective`].

@@ -34,6 +34,38 @@ pub struct RawConfig {
     pub container: Option<ContainerPolicy>,
     /// `[analysis]`: how outputs are analysed.
     pub analysis: RawAnalysis,
+    /// `[cluster]`: where evaluations execute (this host, or a Ray cluster's GPU hosts).
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    /// `local` (this host's GPUs) or `ray` (jobs on a Ray cluster's GPU hosts).
+    pub engine: Option<String>,
+    /// The Ray head's dashboard URL (`http://head:8265`).
+    pub ray_address: Option<String>,
+    /// A file holding the Ray cluster's auth token (mode 0600).
+    pub ray_token_file: Option<String>,
+    /// A systemd credential holding the Ray cluster's auth token.
+    pub ray_token_credential: Option<String>,
+    /// Where the cluster listener (the workers' door) binds.
+    pub listen: Option<String>,
+    /// The listener's URL as the workers reach it.
+    pub advertise_url: Option<String>,
+    /// Attempts of one evaluation before its infrastructure failure goes back to the loop.
+    pub max_attempts: Option<i64>,
+    /// CPUs each job reserves on its host (the analysis runs there).
+    pub job_cpus: Option<f64>,
+    /// A custom Ray resource every job asks one unit of (the hosts of one GPU model carry it).
+    pub gpu_model_resource: Option<String>,
+    /// Most jobs in flight at once (the cluster's free GPUs bound it further).
+    pub max_jobs: Option<i64>,
+    /// Most bytes of one uploaded video.
+    pub max_video_bytes: Option<i64>,
+    /// Most bytes of one uploaded run report.
+    pub max_report_bytes: Option<i64>,
 }
 
 /// `[analysis]`

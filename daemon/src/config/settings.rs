@@ -78,6 +78,18 @@ pub mod defaults {
     pub const ADMIN_SOCKET_MODE: u32 = 0o660;
     /// Log level.
     pub const LOG_LEVEL: &str = "info";
+    /// The cluster listener: loopback until the operator names the private address workers reach.
+    pub const CLUSTER_LISTEN: &str = "127.0.0.1:8790";
+    /// Attempts per evaluation on a cluster: a lost host, then another, then give the miner back.
+    pub const CLUSTER_MAX_ATTEMPTS: i64 = 3;
+    /// CPUs a job reserves for the analysis beside its GPU.
+    pub const CLUSTER_JOB_CPUS: f64 = 1.0;
+    /// Jobs in flight at most (the cluster's free GPUs bound it further).
+    pub const CLUSTER_MAX_JOBS: i64 = 16;
+    /// One scored video: far above a 1080p clip of the longest challenge.
+    pub const CLUSTER_MAX_VIDEO_BYTES: i64 = 256 << 20;
+    /// One run report: metrics, stage times and a 64 KiB log tail.
+    pub const CLUSTER_MAX_REPORT_BYTES: i64 = 4 << 20;
     /// Haar cascade shipped by Debian's opencv-data.
     pub const FACE_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
     /// Intra-op threads per ONNX session: analysis runs beside miners and must not starve the host.
@@ -113,6 +125,54 @@ pub struct Settings {
     pub analysis: AnalysisSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Where evaluations execute.
+    pub cluster: ClusterSettings,
+}
+
+/// `cluster.engine`: where evaluations execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterEngine {
+    /// On this host's GPUs (the embedded default; neither Python nor Ray).
+    Local,
+    /// As jobs on a Ray cluster's GPU hosts, each running `talkheadd worker`.
+    Ray,
+}
+
+impl ClusterEngine {
+    /// The configuration word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterEngine::Local => "local",
+            ClusterEngine::Ray => "ray",
+        }
+    }
+}
+
+/// `[cluster]`: the Ray coordinator's settings (read only with `engine = "ray"`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `local` or `ray`.
+    pub engine: ClusterEngine,
+    /// The Ray head's dashboard URL (required with `ray`).
+    pub ray_address: Option<String>,
+    /// Where the Ray cluster's token is read from (required with `ray`; never the token itself).
+    pub ray_token: Option<crate::challenges::KeySource>,
+    /// The cluster listener's bind address.
+    pub listen: SocketAddr,
+    /// The listener's URL as the workers reach it (required with `ray`).
+    pub advertise_url: Option<String>,
+    /// Attempts of one evaluation (each a Ray job) before its infrastructure failure is the loop's.
+    pub max_attempts: u32,
+    /// CPUs each job reserves on its host.
+    pub job_cpus: f64,
+    /// The custom resource every job asks one unit of.
+    pub gpu_model_resource: Option<String>,
+    /// Most jobs in flight at once.
+    pub max_jobs: u32,
+    /// Most bytes of one uploaded video.
+    pub max_video_bytes: u64,
+    /// Most bytes of one uploaded report.
+    pub max_report_bytes: u64,
 }
 
 /// `[http]`
@@ -361,6 +421,7 @@ impl Settings {
             container: v.container(raw.container.clone().unwrap_or_default()),
             analysis: v.analysis(raw),
             log: v.log(raw),
+            cluster: v.cluster(raw),
         };
         v.cross_checks(&settings);
         if v.problems.is_empty() {
@@ -955,6 +1016,174 @@ impl Validator<'_> {
         }
     }
 
+    fn cluster(&mut self, raw: &RawConfig) -> ClusterSettings {
+        let c = &raw.cluster;
+        let engine = match c.engine.as_deref().unwrap_or("local") {
+            "local" => ClusterEngine::Local,
+            "ray" => ClusterEngine::Ray,
+            other => {
+                self.problem("cluster.engine", format!("'{other}' is not local or ray"));
+                ClusterEngine::Local
+            }
+        };
+        let ray = engine == ClusterEngine::Ray;
+        if !ray {
+            // A Ray key under the local engine is a half-made change: say so rather than ignore it.
+            let set: [(&str, bool); 11] = [
+                ("ray_address", c.ray_address.is_some()),
+                ("ray_token_file", c.ray_token_file.is_some()),
+                ("ray_token_credential", c.ray_token_credential.is_some()),
+                ("listen", c.listen.is_some()),
+                ("advertise_url", c.advertise_url.is_some()),
+                ("max_attempts", c.max_attempts.is_some()),
+                ("job_cpus", c.job_cpus.is_some()),
+                ("gpu_model_resource", c.gpu_model_resource.is_some()),
+                ("max_jobs", c.max_jobs.is_some()),
+                ("max_video_bytes", c.max_video_bytes.is_some()),
+                ("max_report_bytes", c.max_report_bytes.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, set)| *set) {
+                self.problem(
+                    &format!("cluster.{key}"),
+                    "is read only with cluster.engine = \"ray\" (the engine is local)",
+                );
+            }
+        }
+        let ray_address = c.ray_address.as_deref().and_then(|url| {
+            if valid_base_url(url) {
+                Some(url.trim_end_matches('/').to_owned())
+            } else {
+                self.problem(
+                    "cluster.ray_address",
+                    "must be an http:// or https:// URL without spaces",
+                );
+                None
+            }
+        });
+        if ray && ray_address.is_none() && c.ray_address.is_none() {
+            self.problem(
+                "cluster.ray_address",
+                "is required with engine = \"ray\": the Ray head's dashboard URL (http://head:8265)",
+            );
+        }
+        let ray_token = match (c.ray_token_file.as_deref(), c.ray_token_credential.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "cluster.ray_token_file",
+                    "set ray_token_file or ray_token_credential, not both",
+                );
+                None
+            }
+            (Some(file), None) => Some(crate::challenges::KeySource::File(
+                self.absolute_path(file, "cluster.ray_token_file"),
+            )),
+            (None, Some(name)) => Some(crate::challenges::KeySource::Credential(name.to_owned())),
+            (None, None) => {
+                if ray {
+                    self.problem(
+                        "cluster.ray_token_file",
+                        "is required with engine = \"ray\" (or ray_token_credential): the Jobs API without \
+                         token authentication runs anyone's code on every GPU host",
+                    );
+                }
+                None
+            }
+        };
+        let listen_text = c.listen.as_deref().unwrap_or(defaults::CLUSTER_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.problem(
+                    "cluster.listen",
+                    "port 0 is not allowed: name the port workers call",
+                );
+                addr
+            }
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    "cluster.listen",
+                    format!("'{listen_text}' is not an ip:port address"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8790))
+            }
+        };
+        let advertise_url = c.advertise_url.as_deref().and_then(|url| {
+            match crate::cluster::job::check_coordinator_url(url.trim_end_matches('/')) {
+                Ok(url) => Some(url.to_owned()),
+                Err(e) => {
+                    self.problem("cluster.advertise_url", e.to_string());
+                    None
+                }
+            }
+        });
+        if ray && c.advertise_url.is_none() {
+            self.problem(
+                "cluster.advertise_url",
+                format!(
+                    "is required with engine = \"ray\": the URL workers reach cluster.listen ({listen}) at"
+                ),
+            );
+        }
+        let job_cpus = c.job_cpus.unwrap_or(defaults::CLUSTER_JOB_CPUS);
+        if !(job_cpus.is_finite() && (0.1..=256.0).contains(&job_cpus)) {
+            self.problem(
+                "cluster.job_cpus",
+                format!("must be between 0.1 and 256 (got {job_cpus})"),
+            );
+        }
+        let gpu_model_resource = c.gpu_model_resource.clone().filter(|name| {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.' | ':'));
+            if !ok {
+                self.problem(
+                    "cluster.gpu_model_resource",
+                    "must be 1-64 characters of [A-Za-z0-9_.:-] (a custom resource name given to `ray start --resources`)",
+                );
+            }
+            ok
+        });
+        ClusterSettings {
+            engine,
+            ray_address,
+            ray_token,
+            listen,
+            advertise_url,
+            max_attempts: self.int(
+                c.max_attempts,
+                defaults::CLUSTER_MAX_ATTEMPTS,
+                "cluster.max_attempts",
+                1,
+                20,
+            ),
+            job_cpus,
+            gpu_model_resource,
+            max_jobs: self.int(
+                c.max_jobs,
+                defaults::CLUSTER_MAX_JOBS,
+                "cluster.max_jobs",
+                1,
+                4096,
+            ),
+            max_video_bytes: self.int(
+                c.max_video_bytes,
+                defaults::CLUSTER_MAX_VIDEO_BYTES,
+                "cluster.max_video_bytes",
+                1 << 16,
+                16 << 30,
+            ),
+            max_report_bytes: self.int(
+                c.max_report_bytes,
+                defaults::CLUSTER_MAX_REPORT_BYTES,
+                "cluster.max_report_bytes",
+                1 << 16,
+                256 << 20,
+            ),
+        }
+    }
+
     fn absolute_path(&mut self, path: &str, key: &str) -> PathBuf {
         let p = PathBuf::from(path);
         if !p.is_absolute() {
@@ -1002,6 +1231,12 @@ impl Validator<'_> {
 
     /// Rules that span several keys.
     fn cross_checks(&mut self, s: &Settings) {
+        if s.cluster.engine == ClusterEngine::Ray && s.gpu.calibration_image.is_some() {
+            self.problem(
+                "gpu.calibration_image",
+                "is not supported with cluster.engine = \"ray\" yet: calibration runs on this host's GPUs",
+            );
+        }
         if !s.auth.require_signature && !s.http.listen.ip().is_loopback() {
             self.problem(
                 "auth.require_signature",

@@ -672,3 +672,137 @@ fn analysis_conformance_is_strict_by_default_penalty_on_request_and_nothing_else
         p[0].problem
     );
 }
+
+/// A Ray coordinator's `[cluster]` table with `extra` keys.
+fn ray_cluster(extra: &str) -> String {
+    format!(
+        "[cluster]\nengine = \"ray\"\nray_address = \"http://10.0.0.1:8265/\"\n\
+         ray_token_file = \"/etc/talkheadd/ray-token\"\nlisten = \"10.0.0.2:8790\"\n\
+         advertise_url = \"http://10.0.0.2:8790\"\n{extra}"
+    )
+}
+
+#[test]
+fn the_cluster_engine_is_local_by_default_and_ray_takes_its_keys_and_prints_back() {
+    let f = Fixture::new();
+    let s = f.load(&f.file("local.toml", &f.state())).unwrap().settings;
+    assert_eq!(s.cluster.engine, ClusterEngine::Local);
+    assert!(render_effective(&s).contains("[cluster]\nengine = \"local\"\n"));
+
+    let text = format!(
+        "{}{}",
+        f.state(),
+        ray_cluster(
+            "max_attempts = 5\njob_cpus = 2.5\ngpu_model_resource = \"gpu-model-h100\"\nmax_jobs = 8\n\
+             max_video_bytes = 1048576\nmax_report_bytes = 131072\n"
+        )
+    );
+    let s = f.load(&f.file("ray.toml", &text)).unwrap().settings;
+    let c = &s.cluster;
+    assert_eq!(c.engine, ClusterEngine::Ray);
+    assert_eq!(c.ray_address.as_deref(), Some("http://10.0.0.1:8265"));
+    assert_eq!(
+        c.ray_token,
+        Some(crate::challenges::KeySource::File(PathBuf::from(
+            "/etc/talkheadd/ray-token"
+        )))
+    );
+    assert_eq!(c.listen, "10.0.0.2:8790".parse().unwrap());
+    assert_eq!(c.advertise_url.as_deref(), Some("http://10.0.0.2:8790"));
+    assert_eq!((c.max_attempts, c.job_cpus, c.max_jobs), (5, 2.5, 8));
+    assert_eq!(c.gpu_model_resource.as_deref(), Some("gpu-model-h100"));
+    assert_eq!((c.max_video_bytes, c.max_report_bytes), (1 << 20, 128 << 10));
+    // Printed back, it loads back the same (the token's source, never a token).
+    let rendered = render_effective(&s);
+    let again = f.load(&f.file("rendered.toml", &rendered)).unwrap().settings;
+    assert_eq!(render_effective(&again), rendered);
+
+    // Defaults, and the credential instead of the file.
+    let text = format!(
+        "{}{}",
+        f.state(),
+        ray_cluster("").replace(
+            "ray_token_file = \"/etc/talkheadd/ray-token\"",
+            "ray_token_credential = \"ray-token\""
+        )
+    );
+    let c = f.load(&f.file("cred.toml", &text)).unwrap().settings.cluster;
+    assert_eq!(
+        c.ray_token,
+        Some(crate::challenges::KeySource::Credential("ray-token".into()))
+    );
+    assert_eq!((c.max_attempts, c.job_cpus, c.max_jobs), (3, 1.0, 16));
+    assert_eq!((c.max_video_bytes, c.max_report_bytes), (256 << 20, 4 << 20));
+    assert_eq!(c.gpu_model_resource, None);
+}
+
+#[test]
+fn cluster_problems_name_their_keys() {
+    let f = Fixture::new();
+    let keys_of = |text: &str, name: &str| -> Vec<String> {
+        let err = f
+            .load(&f.file(name, &format!("{}{text}", f.state())))
+            .unwrap_err();
+        problems(err).into_iter().map(|p| p.key).collect()
+    };
+    // The Ray engine needs its address, token and advertised URL.
+    let keys = keys_of("[cluster]\nengine = \"ray\"\n", "bare.toml");
+    for key in [
+        "cluster.ray_address",
+        "cluster.ray_token_file",
+        "cluster.advertise_url",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+    }
+    assert_eq!(
+        keys_of("[cluster]\nengine = \"k8s\"\n", "engine.toml"),
+        ["cluster.engine"]
+    );
+    // Ray keys under the local engine are a half-made change.
+    assert_eq!(
+        keys_of(
+            "[cluster]\nmax_jobs = 4\nadvertise_url = \"http://10.0.0.2:8790\"\n",
+            "local.toml"
+        ),
+        ["cluster.advertise_url", "cluster.max_jobs"]
+    );
+    let bad = [
+        ("ray_address = \"ftp://x\"\n", "cluster.ray_address"),
+        ("listen = \"10.0.0.2:0\"\n", "cluster.listen"),
+        ("listen = \"nowhere\"\n", "cluster.listen"),
+        ("max_attempts = 0\n", "cluster.max_attempts"),
+        ("job_cpus = 0.0\n", "cluster.job_cpus"),
+        ("max_jobs = 0\n", "cluster.max_jobs"),
+        ("gpu_model_resource = \"a b\"\n", "cluster.gpu_model_resource"),
+        ("max_video_bytes = 10\n", "cluster.max_video_bytes"),
+        ("max_report_bytes = 10\n", "cluster.max_report_bytes"),
+        ("ray_token_credential = \"t\"\n", "cluster.ray_token_file"),
+    ];
+    for (i, (line, key)) in bad.iter().enumerate() {
+        let text = ray_cluster(line)
+            .replace(
+                "ray_address = \"http://10.0.0.1:8265/\"\n",
+                if line.starts_with("ray_address") {
+                    ""
+                } else {
+                    "ray_address = \"http://10.0.0.1:8265/\"\n"
+                },
+            )
+            .replace(
+                "listen = \"10.0.0.2:8790\"\n",
+                if line.starts_with("listen") {
+                    ""
+                } else {
+                    "listen = \"10.0.0.2:8790\"\n"
+                },
+            );
+        assert_eq!(keys_of(&text, &format!("bad{i}.toml")), [*key], "{line}");
+    }
+    // An advertised URL that could smuggle words into the job's entrypoint.
+    let text = ray_cluster("").replace("http://10.0.0.2:8790\"", "http://10.0.0.2:8790/;reboot\"");
+    assert_eq!(keys_of(&text, "advertise.toml"), ["cluster.advertise_url"]);
+    // Calibration runs on this host's GPUs: not with the Ray engine.
+    let image = format!("127.0.0.1:5000/calib@sha256:{}", "e".repeat(64));
+    let text = format!("[gpu]\ncalibration_image = \"{image}\"\n{}", ray_cluster(""));
+    assert_eq!(keys_of(&text, "calib.toml"), ["gpu.calibration_image"]);
+}

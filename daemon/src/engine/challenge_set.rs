@@ -27,11 +27,11 @@ pub(super) struct RoundSet {
 }
 
 impl RoundSet {
-    /// Sets persist beside the work directory (`<work_dir>/../challenge-sets`).
+    /// Sets persist beside the work directory ([`sets_dir`]).
     pub(super) fn new(source: Source, work_dir: &Path) -> RoundSet {
         RoundSet {
             source,
-            sets_dir: work_dir.with_file_name("challenge-sets"),
+            sets_dir: sets_dir(work_dir),
             current: None,
         }
     }
@@ -88,6 +88,12 @@ impl RoundSet {
         self.current = Some(set.clone());
         Ok(set)
     }
+}
+
+/// Where rounds' sets persist, each under its hash: `<work_dir>/../challenge-sets` (a cluster
+/// coordinator serves its workers the files from there).
+pub fn sets_dir(work_dir: &Path) -> PathBuf {
+    work_dir.with_file_name("challenge-sets")
 }
 
 /// Write the set in the challenge-directory format, atomically (temporary directory, then rename).

@@ -1,12 +1,13 @@
 //! The dispatch effect: starting what the plan placed. A miner's run or a calibration is spawned in its
 //! own task on [`RunTasks`] (whatever way it ends, its slot is handed back with a [`Finished`], or
-//! recovered from its [`Lost`] key); a duplicate digest is settled without a run. This is where a run's
-//! *execution place* is decided — today the local GPU slot it names (the `run_task` here); a remote
-//! executor would plug in at [`Dispatcher::run`] and [`Dispatcher::calibrate`].
+//! recovered from its [`Lost`] key); a duplicate digest is settled without a run. A miner's run executes
+//! through the loop's [`Executor`] (this host's slot, or a cluster's GPU host); its outcome is recorded
+//! and staged here the same way for every executor.
 
 use super::blocking::{LoopError, blocking};
 use super::calibration::{self, Calibration};
-use super::run::{RunEnv, RunOutcome, RunRequest, run_evaluation};
+use super::executor::Executor;
+use super::run::{RunEnv, RunOutcome, RunRequest};
 use super::tasks::{Held, RunTasks};
 use super::verdicts::one_line;
 use crate::challenges::ChallengeSet;
@@ -56,16 +57,24 @@ pub(super) struct Dispatcher {
     pub(super) env: Arc<RunEnv>,
     pub(super) store: Store,
     pub(super) meter: Arc<dyn VramMeter>,
+    /// Where miners' runs execute.
+    pub(super) executor: Arc<dyn Executor>,
     run_seq: AtomicU64,
 }
 
 impl Dispatcher {
-    /// Dispatches with the inventory's VRAM meter.
-    pub(super) fn new(env: Arc<RunEnv>, store: Store, meter: Arc<dyn VramMeter>) -> Dispatcher {
+    /// Dispatches through `executor`, with the inventory's VRAM meter.
+    pub(super) fn new(
+        env: Arc<RunEnv>,
+        store: Store,
+        meter: Arc<dyn VramMeter>,
+        executor: Arc<dyn Executor>,
+    ) -> Dispatcher {
         Dispatcher {
             env,
             store,
             meter,
+            executor,
             run_seq: AtomicU64::new(0),
         }
     }
@@ -101,6 +110,7 @@ impl Dispatcher {
             held,
             run_task(
                 self.env.clone(),
+                self.executor.clone(),
                 self.store.clone(),
                 self.meter.clone(),
                 slot,
@@ -267,6 +277,7 @@ impl Dispatcher {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_task(
     env: Arc<RunEnv>,
+    executor: Arc<dyn Executor>,
     store: Store,
     meter: Arc<dyn VramMeter>,
     slot_index: usize,
@@ -328,7 +339,7 @@ pub(super) async fn run_task(
             );
         }
         tracing::info!(image_digest = %ticket.image_ref.digest(), "evaluation started");
-        run_evaluation(&env, req, &shutdown).await
+        executor.evaluate(req, &shutdown).await
     }
     .instrument(span.clone())
     .await;

@@ -120,6 +120,9 @@ pub trait GpuInventory: Send + Sync {
 pub struct VirtualInventory {
     slots: u32,
     cuda_version: Option<String>,
+    /// `virtual` (`virtual-0`…), or `ray-job` for a coordinator's job slots.
+    prefix: &'static str,
+    name: &'static str,
 }
 
 impl VirtualInventory {
@@ -128,6 +131,19 @@ impl VirtualInventory {
         VirtualInventory {
             slots,
             cuda_version: None,
+            prefix: "virtual",
+            name: VIRTUAL_NAME,
+        }
+    }
+
+    /// The job slots of a Ray coordinator (`cluster.max_jobs`, `ray-job-0`…): the loop places one
+    /// evaluation per slot as it does on GPUs; the cluster's GPU hosts run and measure them.
+    pub fn cluster_jobs(slots: u32) -> VirtualInventory {
+        VirtualInventory {
+            slots,
+            cuda_version: None,
+            prefix: "ray-job",
+            name: CLUSTER_SLOT_NAME,
         }
     }
 
@@ -142,13 +158,16 @@ impl VirtualInventory {
 /// The name virtual slots report.
 pub const VIRTUAL_NAME: &str = "virtual GPU slot";
 
+/// The name a Ray coordinator's job slots report.
+pub const CLUSTER_SLOT_NAME: &str = "Ray job slot";
+
 impl GpuInventory for VirtualInventory {
     fn slots(&self) -> Vec<GpuSlot> {
         (0..self.slots)
             .map(|slot| GpuSlot {
                 assignment: GpuAssignment::Virtual { slot },
-                uuid: format!("virtual-{slot}"),
-                name: VIRTUAL_NAME.to_owned(),
+                uuid: format!("{}-{slot}", self.prefix),
+                name: self.name.to_owned(),
                 compute_capability: None,
                 cuda_version: self.cuda_version.clone(),
                 driver_version: None,
@@ -164,8 +183,8 @@ impl GpuInventory for VirtualInventory {
         (0..self.slots)
             .map(|slot| GpuInfo {
                 index: slot,
-                uuid: format!("virtual-{slot}"),
-                name: VIRTUAL_NAME.to_owned(),
+                uuid: format!("{}-{slot}", self.prefix),
+                name: self.name.to_owned(),
                 memory_total_bytes: None,
                 compute_capability: None,
                 driver_version: None,

@@ -136,6 +136,23 @@ impl Engine {
         })
     }
 
+    /// No engine: for a Ray coordinator, whose runs execute on the GPU hosts' engines and which must
+    /// start on a host without one. Nothing calls it in that mode; were anything to, the call would
+    /// fail as an unreachable engine (it points at a closed loopback port).
+    pub fn absent(instance: &str) -> Result<Engine, RuntimeError> {
+        let host = "none (cluster coordinator)";
+        let docker = Docker::connect_with_http("http://127.0.0.1:1", 5, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| RuntimeError::Unreachable {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Engine {
+            docker,
+            host: host.to_owned(),
+            instance: instance.to_owned(),
+        })
+    }
+
     /// The configured endpoint.
     pub fn host(&self) -> &str {
         &self.host

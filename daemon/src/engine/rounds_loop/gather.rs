@@ -41,7 +41,12 @@ impl EvaluationLoop {
             },
             same_model_per_round: settings.gpu.same_model_per_round,
             round_model: self.round_model.clone(),
-            prepull_ahead: usize::try_from(settings.docker.prepull_ahead).unwrap_or(0),
+            // Images are pulled where they run: ahead of time only on this host's engine.
+            prepull_ahead: if self.local_engine() {
+                usize::try_from(settings.docker.prepull_ahead).unwrap_or(0)
+            } else {
+                0
+            },
         };
         let drained = blocking(&self.store, move |store| store.drained_gpus()).await?;
         self.slots.refresh(&drained, self.env.clock.now_unix());

@@ -13,6 +13,7 @@
 use super::calibration;
 use super::challenge_set::RoundSet;
 use super::dispatch::{Dispatcher, Finished, Tasks};
+use super::executor::{Executor, LocalExecutor};
 use super::gate::{self, Blocked, EngineGate};
 use super::plan::{ChallengesView, EngineView, GateHold, Need, Plan, plan};
 use super::prefetch::Prefetches;
@@ -29,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use super::blocking::LoopError;
-pub use super::challenge_set::Source;
+pub use super::challenge_set::{Source, sets_dir};
 
 /// Longest backoff for a miner whose evaluation failed on the host's side.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(600);
@@ -73,7 +74,8 @@ impl EvaluationLoop {
     ) -> EvaluationLoop {
         let set = RoundSet::new(source, &env.settings.evaluation.work_dir);
         let slots = Slots::new(inventory.clone(), env.clone());
-        let dispatcher = Dispatcher::new(env.clone(), store.clone(), inventory.vram_meter());
+        let executor: Arc<dyn Executor> = Arc::new(LocalExecutor::new(env.clone()));
+        let dispatcher = Dispatcher::new(env.clone(), store.clone(), inventory.vram_meter(), executor);
         EvaluationLoop {
             env,
             store,
@@ -92,6 +94,18 @@ impl EvaluationLoop {
         }
     }
 
+    /// Runs execute through `executor` instead of on this host's Docker engine (the Ray coordinator):
+    /// the loop then neither waits for a local engine nor pulls images ahead nor sweeps containers.
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> EvaluationLoop {
+        self.dispatcher.executor = executor;
+        self
+    }
+
+    /// Whether runs use this host's Docker engine.
+    fn local_engine(&self) -> bool {
+        self.dispatcher.executor.uses_local_engine()
+    }
+
     /// The shared per-GPU status board (for `status` and the admin plane).
     pub fn board(&self) -> GpuBoard {
         self.slots.board.clone()
@@ -100,10 +114,11 @@ impl EvaluationLoop {
     /// Run until `shutdown`; runs in flight see the cancellation, kill their containers and are
     /// awaited before this returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(slots = self.slots.list.len(), real_gpus = self.inventory.is_real(), analyzer = %self.env.analyzer.describe(), "evaluation loop started");
+        tracing::info!(slots = self.slots.list.len(), real_gpus = self.inventory.is_real(), analyzer = %self.env.analyzer.describe(), executor = %self.dispatcher.executor.describe(), "evaluation loop started");
         // The watchdog is fed from this tick: if the scheduler wedges (a step that never returns),
         // systemd stops hearing from it and restarts the daemon.
         let watchdog = crate::systemd::watchdog_interval();
+        let local_engine = self.local_engine();
         let evictor = tokio::spawn(super::evict::evictor(self.env.images.clone(), self.evict.clone()));
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
@@ -138,8 +153,10 @@ impl EvaluationLoop {
         evictor.abort();
         let _ = evictor.await;
         self.prefetches.join().await;
-        gate::final_sweep(&self.env.engine).await;
-        super::evict::final_eviction(&self.env.images).await;
+        if local_engine {
+            gate::final_sweep(&self.env.engine).await;
+            super::evict::final_eviction(&self.env.images).await;
+        }
         tracing::info!("evaluation loop stopped");
     }
 
@@ -170,7 +187,7 @@ impl EvaluationLoop {
         if let Err(e) = &done.recorded {
             tracing::error!(%hotkey, error = %e, "recording the run failed");
         }
-        if done.infra.is_some() {
+        if done.infra.is_some() && self.local_engine() {
             // Its container may have outlived it (an engine that restarted under it): sweep this
             // instance's idle containers before the next dispatch.
             self.gate.request_sweep();
@@ -204,6 +221,7 @@ impl EvaluationLoop {
         for _ in 0..4 {
             match plan(&snap) {
                 Plan::Decided(decision) => return self.apply(decision, set, &snap, shutdown).await,
+                Plan::Need(Need::Engine) if !self.local_engine() => snap.engine = EngineView::Open,
                 Plan::Need(Need::Engine) => {
                     let keep = self.slots.running();
                     let now = Instant::now();

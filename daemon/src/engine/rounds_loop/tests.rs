@@ -122,6 +122,7 @@ async fn a_run_hands_its_slot_back_without_waiting_for_the_image_cache_eviction(
     let slot = lp.slots.list[0].slot.clone();
     let run = run_task(
         lp.env.clone(),
+        lp.dispatcher.executor.clone(),
         lp.store.clone(),
         lp.dispatcher.meter.clone(),
         0,

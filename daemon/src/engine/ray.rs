@@ -1,0 +1,637 @@
+//! The Ray executor (`cluster.engine = "ray"`): one evaluation placed as Ray jobs, one per attempt,
+//! each running `talkheadd worker` on a GPU host of the cluster.
+//!
+//! Per attempt: the attempt is issued in the book the cluster listener consults (its token kept only
+//! as a hash), the coordinator waits until the cluster has a free GPU beyond the jobs it already
+//! started (so nothing waits into Ray's start timeout; the queue itself stays in the store), submits
+//! the job (`cluster::job`: a derived submission id, one GPU, `cluster.job_cpus` CPUs, the
+//! `cluster.gpu_model_resource`, the token as the job's only environment variable) and watches it until
+//! the listener hands over the attempt's accepted report. A job that ends without one (host lost,
+//! stopped, start timeout, Ray unreachable for too long) or a worker that reports `infra_error` is an
+//! infrastructure failure: the next attempt supersedes it, up to `cluster.max_attempts`, and the miner
+//! is never charged. A miner's verdict comes only from an accepted report, and goes through the same
+//! staging and generation check as a local run's (the caller's, above the seam).
+//!
+//! On shutdown the attempt's job is stopped. A restarted coordinator finds the jobs of this instance by
+//! their submission ids ([`RayExecutor::resume`]): the ones still running are stopped (their tokens
+//! died with the previous process, so no report of theirs could be accepted) and new attempts are
+//! numbered after them, so no attempt ever runs twice.
+
+use super::executor::Executor;
+use super::run::{RunOutcome, RunReport, RunRequest};
+use crate::challenges::ChallengeSet;
+use crate::cluster::attempts::{AttemptBook, AttemptSpec, SharedSettings, SpecFile};
+use crate::cluster::job::{self, JobRequest, RuntimeEnv, TOKEN_ENV};
+use crate::cluster::ray_jobs::{JobStatus, RayError, RayJobs};
+use crate::cluster::report::{AcceptedReport, WorkerReport};
+use crate::domain::Verdict;
+use crate::rounds::EvaluationTicket;
+use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Metadata key naming the coordinator instance that submitted a job.
+pub const INSTANCE_METADATA: &str = "talkheadd_instance";
+/// How long an ended job's report may take to reach the coordinator (it is uploaded before the
+/// worker exits; the hand-over is asynchronous).
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+/// How long Ray may stay unreachable before the attempt in hand counts as lost.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long shutdown waits for a stopped job to end (within the unit's `TimeoutStopSec`).
+const STOP_WAIT: Duration = Duration::from_secs(20);
+/// How long one job may stay pending before the next start is allowed to try (the free-GPU figure
+/// lags the scheduler by a heartbeat).
+const START_HOLD: Duration = Duration::from_secs(30);
+
+/// How the coordinator places jobs (from `[cluster]`).
+#[derive(Debug, Clone)]
+pub struct RayPlacement {
+    /// The listener's URL as workers reach it (`cluster.advertise_url`).
+    pub advertise_url: String,
+    /// `cluster.max_attempts`.
+    pub max_attempts: u32,
+    /// `cluster.job_cpus`.
+    pub job_cpus: f64,
+    /// `cluster.gpu_model_resource`.
+    pub gpu_model_resource: Option<String>,
+    /// The worker's binary on the GPU hosts (this binary's path: the same package on every host).
+    pub worker_binary: String,
+    /// This coordinator's instance id (the store's): its jobs carry it.
+    pub instance: String,
+    /// How often jobs and the cluster's resources are polled.
+    pub poll: Duration,
+}
+
+/// What one attempt came to.
+enum Attempted {
+    /// The worker's report was accepted.
+    Reported(Box<AcceptedReport>, String),
+    /// Nothing the miner can be charged with: why.
+    Lost(String),
+    /// The coordinator is shutting down.
+    Interrupted,
+}
+
+/// A job this coordinator has in flight (for the free-GPU count).
+#[derive(Debug, Clone)]
+struct InFlight {
+    status: JobStatus,
+}
+
+/// The Ray executor.
+pub struct RayExecutor {
+    jobs: RayJobs,
+    book: Arc<Mutex<AttemptBook>>,
+    placement: RayPlacement,
+    shared: SharedSettings,
+    sets_dir: PathBuf,
+    /// Attempts waiting for their report: (evaluation, attempt) → hand-over.
+    waiting: Mutex<HashMap<(String, u32), oneshot::Sender<AcceptedReport>>>,
+    /// The latest attempt number issued per evaluation.
+    latest: Mutex<HashMap<String, u32>>,
+    /// Held from the free-GPU check until the job started (or [`START_HOLD`]): one start at a time.
+    starting: tokio::sync::Mutex<()>,
+    /// Jobs submitted and not yet seen ended, by submission id.
+    in_flight: Mutex<BTreeMap<String, InFlight>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RayExecutor {
+    /// An executor submitting to `jobs`, issuing attempts in `book` (which the cluster listener
+    /// consults), requiring `shared` of every host; challenge files are served from
+    /// `sets_dir/<set hash>/` (where the loop persists each round's set).
+    pub fn new(
+        jobs: RayJobs,
+        book: Arc<Mutex<AttemptBook>>,
+        placement: RayPlacement,
+        shared: SharedSettings,
+        sets_dir: PathBuf,
+    ) -> RayExecutor {
+        RayExecutor {
+            jobs,
+            book,
+            placement,
+            shared,
+            sets_dir,
+            waiting: Mutex::new(HashMap::new()),
+            latest: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
+            in_flight: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// After a restart: finds this instance's jobs by their submission ids, stops those still pending
+    /// or running (their tokens are gone), deletes the ended ones, and numbers new attempts after the
+    /// highest found. Ray unreachable: logged; the attempts then start at 1 on evaluations Ray does not
+    /// know, and a clash of submission ids is skipped past at submission.
+    pub async fn resume(&self) {
+        let jobs = match self.jobs.list().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the Ray cluster's jobs at start; earlier attempts are found when their ids clash");
+                return;
+            }
+        };
+        let mut stopped = 0usize;
+        for j in jobs {
+            let Some(id) = j.submission_id.as_deref() else {
+                continue;
+            };
+            let ours = j
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get(INSTANCE_METADATA))
+                .is_some_and(|i| *i == self.placement.instance);
+            let Some((evaluation, attempt)) = job::parse_submission_id(id).filter(|_| ours) else {
+                continue;
+            };
+            {
+                let mut latest = locked(&self.latest);
+                let n = latest.entry(evaluation.to_owned()).or_insert(0);
+                *n = (*n).max(attempt);
+            }
+            if j.status.is_terminal() {
+                let _ = self.jobs.delete(id).await;
+            } else {
+                match self.jobs.stop(id).await {
+                    Ok(_) => stopped += 1,
+                    Err(e) => tracing::warn!(job = id, error = %e, "cannot stop an earlier instance's job"),
+                }
+            }
+        }
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "stopped jobs left running by the previous coordinator process; their evaluations get new attempts"
+            );
+        }
+    }
+
+    /// Hands each report the listener accepts to the attempt waiting for it, until `accepted` closes.
+    /// A report nobody waits for (its evaluation was interrupted meanwhile) is dropped with its files.
+    pub async fn route_reports(self: Arc<Self>, mut accepted: mpsc::UnboundedReceiver<AcceptedReport>) {
+        while let Some(report) = accepted.recv().await {
+            let key = (report.report.evaluation.clone(), report.report.attempt);
+            let waiter = locked(&self.waiting).remove(&key);
+            match waiter {
+                Some(tx) => {
+                    if let Err(report) = tx.send(report) {
+                        discard(&report);
+                    }
+                }
+                None => {
+                    tracing::warn!(evaluation = %key.0, attempt = key.1, "an accepted report nobody waits for is dropped");
+                    discard(&report);
+                }
+            }
+        }
+    }
+
+    /// Jobs in flight, by state (for `/prometheus` and `status`).
+    pub fn jobs_by_state(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for j in locked(&self.in_flight).values() {
+            *out.entry(status_name(j.status)).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// The next attempt number of `evaluation`.
+    fn next_attempt(&self, evaluation: &str) -> u32 {
+        let mut latest = locked(&self.latest);
+        let n = latest.entry(evaluation.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    async fn run(&self, req: RunRequest<'_>, cancel: &CancellationToken) -> (RunOutcome, RunReport) {
+        let evaluation = evaluation_id(&self.placement.instance, req.ticket);
+        let files = spec_files(req.challenges);
+        let files_root = self.sets_dir.join(req.challenges.hash());
+        let mut lost = Vec::new();
+        for _ in 0..self.placement.max_attempts {
+            let attempt = self.next_attempt(&evaluation);
+            let spec = AttemptSpec {
+                evaluation: evaluation.clone(),
+                attempt,
+                image: req.ticket.image_ref.to_string(),
+                files: files.clone(),
+                settings: self.shared.clone(),
+            };
+            match self.attempt(spec, files_root.clone(), cancel).await {
+                Attempted::Reported(accepted, job_id) => {
+                    discard(&accepted);
+                    match outcome_of(accepted.report, req.ticket, &req.run_id, &self.shared, &job_id) {
+                        Ok((outcome, mut report)) => {
+                            // The history says what the miner was not charged with.
+                            report
+                                .notes
+                                .extend(lost.iter().map(|l| format!("not charged: {l}")));
+                            return (outcome, report);
+                        }
+                        Err(reason) => {
+                            tracing::warn!(%evaluation, attempt, %reason, "the worker's host could not evaluate; trying another attempt");
+                            lost.push(format!("attempt {attempt}: {reason}"));
+                        }
+                    }
+                }
+                Attempted::Lost(reason) => {
+                    tracing::warn!(%evaluation, attempt, %reason, "attempt lost; the miner is not charged");
+                    lost.push(format!("attempt {attempt}: {reason}"));
+                }
+                Attempted::Interrupted => {
+                    locked(&self.book).cancel(&evaluation, "the coordinator is shutting down");
+                    return (
+                        RunOutcome::Infra("interrupted: the coordinator is shutting down".into()),
+                        RunReport::default(),
+                    );
+                }
+            }
+        }
+        locked(&self.book).cancel(&evaluation, "every attempt was lost");
+        (
+            RunOutcome::Infra(format!(
+                "every one of {} cluster attempts was lost: {}",
+                self.placement.max_attempts,
+                lost.join("; ")
+            )),
+            RunReport::default(),
+        )
+    }
+
+    /// One attempt, from issuing its token to its report (or its loss).
+    async fn attempt(&self, spec: AttemptSpec, files_root: PathBuf, cancel: &CancellationToken) -> Attempted {
+        let (evaluation, attempt) = (spec.evaluation.clone(), spec.attempt);
+        let key = (evaluation.clone(), attempt);
+        let id = match job::submission_id(&evaluation, attempt) {
+            Ok(id) => id,
+            Err(e) => return Attempted::Lost(e.to_string()),
+        };
+        let token = match locked(&self.book).issue(spec, files_root) {
+            Ok(token) => token,
+            Err(e) => return Attempted::Lost(format!("cannot issue the attempt: {e}")),
+        };
+        let entrypoint = match job::entrypoint(
+            &self.placement.worker_binary,
+            &self.placement.advertise_url,
+            &evaluation,
+            attempt,
+        ) {
+            Ok(e) => e,
+            Err(e) => return Attempted::Lost(e.to_string()),
+        };
+        let request = JobRequest {
+            entrypoint,
+            submission_id: id.clone(),
+            entrypoint_num_gpus: 1.0,
+            entrypoint_num_cpus: self.placement.job_cpus,
+            entrypoint_resources: self
+                .placement
+                .gpu_model_resource
+                .iter()
+                .map(|r| (r.clone(), 1.0))
+                .collect(),
+            runtime_env: RuntimeEnv {
+                env_vars: BTreeMap::from([(TOKEN_ENV.to_owned(), token.expose().to_owned())]),
+            },
+            metadata: BTreeMap::from([(INSTANCE_METADATA.to_owned(), self.placement.instance.clone())]),
+        };
+        let (tx, mut report) = oneshot::channel();
+        locked(&self.waiting).insert(key.clone(), tx);
+        let done = self.submit_and_watch(&request, &mut report, cancel).await;
+        locked(&self.waiting).remove(&key);
+        locked(&self.in_flight).remove(&id);
+        // Stop what may still run and forget the job once it ended, beside the next attempt.
+        let jobs = self.jobs.clone();
+        let reported = matches!(done, Attempted::Reported(..));
+        tokio::spawn(async move { retire(&jobs, &id, !reported).await });
+        done
+    }
+
+    async fn submit_and_watch(
+        &self,
+        request: &JobRequest,
+        report: &mut oneshot::Receiver<AcceptedReport>,
+        cancel: &CancellationToken,
+    ) -> Attempted {
+        let id = request.submission_id.clone();
+        let mut start = Some(self.starting.lock().await);
+        if let Err(lost) = self.wait_for_gpu(cancel).await {
+            return lost;
+        }
+        match self.jobs.submit(request).await {
+            Ok(()) => {}
+            Err(RayError::AlreadyExists(_)) => {
+                return Attempted::Lost(format!("a job {id} exists already (an earlier coordinator's)"));
+            }
+            Err(e) => return Attempted::Lost(format!("submitting job {id}: {e}")),
+        }
+        locked(&self.in_flight).insert(
+            id.clone(),
+            InFlight {
+                status: JobStatus::Pending,
+            },
+        );
+        tracing::info!(job = %id, "Ray job submitted");
+        let submitted = Instant::now();
+        let mut unreachable_since: Option<Instant> = None;
+        let mut ended: Option<String> = None;
+        loop {
+            if start.is_some() && submitted.elapsed() >= START_HOLD {
+                start = None;
+            }
+            tokio::select! {
+                got = &mut *report => {
+                    return match got {
+                        Ok(accepted) => Attempted::Reported(Box::new(accepted), id),
+                        Err(_) => Attempted::Lost("the report's hand-over was dropped".into()),
+                    };
+                }
+                () = cancel.cancelled() => {
+                    stop_and_wait(&self.jobs, &id).await;
+                    return Attempted::Interrupted;
+                }
+                () = tokio::time::sleep(self.placement.poll) => {}
+            }
+            if let Some(why) = &ended {
+                return Attempted::Lost(why.clone());
+            }
+            match self.jobs.job(&id).await {
+                Ok(Some(details)) => {
+                    unreachable_since = None;
+                    if details.status != JobStatus::Pending {
+                        start = None;
+                    }
+                    if let Some(j) = locked(&self.in_flight).get_mut(&id) {
+                        j.status = details.status;
+                    }
+                    if details.status.is_terminal() {
+                        let why = format!(
+                            "job {id} ended {} without a report{}{}",
+                            status_name(details.status),
+                            details
+                                .error_type
+                                .as_deref()
+                                .map(|t| format!(" ({t})"))
+                                .unwrap_or_default(),
+                            details
+                                .message
+                                .as_deref()
+                                .map(|m| format!(": {}", crate::engine::verdicts::one_line(m)))
+                                .unwrap_or_default()
+                        );
+                        // The report may still be on its way: one more wait, bounded.
+                        match tokio::time::timeout(REPORT_GRACE, &mut *report).await {
+                            Ok(Ok(accepted)) => return Attempted::Reported(Box::new(accepted), id),
+                            _ => ended = Some(why),
+                        }
+                        if let Some(why) = &ended {
+                            return Attempted::Lost(why.clone());
+                        }
+                    }
+                }
+                Ok(None) => return Attempted::Lost(format!("Ray no longer knows job {id}")),
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= UNREACHABLE_LIMIT {
+                        let _ = self.jobs.stop(&id).await;
+                        return Attempted::Lost(format!("Ray stopped answering about job {id}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait until the cluster has a GPU free beyond the jobs this coordinator started.
+    async fn wait_for_gpu(&self, cancel: &CancellationToken) -> Result<(), Attempted> {
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            match self.jobs.resources().await {
+                Ok(resources) => {
+                    unreachable_since = None;
+                    let ours = locked(&self.in_flight).len() as f64;
+                    if has_room(&resources, ours, self.placement.gpu_model_resource.as_deref()) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= UNREACHABLE_LIMIT {
+                        return Err(Attempted::Lost(format!("Ray's resources are unknown: {e}")));
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(Attempted::Interrupted),
+                () = tokio::time::sleep(self.placement.poll) => {}
+            }
+        }
+    }
+}
+
+impl Executor for RayExecutor {
+    fn evaluate<'a>(
+        &'a self,
+        req: RunRequest<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, (RunOutcome, RunReport)> {
+        Box::pin(self.run(req, cancel))
+    }
+
+    fn uses_local_engine(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        format!("ray (workers report to {})", self.placement.advertise_url)
+    }
+}
+
+/// Whether one more one-GPU job fits: the cluster's free GPUs (and units of the GPU-model resource)
+/// beyond the `ours` jobs this coordinator has in flight. Ray's usage figure lags its scheduler, so
+/// the larger of what it reports and what is known to be ours counts as used.
+pub fn has_room(
+    resources: &BTreeMap<String, crate::cluster::ray_jobs::ResourceUse>,
+    ours: f64,
+    model_resource: Option<&str>,
+) -> bool {
+    let fits = |name: &str| {
+        resources
+            .get(name)
+            .is_some_and(|r| r.total - r.used.max(ours) >= 1.0)
+    };
+    fits("GPU") && model_resource.is_none_or(fits)
+}
+
+/// Ray's word for a state.
+fn status_name(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Pending => "PENDING",
+        JobStatus::Running => "RUNNING",
+        JobStatus::Stopped => "STOPPED",
+        JobStatus::Succeeded => "SUCCEEDED",
+        JobStatus::Failed => "FAILED",
+    }
+}
+
+/// Stop a job at shutdown and wait, bounded by [`STOP_WAIT`], until Ray says it ended (its worker
+/// removes its container on the SIGTERM), so that no job outlives the coordinator that started it.
+async fn stop_and_wait(jobs: &RayJobs, id: &str) {
+    if let Err(e) = jobs.stop(id).await {
+        tracing::warn!(job = id, error = %e, "cannot stop the job at shutdown");
+        return;
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    while Instant::now() < deadline {
+        match jobs.job(id).await {
+            Ok(Some(d)) if !d.status.is_terminal() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "cannot see the stopped job end");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tracing::warn!(
+        job = id,
+        "a stopped job had not ended when the coordinator stopped waiting"
+    );
+}
+
+/// Stop (when `stop`) and delete a job once it has ended; best effort, bounded.
+async fn retire(jobs: &RayJobs, id: &str, stop: bool) {
+    if stop {
+        let _ = jobs.stop(id).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match jobs.job(id).await {
+            Ok(Some(d)) if d.status.is_terminal() => {
+                let _ = jobs.delete(id).await;
+                return;
+            }
+            Ok(None) => return,
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    tracing::warn!(
+        job = id,
+        "a job did not end within 2 minutes of its attempt; it is left to Ray"
+    );
+}
+
+/// Remove an accepted report's files: the coordinator keeps the result, not the videos.
+fn discard(accepted: &AcceptedReport) {
+    if let Err(e) = std::fs::remove_dir_all(&accepted.dir) {
+        tracing::warn!(dir = %accepted.dir.display(), error = %e, "cannot remove an accepted report's files");
+    }
+}
+
+/// The evaluation's id: stable for one ticket across coordinator restarts (instance, round, miner,
+/// submission generation), made only of characters an entrypoint may carry.
+pub fn evaluation_id(instance: &str, ticket: &EvaluationTicket) -> String {
+    let instance: String = instance
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let miner = hex::encode(Sha256::digest(ticket.hotkey.as_str().as_bytes()));
+    format!(
+        "{instance}-r{}-{}-g{}",
+        ticket.round,
+        &miner[..16],
+        ticket.generation
+    )
+}
+
+/// The spec's files for `set`, in the layout the round's set is persisted in (`<id>/face.png`,
+/// `<id>/audio.wav`, `<id>/text.txt`).
+pub fn spec_files(set: &ChallengeSet) -> Vec<SpecFile> {
+    let mut files = Vec::new();
+    for c in set.iter() {
+        let id = c.id().as_str();
+        files.push(SpecFile {
+            path: format!("{id}/face.png"),
+            sha256: hex::encode(c.face_sha256()),
+            size: c.face().len() as u64,
+        });
+        files.push(SpecFile {
+            path: format!("{id}/audio.wav"),
+            sha256: hex::encode(c.audio_sha256()),
+            size: c.audio().len() as u64,
+        });
+        if let Some(text) = c.text() {
+            files.push(SpecFile {
+                path: format!("{id}/text.txt"),
+                sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                size: text.len() as u64,
+            });
+        }
+    }
+    files
+}
+
+/// What an accepted report means for the ticket: the miner's result (its metrics made the ticket's:
+/// run id, submission time, round), or why the host could not evaluate (an infrastructure failure:
+/// another attempt follows). A report whose metrics contradict the spec is the host's failure too.
+pub fn outcome_of(
+    report: WorkerReport,
+    ticket: &EvaluationTicket,
+    run_id: &str,
+    shared: &SharedSettings,
+    job_id: &str,
+) -> Result<(RunOutcome, RunReport), String> {
+    let host = format!(
+        "host {} GPU {} ({})",
+        report.gpu.host, report.gpu.uuid, report.gpu.model
+    );
+    if report.verdict == Verdict::InfraError {
+        return Err(format!(
+            "{host}: {}",
+            report.reason.as_deref().unwrap_or("infrastructure failure")
+        ));
+    }
+    let Some(mut metrics) = report.metrics else {
+        return Err(format!("{host}: a {} report without metrics", report.verdict));
+    };
+    let image = ticket.image_ref.to_string();
+    if metrics.image_ref != image {
+        return Err(format!(
+            "{host}: the report's metrics are for {} not {image}",
+            metrics.image_ref
+        ));
+    }
+    if metrics.verdict != report.verdict {
+        return Err(format!(
+            "{host}: the report says {} but its metrics say {}",
+            report.verdict, metrics.verdict
+        ));
+    }
+    if metrics.scoring_count as usize != shared.scoring_count {
+        return Err(format!(
+            "{host}: scored {} challenges where the coordinator requires {}",
+            metrics.scoring_count, shared.scoring_count
+        ));
+    }
+    metrics.run_id = run_id.to_owned();
+    metrics.submit_time = ticket.submit_time;
+    metrics.round = ticket.round;
+    metrics.duplicate_of = None;
+    let run_report = RunReport {
+        stage_times: report.stage_times,
+        log_tail: report.log_tail,
+        vram_sources: report.vram_sources,
+        notes: vec![format!("ran on {host} as Ray job {job_id}")],
+        ..RunReport::default()
+    };
+    Ok((RunOutcome::Result(Box::new(metrics)), run_report))
+}
