@@ -128,6 +128,8 @@ fn report(evaluation: &str, attempt: u32, videos: Vec<UploadedVideo>) -> WorkerR
         log_tail: "ready\n".into(),
         metrics: None,
         videos,
+        started_at: 1.0,
+        finished_at: 2.0,
     }
 }
 

@@ -7,7 +7,8 @@
 //! `talkheadd evaluate` does (the same verdict and the same quality per challenge), uploads every
 //! scored video with its hash and a report the listener accepts; that a host without a GPU for the job
 //! reports `infra_error` (never the miner's) with the reason; and that a worker with another
-//! attempt's token delivers nothing.
+//! attempt's token delivers nothing; and that a worker removes the containers workers gone from its
+//! host left (not those of live ones) before it runs.
 //!
 //! Needs dockerd, the registry on 127.0.0.1:5000, ffmpeg and opencv-data (`tests/setup.sh`).
 
@@ -99,6 +100,36 @@ impl Coordinator {
     }
 }
 
+/// `docker` with `args`; its trimmed standard output (it must succeed).
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A stopped evaluation container of `image` labelled as a worker `instance`'s run `run`; its id.
+fn plant_container(image: &str, instance: &str, run: &str) -> String {
+    docker(&[
+        "create",
+        "--label",
+        &format!("talkhead.run={run}"),
+        "--label",
+        "talkhead.managed=true",
+        "--label",
+        &format!("talkhead.instance={instance}"),
+        image,
+    ])
+}
+
+fn container_exists(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_its_attempt_as_evaluate_does_and_its_report_is_accepted() {
     let image = images::build_and_push_miner_with(Behaviour::Good, &[], &fixtures())
@@ -147,10 +178,23 @@ async fn a_worker_runs_its_attempt_as_evaluate_does_and_its_report_is_accepted()
     assert!(out.contains("unauthorized"), "{out}");
     assert!(c.listener.accepted.try_recv().is_err());
 
+    // Containers left on this host: one by a worker that is gone (the pid of this test process with
+    // another start time: what a reused pid looks like), one by a live worker (this process).
+    let live = talkheadd::engine::worker::worker_instance();
+    let (pid, start) = live.trim_start_matches("worker-").split_once('-').unwrap();
+    let gone = format!("worker-{pid}-{}", start.parse::<u64>().unwrap() + 1);
+    let orphan = plant_container(&image, &gone, "orphan");
+    let alive = plant_container(&image, &live, "alive");
+
     // The good miner on the host's (virtual) GPU 0.
     let token = c.issue("e-good", 1);
     let (code, out) = c.worker(&config, "e-good", 1, token.expose(), Some("0")).await;
     assert_eq!(code, Some(0), "{out}");
+    // The gone worker's container was reaped before the run; the live worker's was left alone.
+    assert!(!container_exists(&orphan), "{out}");
+    assert!(container_exists(&alive), "{out}");
+    docker(&["rm", "-f", &alive]);
+    docker(&["rmi", &image]);
     let accepted = c.listener.accepted.recv().await.unwrap();
     let report = &accepted.report;
     assert_eq!(report.verdict, Verdict::Ok, "{report:?}");

@@ -27,7 +27,6 @@ use images::Behaviour;
 use ray::RayHead;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,35 +50,23 @@ const CASES: [Case; 6] = [
     (Behaviour::WriteInput, &[], "ok"),
 ];
 
-/// The GPU host's configuration (the raylet's `TALKHEADD_CONFIG`): two virtual slots, named as Ray
-/// hands them out.
-fn gpu_host_config(dir: &Path) -> std::path::PathBuf {
-    let config = small_evaluation_config(dir, WARMUPS, SCORED);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("virtual = 1", "virtual = 2");
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 /// The coordinator's tables: the fixture challenges, the counts every host must share, the Ray
-/// engine with the head's token in a 0600 file and the workers' listener on `cluster_port`.
-fn coordinator_config(dir: &Path, head: &RayHead, cluster_port: u16) -> String {
-    let token = dir.join("ray-token");
-    std::fs::write(&token, format!("{}\n", head.token)).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+/// engine with the head's token in a 0600 file and the workers' listener on a free loopback port.
+fn coordinator_config(dir: &Path, head: &RayHead) -> String {
     format!(
         "[auth]\nrequire_signature = false\n\
          [evaluation]\nchallenges_dir = \"{}\"\nwarmup_count = {WARMUPS}\nscoring_count = {SCORED}\n\
          ready_timeout_secs = 30\nchallenge_timeout_secs = 20\nwork_dir = \"{}\"\n\
-         [cluster]\nengine = \"ray\"\nray_address = \"{}\"\nray_token_file = \"{}\"\n\
-         listen = \"127.0.0.1:{cluster_port}\"\nadvertise_url = \"http://127.0.0.1:{cluster_port}\"\n\
-         max_jobs = 4\nmax_attempts = 3\njob_cpus = 0.5\n\
-         [docker]\nhost = \"unix:///nonexistent/docker.sock\"\n",
+         [docker]\nhost = \"unix:///nonexistent/docker.sock\"\n{}",
         fixtures().display(),
         dir.join("jobs").display(),
-        head.address,
-        token.display()
+        ray::cluster_table(
+            dir,
+            &head.address,
+            &head.token,
+            "127.0.0.1",
+            "max_jobs = 4\nmax_attempts = 3\njob_cpus = 0.5\n"
+        ),
     )
 }
 
@@ -131,23 +118,12 @@ fn qualities(metrics: &serde_json::Value) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn labelled_containers() -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=talkhead.run_id"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn a_ray_coordinator_commits_a_round_as_the_local_path_scores_it_and_survives_lost_jobs_and_a_restart() {
     let behaviours: Vec<_> = CASES.iter().map(|(b, o, _)| (*b, *o)).collect();
     let refs = images::build_and_push_all(&behaviours, &fixtures());
     let dir = tempfile::tempdir().unwrap();
-    let host_config = gpu_host_config(dir.path());
+    let host_config = ray::gpu_host_config(dir.path(), 2);
     let head = RayHead::start(
         &["virtual-0", "virtual-1"],
         &[
@@ -157,9 +133,8 @@ fn a_ray_coordinator_commits_a_round_as_the_local_path_scores_it_and_survives_lo
     );
     let client = head.client();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cluster_port = free_port();
     let setup = Setup::new("");
-    let extra = coordinator_config(setup.dir.path(), &head, cluster_port);
+    let extra = coordinator_config(setup.dir.path(), &head);
     let setup = Setup { extra, ..setup };
     let signers: Vec<Signer> = (0..CASES.len())
         .map(|i| Signer::from_seed(140 + i as u8))
@@ -269,6 +244,26 @@ fn a_ray_coordinator_commits_a_round_as_the_local_path_scores_it_and_survives_lo
     let flat = metrics[&signers[1].hotkey]["final_score"].as_f64().unwrap();
     assert!(good > flat && flat >= 0.0, "good {good}, static {flat}");
 
+    // The coordinator counts its attempts (since this process started: the miners left after the
+    // restart, and the next round's so far).
+    let prom = String::from_utf8(d.request(&HttpRequest::new("GET", "/prometheus")).body).unwrap();
+    let attempts = |outcome: &str| -> i64 {
+        let line = format!("talkheadd_cluster_attempts{{outcome=\"{outcome}\"}} ");
+        prom.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("no {line} in\n{prom}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        attempts("reported") >= 1 && attempts("submitted") >= attempts("reported"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("talkheadd_cluster_jobs{state=\"RUNNING\"}"),
+        "{prom}"
+    );
+
     // The next round has started meanwhile: stopping the coordinator stops its jobs, and nothing
     // is left running on the cluster nor on the host.
     assert!(d.stop().success());
@@ -279,7 +274,7 @@ fn a_ray_coordinator_commits_a_round_as_the_local_path_scores_it_and_survives_lo
         .filter(|j| !j.status.is_terminal())
         .collect();
     assert!(left.is_empty(), "jobs left running: {left:?}");
-    assert_eq!(labelled_containers(), Vec::<String>::new());
+    assert_eq!(managed_containers(), Vec::<String>::new());
 
     // Where each evaluation ran, what was not charged, and the containers' confinement.
     let mut lost_seen = false;

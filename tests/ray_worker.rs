@@ -37,11 +37,7 @@ async fn ray_places_the_worker_on_a_slot_it_hands_out_and_the_report_is_accepted
         .reference;
     let dir = tempfile::tempdir().unwrap();
     // The GPU host's own configuration: two virtual slots, named as Ray hands them out.
-    let config = small_evaluation_config(dir.path(), 1, 2);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("virtual = 1", "virtual = 2");
-    std::fs::write(&config, text).unwrap();
+    let config = ray::gpu_host_config(dir.path(), 2);
     let head = RayHead::start(
         &["virtual-0", "virtual-1"],
         &[

@@ -72,6 +72,7 @@ impl DaemonError {
 struct ClusterDoor {
     listener: Arc<crate::api::workers::WorkersListener>,
     tcp: TcpListener,
+    jobs: crate::api::prom::JobCountsSource,
 }
 
 /// Build the evaluation loop when a challenge source is configured: connect to Docker (with the local
@@ -231,11 +232,13 @@ async fn ray_coordinator(
     ));
     executor.resume().await;
     tokio::spawn(executor.clone().route_reports(accepted_rx));
+    let counts = executor.clone();
     Ok((
         executor,
         ClusterDoor {
             listener: Arc::new(listener),
             tcp,
+            jobs: Arc::new(move || counts.job_counts()),
         },
     ))
 }
@@ -399,7 +402,7 @@ pub async fn run(settings: Settings, location: ConfigLocation) -> Result<(), Dae
     let gateway = Arc::new(Gateway::new(
         service.clone(),
         auth.clone(),
-        PromMetrics::new(),
+        PromMetrics::with_cluster(door.as_ref().map(|d| d.jobs.clone())),
         settings.http.clone(),
         settings.auth.public_metrics,
     ));

@@ -269,6 +269,7 @@ fn evaluate(settings: talkheadd::config::Settings, args: EvaluateArgs) -> ExitCo
         challenges: args.challenges,
         gpu: args.gpu,
         keep_videos: None,
+        instance: None,
     };
     match runtime.block_on(oneshot::evaluate(settings, request)) {
         Ok(report) => {

@@ -558,3 +558,15 @@ pub fn run_logs(state: &Path, hotkey: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Every container on this machine's engine that talkheadd labelled (`talkhead.managed=true`).
+pub fn managed_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=talkhead.managed=true"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,8 +1,10 @@
 //! Prometheus exposition (`GET /prometheus`): request counts by route and status, store size, rounds
-//! committed and submissions by state, in the text format through `prometheus-client`.
+//! committed and submissions by state, and on a Ray coordinator its jobs in flight by state and its
+//! attempts by outcome, in the text format through `prometheus-client`.
 //!
 //! Gauges that mirror the store are refreshed at scrape time, so nothing polls in the background.
 
+use crate::engine::ray::JobCounts;
 use crate::service::{Service, ServiceError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,21 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Where a Ray coordinator's job counts are read at scrape time.
+pub type JobCountsSource = Arc<dyn Fn() -> JobCounts + Send + Sync>;
+
+/// The families of a Ray coordinator.
+struct ClusterFamilies {
+    source: JobCountsSource,
+    jobs: Family<StateLabels, Gauge>,
+    attempts: Family<OutcomeLabels, Gauge>,
+}
+
 /// The daemon's metric families.
 pub struct PromMetrics {
     registry: Registry,
@@ -32,11 +49,17 @@ pub struct PromMetrics {
     store_size: Gauge,
     rounds_committed: Gauge,
     submissions: Family<StateLabels, Gauge>,
+    cluster: Option<ClusterFamilies>,
 }
 
 impl PromMetrics {
     /// Register every family.
     pub fn new() -> Arc<PromMetrics> {
+        PromMetrics::with_cluster(None)
+    }
+
+    /// Register every family, and a Ray coordinator's from `jobs` when it is one.
+    pub fn with_cluster(jobs: Option<JobCountsSource>) -> Arc<PromMetrics> {
         let mut registry = Registry::with_prefix("talkheadd");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -58,12 +81,32 @@ impl PromMetrics {
         );
         let submissions = Family::<StateLabels, Gauge>::default();
         registry.register("submissions", "Submissions by state", submissions.clone());
+        let cluster = jobs.map(|source| {
+            let jobs = Family::<StateLabels, Gauge>::default();
+            registry.register(
+                "cluster_jobs",
+                "Ray jobs of this coordinator in flight, by Ray's state",
+                jobs.clone(),
+            );
+            let attempts = Family::<OutcomeLabels, Gauge>::default();
+            registry.register(
+                "cluster_attempts",
+                "Evaluation attempts since start: submitted as Ray jobs, reported, lost",
+                attempts.clone(),
+            );
+            ClusterFamilies {
+                source,
+                jobs,
+                attempts,
+            }
+        });
         Arc::new(PromMetrics {
             registry,
             requests,
             store_size,
             rounds_committed,
             submissions,
+            cluster,
         })
     }
 
@@ -91,6 +134,23 @@ impl PromMetrics {
             self.submissions
                 .get_or_create(&StateLabels { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Some(c) = &self.cluster {
+            let counts = (c.source)();
+            for (state, n) in &counts.in_flight {
+                c.jobs
+                    .get_or_create(&StateLabels { state })
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            for (outcome, n) in [
+                ("submitted", counts.submitted),
+                ("reported", counts.reported),
+                ("lost", counts.lost),
+            ] {
+                c.attempts
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -71,6 +71,10 @@ pub struct WorkerReport {
     pub metrics: Option<EvaluationMetrics>,
     /// The scored videos uploaded before the report.
     pub videos: Vec<UploadedVideo>,
+    /// When the worker started the attempt's run, Unix seconds on its host's clock.
+    pub started_at: f64,
+    /// When the run ended (before the uploads), Unix seconds on its host's clock.
+    pub finished_at: f64,
 }
 
 /// A report the cluster listener accepted: the coordinator stages it (the same generation check as a
@@ -139,6 +143,15 @@ pub fn check_report(
             "stage_times must be at most 256 finite, non-negative values".into(),
         ));
     }
+    if !(report.started_at.is_finite()
+        && report.started_at >= 0.0
+        && report.finished_at.is_finite()
+        && report.finished_at >= report.started_at)
+    {
+        return Err(ReportError::OutOfBounds(
+            "started_at and finished_at must be finite, non-negative and in order".into(),
+        ));
+    }
     if report.videos.len() > MAX_VIDEOS {
         return Err(ReportError::OutOfBounds(format!(
             "{} videos exceed {MAX_VIDEOS}",
@@ -204,6 +217,8 @@ mod tests {
             log_tail: String::new(),
             metrics: None,
             videos,
+            started_at: 1.0,
+            finished_at: 2.0,
         }
     }
 

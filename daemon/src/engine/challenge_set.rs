@@ -97,7 +97,7 @@ pub fn sets_dir(work_dir: &Path) -> PathBuf {
 }
 
 /// Write the set in the challenge-directory format, atomically (temporary directory, then rename).
-fn persist_set(sets_dir: &Path, set: &ChallengeSet) -> std::io::Result<()> {
+pub(super) fn persist_set(sets_dir: &Path, set: &ChallengeSet) -> std::io::Result<()> {
     let final_dir = sets_dir.join(set.hash());
     if final_dir.is_dir() {
         return Ok(());

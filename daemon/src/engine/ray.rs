@@ -77,6 +77,19 @@ enum Attempted {
     Interrupted,
 }
 
+/// What the coordinator's jobs came to so far (for `/prometheus`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Jobs in flight by Ray's state (`PENDING`, `RUNNING`).
+    pub in_flight: BTreeMap<&'static str, usize>,
+    /// Jobs submitted since start.
+    pub submitted: u64,
+    /// Attempts whose report was accepted.
+    pub reported: u64,
+    /// Attempts lost (ended without a report, or the host's `infra_error`).
+    pub lost: u64,
+}
+
 /// A job this coordinator has in flight (for the free-GPU count).
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -98,6 +111,8 @@ pub struct RayExecutor {
     starting: tokio::sync::Mutex<()>,
     /// Jobs submitted and not yet seen ended, by submission id.
     in_flight: Mutex<BTreeMap<String, InFlight>>,
+    /// Totals since start.
+    totals: Mutex<JobCounts>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +140,7 @@ impl RayExecutor {
             latest: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(BTreeMap::new()),
+            totals: Mutex::new(JobCounts::default()),
         }
     }
 
@@ -195,13 +211,16 @@ impl RayExecutor {
         }
     }
 
-    /// Jobs in flight, by state (for `/prometheus` and `status`).
-    pub fn jobs_by_state(&self) -> BTreeMap<&'static str, usize> {
-        let mut out = BTreeMap::new();
-        for j in locked(&self.in_flight).values() {
-            *out.entry(status_name(j.status)).or_insert(0) += 1;
+    /// Jobs in flight by state, and the totals since start (for `/prometheus`).
+    pub fn job_counts(&self) -> JobCounts {
+        let mut counts = locked(&self.totals).clone();
+        for state in [JobStatus::Pending, JobStatus::Running] {
+            counts.in_flight.insert(status_name(state), 0);
         }
-        out
+        for j in locked(&self.in_flight).values() {
+            *counts.in_flight.entry(status_name(j.status)).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The next attempt number of `evaluation`.
@@ -229,6 +248,7 @@ impl RayExecutor {
             match self.attempt(spec, files_root.clone(), cancel).await {
                 Attempted::Reported(accepted, job_id) => {
                     discard(&accepted);
+                    locked(&self.totals).reported += 1;
                     match outcome_of(accepted.report, req.ticket, &req.run_id, &self.shared, &job_id) {
                         Ok((outcome, mut report)) => {
                             // The history says what the miner was not charged with.
@@ -238,12 +258,14 @@ impl RayExecutor {
                             return (outcome, report);
                         }
                         Err(reason) => {
+                            locked(&self.totals).lost += 1;
                             tracing::warn!(%evaluation, attempt, %reason, "the worker's host could not evaluate; trying another attempt");
                             lost.push(format!("attempt {attempt}: {reason}"));
                         }
                     }
                 }
                 Attempted::Lost(reason) => {
+                    locked(&self.totals).lost += 1;
                     tracing::warn!(%evaluation, attempt, %reason, "attempt lost; the miner is not charged");
                     lost.push(format!("attempt {attempt}: {reason}"));
                 }
@@ -340,6 +362,7 @@ impl RayExecutor {
                 status: JobStatus::Pending,
             },
         );
+        locked(&self.totals).submitted += 1;
         tracing::info!(job = %id, "Ray job submitted");
         let submitted = Instant::now();
         let mut unreachable_since: Option<Instant> = None;
@@ -630,8 +653,184 @@ pub fn outcome_of(
         stage_times: report.stage_times,
         log_tail: report.log_tail,
         vram_sources: report.vram_sources,
-        notes: vec![format!("ran on {host} as Ray job {job_id}")],
+        notes: vec![format!(
+            "ran on {host} as Ray job {job_id}, from {:.3} to {:.3} (Unix seconds, that host's clock)",
+            report.started_at, report.finished_at
+        )],
         ..RunReport::default()
     };
     Ok((RunOutcome::Result(Box::new(metrics)), run_report))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::cluster::ray_jobs::ResourceUse;
+    use crate::cluster::report::WorkerGpu;
+    use crate::domain::{EvaluationMetrics, Hotkey, ImageRef};
+
+    const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+    fn ticket(generation: u64, round: u64) -> EvaluationTicket {
+        EvaluationTicket {
+            hotkey: Hotkey::parse(ALICE).unwrap(),
+            image_ref: ImageRef::parse(&format!("127.0.0.1:5000/m@sha256:{}", "a".repeat(64))).unwrap(),
+            generation,
+            submit_time: 5.0,
+            round,
+        }
+    }
+
+    fn shared() -> SharedSettings {
+        let loaded = crate::config::load(
+            &crate::config::ConfigLocation::Default(PathBuf::from("/nonexistent/talkheadd.toml")),
+            &|_| None,
+        )
+        .unwrap();
+        crate::engine::worker::shared_settings(&loaded.settings)
+    }
+
+    fn report(verdict: Verdict, metrics: Option<EvaluationMetrics>) -> WorkerReport {
+        WorkerReport {
+            evaluation: "e".into(),
+            attempt: 1,
+            verdict,
+            reason: Some("why".into()),
+            gpu: WorkerGpu {
+                uuid: "GPU-1".into(),
+                model: "H100".into(),
+                host: "gpu-host-2".into(),
+            },
+            stage_times: BTreeMap::from([("pull".to_owned(), 1.5)]),
+            vram_sources: Vec::new(),
+            log_tail: "tail".into(),
+            metrics,
+            videos: Vec::new(),
+            started_at: 10.0,
+            finished_at: 20.0,
+        }
+    }
+
+    fn metrics(verdict: Verdict, image: &str, scoring_count: usize) -> EvaluationMetrics {
+        let mut m = EvaluationMetrics::failed(verdict, "x", image, 99.0, 100.0, scoring_count as u32);
+        m.run_id = "worker-run".into();
+        m.round = 77;
+        m.duplicate_of = Some("someone".into());
+        m
+    }
+
+    #[test]
+    fn one_more_job_fits_only_beyond_what_ray_and_this_coordinator_count_as_used() {
+        let gpus = |used: f64, total: f64| BTreeMap::from([("GPU".to_owned(), ResourceUse { used, total })]);
+        assert!(has_room(&gpus(2.0, 4.0), 1.0, None));
+        assert!(has_room(&gpus(2.0, 4.0), 3.0, None));
+        assert!(!has_room(&gpus(2.0, 4.0), 4.0, None));
+        // Ray's figure lags: two jobs of ours started, Ray still says none used.
+        assert!(!has_room(&gpus(0.0, 2.0), 2.0, None));
+        assert!(!has_room(&gpus(2.0, 2.0), 0.0, None));
+        assert!(!has_room(&BTreeMap::new(), 0.0, None));
+        // The GPU-model resource must have a unit free too.
+        let mut both = gpus(0.0, 4.0);
+        assert!(!has_room(&both, 0.0, Some("gpu-h100")));
+        both.insert(
+            "gpu-h100".into(),
+            ResourceUse {
+                used: 1.0,
+                total: 2.0,
+            },
+        );
+        assert!(has_room(&both, 0.0, Some("gpu-h100")));
+        assert!(!has_room(&both, 2.0, Some("gpu-h100")));
+    }
+
+    #[test]
+    fn an_accepted_report_becomes_the_tickets_result_or_the_hosts_failure() {
+        let t = ticket(3, 2);
+        let image = t.image_ref.to_string();
+        let s = shared();
+        let n = s.scoring_count;
+        // A miner verdict: the metrics become the ticket's, the history says where it ran.
+        let (outcome, run) = outcome_of(
+            report(Verdict::Crashed, Some(metrics(Verdict::Crashed, &image, n))),
+            &t,
+            "run-1",
+            &s,
+            "talkheadd-e-a1",
+        )
+        .unwrap();
+        let RunOutcome::Result(m) = outcome else {
+            panic!("a miner verdict is a result")
+        };
+        assert_eq!(
+            (m.verdict, m.run_id.as_str(), m.round, m.submit_time),
+            (Verdict::Crashed, "run-1", 2, 5.0)
+        );
+        assert_eq!(m.duplicate_of, None);
+        assert_eq!(run.stage_times["pull"], 1.5);
+        assert_eq!(run.log_tail, "tail");
+        assert!(
+            run.notes[0].starts_with(
+                "ran on host gpu-host-2 GPU GPU-1 (H100) as Ray job talkheadd-e-a1, from 10.000 to 20.000"
+            ),
+            "{:?}",
+            run.notes
+        );
+        // Whatever the host could not do is its failure, never the miner's.
+        let host_failures = [
+            report(Verdict::InfraError, None),
+            report(Verdict::Ok, None),
+            report(
+                Verdict::Ok,
+                Some(metrics(Verdict::Ok, "127.0.0.1:5000/other@sha256:bb", n)),
+            ),
+            report(Verdict::Ok, Some(metrics(Verdict::Crashed, &image, n))),
+            report(Verdict::Ok, Some(metrics(Verdict::Ok, &image, n + 1))),
+        ];
+        for r in host_failures {
+            let why = outcome_of(r.clone(), &t, "run-1", &s, "j")
+                .map(|_| ())
+                .unwrap_err();
+            assert!(why.contains("gpu-host-2"), "{why}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn an_evaluation_id_is_stable_per_ticket_and_fits_a_submission_id() {
+        let instance = "311b2a18ff6506584e5d13e20692740b";
+        let id = evaluation_id(instance, &ticket(3, 2));
+        assert_eq!(id, evaluation_id(instance, &ticket(3, 2)));
+        assert!(id.starts_with("311b2a18-r2-") && id.ends_with("-g3"), "{id}");
+        for other in [ticket(4, 2), ticket(3, 3)] {
+            assert_ne!(evaluation_id(instance, &other), id);
+        }
+        assert_ne!(evaluation_id("0000000000", &ticket(3, 2)), id);
+        let submission = job::submission_id(&id, 12).unwrap();
+        assert_eq!(job::parse_submission_id(&submission), Some((id.as_str(), 12)));
+    }
+
+    #[test]
+    fn the_spec_lists_every_file_of_the_set_as_it_is_persisted() {
+        let dir = crate::analysis::face::tests::fixtures_dir();
+        let set = crate::challenges::load_directory(&dir, &crate::challenges::Limits::default()).unwrap();
+        let sets = tempfile::tempdir().unwrap();
+        crate::engine::challenge_set::persist_set(sets.path(), &set).unwrap();
+        let root = sets.path().join(set.hash());
+        let files = spec_files(&set);
+        assert!(files.len() >= 2 * set.len());
+        let mut on_disk = 0;
+        for challenge in std::fs::read_dir(&root).unwrap() {
+            on_disk += std::fs::read_dir(challenge.unwrap().path()).unwrap().count();
+        }
+        assert_eq!(files.len(), on_disk, "the spec lists every persisted file");
+        for f in &files {
+            let bytes = std::fs::read(root.join(&f.path)).unwrap();
+            assert_eq!(
+                (hex::encode(Sha256::digest(&bytes)), bytes.len() as u64),
+                (f.sha256.clone(), f.size),
+                "{}",
+                f.path
+            );
+        }
+    }
 }

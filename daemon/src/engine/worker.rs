@@ -156,11 +156,13 @@ async fn attempt(
             .iter()
             .any(|s| matches!(s.assignment, crate::gpu::GpuAssignment::Nvidia { .. }));
         let gpu = given_slot(visible.as_deref(), &slots, real).map_err(|e| e.to_string())?;
+        reap_dead_workers(&settings.docker.host).await?;
         Ok::<_, String>(EvaluateRequest {
             image,
             challenges: challenges.clone(),
             gpu,
             keep_videos: Some(videos.clone()),
+            instance: Some(worker_instance()),
         })
     };
     let unknown_gpu = || WorkerGpu {
@@ -170,15 +172,15 @@ async fn attempt(
     };
     let report = match prepared.await {
         Err(reason) => infra_report(request, unknown_gpu(), reason),
-        Ok(evaluate) => match oneshot::evaluate(settings, evaluate).await {
-            Ok(run) if run.interrupted.is_some() => {
+        Ok(evaluate) => match timed(oneshot::evaluate(settings, evaluate)).await {
+            (Ok(run), _) if run.interrupted.is_some() => {
                 eprintln!("talkheadd worker: interrupted; the container was removed and nothing is reported");
                 return EXIT_UNREPORTED;
             }
-            Ok(run) => {
+            (Ok(run), span) => {
                 let (uploaded, refused) = upload_videos(client, &run).await;
                 match refused {
-                    None => from_run(request, run, &host, uploaded),
+                    None => from_run(request, run, &host, uploaded, span),
                     // The coordinator would not take a video (a cap smaller than this host's output
                     // cap): this host's failure to deliver, reported as such with what it did take.
                     Some(CoordinatorError::Refused {
@@ -201,7 +203,7 @@ async fn attempt(
                     Some(e) => return failed(e),
                 }
             }
-            Err(e @ (EvaluateError::Usage(_) | EvaluateError::Config(_) | EvaluateError::Infra(_))) => {
+            (Err(e @ (EvaluateError::Usage(_) | EvaluateError::Config(_) | EvaluateError::Infra(_))), _) => {
                 infra_report(request, unknown_gpu(), format!("worker host {host}: {e}"))
             }
         },
@@ -246,6 +248,7 @@ fn from_run(
     run: EvaluateReport,
     host: &str,
     videos: Vec<UploadedVideo>,
+    (started_at, finished_at): (f64, f64),
 ) -> WorkerReport {
     WorkerReport {
         evaluation: request.evaluation.clone(),
@@ -262,6 +265,8 @@ fn from_run(
         log_tail: tail(&run.log_tail, MAX_LOG_TAIL),
         metrics: run.metrics,
         videos,
+        started_at,
+        finished_at,
     }
 }
 
@@ -279,7 +284,22 @@ fn infra_report(request: &WorkerRequest, gpu: WorkerGpu, reason: String) -> Work
         log_tail: String::new(),
         metrics: None,
         videos: Vec::new(),
+        started_at: now_unix(),
+        finished_at: now_unix(),
     }
+}
+
+/// `run`'s output and when it started and ended, Unix seconds on this host's clock.
+async fn timed<T>(run: impl std::future::Future<Output = T>) -> (T, (f64, f64)) {
+    let started = now_unix();
+    let out = run.await;
+    (out, (started, now_unix()))
+}
+
+/// Unix seconds on this host's clock.
+fn now_unix() -> f64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_unix()
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.
@@ -289,6 +309,59 @@ fn tail(text: &str, max: usize) -> String {
         start += 1;
     }
     text[start..].to_owned()
+}
+
+/// Prefix of a worker's `talkhead.instance` label: `worker-<pid>-<start time in clock ticks>`.
+pub const WORKER_INSTANCE_PREFIX: &str = "worker-";
+
+/// This process's instance label: its pid and start time, which together name it for as long as the
+/// host runs (a pid alone is reused).
+pub fn worker_instance() -> String {
+    let pid = std::process::id();
+    let start = process_start(pid).unwrap_or(0);
+    format!("{WORKER_INSTANCE_PREFIX}{pid}-{start}")
+}
+
+/// Whether the worker an instance label names is gone: no process with its pid, or one started at
+/// another time. Labels that are not a worker's are never dead here.
+pub fn is_dead_worker(instance: &str, start_of: impl Fn(u32) -> Option<u64>) -> bool {
+    let Some((pid, start)) = instance
+        .strip_prefix(WORKER_INSTANCE_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(pid, start)| Some((pid.parse::<u32>().ok()?, start.parse::<u64>().ok()?)))
+    else {
+        return false;
+    };
+    start_of(pid) != Some(start)
+}
+
+/// Field 22 of `/proc/<pid>/stat` (the start time in clock ticks since boot); `None` when no such
+/// process runs. The command name (field 2) may hold spaces and parentheses: fields are counted
+/// after its last `)`.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Remove the containers that workers gone from this host left (a job killed with its host's raylet
+/// can leave its container running and holding the GPU). A worker that cannot reach its engine
+/// cannot run the attempt either.
+async fn reap_dead_workers(docker_host: &str) -> Result<(), String> {
+    let engine = crate::runtime::Engine::connect(docker_host, &worker_instance())
+        .await
+        .map_err(|e| e.to_string())?;
+    let reaped = engine
+        .reap_dead_instances(|instance| is_dead_worker(instance, process_start))
+        .await
+        .map_err(|e| format!("reaping containers of earlier workers: {e}"))?;
+    if !reaped.is_empty() {
+        eprintln!(
+            "talkheadd worker: removed {} container(s) left by earlier workers on this host",
+            reaped.len()
+        );
+    }
+    Ok(())
 }
 
 /// This host's name (the kernel's), for the report.
@@ -302,6 +375,32 @@ fn host_name() -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_instance_is_dead_only_when_its_process_is_gone_or_another_took_its_pid() {
+        let me = worker_instance();
+        assert!(me.starts_with(WORKER_INSTANCE_PREFIX), "{me}");
+        assert!(!is_dead_worker(&me, process_start), "this process is alive: {me}");
+        let pid = std::process::id();
+        let start = process_start(pid).unwrap();
+        // The same pid started at another time is another process.
+        assert!(is_dead_worker(
+            &format!("worker-{pid}-{}", start + 1),
+            process_start
+        ));
+        assert!(is_dead_worker("worker-7-5", |_| None));
+        assert!(!is_dead_worker("worker-7-5", |_| Some(5)));
+        // Labels that are not a worker's (a daemon's store id, malformed ones) are never reaped.
+        for other in [
+            "311b2a18ff6506584e5d13e20692740b",
+            "worker-",
+            "worker-x-1",
+            "worker-1",
+            "worker-1-y",
+        ] {
+            assert!(!is_dead_worker(other, |_| None), "{other}");
+        }
+    }
 
     /// The settings of a configuration file with `text`.
     fn settings(text: &str) -> Settings {

@@ -474,6 +474,25 @@ impl Engine {
             .collect())
     }
 
+    /// Kill and remove every evaluation container whose `talkhead.instance` label `is_dead` says
+    /// belongs to a process that is gone (a cluster worker killed with its host's job, whose container
+    /// still holds a GPU). Containers of live instances are left alone. Returns their run ids.
+    pub async fn reap_dead_instances(
+        &self,
+        is_dead: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let list = self.containers("label", vec![RUN_LABEL.to_owned()]).await?;
+        let dead = list.into_iter().filter_map(|c| {
+            let labels = c.labels.as_ref()?;
+            let instance = labels.get(super::spec::LABEL_INSTANCE)?;
+            (instance != &self.instance && is_dead(instance))
+                .then(|| Some((c.id?, labels.get(RUN_LABEL)?.clone())))
+                .flatten()
+        });
+        self.kill_and_remove(dead, "removed a container left by a cluster worker that is gone")
+            .await
+    }
+
     /// Kill and remove containers with a run label but no instance label: left by a talkheadd from
     /// before instance labels (an upgrade with runs in flight), still holding a GPU. Called at
     /// start-up only; returns their run ids.

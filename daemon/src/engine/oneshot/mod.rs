@@ -54,6 +54,9 @@ pub struct EvaluateRequest {
     pub gpu: usize,
     /// Where to keep a copy of each scored challenge's analysed video (a cluster worker uploads them).
     pub keep_videos: Option<PathBuf>,
+    /// The `talkhead.instance` label of its container: a cluster worker's names its own process (so
+    /// that a later worker can tell a dead one's leftovers); `None`, the throw-away store's.
+    pub instance: Option<String>,
 }
 
 /// Why no run report could be produced.
@@ -196,7 +199,8 @@ async fn evaluate_in(
         .await
         .map_err(|e| EvaluateError::Infra(format!("internal task failed: {e}")))?
         .map_err(|e| EvaluateError::Infra(format!("cannot open the throw-away store: {e}")))?;
-    let engine = Engine::connect(&settings.docker.host, store.instance_id())
+    let instance = request.instance.as_deref().unwrap_or(store.instance_id());
+    let engine = Engine::connect(&settings.docker.host, instance)
         .await
         .map_err(|e| EvaluateError::Infra(e.to_string()))?;
     let env = RunEnv::assemble(
