@@ -45,9 +45,9 @@ fn round(setup: Setup, refs: &[String], seed: u8) -> (Duration, std::path::PathB
     (wall, state, signers)
 }
 
-/// Mean seconds of (dispatch → worker start, worker end → staged) over the round's runs.
-fn overheads(state: &std::path::Path, signers: &[Signer]) -> (f64, f64, usize) {
-    let (mut before, mut after, mut n) = (0.0, 0.0, 0usize);
+/// Seconds of (dispatch → worker start, worker end → staged) of each of the round's runs.
+fn overheads(state: &std::path::Path, signers: &[Signer]) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
     for s in signers {
         for r in runs_of(state, &s.hotkey).into_iter().filter(|r| r.round == 1) {
             let Some((from, to)) = r.notes.iter().find_map(|note| {
@@ -60,15 +60,34 @@ fn overheads(state: &std::path::Path, signers: &[Signer]) -> (f64, f64, usize) {
             }) else {
                 continue;
             };
-            before += from - r.started_at;
-            after += r.finished_at - to;
-            n += 1;
+            out.push((from - r.started_at, r.finished_at - to));
         }
     }
-    (before / n.max(1) as f64, after / n.max(1) as f64, n)
+    out
 }
 
-fn ray_setup(cluster: &RayHosts) -> Setup {
+/// Seconds from dispatch to staged result of each of the round's runs.
+fn run_seconds(state: &std::path::Path, signers: &[Signer]) -> Vec<f64> {
+    signers
+        .iter()
+        .flat_map(|s| runs_of(state, &s.hotkey))
+        .filter(|r| r.round == 1)
+        .map(|r| r.finished_at - r.started_at)
+        .collect()
+}
+
+/// `mean (min–max)` of `values`.
+fn spread(values: impl Iterator<Item = f64>) -> String {
+    let v: Vec<f64> = values.collect();
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{mean:.2} s ({min:.2}–{max:.2})")
+}
+
+/// A coordinator of `cluster` with one job slot per GPU: a run is dispatched when a GPU is free, so
+/// its dispatch → worker start is Ray's and the worker's overhead, not a wait for a GPU.
+fn ray_setup(cluster: &RayHosts, gpus: usize) -> Setup {
     let setup = Setup::new("");
     let extra = format!(
         "{}{}",
@@ -78,7 +97,7 @@ fn ray_setup(cluster: &RayHosts) -> Setup {
             &cluster.address,
             &cluster.token,
             &cluster.bridge_ip,
-            "max_jobs = 8\njob_cpus = 0.5\n"
+            &format!("max_jobs = {gpus}\njob_cpus = 0.5\n")
         ),
     );
     Setup { extra, ..setup }
@@ -111,20 +130,31 @@ fn main() {
         "warmup_count = 1\nscoring_count = 2\n",
         "[gpu]\nvirtual = 2\n",
     );
-    let (wall, _, _) = round(Setup { extra, ..local }, &refs, 60);
+    let (wall, state, signers) = round(Setup { extra, ..local }, &refs, 60);
+    let local_run = run_seconds(&state, &signers);
     println!(
-        "local path, 2 virtual GPU slots: round {:.1} s",
-        wall.as_secs_f64()
+        "local path, 2 virtual GPU slots: round {:.1} s; per evaluation, dispatch -> staged {}",
+        wall.as_secs_f64(),
+        spread(local_run.iter().copied())
     );
+    let local_mean = local_run.iter().sum::<f64>() / local_run.len().max(1) as f64;
 
     for hosts in [1usize, 2] {
         let cluster = RayHosts::start(hosts, &["virtual-0", "virtual-1"], &env);
         cluster.wait_for_gpus(2.0 * hosts as f64);
-        let (wall, state, signers) = round(ray_setup(&cluster), &refs, 80 + 10 * hosts as u8);
-        let (before, after, n) = overheads(&state, &signers);
+        let (wall, state, signers) = round(ray_setup(&cluster, 2 * hosts), &refs, 80 + 10 * hosts as u8);
+        let runs = overheads(&state, &signers);
+        let whole = run_seconds(&state, &signers);
+        let mean = whole.iter().sum::<f64>() / whole.len().max(1) as f64;
         println!(
-            "ray, {hosts} host(s) x 2 virtual GPUs: round {:.1} s; per evaluation ({n} runs): dispatch -> worker start {before:.2} s, worker end -> staged {after:.2} s",
-            wall.as_secs_f64()
+            "ray, {hosts} host(s) x 2 virtual GPUs: round {:.1} s; per evaluation ({} runs): dispatch -> staged {} \
+             ({:.2}x the local path's), of which dispatch -> worker start {} and worker end -> staged {}",
+            wall.as_secs_f64(),
+            runs.len(),
+            spread(whole.iter().copied()),
+            mean / local_mean,
+            spread(runs.iter().map(|r| r.0)),
+            spread(runs.iter().map(|r| r.1)),
         );
     }
 }

@@ -239,6 +239,12 @@ impl AttemptBook {
         Ok(token)
     }
 
+    /// Forgets the evaluation once its result is the coordinator's: its attempts' requests are the
+    /// 401 of an unknown attempt from now on (nothing of theirs could change anything any more).
+    pub fn forget(&mut self, evaluation: &str) {
+        self.evaluations.remove(evaluation);
+    }
+
     /// The evaluation no longer matters: every request of its attempts is refused from now on.
     pub fn cancel(&mut self, evaluation: &str, why: &str) {
         if let Some(e) = self.evaluations.get_mut(evaluation) {
@@ -462,6 +468,12 @@ mod tests {
         // A new attempt after a cancellation is current again.
         let third = book.issue(spec("e1", 3), PathBuf::from("/sets/h")).unwrap();
         assert!(book.accept_report("e1", 3, Some(&auth(&third))).is_ok());
+        // Forgotten once its result is staged: every attempt of it is an unknown one.
+        book.forget("e1");
+        for (attempt, token) in [(3, &third), (2, &second)] {
+            let gone = book.spec("e1", attempt, Some(&auth(token))).unwrap_err();
+            assert_eq!((gone.status(), gone.reason()), (401, "unauthorized"));
+        }
     }
 
     #[test]

@@ -255,6 +255,9 @@ impl RayExecutor {
                             report
                                 .notes
                                 .extend(lost.iter().map(|l| format!("not charged: {l}")));
+                            // Done: a later round or submission is another evaluation id.
+                            locked(&self.book).forget(&evaluation);
+                            locked(&self.latest).remove(&evaluation);
                             return (outcome, report);
                         }
                         Err(reason) => {
@@ -270,7 +273,7 @@ impl RayExecutor {
                     lost.push(format!("attempt {attempt}: {reason}"));
                 }
                 Attempted::Interrupted => {
-                    locked(&self.book).cancel(&evaluation, "the coordinator is shutting down");
+                    locked(&self.book).forget(&evaluation);
                     return (
                         RunOutcome::Infra("interrupted: the coordinator is shutting down".into()),
                         RunReport::default(),
@@ -278,7 +281,8 @@ impl RayExecutor {
                 }
             }
         }
-        locked(&self.book).cancel(&evaluation, "every attempt was lost");
+        // The loop retries the ticket later under the same id: its attempt numbers go on from here.
+        locked(&self.book).forget(&evaluation);
         (
             RunOutcome::Infra(format!(
                 "every one of {} cluster attempts was lost: {}",

@@ -119,7 +119,9 @@ impl EvaluationLoop {
         // systemd stops hearing from it and restarts the daemon.
         let watchdog = crate::systemd::watchdog_interval();
         let local_engine = self.local_engine();
-        let evictor = tokio::spawn(super::evict::evictor(self.env.images.clone(), self.evict.clone()));
+        // Images are cached only where they are pulled: a coordinator's hosts trim their own.
+        let evictor = local_engine
+            .then(|| tokio::spawn(super::evict::evictor(self.env.images.clone(), self.evict.clone())));
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
@@ -150,8 +152,10 @@ impl EvaluationLoop {
             self.ended(ended).await;
         }
         // Awaited, as the pre-pulls are: their handles on the store must be gone before it closes.
-        evictor.abort();
-        let _ = evictor.await;
+        if let Some(evictor) = evictor {
+            evictor.abort();
+            let _ = evictor.await;
+        }
         self.prefetches.join().await;
         if local_engine {
             gate::final_sweep(&self.env.engine).await;
