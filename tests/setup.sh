@@ -27,8 +27,9 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 need_pkgs=()
 # systemd: systemd-socket-activate and systemd-analyze (socket activation test, unit checks); util-linux: setpriv;
 # cmake: builds whisper.cpp for the optional `whisper` feature (cargo check -p talkheadd --features whisper);
-# libseccomp2: tests/unit_sandbox.py applies the service's syscall filter with it (docker.io needs it too).
-for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates systemd util-linux cmake libseccomp2; do
+# libseccomp2: tests/unit_sandbox.py applies the service's syscall filter with it (docker.io needs it too);
+# iproute2, iptables: tests/ray_hosts.rs puts Ray's GPU hosts in network namespaces behind a bridge.
+for pkg in build-essential pkg-config ffmpeg opencv-data docker.io docker-registry python3-venv curl ca-certificates systemd util-linux cmake libseccomp2 iproute2 iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

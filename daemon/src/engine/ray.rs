@@ -335,10 +335,19 @@ impl RayExecutor {
         let done = self.submit_and_watch(&request, &mut report, cancel).await;
         locked(&self.waiting).remove(&key);
         locked(&self.in_flight).remove(&id);
-        // Stop what may still run and forget the job once it ended, beside the next attempt.
+        // Stop what may still run and forget the job once it ended, beside the next attempt. A job
+        // stopped at shutdown is left for the next process to find: its attempt number must not be
+        // used again.
         let jobs = self.jobs.clone();
-        let reported = matches!(done, Attempted::Reported(..));
-        tokio::spawn(async move { retire(&jobs, &id, !reported).await });
+        match done {
+            Attempted::Interrupted => {}
+            Attempted::Reported(..) => {
+                tokio::spawn(async move { retire(&jobs, &id, false).await });
+            }
+            Attempted::Lost(_) => {
+                tokio::spawn(async move { retire(&jobs, &id, true).await });
+            }
+        }
         done
     }
 
