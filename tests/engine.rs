@@ -244,21 +244,6 @@ fn instance_of(state: &Path) -> String {
     id
 }
 
-/// Containers (running or not) carrying every one of `labels`.
-fn containers_labelled(labels: &[String]) -> Vec<String> {
-    let mut cmd = std::process::Command::new("docker");
-    cmd.args(["ps", "-aq", "--no-trunc"]);
-    for label in labels {
-        cmd.args(["--filter", &format!("label={label}")]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// This instance's evaluation containers (other tests and daemons share the engine).
 fn labelled_containers(instance: &str) -> Vec<String> {
     containers_labelled(&["talkhead.run".into(), format!("talkhead.instance={instance}")])

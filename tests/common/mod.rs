@@ -559,14 +559,23 @@ pub fn run_logs(state: &Path, hotkey: &str) -> String {
         .join("\n")
 }
 
-/// Every container on this machine's engine that talkheadd labelled (`talkhead.managed=true`).
-pub fn managed_containers() -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=talkhead.managed=true"])
-        .output()
-        .unwrap();
+/// Ids of every container (running or not) on this machine's engine carrying every label filter of
+/// `labels` (`key` or `key=value`).
+pub fn containers_labelled(labels: &[String]) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "-aq", "--no-trunc"]);
+    for label in labels {
+        cmd.args(["--filter", &format!("label={label}")]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
+        .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Every container on this machine's engine that talkheadd labelled (`talkhead.managed=true`).
+pub fn managed_containers() -> Vec<String> {
+    containers_labelled(&["talkhead.managed=true".to_owned()])
 }

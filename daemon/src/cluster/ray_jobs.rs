@@ -90,6 +90,17 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Ray's word for the state, as its API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "PENDING",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Stopped => "STOPPED",
+            JobStatus::Succeeded => "SUCCEEDED",
+            JobStatus::Failed => "FAILED",
+        }
+    }
+
     /// Ended: nothing more will happen to the job.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -215,10 +215,10 @@ impl RayExecutor {
     pub fn job_counts(&self) -> JobCounts {
         let mut counts = locked(&self.totals).clone();
         for state in [JobStatus::Pending, JobStatus::Running] {
-            counts.in_flight.insert(status_name(state), 0);
+            counts.in_flight.insert(state.as_str(), 0);
         }
         for j in locked(&self.in_flight).values() {
-            *counts.in_flight.entry(status_name(j.status)).or_insert(0) += 1;
+            *counts.in_flight.entry(j.status.as_str()).or_insert(0) += 1;
         }
         counts
     }
@@ -412,7 +412,7 @@ impl RayExecutor {
                     if details.status.is_terminal() {
                         let why = format!(
                             "job {id} ended {} without a report{}{}",
-                            status_name(details.status),
+                            details.status.as_str(),
                             details
                                 .error_type
                                 .as_deref()
@@ -507,15 +507,45 @@ pub fn has_room(
     fits("GPU") && model_resource.is_none_or(fits)
 }
 
-/// Ray's word for a state.
-fn status_name(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Pending => "PENDING",
-        JobStatus::Running => "RUNNING",
-        JobStatus::Stopped => "STOPPED",
-        JobStatus::Succeeded => "SUCCEEDED",
-        JobStatus::Failed => "FAILED",
+/// How a wait for a job's end came out.
+enum Waited {
+    /// Ray says it ended.
+    Ended,
+    /// Ray no longer knows it.
+    Unknown,
+    /// It had not ended within the wait.
+    Running,
+    /// Ray did not answer (with [`OnError::GiveUp`]).
+    Unanswered(RayError),
+}
+
+/// What a wait does when Ray does not answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    GiveUp,
+    Retry,
+}
+
+/// Polls `id` every `every`, for at most `limit`, until Ray says it ended.
+async fn wait_until_ended(
+    jobs: &RayJobs,
+    id: &str,
+    limit: Duration,
+    every: Duration,
+    on_error: OnError,
+) -> Waited {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match jobs.job(id).await {
+            Ok(Some(d)) if d.status.is_terminal() => return Waited::Ended,
+            Ok(None) => return Waited::Unknown,
+            Ok(Some(_)) => {}
+            Err(e) if on_error == OnError::GiveUp => return Waited::Unanswered(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
     }
+    Waited::Running
 }
 
 /// Stop a job at shutdown and wait, bounded by [`STOP_WAIT`], until Ray says it ended (its worker
@@ -525,22 +555,14 @@ async fn stop_and_wait(jobs: &RayJobs, id: &str) {
         tracing::warn!(job = id, error = %e, "cannot stop the job at shutdown");
         return;
     }
-    let deadline = Instant::now() + STOP_WAIT;
-    while Instant::now() < deadline {
-        match jobs.job(id).await {
-            Ok(Some(d)) if !d.status.is_terminal() => {}
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(job = id, error = %e, "cannot see the stopped job end");
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    match wait_until_ended(jobs, id, STOP_WAIT, Duration::from_millis(250), OnError::GiveUp).await {
+        Waited::Ended | Waited::Unknown => {}
+        Waited::Unanswered(e) => tracing::warn!(job = id, error = %e, "cannot see the stopped job end"),
+        Waited::Running => tracing::warn!(
+            job = id,
+            "a stopped job had not ended when the coordinator stopped waiting"
+        ),
     }
-    tracing::warn!(
-        job = id,
-        "a stopped job had not ended when the coordinator stopped waiting"
-    );
 }
 
 /// Stop (when `stop`) and delete a job once it has ended; best effort, bounded.
@@ -548,21 +570,24 @@ async fn retire(jobs: &RayJobs, id: &str, stop: bool) {
     if stop {
         let _ = jobs.stop(id).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        match jobs.job(id).await {
-            Ok(Some(d)) if d.status.is_terminal() => {
-                let _ = jobs.delete(id).await;
-                return;
-            }
-            Ok(None) => return,
-            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+    match wait_until_ended(
+        jobs,
+        id,
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        OnError::Retry,
+    )
+    .await
+    {
+        Waited::Ended => {
+            let _ = jobs.delete(id).await;
         }
+        Waited::Unknown | Waited::Unanswered(_) => {}
+        Waited::Running => tracing::warn!(
+            job = id,
+            "a job did not end within 2 minutes of its attempt; it is left to Ray"
+        ),
     }
-    tracing::warn!(
-        job = id,
-        "a job did not end within 2 minutes of its attempt; it is left to Ray"
-    );
 }
 
 /// Remove an accepted report's files: the coordinator keeps the result, not the videos.
